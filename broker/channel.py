@@ -1,0 +1,543 @@
+"""An AMQP channel: method handlers, publish assembly, deliveries, acks, confirms, tx.
+
+The connection hands every frame for this channel to :meth:`Channel.handle_method` or
+:meth:`Channel.handle_content`.  basic.publish / basic.ack / basic.nack / basic.reject
+arrive as raw payloads and are decoded with the fast paths in ``protocol.methods``;
+everything else arrives as a pamqp command object.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands as C
+
+from broker.errors import AMQPError
+from broker.message import Message
+from broker.queue import Consumer, Queue
+from broker.vhost import generated_name
+from protocol import methods as M
+from protocol import properties as P
+from protocol.constants import (
+    ACCESS_REFUSED,
+    BASIC_ACK,
+    BASIC_NACK,
+    BASIC_PUBLISH,
+    CHANNEL_ERROR,
+    COMMAND_INVALID,
+    FRAME_BODY,
+    FRAME_ERROR,
+    FRAME_HEADER,
+    NO_ROUTE,
+    NOT_ALLOWED,
+    NOT_FOUND,
+    NOT_IMPLEMENTED,
+    PRECONDITION_FAILED,
+    SYNTAX_ERROR,
+    UNEXPECTED_FRAME,
+)
+
+if TYPE_CHECKING:
+    from broker.connection import Connection
+
+MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+
+OPEN, CLOSING = 1, 2
+_ACK_IDS = {"ack": 80, "nack": 120, "reject": 90}
+
+Unacked = tuple[Queue, int, Message, Consumer | None]
+
+
+class Channel:
+    def __init__(self, conn: Connection, number: int) -> None:
+        self.conn = conn
+        self.number = number
+        self.vhost = conn.vhost
+        self.state = OPEN
+        self.consumers: dict[str, Consumer] = {}
+        self.unacked: dict[int, Unacked] = {}
+        self.delivery_tag = 0
+        self.consumer_prefetch = 0
+        self.global_prefetch = 0
+        self.global_unacked = 0
+        self.flow_active = True
+        # publisher confirms
+        self.confirm = False
+        self.publish_seq = 0
+        self.confirm_upto = 0  # every seq <= this is ready to be acked
+        self.confirm_sent = 0  # highest seq acked/nacked on the wire
+        # transactions
+        self.tx = False
+        self.tx_publishes: list[tuple[Message, bool]] = []
+        self.tx_acks: list[tuple[list[tuple[int, Unacked]], str, bool]] = []
+        self.last_queue = ""
+        # content assembly: publish method waiting for header/body
+        self._pub: tuple[bytes, str, str, bool] | None = None
+        self._header: bytes | None = None
+        self._body: list[bytes] = []
+        self._body_left = 0
+
+    # ------------------------------------------------------------------ helpers
+
+    def can_deliver(self) -> bool:
+        return self.flow_active and self.conn.can_write()
+
+    def send(self, method: Any) -> None:
+        self.conn.send(M.encode_method(self.number, method))
+
+    def _queue_name(self, name: str) -> str:
+        if name == "":
+            if not self.last_queue:
+                raise AMQPError(NOT_FOUND, "no previously declared queue")
+            return self.last_queue
+        return name
+
+    # ------------------------------------------------------------------ frames
+
+    def handle_raw_method(self, index: int, payload: bytes) -> None:
+        """Fast-path methods (publish, ack, nack, reject) as raw payloads."""
+        if self._pub is not None:
+            raise AMQPError(
+                UNEXPECTED_FRAME,
+                "expected content header for class 60, got non content header frame instead",
+                index >> 16,
+                index & 0xFFFF,
+            )
+        try:
+            if index == BASIC_PUBLISH:
+                ex_rk, ex_end, rk_end, mandatory, immediate = M.parse_publish(payload)
+                if immediate:
+                    raise AMQPError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
+                exchange = payload[7:ex_end].decode("utf-8", "surrogateescape")
+                rk = payload[ex_end + 1 : rk_end].decode("utf-8", "surrogateescape")
+                self._pub = (ex_rk, exchange, rk, mandatory)
+                return
+            tag, bits = M.parse_tag_bits(payload)
+        except M.MethodDecodeError as exc:
+            raise AMQPError(SYNTAX_ERROR, str(exc), index >> 16, index & 0xFFFF) from None
+        if index == BASIC_ACK:
+            self._ack(tag, bool(bits & 1), "ack", False)
+        elif index == BASIC_NACK:
+            self._ack(tag, bool(bits & 1), "nack", bool(bits & 2))
+        else:  # BASIC_REJECT
+            self._ack(tag, False, "reject", bool(bits & 1))
+
+    def handle_content(self, ftype: int, payload: bytes) -> None:
+        if self._pub is None:
+            raise AMQPError(
+                UNEXPECTED_FRAME,
+                "expected method frame, got non method frame instead",
+            )
+        if self._header is None:
+            if ftype != FRAME_HEADER:
+                raise AMQPError(
+                    UNEXPECTED_FRAME,
+                    "expected content header for class 60, got non content header frame instead",
+                    60,
+                    40,
+                )
+            try:
+                class_id, size = P.body_size(payload)
+            except P.PropertyError as exc:
+                raise AMQPError(FRAME_ERROR, str(exc), 60, 40) from None
+            if class_id != 60:
+                raise AMQPError(
+                    UNEXPECTED_FRAME,
+                    f"expected content header for class 60, got one for class {class_id} instead",
+                    60,
+                    40,
+                )
+            if size > MAX_MESSAGE_SIZE:
+                self._pub = None
+                raise AMQPError(
+                    PRECONDITION_FAILED,
+                    f"message size {size} is larger than configured max size {MAX_MESSAGE_SIZE}",
+                    60,
+                    40,
+                )
+            self._header = payload
+            self._body_left = size
+            if size == 0:
+                self._complete(b"")
+            return
+        if ftype != FRAME_BODY:
+            raise AMQPError(
+                UNEXPECTED_FRAME, "expected content body, got non content body frame instead", 60, 40
+            )
+        left = self._body_left - len(payload)
+        if left < 0:
+            raise AMQPError(FRAME_ERROR, "content body is larger than the size in its header", 60, 40)
+        if left == 0:
+            if self._body:
+                self._body.append(payload)
+                body = b"".join(self._body)
+                self._body = []
+            else:
+                body = payload
+            self._complete(body)
+        else:
+            self._body.append(payload)
+            self._body_left = left
+
+    def _complete(self, body: bytes) -> None:
+        assert self._pub is not None and self._header is not None
+        ex_rk, exchange, rk, mandatory = self._pub
+        header = self._header
+        self._pub = None
+        self._header = None
+        msg = Message(ex_rk, exchange, rk, header, body)
+        if self.confirm:
+            self.publish_seq += 1
+        x = self.vhost.exchanges.get(exchange)
+        if x is None:
+            raise AMQPError(NOT_FOUND, f"no exchange '{exchange}' in vhost '{self.vhost.name}'", 60, 40)
+        if x.internal:
+            raise AMQPError(
+                ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange}' in vhost '{self.vhost.name}'", 60, 40
+            )
+        if header[12] & 0x10:  # user_id present: must match the authenticated user
+            uid = msg.props.get("user_id")
+            if uid is not None and uid != self.conn.user:
+                raise AMQPError(
+                    PRECONDITION_FAILED,
+                    f"user_id property set to '{uid}' but authenticated user was '{self.conn.user}'",
+                    60,
+                    40,
+                )
+        if self.tx:
+            self.tx_publishes.append((msg, mandatory))
+            return
+        self.conn.broker.stats_published += 1
+        self._route(x, msg, mandatory)
+        if self.confirm:
+            self.confirm_upto = self.publish_seq
+            self.conn.want_confirm_flush(self)
+
+    def _route(self, x: Any, msg: Message, mandatory: bool) -> None:
+        queues = self.vhost.route(x, msg.routing_key, msg)
+        if queues:
+            for q in queues:
+                q.publish(msg)
+        elif mandatory:
+            self._send_return(msg, NO_ROUTE, "NO_ROUTE")
+
+    def _send_return(self, msg: Message, code: int, text: str) -> None:
+        conn = self.conn
+        conn.send(M.return_frame(self.number, code, text, msg.ex_rk))
+        conn.send_parts(M.content_frames(self.number, msg.header, msg.body, conn.frame_max), msg.size)
+
+    def flush_confirms(self) -> None:
+        """Send one basic.ack covering every publish confirmed since the last flush."""
+        upto = self.confirm_upto
+        if upto > self.confirm_sent:
+            self.conn.send(M.confirm_frame(self.number, upto, upto - self.confirm_sent > 1))
+            self.confirm_sent = upto
+
+    # ------------------------------------------------------------------ delivery
+
+    def deliver(self, consumer: Consumer, queue: Queue, seq: int, msg: Message, redelivered: bool) -> None:
+        tag = self.delivery_tag = self.delivery_tag + 1
+        if not consumer.no_ack:
+            self.unacked[tag] = (queue, seq, msg, consumer)
+            consumer.unacked += 1
+            self.global_unacked += 1
+            queue.unacked_count += 1
+        conn = self.conn
+        conn.send(M.deliver_frame(self.number, consumer.wire_tag, tag, redelivered, msg.ex_rk))
+        conn.send_parts(M.content_frames(self.number, msg.header, msg.body, conn.frame_max), msg.size)
+        conn.broker.stats_delivered += 1
+
+    def _ack(self, tag: int, multiple: bool, kind: str, requeue: bool) -> None:
+        unacked = self.unacked
+        if not multiple and not self.tx:
+            entry = unacked.pop(tag, None)
+            if entry is None:
+                raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, _ACK_IDS[kind])
+            self._settle([entry], kind != "ack" and requeue)
+            return
+        if multiple and tag == 0:
+            pairs = list(unacked.items())
+            unacked.clear()
+        elif tag not in unacked:
+            raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, _ACK_IDS[kind])
+        elif multiple:
+            pairs = []
+            for t, e in unacked.items():
+                if t > tag:
+                    break
+                pairs.append((t, e))
+            for t, _ in pairs:
+                del unacked[t]
+        else:
+            pairs = [(tag, unacked.pop(tag))]
+        if self.tx:
+            self.tx_acks.append((pairs, kind, requeue))
+            return
+        self._settle([e for _, e in pairs], kind != "ack" and requeue)
+
+    def _settle(self, entries: list[Unacked], requeue: bool) -> None:
+        """Release acked/rejected entries; requeue them if asked."""
+        if not entries:
+            return
+        touched: dict[Queue, list[tuple[int, Message]]] = {}
+        for q, seq, msg, consumer in entries:
+            if consumer is not None:
+                consumer.unacked -= 1
+                self.global_unacked -= 1
+            q.unacked_count -= 1
+            if requeue:
+                touched.setdefault(q, []).append((seq, msg))
+            else:
+                touched.setdefault(q, [])
+        if not requeue:
+            self.conn.broker.stats_acked += len(entries)
+        for q, items in touched.items():
+            if items:
+                q.requeue(items)
+        # freed credit: let this channel's consumers take more
+        for c in list(self.consumers.values()):
+            c.queue.dispatch()
+
+    def requeue_all(self) -> None:
+        entries = list(self.unacked.values())
+        self.unacked.clear()
+        for pairs, _, _ in self.tx_acks:
+            entries.extend(e for _, e in pairs)
+        self.tx_acks = []
+        self._settle(entries, True)
+
+    def resume(self) -> None:
+        """The connection can take output again: dispatch to our consumers."""
+        for c in list(self.consumers.values()):
+            c.queue.dispatch()
+
+    def consumer_cancelled_by_server(self, consumer: Consumer) -> None:
+        """The consumer's queue was deleted: forget it and tell the client if it asked."""
+        self.consumers.pop(consumer.tag, None)
+        if self.state == OPEN and self.conn.capabilities.get("consumer_cancel_notify"):
+            self.send(C.Basic.Cancel(consumer_tag=consumer.tag, nowait=True))
+
+    def close_all(self) -> None:
+        """Channel closing (either side) or connection gone: release everything."""
+        for c in list(self.consumers.values()):
+            c.queue.remove_consumer(c)
+        self.consumers.clear()
+        self.requeue_all()
+        self.tx_publishes = []
+        self._pub = None
+        self._header = None
+        self._body = []
+
+    # ------------------------------------------------------------------ methods
+
+    def handle_method(self, method: Any) -> None:
+        if self._pub is not None:
+            raise AMQPError(
+                UNEXPECTED_FRAME, "expected content header for class 60, got non content header frame instead"
+            )
+        handler = _HANDLERS.get(type(method))
+        if handler is None:
+            raise AMQPError(COMMAND_INVALID, f"unexpected method {method.name} on a channel")
+        handler(self, method)
+
+    # channel class
+    def _channel_open(self, m: Any) -> None:
+        raise AMQPError(CHANNEL_ERROR, "second 'channel.open' seen")
+
+    def _channel_flow(self, m: C.Channel.Flow) -> None:
+        if not m.active:
+            raise AMQPError(NOT_IMPLEMENTED, "active=false", 20, 20)
+        self.send(C.Channel.FlowOk(active=True))
+
+    def _channel_flow_ok(self, m: Any) -> None:
+        pass
+
+    # exchange class
+    def _exchange_declare(self, m: C.Exchange.Declare) -> None:
+        self.vhost.declare_exchange(
+            m.exchange, m.exchange_type, m.passive, m.durable, m.auto_delete, m.internal, m.arguments or {}
+        )
+        if not m.nowait:
+            self.send(C.Exchange.DeclareOk())
+
+    def _exchange_delete(self, m: C.Exchange.Delete) -> None:
+        self.vhost.delete_exchange(m.exchange, m.if_unused)
+        if not m.nowait:
+            self.send(C.Exchange.DeleteOk())
+
+    def _exchange_bind(self, m: C.Exchange.Bind) -> None:
+        self.vhost.bind_exchange(m.destination, m.source, m.routing_key, m.arguments or {})
+        if not m.nowait:
+            self.send(C.Exchange.BindOk())
+
+    def _exchange_unbind(self, m: C.Exchange.Unbind) -> None:
+        self.vhost.unbind_exchange(m.destination, m.source, m.routing_key, m.arguments or {})
+        if not m.nowait:
+            self.send(C.Exchange.UnbindOk())
+
+    # queue class
+    def _queue_declare(self, m: C.Queue.Declare) -> None:
+        q = self.vhost.declare_queue(
+            m.queue, m.passive, m.durable, m.exclusive, m.auto_delete, m.arguments or {}, self.conn
+        )
+        self.last_queue = q.name
+        if not m.nowait:
+            self.send(C.Queue.DeclareOk(queue=q.name, message_count=q.message_count, consumer_count=q.consumer_count))
+
+    def _queue_bind(self, m: C.Queue.Bind) -> None:
+        q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
+        self.vhost.bind_queue(q, m.exchange, m.routing_key, m.arguments or {})
+        if not m.nowait:
+            self.send(C.Queue.BindOk())
+
+    def _queue_unbind(self, m: C.Queue.Unbind) -> None:
+        self.vhost.unbind_queue(self._queue_name(m.queue), m.exchange, m.routing_key, m.arguments or {}, self.conn)
+        self.send(C.Queue.UnbindOk())
+
+    def _queue_purge(self, m: C.Queue.Purge) -> None:
+        q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
+        n = q.purge()
+        self.conn.broker.queue_purged(q)
+        if not m.nowait:
+            self.send(C.Queue.PurgeOk(message_count=n))
+
+    def _queue_delete(self, m: C.Queue.Delete) -> None:
+        name = self._queue_name(m.queue)
+        q = self.vhost.queues.get(name)
+        if q is None:
+            if not m.nowait:
+                self.send(C.Queue.DeleteOk(message_count=0))
+            return
+        self.vhost.check_exclusive(q, self.conn)
+        where = f"queue '{name}' in vhost '{self.vhost.name}'"
+        if m.if_unused and q.consumers:
+            raise AMQPError(PRECONDITION_FAILED, f"{where} in use", 50, 40)
+        if m.if_empty and q.messages:
+            raise AMQPError(PRECONDITION_FAILED, f"{where} is not empty", 50, 40)
+        n = self.vhost.delete_queue(q)
+        if not m.nowait:
+            self.send(C.Queue.DeleteOk(message_count=n))
+
+    # basic class
+    def _basic_qos(self, m: C.Basic.Qos) -> None:
+        if m.prefetch_size:
+            raise AMQPError(NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
+        if m.global_:
+            self.global_prefetch = m.prefetch_count
+        else:
+            self.consumer_prefetch = m.prefetch_count
+        self.send(C.Basic.QosOk())
+        self.resume()
+
+    def _basic_consume(self, m: C.Basic.Consume) -> None:
+        name = self._queue_name(m.queue)
+        q = self.vhost.get_queue(name, self.conn)
+        tag = m.consumer_tag or generated_name("amq.ctag-")
+        if tag in self.consumers:
+            raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+        where = f"queue '{name}' in vhost '{self.vhost.name}'"
+        if q.consumers and (m.exclusive or any(c.exclusive for c in q.consumers)):
+            raise AMQPError(ACCESS_REFUSED, f"{where} in exclusive use", 60, 20)
+        args = m.arguments or {}
+        c = Consumer(tag, self, q, m.no_ack, m.exclusive, self.consumer_prefetch, args)
+        self.consumers[tag] = c
+        if not m.nowait:
+            self.send(C.Basic.ConsumeOk(consumer_tag=tag))
+        q.add_consumer(c)
+
+    def _basic_cancel(self, m: C.Basic.Cancel) -> None:
+        c = self.consumers.pop(m.consumer_tag, None)
+        if not m.nowait:
+            self.send(C.Basic.CancelOk(consumer_tag=m.consumer_tag))
+        if c is not None:
+            c.queue.remove_consumer(c)
+
+    def _basic_get(self, m: C.Basic.Get) -> None:
+        q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
+        entry = q.get()
+        if entry is None:
+            self.send(C.Basic.GetEmpty())
+            return
+        seq, msg, redelivered = entry
+        tag = self.delivery_tag = self.delivery_tag + 1
+        if not m.no_ack:
+            self.unacked[tag] = (q, seq, msg, None)
+            q.unacked_count += 1
+        conn = self.conn
+        conn.send(M.get_ok_frame(self.number, tag, redelivered, msg.ex_rk, len(q.messages)))
+        conn.send_parts(M.content_frames(self.number, msg.header, msg.body, conn.frame_max), msg.size)
+        conn.broker.stats_delivered += 1
+
+    def _basic_recover(self, m: Any) -> None:
+        if not m.requeue:
+            raise AMQPError(NOT_IMPLEMENTED, "requeue=false", 60, 110)
+        self.requeue_all()
+        if isinstance(m, C.Basic.Recover):
+            self.send(C.Basic.RecoverOk())
+
+    # confirm / tx
+    def _confirm_select(self, m: C.Confirm.Select) -> None:
+        if self.tx:
+            raise AMQPError(PRECONDITION_FAILED, "cannot switch from tx to confirm mode", 85, 10)
+        self.confirm = True
+        if not m.nowait:
+            self.send(C.Confirm.SelectOk())
+
+    def _tx_select(self, m: C.Tx.Select) -> None:
+        if self.confirm:
+            raise AMQPError(PRECONDITION_FAILED, "cannot switch from confirm to tx mode", 90, 10)
+        self.tx = True
+        self.send(C.Tx.SelectOk())
+
+    def _tx_commit(self, m: C.Tx.Commit) -> None:
+        if not self.tx:
+            raise AMQPError(PRECONDITION_FAILED, "channel is not transactional", 90, 20)
+        publishes, self.tx_publishes = self.tx_publishes, []
+        acks, self.tx_acks = self.tx_acks, []
+        broker = self.conn.broker
+        for msg, mandatory in publishes:
+            x = self.vhost.exchanges.get(msg.exchange)
+            if x is not None:
+                broker.stats_published += 1
+                self._route(x, msg, mandatory)
+        for pairs, kind, requeue in acks:
+            self._settle([e for _, e in pairs], kind != "ack" and requeue)
+        self.send(C.Tx.CommitOk())
+
+    def _tx_rollback(self, m: C.Tx.Rollback) -> None:
+        if not self.tx:
+            raise AMQPError(PRECONDITION_FAILED, "channel is not transactional", 90, 30)
+        self.tx_publishes = []
+        acks, self.tx_acks = self.tx_acks, []
+        if acks:
+            # the acked deliveries go back to the unacked set under their own tags
+            for pairs, _, _ in acks:
+                self.unacked.update(pairs)
+            self.unacked = dict(sorted(self.unacked.items()))
+        self.send(C.Tx.RollbackOk())
+
+
+_HANDLERS: dict[type, Any] = {
+    C.Channel.Open: Channel._channel_open,
+    C.Channel.Flow: Channel._channel_flow,
+    C.Channel.FlowOk: Channel._channel_flow_ok,
+    C.Exchange.Declare: Channel._exchange_declare,
+    C.Exchange.Delete: Channel._exchange_delete,
+    C.Exchange.Bind: Channel._exchange_bind,
+    C.Exchange.Unbind: Channel._exchange_unbind,
+    C.Queue.Declare: Channel._queue_declare,
+    C.Queue.Bind: Channel._queue_bind,
+    C.Queue.Unbind: Channel._queue_unbind,
+    C.Queue.Purge: Channel._queue_purge,
+    C.Queue.Delete: Channel._queue_delete,
+    C.Basic.Qos: Channel._basic_qos,
+    C.Basic.Consume: Channel._basic_consume,
+    C.Basic.Cancel: Channel._basic_cancel,
+    C.Basic.Get: Channel._basic_get,
+    C.Basic.Recover: Channel._basic_recover,
+    C.Basic.RecoverAsync: Channel._basic_recover,
+    C.Confirm.Select: Channel._confirm_select,
+    C.Tx.Select: Channel._tx_select,
+    C.Tx.Commit: Channel._tx_commit,
+    C.Tx.Rollback: Channel._tx_rollback,
+}

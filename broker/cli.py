@@ -1,0 +1,81 @@
+"""``leveret`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from broker.config import Config
+from broker.server import Broker
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="leveret", description="Leveret AMQP 0-9-1 broker")
+    p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1 and ::1)")
+    p.add_argument("--port", type=int, default=5672, help="TCP port (default 5672; 0 picks a free one)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio event loop")
+    p.add_argument("--heartbeat", type=int, default=60, help="heartbeat interval offered to clients (s)")
+    p.add_argument("--frame-max", type=int, default=131072)
+    p.add_argument("--channel-max", type=int, default=2047)
+    p.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD", help="add a user (default guest:guest)")
+    p.add_argument("--vhost", action="append", default=[], help="extra vhosts besides '/'")
+    p.add_argument("--memory-high-watermark", type=int, default=1 << 30, help="bytes of queued messages before publishers are blocked")
+    return p.parse_args(argv)
+
+
+def config_from_args(a: argparse.Namespace) -> Config:
+    users = {"guest": "guest"}
+    for u in a.user:
+        name, _, pw = u.partition(":")
+        users[name] = pw
+    return Config(
+        host=a.host if a.host else ["127.0.0.1", "::1"],
+        port=a.port,
+        users=users,
+        vhosts=["/", *a.vhost],
+        heartbeat=a.heartbeat,
+        frame_max=a.frame_max,
+        channel_max=a.channel_max,
+        memory_high_watermark=a.memory_high_watermark,
+    )
+
+
+async def serve(config: Config) -> None:
+    broker = Broker(config)
+    await broker.start()
+    print(f"Leveret listening on {', '.join(broker.addresses)}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger("leveret").info("shutting down")
+    await broker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(a)
+    loop_factory = None
+    if not a.no_uvloop:
+        try:
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+        except ImportError:  # pragma: no cover
+            pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        try:
+            runner.run(serve(config))
+        except KeyboardInterrupt:  # pragma: no cover
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

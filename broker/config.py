@@ -1,0 +1,23 @@
+"""Broker settings (CLI flags map onto these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Config:
+    host: str | list[str] = "127.0.0.1"
+    port: int = 5672
+    users: dict[str, str] = field(default_factory=lambda: {"guest": "guest"})
+    vhosts: list[str] = field(default_factory=lambda: ["/"])
+    channel_max: int = 2047
+    frame_max: int = 131072
+    heartbeat: int = 60
+    handshake_timeout: float = 10.0
+    close_timeout: float = 3.0
+    # memory alarm: block publishers while queued message bytes exceed this
+    memory_high_watermark: int = 1 << 30
+    data_dir: str | None = None  # None: everything in memory
+    fsync_interval: float = 0.2
+    segment_size: int = 8 * 1024 * 1024

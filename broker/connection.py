@@ -1,0 +1,574 @@
+"""One client connection: an ``asyncio.Protocol``.
+
+``data_received`` feeds the sans-I/O frame parser, handles every complete frame of the
+read (the handshake, channel 0 methods, and per-channel frames, with basic.publish /
+ack / nack / reject decoded by hand) and then flushes the output of every connection
+that got something to send during this read: writes are batched per read, not per
+message.  Backpressure: a consumer is only delivered to while this connection's pending
+output is below ``OUT_HIGH`` and the transport has not asked us to pause writing; when
+the transport's buffer goes beyond ``WRITE_HARD_LIMIT`` we stop reading from the peer
+too, and a memory alarm pauses reading from publishing connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands as C
+from pamqp import decode as pdecode
+
+from broker.channel import CLOSING, Channel
+from broker.errors import AMQPError
+from protocol import methods as M
+from protocol.constants import (
+    ACCESS_REFUSED,
+    BASIC_ACK,
+    BASIC_NACK,
+    BASIC_PUBLISH,
+    BASIC_REJECT,
+    CHANNEL_ERROR,
+    COMMAND_INVALID,
+    CONNECTION_FORCED,
+    FRAME_BODY,
+    FRAME_ERROR,
+    FRAME_HEADER,
+    FRAME_HEARTBEAT,
+    FRAME_METHOD,
+    FRAME_MIN_SIZE,
+    INTERNAL_ERROR,
+    NOT_ALLOWED,
+    NOT_IMPLEMENTED,
+    PROTOCOL_HEADER,
+    SYNTAX_ERROR,
+    UNEXPECTED_FRAME,
+)
+from protocol.frames import HEARTBEAT_FRAME, FrameError, FrameParser
+
+if TYPE_CHECKING:
+    from broker.server import Broker
+
+log = logging.getLogger("leveret.connection")
+
+OUT_HIGH = 1 << 20  # stop delivering to this connection above 1 MiB of pending output
+WRITE_HIGH = 4 << 20  # transport buffer: pause_writing above this
+WRITE_HARD_LIMIT = 32 << 20  # transport buffer: stop reading from the peer above this
+
+S_HEADER, S_START_OK, S_SECURE_OK, S_TUNE_OK, S_OPEN, S_OPENED, S_CLOSING, S_CLOSED = range(8)
+
+_FAST = frozenset({BASIC_PUBLISH, BASIC_ACK, BASIC_NACK, BASIC_REJECT})
+_CHANNEL_OPEN = (20 << 16) | 10
+_CHANNEL_CLOSE = (20 << 16) | 40
+_CHANNEL_CLOSE_OK = (20 << 16) | 41
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.loop = broker.loop
+        self.transport: asyncio.Transport | None = None
+        self.state = S_HEADER
+        self.parser = FrameParser(FRAME_MIN_SIZE)
+        self._hbuf = b""
+        self.channels: dict[int, Channel] = {}
+        self.closing_channels: set[int] = set()
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self.dirty = False
+        self.paused_writing = False
+        self.saturated = False
+        self.confirm_channels: list[Channel] = []
+        self.frame_max = FRAME_MIN_SIZE
+        self.channel_max = broker.config.channel_max
+        self.heartbeat = 0
+        self.client_properties: dict[str, Any] = {}
+        self.capabilities: dict[str, Any] = {}
+        self.user = ""
+        self.vhost: Any = None
+        self.exclusive_queues: list[Any] = []
+        self.peer = ""
+        self.is_publisher = False
+        self.blocked = False
+        self._read_pause: set[str] = set()
+        self.last_recv = 0.0
+        self.last_send = 0.0
+        self._timers: list[asyncio.TimerHandle] = []
+        self._hb_handle: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.broker.connections.add(self)
+        self.last_recv = self.loop.time()
+        self._timers.append(self.loop.call_later(self.broker.config.handshake_timeout, self._handshake_timeout))
+        log.debug("accepted %s", self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = S_CLOSED
+        self._cleanup()
+        self.broker.connections.discard(self)
+        log.debug("closed %s", self.peer)
+
+    def pause_writing(self) -> None:
+        self.paused_writing = True
+
+    def resume_writing(self) -> None:
+        self.paused_writing = False
+        self._resume_reading("writebuf")
+        if self.state == S_OPENED:
+            for ch in list(self.channels.values()):
+                ch.resume()
+            self.broker.flush_all()
+
+    def _pause_reading(self, reason: str) -> None:
+        if not self._read_pause and self.transport is not None:
+            self.transport.pause_reading()
+        self._read_pause.add(reason)
+
+    def _resume_reading(self, reason: str) -> None:
+        if reason in self._read_pause:
+            self._read_pause.discard(reason)
+            if not self._read_pause and self.transport is not None and self.state < S_CLOSED:
+                self.transport.resume_reading()
+
+    def can_write(self) -> bool:
+        if self.paused_writing:
+            return False
+        if self.out_bytes >= OUT_HIGH:
+            self.saturated = True
+            return False
+        return True
+
+    # ------------------------------------------------------------------ output
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+        self.out_bytes += len(data)
+        if not self.dirty:
+            self.dirty = True
+            self.broker.mark_dirty(self)
+
+    def send_parts(self, parts: list[bytes], size: int) -> None:
+        self.out.extend(parts)
+        self.out_bytes += size + 32
+        if not self.dirty:
+            self.dirty = True
+            self.broker.mark_dirty(self)
+
+    def want_confirm_flush(self, channel: Channel) -> None:
+        if channel not in self.confirm_channels:
+            self.confirm_channels.append(channel)
+        if not self.dirty:
+            self.dirty = True
+            self.broker.mark_dirty(self)
+
+    def flush(self) -> None:
+        self.dirty = False
+        if self.confirm_channels:
+            chans, self.confirm_channels = self.confirm_channels, []
+            for ch in chans:
+                if ch.state != CLOSING:
+                    ch.flush_confirms()
+            self.dirty = False
+        out = self.out
+        if not out or self.transport is None or self.state == S_CLOSED:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.out = []
+        self.out_bytes = 0
+        self.transport.write(data)
+        self.last_send = self.loop.time()
+        if self.paused_writing and self.transport.get_write_buffer_size() > WRITE_HARD_LIMIT:
+            self._pause_reading("writebuf")
+        if self.saturated and not self.paused_writing:
+            self.saturated = False
+            self.loop.call_soon(self._resume_channels)
+
+    def _resume_channels(self) -> None:
+        if self.state == S_OPENED:
+            for ch in list(self.channels.values()):
+                ch.resume()
+            self.broker.flush_all()
+
+    # ------------------------------------------------------------------ input
+
+    def data_received(self, data: bytes) -> None:
+        self.last_recv = self.loop.time()
+        if self.state == S_HEADER:
+            data = self._protocol_header(data)
+            if not data:
+                return
+        try:
+            frames = self.parser.feed(data)
+        except FrameError as exc:
+            # the frames before the bad one still count
+            self._fatal(AMQPError(FRAME_ERROR, str(exc)))
+            self.broker.flush_all()
+            return
+        for ftype, ch, payload in frames:
+            if self.state >= S_CLOSING:
+                self._while_closing(ftype, ch, payload)
+                continue
+            try:
+                if ftype == FRAME_METHOD:
+                    if ch == 0:
+                        self._connection_method(payload)
+                        continue
+                    channel = self.channels.get(ch)
+                    if channel is not None and len(payload) >= 4:
+                        idx = (payload[0] << 24) | (payload[1] << 16) | (payload[2] << 8) | payload[3]
+                        if idx in _FAST:
+                            if idx == BASIC_PUBLISH:
+                                self.is_publisher = True
+                            channel.handle_raw_method(idx, payload)
+                            continue
+                    self._channel_method(ch, channel, payload)
+                elif ftype == FRAME_HEADER or ftype == FRAME_BODY:
+                    channel = self.channels.get(ch)
+                    if channel is None:
+                        if ch in self.closing_channels:
+                            continue
+                        if ch == 0:
+                            raise AMQPError(UNEXPECTED_FRAME, "content frame on channel 0")
+                        raise AMQPError(CHANNEL_ERROR, "expected 'channel.open'")
+                    channel.handle_content(ftype, payload)
+                elif ftype == FRAME_HEARTBEAT:
+                    if ch != 0:
+                        raise AMQPError(FRAME_ERROR, f"heartbeat frame on channel {ch}")
+            except AMQPError as exc:
+                self._error(ch, exc)
+            except Exception:  # a bug must not take the broker down
+                log.exception("internal error on %s channel %d", self.peer, ch)
+                self._fatal(AMQPError(INTERNAL_ERROR, "internal error"))
+        if self.broker.dirty:
+            self.broker.flush_all()
+
+    def _protocol_header(self, data: bytes) -> bytes:
+        buf = self._hbuf + data
+        if len(buf) < 8:
+            if PROTOCOL_HEADER.startswith(buf):
+                self._hbuf = buf
+                return b""
+        if buf[:8] != PROTOCOL_HEADER:
+            log.info("bad protocol header from %s: %r", self.peer, buf[:8])
+            assert self.transport is not None
+            self.transport.write(PROTOCOL_HEADER)
+            self.state = S_CLOSED
+            self.transport.close()
+            return b""
+        self._hbuf = b""
+        self.state = S_START_OK
+        self.send(
+            M.encode_method(
+                0,
+                C.Connection.Start(
+                    version_major=0,
+                    version_minor=9,
+                    server_properties=self.broker.server_properties(),
+                    mechanisms="PLAIN AMQPLAIN",
+                    locales="en_US",
+                ),
+            )
+        )
+        self.broker.flush_all()
+        return buf[8:]
+
+    def _while_closing(self, ftype: int, ch: int, payload: bytes) -> None:
+        """After we sent connection.close only close / close-ok matter."""
+        if self.state != S_CLOSING or ftype != FRAME_METHOD or ch != 0:
+            return
+        try:
+            method = M.decode_method(payload)
+        except Exception:
+            return
+        if isinstance(method, C.Connection.Close):
+            self.send(M.encode_method(0, C.Connection.CloseOk()))
+            self._close_transport()
+        elif isinstance(method, C.Connection.CloseOk):
+            self._close_transport()
+
+    def _decode(self, payload: bytes) -> Any:
+        try:
+            return M.decode_method(payload)
+        except M.UnknownMethod as exc:
+            raise AMQPError(NOT_IMPLEMENTED, str(exc)) from None
+        except M.MethodDecodeError as exc:
+            idx = M.method_index(payload) if len(payload) >= 4 else 0
+            raise AMQPError(SYNTAX_ERROR, str(exc), idx >> 16, idx & 0xFFFF) from None
+
+    def _channel_method(self, ch: int, channel: Channel | None, payload: bytes) -> None:
+        method = self._decode(payload)
+        if channel is None:
+            if ch in self.closing_channels:
+                if isinstance(method, C.Channel.CloseOk):
+                    self.closing_channels.discard(ch)
+                elif isinstance(method, C.Channel.Close):
+                    self.closing_channels.discard(ch)
+                    self.send(M.encode_method(ch, C.Channel.CloseOk()))
+                return
+            if self.state != S_OPENED:
+                raise AMQPError(COMMAND_INVALID, f"unexpected method {method.name} before connection.open")
+            if isinstance(method, C.Channel.Open):
+                if len(self.channels) + len(self.closing_channels) >= self.channel_max > 0:
+                    raise AMQPError(
+                        NOT_ALLOWED,
+                        f"number of channels opened ({len(self.channels)}) has reached the "
+                        f"negotiated channel_max ({self.channel_max})",
+                        20,
+                        10,
+                    )
+                self.channels[ch] = Channel(self, ch)
+                self.send(M.encode_method(ch, C.Channel.OpenOk()))
+                return
+            raise AMQPError(CHANNEL_ERROR, "expected 'channel.open'", *_ids(method))
+        if isinstance(method, C.Channel.Close):
+            channel.close_all()
+            del self.channels[ch]
+            self.send(M.encode_method(ch, C.Channel.CloseOk()))
+            return
+        if isinstance(method, C.Channel.CloseOk):
+            return
+        if method.index >> 16 == 10:
+            raise AMQPError(COMMAND_INVALID, f"connection method {method.name} on channel {ch}", *_ids(method))
+        try:
+            channel.handle_method(method)
+        except AMQPError as exc:
+            if not exc.class_id:
+                exc.class_id, exc.method_id = _ids(method)
+            raise
+
+    def _error(self, ch: int, exc: AMQPError) -> None:
+        if exc.closes_channel and ch != 0 and ch in self.channels:
+            channel = self.channels.pop(ch)
+            channel.state = CLOSING
+            channel.close_all()
+            self.closing_channels.add(ch)
+            log.info("channel %d of %s closed: %s", ch, self.peer, exc.reply_text)
+            self.send(
+                M.encode_method(
+                    ch,
+                    C.Channel.Close(
+                        reply_code=exc.code, reply_text=exc.reply_text, class_id=exc.class_id, method_id=exc.method_id
+                    ),
+                )
+            )
+        else:
+            self._fatal(exc)
+
+    def _fatal(self, exc: AMQPError) -> None:
+        """Connection exception: send connection.close and wait (briefly) for close-ok."""
+        if self.state >= S_CLOSING:
+            return
+        log.info("closing connection %s: %s", self.peer, exc.reply_text)
+        if self.state < S_TUNE_OK:
+            # before tune there is no agreed way to talk: just close the socket
+            self._close_transport()
+            return
+        self.send(
+            M.encode_method(
+                0,
+                C.Connection.Close(
+                    reply_code=exc.code, reply_text=exc.reply_text, class_id=exc.class_id, method_id=exc.method_id
+                ),
+            )
+        )
+        self.state = S_CLOSING
+        self._cleanup()
+        self._timers.append(self.loop.call_later(self.broker.config.close_timeout, self._close_transport))
+
+    def close_forced(self, code: int = CONNECTION_FORCED, text: str = "broker forced connection closure with reason 'shutdown'") -> None:
+        """Server-initiated close (shutdown, management)."""
+        if self.state == S_OPENED:
+            self._fatal(AMQPError(code, text))
+            self.flush()
+        elif self.state < S_CLOSING:
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.flush()
+            self.transport.close()
+        if self.state < S_CLOSING:
+            self.state = S_CLOSING
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        for ch in list(self.channels.values()):
+            ch.close_all()
+        self.channels.clear()
+        for q in self.exclusive_queues:
+            if not q.deleted:
+                q.vhost.delete_queue(q)
+        self.exclusive_queues = []
+        if self.state >= S_CLOSED:
+            for t in self._timers:
+                t.cancel()
+            self._timers = []
+            if self._hb_handle is not None:
+                self._hb_handle.cancel()
+                self._hb_handle = None
+            self.out = []
+            self.out_bytes = 0
+
+    # ------------------------------------------------------------------ handshake
+
+    def _handshake_timeout(self) -> None:
+        if self.state < S_OPENED:
+            log.info("handshake timeout from %s", self.peer)
+            self._close_transport()
+
+    def _connection_method(self, payload: bytes) -> None:
+        method = self._decode(payload)
+        state = self.state
+        if isinstance(method, C.Connection.Close):
+            self.send(M.encode_method(0, C.Connection.CloseOk()))
+            self.state = S_CLOSING
+            self._cleanup()
+            self._close_transport()
+            return
+        if isinstance(method, C.Connection.CloseOk):
+            self._close_transport()
+            return
+        if state == S_START_OK and isinstance(method, C.Connection.StartOk):
+            self._start_ok(method)
+        elif state == S_TUNE_OK and isinstance(method, C.Connection.TuneOk):
+            self._tune_ok(method)
+        elif state == S_OPEN and isinstance(method, C.Connection.Open):
+            self._open(method)
+        elif state == S_OPENED and isinstance(method, C.Connection.Blocked | C.Connection.Unblocked):
+            pass
+        elif state == S_OPENED and isinstance(method, C.Connection.UpdateSecret):
+            self.send(M.encode_method(0, C.Connection.UpdateSecretOk()))
+        else:
+            raise AMQPError(
+                COMMAND_INVALID if state == S_OPENED else CHANNEL_ERROR,
+                f"unexpected method {method.name} on channel 0",
+                *_ids(method),
+            )
+
+    def _start_ok(self, m: C.Connection.StartOk) -> None:
+        self.client_properties = m.client_properties or {}
+        caps = self.client_properties.get("capabilities")
+        self.capabilities = caps if isinstance(caps, dict) else {}
+        user, password = _credentials(m.mechanism, m.response)
+        if user is None or not self.broker.authenticate(user, password or ""):
+            log.info("login refused for user %r from %s (%s)", user, self.peer, m.mechanism)
+            if self.capabilities.get("authentication_failure_close"):
+                self.send(
+                    M.encode_method(
+                        0,
+                        C.Connection.Close(
+                            reply_code=ACCESS_REFUSED,
+                            reply_text=f"ACCESS_REFUSED - Login was refused using authentication mechanism {m.mechanism}. For details see the broker logfile.",
+                            class_id=10,
+                            method_id=11,
+                        ),
+                    )
+                )
+            self.state = S_CLOSING
+            self._close_transport()
+            return
+        self.user = user
+        cfg = self.broker.config
+        self.state = S_TUNE_OK
+        self.send(
+            M.encode_method(
+                0, C.Connection.Tune(channel_max=cfg.channel_max, frame_max=cfg.frame_max, heartbeat=cfg.heartbeat)
+            )
+        )
+
+    def _tune_ok(self, m: C.Connection.TuneOk) -> None:
+        cfg = self.broker.config
+        frame_max = m.frame_max or cfg.frame_max
+        if frame_max > cfg.frame_max:
+            raise AMQPError(NOT_ALLOWED, f"frame_max={frame_max} > {cfg.frame_max} max", 10, 31)
+        if frame_max < FRAME_MIN_SIZE:
+            raise AMQPError(NOT_ALLOWED, f"frame_max={frame_max} < {FRAME_MIN_SIZE} min", 10, 31)
+        self.frame_max = frame_max
+        self.parser.frame_max = frame_max
+        cm = m.channel_max or cfg.channel_max
+        self.channel_max = min(cm, cfg.channel_max) if cfg.channel_max else cm
+        self.heartbeat = m.heartbeat
+        self.state = S_OPEN
+        if self.heartbeat:
+            self._hb_handle = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
+
+    def _open(self, m: C.Connection.Open) -> None:
+        vhost = self.broker.vhosts.get(m.virtual_host)
+        if vhost is None:
+            raise AMQPError(NOT_ALLOWED, f"vhost {m.virtual_host} not found", 10, 40)
+        self.vhost = vhost
+        self.state = S_OPENED
+        for t in self._timers:
+            t.cancel()
+        self._timers = []
+        self.send(M.encode_method(0, C.Connection.OpenOk()))
+        if self.broker.alarm and self.capabilities.get("connection.blocked"):
+            pass  # told on first publish, as RabbitMQ does
+
+    def _heartbeat_tick(self) -> None:
+        if self.state >= S_CLOSING or self.transport is None:
+            return
+        now = self.loop.time()
+        if now - self.last_recv > 2 * self.heartbeat:
+            log.info("missed heartbeats from %s, closing", self.peer)
+            self.state = S_CLOSED
+            self._cleanup()
+            self.transport.abort()
+            return
+        if now - self.last_send >= self.heartbeat / 2:
+            self.transport.write(HEARTBEAT_FRAME)
+            self.last_send = now
+        self._hb_handle = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
+
+    # ------------------------------------------------------------------ flow control
+
+    def block(self) -> None:
+        """Memory alarm: stop reading from a publishing connection."""
+        if self.blocked or self.state != S_OPENED:
+            return
+        self.blocked = True
+        if self.capabilities.get("connection.blocked"):
+            self.send(M.encode_method(0, C.Connection.Blocked(reason="low on memory")))
+        self._pause_reading("alarm")
+
+    def unblock(self) -> None:
+        if not self.blocked:
+            return
+        self.blocked = False
+        if self.capabilities.get("connection.blocked") and self.state == S_OPENED:
+            self.send(M.encode_method(0, C.Connection.Unblocked()))
+        self._resume_reading("alarm")
+
+
+def _ids(method: Any) -> tuple[int, int]:
+    return method.index >> 16, method.index & 0xFFFF
+
+
+def _credentials(mechanism: str, response: Any) -> tuple[str | None, str | None]:
+    if isinstance(response, str):
+        response = response.encode("utf-8", "surrogateescape")
+    if mechanism == "PLAIN":
+        parts = bytes(response).split(b"\x00")
+        if len(parts) != 3:
+            return None, None
+        return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
+    if mechanism == "AMQPLAIN":
+        raw = bytes(response)
+        try:
+            table = pdecode.field_table(len(raw).to_bytes(4, "big") + raw)[1]
+        except Exception:
+            return None, None
+        user, pw = table.get("LOGIN"), table.get("PASSWORD")
+        if isinstance(user, bytes):
+            user = user.decode()
+        if isinstance(pw, bytes):
+            pw = pw.decode()
+        return (user, pw) if isinstance(user, str) else (None, None)
+    return None, None

@@ -1,0 +1,272 @@
+"""Exchanges: direct, fanout, topic and headers.
+
+An exchange maps a routing key (and, for headers, the message headers) to a set of
+destinations: queues or, for exchange-to-exchange bindings, other exchanges.  Each
+type keeps an index built for its match rule:
+
+* direct: dict routing key -> destinations
+* fanout: one list of destinations
+* topic: a trie over dot-separated words (with ``*`` and ``#`` nodes) plus a bounded
+  cache of routing key -> destinations, cleared whenever a binding changes
+* headers: a list of compiled bindings, each checked against the message headers
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Args = dict[str, Any]
+
+TYPES = ("direct", "fanout", "topic", "headers")
+
+
+def freeze(value: Any) -> Any:
+    """A hashable, type-preserving form of an argument table (for binding identity)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, freeze(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return ("__list__", tuple(freeze(v) for v in value))
+    if isinstance(value, bytearray):
+        return bytes(value)
+    return (type(value).__name__, value)
+
+
+class Exchange:
+    """Base exchange: binding bookkeeping shared by every type."""
+
+    type = "direct"
+
+    def __init__(
+        self,
+        name: str,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Args | None = None,
+    ) -> None:
+        self.name = name
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments: Args = dict(arguments or {})
+        self.alternate: str | None = None
+        ae = self.arguments.get("alternate-exchange")
+        if isinstance(ae, bytes):
+            ae = ae.decode()
+        if isinstance(ae, str):
+            self.alternate = ae
+        # (destination, routing_key, frozen args) -> args
+        self.bindings: dict[tuple[Any, str, Any], Args] = {}
+        self.deleted = False
+
+    def bind(self, dest: Any, routing_key: str, args: Args) -> bool:
+        key = (dest, routing_key, freeze(args))
+        if key in self.bindings:
+            return False
+        self.bindings[key] = args
+        self._add(dest, routing_key, args)
+        return True
+
+    def unbind(self, dest: Any, routing_key: str, args: Args) -> bool:
+        key = (dest, routing_key, freeze(args))
+        if key not in self.bindings:
+            return False
+        del self.bindings[key]
+        self._rebuild()
+        return True
+
+    def unbind_all(self, dest: Any) -> list[tuple[str, Args]]:
+        """Remove every binding to ``dest``; return what was removed."""
+        gone = [(k[1], a) for k, a in self.bindings.items() if k[0] is dest]
+        if gone:
+            self.bindings = {k: a for k, a in self.bindings.items() if k[0] is not dest}
+            self._rebuild()
+        return gone
+
+    def _rebuild(self) -> None:
+        self._clear()
+        for (dest, rk, _), args in self.bindings.items():
+            self._add(dest, rk, args)
+
+    # type-specific index
+    def _clear(self) -> None:
+        raise NotImplementedError
+
+    def _add(self, dest: Any, routing_key: str, args: Args) -> None:
+        raise NotImplementedError
+
+    def route(self, routing_key: str, msg: Any) -> list[Any] | tuple[Any, ...]:
+        """Destinations for a message; ``msg.headers`` is its headers table."""
+        raise NotImplementedError
+
+
+class DirectExchange(Exchange):
+    type = "direct"
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        self._index: dict[str, list[Any]] = {}
+        super().__init__(*a, **kw)
+
+    def _clear(self) -> None:
+        self._index = {}
+
+    def _add(self, dest: Any, routing_key: str, args: Args) -> None:
+        lst = self._index.setdefault(routing_key, [])
+        if dest not in lst:
+            lst.append(dest)
+
+    def route(self, routing_key: str, msg: Any) -> list[Any] | tuple[Any, ...]:
+        return self._index.get(routing_key, ())
+
+
+class FanoutExchange(Exchange):
+    type = "fanout"
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        self._dests: list[Any] = []
+        super().__init__(*a, **kw)
+
+    def _clear(self) -> None:
+        self._dests = []
+
+    def _add(self, dest: Any, routing_key: str, args: Args) -> None:
+        if dest not in self._dests:
+            self._dests.append(dest)
+
+    def route(self, routing_key: str, msg: Any) -> list[Any] | tuple[Any, ...]:
+        return self._dests
+
+
+class _Node:
+    __slots__ = ("children", "star", "hash", "dests")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.star: _Node | None = None
+        self.hash: _Node | None = None
+        self.dests: list[Any] = []
+
+
+class TopicExchange(Exchange):
+    """Topic matching on a word trie; results cached per routing key."""
+
+    type = "topic"
+    CACHE_MAX = 4096
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        self._root = _Node()
+        self._cache: dict[str, tuple[Any, ...]] = {}
+        super().__init__(*a, **kw)
+
+    def _clear(self) -> None:
+        self._root = _Node()
+        self._cache = {}
+
+    def _add(self, dest: Any, routing_key: str, args: Args) -> None:
+        node = self._root
+        for word in routing_key.split("."):
+            if word == "*":
+                if node.star is None:
+                    node.star = _Node()
+                node = node.star
+            elif word == "#":
+                if node.hash is None:
+                    node.hash = _Node()
+                node = node.hash
+            else:
+                nxt = node.children.get(word)
+                if nxt is None:
+                    nxt = node.children[word] = _Node()
+                node = nxt
+        if dest not in node.dests:
+            node.dests.append(dest)
+        self._cache = {}
+
+    def route(self, routing_key: str, msg: Any) -> list[Any] | tuple[Any, ...]:
+        hit = self._cache.get(routing_key)
+        if hit is not None:
+            return hit
+        out: dict[Any, None] = {}
+        _match(self._root, routing_key.split("."), 0, out)
+        result = tuple(out)
+        if len(self._cache) >= self.CACHE_MAX:
+            self._cache.clear()
+        self._cache[routing_key] = result
+        return result
+
+
+def _match(node: _Node, words: list[str], i: int, out: dict[Any, None]) -> None:
+    n = len(words)
+    if node.hash is not None:
+        # '#' matches zero or more words: try every remaining suffix
+        h = node.hash
+        for j in range(i, n + 1):
+            _match(h, words, j, out)
+    if i == n:
+        for d in node.dests:
+            out[d] = None
+        return
+    child = node.children.get(words[i])
+    if child is not None:
+        _match(child, words, i + 1, out)
+    if node.star is not None:
+        _match(node.star, words, i + 1, out)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Header value equality as RabbitMQ (Erlang) compares: by type, so true != 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, bytes | bytearray) and isinstance(b, str):
+        return bytes(a) == b.encode()
+    if isinstance(b, bytes | bytearray) and isinstance(a, str):
+        return bytes(b) == a.encode()
+    return a == b
+
+
+class HeadersExchange(Exchange):
+    type = "headers"
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        self._rules: list[tuple[Any, bool, bool, list[tuple[str, Any]]]] = []
+        super().__init__(*a, **kw)
+
+    def _clear(self) -> None:
+        self._rules = []
+
+    def _add(self, dest: Any, routing_key: str, args: Args) -> None:
+        mode = args.get("x-match", "all")
+        if isinstance(mode, bytes):
+            mode = mode.decode()
+        match_all = not str(mode).startswith("any")
+        with_x = str(mode).endswith("-with-x")
+        conds = [(k, v) for k, v in args.items() if k != "x-match" and (with_x or not k.startswith("x-"))]
+        self._rules.append((dest, match_all, with_x, conds))
+
+    def route(self, routing_key: str, msg: Any) -> list[Any] | tuple[Any, ...]:
+        if not self._rules:
+            return ()
+        headers = msg.headers
+        out: dict[Any, None] = {}
+        for dest, match_all, _with_x, conds in self._rules:
+            if dest in out:
+                continue
+            if match_all:
+                ok = all(k in headers and (v is None or _same(headers[k], v)) for k, v in conds)
+            else:
+                ok = any(k in headers and (v is None or _same(headers[k], v)) for k, v in conds)
+            if ok:
+                out[dest] = None
+        return tuple(out)
+
+
+EXCHANGE_CLASSES: dict[str, type[Exchange]] = {
+    "direct": DirectExchange,
+    "fanout": FanoutExchange,
+    "topic": TopicExchange,
+    "headers": HeadersExchange,
+}
+
+
+def make_exchange(type_: str, name: str, **kw: Any) -> Exchange:
+    return EXCHANGE_CLASSES[type_](name, **kw)

@@ -1,0 +1,48 @@
+"""The in-memory message.
+
+One ``Message`` per published message, shared by every queue it is routed to.  The
+content header is kept exactly as the publisher sent it (``header``: class, weight,
+body size, property flags and property bytes) and written back verbatim on delivery;
+``ex_rk`` is the exchange and routing key as the two short strings from basic.publish,
+reused verbatim in basic.deliver / basic.get-ok / basic.return.  Properties are only
+decoded when the broker needs one (``props``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol import properties as P
+
+
+class Message:
+    __slots__ = ("ex_rk", "exchange", "routing_key", "header", "body", "_props", "size")
+
+    def __init__(self, ex_rk: bytes, exchange: str, routing_key: str, header: bytes, body: bytes) -> None:
+        self.ex_rk = ex_rk
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.header = header
+        self.body = body
+        self.size = len(body)
+        self._props: dict[str, Any] | None = None
+
+    @property
+    def props(self) -> dict[str, Any]:
+        """Scalar properties present in the header (decoded once, on first use)."""
+        p = self._props
+        if p is None:
+            # flags == 0 is by far the most common case: skip the scan entirely
+            p = self._props = P.scan(self.header) if self.header[12:14] != b"\x00\x00" else {}
+        return p
+
+    @property
+    def persistent(self) -> bool:
+        return self.props.get("delivery_mode") == 2
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        at = self.props.get("_headers_at")
+        if at is None:
+            return {}
+        return P.headers(self.header, at)

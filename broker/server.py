@@ -1,0 +1,177 @@
+"""The broker: listener, vhosts, users, the write-flush loop and the memory alarm."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import socket
+from typing import Any
+
+from broker.config import Config
+from broker.connection import Connection
+from broker.vhost import VHost
+
+log = logging.getLogger("leveret")
+
+VERSION = "0.1.0"
+
+
+class Broker:
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.vhosts: dict[str, VHost] = {}
+        self.connections: set[Connection] = set()
+        self.server: asyncio.base_events.Server | None = None
+        self.dirty: list[Connection] = []
+        self._flush_scheduled = False
+        self.queued_bytes = 0
+        self.alarm = False
+        self.stats_published = 0
+        self.stats_delivered = 0
+        self.stats_acked = 0
+        for name in self.config.vhosts:
+            self.add_vhost(name)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        host = self.config.host
+        try:
+            self.server = await self.loop.create_server(
+                lambda: Connection(self), host, self.config.port, reuse_address=True, backlog=1024
+            )
+        except OSError:
+            if not isinstance(host, list) or len(host) < 2:
+                raise
+            # e.g. no IPv6 loopback: fall back to the first address alone
+            self.server = await self.loop.create_server(
+                lambda: Connection(self), host[0], self.config.port, reuse_address=True, backlog=1024
+            )
+        for sock in self.server.sockets:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        log.info("Leveret %s listening on %s", VERSION, ", ".join(self.addresses))
+
+    @property
+    def addresses(self) -> list[str]:
+        out = []
+        for s in self.server.sockets if self.server else []:
+            addr = s.getsockname()
+            out.append(f"[{addr[0]}]:{addr[1]}" if s.family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}")
+        return out
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self, timeout: float = 1.0) -> None:
+        """Close the listener, send connection.close 320 to every client, then stop."""
+        if self.server is not None:
+            self.server.close()
+        conns = list(self.connections)
+        for c in conns:
+            c.close_forced()
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for c in list(self.connections):
+            if c.transport is not None:
+                c.transport.abort()
+        if self.server is not None:
+            await self.server.wait_closed()
+            self.server = None
+        await asyncio.sleep(0)
+
+    # ------------------------------------------------------------------ output batching
+
+    def mark_dirty(self, conn: Connection) -> None:
+        self.dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush_all)
+
+    def flush_all(self) -> None:
+        """Write out everything queued for every connection since the last flush."""
+        self._flush_scheduled = False
+        while self.dirty:
+            dirty, self.dirty = self.dirty, []
+            for conn in dirty:
+                conn.flush()
+        self._check_alarm()
+
+    def _check_alarm(self) -> None:
+        high = self.config.memory_high_watermark
+        if not self.alarm:
+            if self.queued_bytes > high:
+                self.alarm = True
+                log.warning("memory alarm: %d bytes queued > %d, blocking publishers", self.queued_bytes, high)
+                for c in list(self.connections):
+                    if c.is_publisher:
+                        c.block()
+        elif self.queued_bytes < high * 0.8:
+            self.alarm = False
+            log.warning("memory alarm cleared")
+            for c in list(self.connections):
+                c.unblock()
+
+    # ------------------------------------------------------------------ vhosts / auth
+
+    def add_vhost(self, name: str) -> VHost:
+        v = self.vhosts.get(name)
+        if v is None:
+            v = self.vhosts[name] = VHost(self, name)
+        return v
+
+    def delete_vhost(self, name: str) -> None:
+        v = self.vhosts.pop(name, None)
+        if v is None:
+            return
+        for c in list(self.connections):
+            if c.vhost is v:
+                c.close_forced(320, f"vhost '{name}' is deleted")
+        for q in list(v.queues.values()):
+            v.delete_queue(q)
+
+    def authenticate(self, user: str, password: str) -> bool:
+        return self.config.users.get(user) == password
+
+    def server_properties(self) -> dict[str, Any]:
+        return {
+            "product": "Leveret",
+            "version": VERSION,
+            "platform": f"Python {platform.python_version()}",
+            "copyright": "Leveret contributors",
+            "information": "An AMQP 0-9-1 broker on asyncio; see https://www.rabbitmq.com/ for the protocol",
+            "cluster_name": f"leveret@{socket.gethostname()}",
+            "capabilities": {
+                "publisher_confirms": True,
+                "exchange_exchange_bindings": True,
+                "basic.nack": True,
+                "consumer_cancel_notify": True,
+                "connection.blocked": True,
+                "consumer_priorities": True,
+                "authentication_failure_close": True,
+                "per_consumer_qos": True,
+                "direct_reply_to": True,
+            },
+        }
+
+    # ------------------------------------------------------------------ storage hooks
+
+    def definitions_changed(self, obj: Any) -> None:
+        """A durable definition changed (None: a transient one)."""
+
+    def queue_created(self, q: Any) -> None:
+        pass
+
+    def queue_deleted(self, q: Any) -> None:
+        pass
+
+    def queue_purged(self, q: Any) -> None:
+        pass
+
+    def validate_queue_arguments(self, arguments: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,346 @@
+"""A virtual host: its exchanges, queues and bindings, and the routing between them.
+
+Declare/delete/bind operations raise :class:`AMQPError` with RabbitMQ's codes and texts;
+the channel turns them into channel.close or connection.close.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import TYPE_CHECKING, Any
+
+from broker.errors import AMQPError, rs
+from broker.exchange import EXCHANGE_CLASSES, Exchange, freeze, make_exchange
+from broker.message import Message
+from broker.queue import Queue
+from protocol.constants import (
+    ACCESS_REFUSED,
+    COMMAND_INVALID,
+    NOT_FOUND,
+    PRECONDITION_FAILED,
+    RESOURCE_LOCKED,
+)
+
+if TYPE_CHECKING:
+    from broker.server import Broker
+
+DEFAULT_EXCHANGES = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+
+def generated_name(prefix: str) -> str:
+    """RabbitMQ-style server-generated name: prefix + URL-safe base64 of 16 random bytes."""
+    return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class DefaultExchange(Exchange):
+    """The nameless direct exchange: routing key = queue name."""
+
+    type = "direct"
+
+    def __init__(self, vhost: VHost) -> None:
+        super().__init__("", durable=True)
+        self._queues = vhost.queues
+
+    def _clear(self) -> None:
+        pass
+
+    def _add(self, dest: Any, routing_key: str, args: dict[str, Any]) -> None:
+        pass
+
+    def route(self, routing_key: str, msg: Any) -> tuple[Any, ...]:
+        q = self._queues.get(routing_key)
+        return (q,) if q is not None else ()
+
+
+def _bool_text(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def _arg_text(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return f"the value '{_bool_text(v)}' of type 'bool'"
+    if isinstance(v, int):
+        return f"the value '{v}' of type 'long'"
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if isinstance(v, str):
+        return f"the value '{v}' of type 'longstr'"
+    return f"the value '{v}'"
+
+
+# x-arguments whose values must match on redeclare (RabbitMQ's equivalence check)
+QUEUE_EQUIV_ARGS = (
+    "x-expires",
+    "x-message-ttl",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+)
+
+
+class VHost:
+    def __init__(self, broker: Broker, name: str) -> None:
+        self.broker = broker
+        self.name = name
+        self.queues: dict[str, Queue] = {}
+        self.exchanges: dict[str, Exchange] = {}
+        self.default_exchange = DefaultExchange(self)
+        self.exchanges[""] = self.default_exchange
+        for xname, xtype in DEFAULT_EXCHANGES:
+            self.exchanges[xname] = make_exchange(xtype, xname, durable=True)
+
+    # ------------------------------------------------------------------ routing
+
+    def route(self, exchange: Exchange, routing_key: str, msg: Message) -> list[Queue] | tuple[Any, ...]:
+        """Every queue the message reaches from ``exchange`` (e2e bindings and
+        alternate exchanges followed, each exchange visited once)."""
+        dests = exchange.route(routing_key, msg)
+        if dests:
+            for d in dests:
+                if type(d) is not Queue:
+                    break
+            else:
+                return dests
+        elif exchange.alternate is None:
+            return dests
+        out: dict[Queue, None] = {}
+        self._route_into(exchange, routing_key, msg, out, set())
+        return list(out)
+
+    def _route_into(self, x: Exchange, rk: str, msg: Message, out: dict[Queue, None], seen: set[str]) -> None:
+        seen.add(x.name)
+        found = False
+        for d in x.route(rk, msg):
+            if type(d) is Queue:
+                out[d] = None
+                found = True
+            elif d.name not in seen:
+                before = len(out)
+                self._route_into(d, rk, msg, out, seen)
+                found = found or len(out) > before
+        if not found and x.alternate is not None and x.alternate not in seen:
+            ae = self.exchanges.get(x.alternate)
+            if ae is not None:
+                self._route_into(ae, rk, msg, out, seen)
+
+    # ------------------------------------------------------------------ exchanges
+
+    def get_exchange(self, name: str) -> Exchange:
+        x = self.exchanges.get(name)
+        if x is None:
+            raise AMQPError(NOT_FOUND, f"no {rs('exchange', name, self.name)}")
+        return x
+
+    def declare_exchange(
+        self,
+        name: str,
+        type_: str,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict[str, Any],
+    ) -> Exchange:
+        if passive:
+            if name == "":
+                return self.default_exchange
+            return self.get_exchange(name)
+        if type_ not in EXCHANGE_CLASSES:
+            # x-* plugin types are not available here either
+            raise AMQPError(COMMAND_INVALID, f"unknown exchange type '{type_}'")
+        if name == "":
+            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        x = self.exchanges.get(name)
+        if x is None:
+            if name.startswith("amq."):
+                raise AMQPError(
+                    ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'"
+                )
+            x = make_exchange(
+                type_, name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments
+            )
+            self.exchanges[name] = x
+            self.broker.definitions_changed(x if durable else None)
+            return x
+        where = rs("exchange", name, self.name)
+        if x.type != type_:
+            raise AMQPError(
+                PRECONDITION_FAILED,
+                f"inequivalent arg 'type' for {where}: received '{type_}' but current is '{x.type}'",
+            )
+        for arg, new, cur in (
+            ("durable", durable, x.durable),
+            ("auto_delete", auto_delete, x.auto_delete),
+            ("internal", internal, x.internal),
+        ):
+            if new != cur:
+                raise AMQPError(
+                    PRECONDITION_FAILED,
+                    f"inequivalent arg '{arg}' for {where}: received '{_bool_text(new)}' but current is '{_bool_text(cur)}'",
+                )
+        new_ae, cur_ae = arguments.get("alternate-exchange"), x.arguments.get("alternate-exchange")
+        if freeze(new_ae) != freeze(cur_ae):
+            raise AMQPError(
+                PRECONDITION_FAILED,
+                f"inequivalent arg 'alternate-exchange' for {where}: received {_arg_text(new_ae)} but current is {_arg_text(cur_ae)}",
+            )
+        return x
+
+    def delete_exchange(self, name: str, if_unused: bool) -> None:
+        if name == "":
+            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        if name.startswith("amq."):
+            raise AMQPError(ACCESS_REFUSED, f"deletion of system {rs('exchange', name, self.name)} not allowed")
+        x = self.exchanges.get(name)
+        if x is None:
+            return
+        if if_unused and x.bindings:
+            raise AMQPError(PRECONDITION_FAILED, f"{rs('exchange', name, self.name)} in use")
+        self._remove_exchange(x)
+
+    def _remove_exchange(self, x: Exchange) -> None:
+        x.deleted = True
+        self.exchanges.pop(x.name, None)
+        x.bindings.clear()
+        x._rebuild()
+        for other in list(self.exchanges.values()):
+            if other.unbind_all(x):
+                self._maybe_auto_delete(other)
+        self.broker.definitions_changed(x if x.durable else None)
+
+    def _maybe_auto_delete(self, x: Exchange) -> None:
+        if x.auto_delete and not x.bindings and not x.deleted and x.name in self.exchanges:
+            self._remove_exchange(x)
+
+    def bind_exchange(self, dest_name: str, source_name: str, routing_key: str, arguments: dict[str, Any]) -> None:
+        if dest_name == "" or source_name == "":
+            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        dest = self.get_exchange(dest_name)
+        source = self.get_exchange(source_name)
+        if source.bind(dest, routing_key, arguments):
+            self.broker.definitions_changed(source if source.durable and dest.durable else None)
+
+    def unbind_exchange(self, dest_name: str, source_name: str, routing_key: str, arguments: dict[str, Any]) -> None:
+        if dest_name == "" or source_name == "":
+            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        dest = self.exchanges.get(dest_name)
+        source = self.exchanges.get(source_name)
+        if dest is None or source is None:
+            return
+        if source.unbind(dest, routing_key, arguments):
+            self.broker.definitions_changed(source if source.durable and dest.durable else None)
+            self._maybe_auto_delete(source)
+
+    # ------------------------------------------------------------------ queues
+
+    def get_queue(self, name: str, owner: Any) -> Queue:
+        q = self.queues.get(name)
+        if q is None:
+            raise AMQPError(NOT_FOUND, f"no {rs('queue', name, self.name)}")
+        self.check_exclusive(q, owner)
+        return q
+
+    def check_exclusive(self, q: Queue, owner: Any) -> None:
+        if q.exclusive_owner is not None and q.exclusive_owner is not owner:
+            raise AMQPError(
+                RESOURCE_LOCKED,
+                f"cannot obtain exclusive access to locked {rs('queue', q.name, self.name)}. "
+                "It could be originally declared on another connection or the exclusive "
+                "property value does not match that of the original declaration.",
+            )
+
+    def declare_queue(
+        self,
+        name: str,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+        owner: Any,
+    ) -> Queue:
+        if passive:
+            return self.get_queue(name, owner)
+        if name == "":
+            name = generated_name("amq.gen-")
+        elif name.startswith("amq."):
+            raise AMQPError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
+        q = self.queues.get(name)
+        if q is not None:
+            self.check_exclusive(q, owner)
+            if exclusive and q.exclusive_owner is None:
+                self.check_exclusive(q, object())
+            where = rs("queue", name, self.name)
+            for arg, new, cur in (("durable", durable, q.durable), ("auto_delete", auto_delete, q.auto_delete)):
+                if new != cur:
+                    raise AMQPError(
+                        PRECONDITION_FAILED,
+                        f"inequivalent arg '{arg}' for {where}: received '{_bool_text(new)}' but current is '{_bool_text(cur)}'",
+                    )
+            for arg in QUEUE_EQUIV_ARGS:
+                new_v, cur_v = arguments.get(arg), q.arguments.get(arg)
+                if freeze(new_v) != freeze(cur_v):
+                    if isinstance(new_v, int) and isinstance(cur_v, int) and new_v == cur_v:
+                        continue
+                    raise AMQPError(
+                        PRECONDITION_FAILED,
+                        f"inequivalent arg '{arg}' for {where}: received {_arg_text(new_v)} but current is {_arg_text(cur_v)}",
+                    )
+            return q
+        self.broker.validate_queue_arguments(arguments)
+        q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
+        self.queues[name] = q
+        if exclusive and owner is not None:
+            owner.exclusive_queues.append(q)
+        self.broker.queue_created(q)
+        return q
+
+    def delete_queue(self, q: Queue) -> int:
+        """Remove a queue, its bindings and consumers; return its ready message count."""
+        if q.deleted:
+            return 0
+        q.deleted = True
+        self.queues.pop(q.name, None)
+        for x in list(self.exchanges.values()):
+            if x.bindings and x.unbind_all(q):
+                self._maybe_auto_delete(x)
+        for c in list(q.consumers):
+            c.channel.consumer_cancelled_by_server(c)
+        q.consumers.clear()
+        count = q.purge()
+        self.broker.queue_deleted(q)
+        return count
+
+    def bind_queue(self, q: Queue, exchange_name: str, routing_key: str, arguments: dict[str, Any]) -> None:
+        if exchange_name == "":
+            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        x = self.get_exchange(exchange_name)
+        if x.bind(q, routing_key, arguments):
+            self.broker.definitions_changed(x if x.durable and q.durable else None)
+
+    def unbind_queue(self, queue_name: str, exchange_name: str, routing_key: str, arguments: dict[str, Any], owner: Any) -> None:
+        if exchange_name == "":
+            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        q = self.queues.get(queue_name)
+        x = self.exchanges.get(exchange_name)
+        if q is None or x is None:
+            return
+        self.check_exclusive(q, owner)
+        if x.unbind(q, routing_key, arguments):
+            self.broker.definitions_changed(x if x.durable and q.durable else None)
+            self._maybe_auto_delete(x)

@@ -1,0 +1,208 @@
+"""Method frames: raw-bytes fast paths for the hot methods, pamqp for the rest.
+
+Inbound hot methods (basic.publish, basic.ack, basic.nack, basic.reject) are decoded
+with ``struct`` and slicing; outbound basic.deliver and the content frames are built by
+concatenating pre-encoded pieces.  Every other method goes through pamqp's classes
+(``decode_method`` / ``encode_method``).  ``encode_method`` skips pamqp's client-side
+validation, which rejects names RabbitMQ accepts (e.g. 255-byte queue names).
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+
+from pamqp import commands, decode, encode
+from pamqp.base import Frame as PamqpMethod
+
+from protocol.constants import FRAME_BODY, FRAME_END_BYTE, FRAME_HEADER, FRAME_METHOD
+from protocol.frames import pack_head
+
+_U16 = Struct(">H")
+_U32 = Struct(">I")
+_U64 = Struct(">Q")
+_TAG_BIT = Struct(">QB")
+_unpack_tag_bit = _TAG_BIT.unpack_from
+_pack_tag_bit = _TAG_BIT.pack
+_HEADER_SIZE = Struct(">HHQ")
+
+DELIVER_PREFIX = b"\x00\x3c\x00\x3c"  # class 60, method 60
+GET_OK_PREFIX = b"\x00\x3c\x00\x47"  # class 60, method 71
+RETURN_PREFIX = b"\x00\x3c\x00\x32"  # class 60, method 50
+ACK_PREFIX = b"\x00\x3c\x00\x50"
+NACK_PREFIX = b"\x00\x3c\x00\x78"
+
+
+class MethodDecodeError(Exception):
+    """The method frame's arguments could not be decoded (502 SYNTAX_ERROR)."""
+
+
+class UnknownMethod(Exception):
+    """The class/method id pair is not an AMQP 0-9-1 method (540 NOT_IMPLEMENTED)."""
+
+
+def method_index(payload: bytes) -> int:
+    """class_id << 16 | method_id of a method frame payload."""
+    if len(payload) < 4:
+        raise MethodDecodeError("method frame too short")
+    return _U32.unpack_from(payload)[0]
+
+
+# --- inbound fast paths -------------------------------------------------------------
+
+def parse_publish(payload: bytes) -> tuple[bytes, int, int, bool, bool]:
+    """basic.publish -> (exchange+routing-key wire bytes, exchange end, rk end, mandatory,
+    immediate).
+
+    The first element is the two short strings exactly as they appear on the wire, reused
+    verbatim in basic.deliver; ``payload[6:exchange_end]`` is the exchange name and
+    ``payload[exchange_end + 1:rk_end]`` the routing key.
+    """
+    try:
+        el = payload[6]
+        ex_end = 7 + el
+        rk_end = ex_end + 1 + payload[ex_end]
+        bits = payload[rk_end]
+    except IndexError:
+        raise MethodDecodeError("truncated basic.publish") from None
+    return payload[6:rk_end], ex_end, rk_end, bool(bits & 1), bool(bits & 2)
+
+
+def parse_tag_bits(payload: bytes) -> tuple[int, int]:
+    """basic.ack / basic.nack / basic.reject -> (delivery_tag, flag bits)."""
+    if len(payload) < 13:
+        raise MethodDecodeError("truncated method")
+    return _unpack_tag_bit(payload, 4)
+
+
+# --- outbound fast paths ------------------------------------------------------------
+
+def shortstr(value: str | bytes) -> bytes:
+    """Encode an AMQP short string."""
+    raw = value.encode() if isinstance(value, str) else value
+    if len(raw) > 255:
+        raise ValueError("short string longer than 255 bytes")
+    return bytes((len(raw),)) + raw
+
+
+def content_frames(channel: int, header_payload: bytes, body: bytes, frame_max: int) -> list[bytes]:
+    """Content header frame plus as many body frames as frame_max requires."""
+    out = [pack_head(FRAME_HEADER, channel, len(header_payload)), header_payload, FRAME_END_BYTE]
+    blen = len(body)
+    chunk = frame_max - 8
+    if blen <= chunk:
+        if blen:
+            out.append(pack_head(FRAME_BODY, channel, blen))
+            out.append(body)
+            out.append(FRAME_END_BYTE)
+    else:
+        view = memoryview(body)
+        for start in range(0, blen, chunk):
+            part = view[start : start + chunk]
+            out.append(pack_head(FRAME_BODY, channel, len(part)))
+            out.append(part)  # type: ignore[arg-type]
+            out.append(FRAME_END_BYTE)
+    return out
+
+
+def deliver_frame(channel: int, ctag: bytes, tag: int, redelivered: bool, ex_rk: bytes) -> bytes:
+    """basic.deliver method frame; ``ctag`` is the encoded short string."""
+    size = 4 + len(ctag) + 9 + len(ex_rk)
+    return b"".join(
+        (
+            pack_head(FRAME_METHOD, channel, size),
+            DELIVER_PREFIX,
+            ctag,
+            _pack_tag_bit(tag, redelivered),
+            ex_rk,
+            FRAME_END_BYTE,
+        )
+    )
+
+
+def get_ok_frame(channel: int, tag: int, redelivered: bool, ex_rk: bytes, count: int) -> bytes:
+    payload = GET_OK_PREFIX + _pack_tag_bit(tag, redelivered) + ex_rk + _U32.pack(count)
+    return pack_head(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+
+
+def return_frame(channel: int, code: int, text: str, ex_rk: bytes) -> bytes:
+    payload = RETURN_PREFIX + _U16.pack(code) + shortstr(text) + ex_rk
+    return pack_head(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+
+
+def confirm_frame(channel: int, tag: int, multiple: bool, nack: bool = False) -> bytes:
+    """basic.ack or basic.nack (requeue=false) from the server, for publisher confirms."""
+    if nack:
+        return pack_head(FRAME_METHOD, channel, 13) + NACK_PREFIX + _pack_tag_bit(tag, multiple) + FRAME_END_BYTE
+    return pack_head(FRAME_METHOD, channel, 13) + ACK_PREFIX + _pack_tag_bit(tag, multiple) + FRAME_END_BYTE
+
+
+def header_payload(body_size: int, properties: bytes = b"\x00\x00") -> bytes:
+    """Content header payload for class basic: properties are the raw flags+list bytes."""
+    return _HEADER_SIZE.pack(60, 0, body_size) + properties
+
+
+# --- pamqp for everything else ------------------------------------------------------
+
+def decode_method(payload: bytes) -> PamqpMethod:
+    """Decode any method frame payload into a pamqp command object."""
+    index = method_index(payload)
+    cls = commands.INDEX_MAPPING.get(index)
+    if cls is None:
+        raise UnknownMethod(f"unknown method class={index >> 16} method={index & 0xFFFF}")
+    method = cls.__new__(cls)
+    try:
+        _unmarshal(method, memoryview(payload)[4:].tobytes())
+    except Exception as exc:  # struct.error, ValueError, IndexError, UnicodeDecodeError...
+        raise MethodDecodeError(f"cannot decode {cls.__name__}: {exc}") from None
+    return method
+
+
+def _unmarshal(method: PamqpMethod, data: bytes) -> None:
+    offset, in_bits = 0, False
+    for argument in method.__slots__:  # type: ignore[attr-defined]
+        data_type = method.amqp_type(argument)
+        if in_bits and (data_type != "bit" or offset == 8):
+            data = data[1:]
+            offset = 0
+            in_bits = False
+        if data_type == "bit":
+            if not data:
+                raise ValueError("missing bit field")
+            consumed, value = decode.bit(data, offset)
+            offset += 1
+            in_bits = True
+            consumed = 0
+        else:
+            consumed, value = decode.by_type(data, data_type)
+        setattr(method, argument, value)
+        if consumed:
+            data = data[consumed:]
+
+
+def encode_method(channel: int, method: PamqpMethod) -> bytes:
+    """A complete method frame for a pamqp command object (no client-side validation)."""
+    out = [_U32.pack(method.index)]
+    byte, offset, in_bits = 0, 0, False
+    for argument in method.__slots__:  # type: ignore[attr-defined]
+        data_type = method.amqp_type(argument)
+        value = getattr(method, argument, 0)
+        if data_type == "bit":
+            if not in_bits:
+                byte, offset, in_bits = 0, 0, True
+            byte = encode.bit(value or 0, byte, offset)
+            offset += 1
+            if offset == 8:
+                out.append(encode.octet(byte))
+                in_bits = False
+            continue
+        if in_bits:
+            out.append(encode.octet(byte))
+            in_bits = False
+        if data_type == "shortstr" and isinstance(value, str):
+            out.append(shortstr(value))
+        else:
+            out.append(encode.by_type(value, data_type))
+    if in_bits:
+        out.append(encode.octet(byte))
+    payload = b"".join(out)
+    return pack_head(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE

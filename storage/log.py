@@ -1,0 +1,649 @@
+"""Append-only segmented log of one durable queue (design after LavinMQ's message store).
+
+Layout of a queue directory::
+
+    msgs.0000000001      records: u32 length | u32 crc32c(payload) | payload  (big-endian)
+    acks.0000000001      u64 big-endian positions of acked records of that segment
+    msgs.0000000001.2    the same segment after its 2nd compaction (generation 2), with
+    acks.0000000001.2    its own ack file
+
+A position is ``(segment_number << 32) | byte_offset``. Segment numbers start at 1 and only
+grow, so a stale ack entry can never hit a newer record, and an all-zero ack entry (which a
+crash can leave behind on some file systems) names no record. Empty payloads are refused:
+crc32c(b"") == 0, so an all-zero header would otherwise parse as a valid empty record.
+
+Durability model: append()/ack() go to userspace buffers; flush() hands them to the OS
+(cheap, loop thread); sync_job() flushes and returns a callable that fsyncs (worker thread).
+A record is durable once the job of a sync_job() called after its append has completed.
+
+Choices worth knowing:
+* After recover(), appends start a NEW segment: recovered segments are never written again
+  (except their ack files), so a cut tail or a stale ack can never alias a new record.
+* Per segment we keep the offsets of all its records (array('I')) and one live flag byte per
+  record: 5 bytes per record, independent of record size. ack() of an unknown, already
+  acked or mid-record position is a no-op that returns False; counts are never corrupted.
+* A segment whose records are all acked is deleted at once unless it is the active segment
+  and still has room (a full active segment is deleted too; the next append starts another).
+* Compaction rewrites a sparse segment as the next *generation* of the same segment number
+  (new file name, fsynced and renamed before the old generation is removed), so a crash at
+  any step leaves either the old pair (msgs, acks) or the new one, never old acks applied to
+  the new layout. Recovery keeps the highest generation of each segment.
+* Deleting a segment unlinks msgs.N at once but acks.N only after the next directory fsync
+  (in the sync job), so a crash can never keep msgs.N while losing its acks.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import struct
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+
+from crc32c import crc32c
+
+log = logging.getLogger(__name__)
+
+_HDR = struct.Struct(">II")  # record header: payload length, crc32c(payload)
+_POS = struct.Struct(">Q")  # ack entry: position
+_MASK = 0xFFFFFFFF
+_MAX_PAYLOAD = _MASK - _HDR.size
+_WBUF_LIMIT = 1 << 20  # flush the message buffer to the OS beyond 1 MiB
+_READ_GUESS = 4096  # first pread size in read(); one syscall for typical records
+_MAX_FDS = 8  # per log: cached read fds of inactive segments, and ack-file fds
+
+
+class CorruptRecord(Exception):
+    """A record read back from disk does not match its length or checksum."""
+
+
+def _name(kind: str, n: int, gen: int) -> str:
+    return f"{kind}.{n:010d}.{gen}" if gen else f"{kind}.{n:010d}"
+
+
+def _write_at(fd: int, data: bytes | bytearray, offset: int) -> None:
+    """Write all of data at offset. On OSError cut the file back to offset and re-raise,
+    so a partial write (ENOSPC...) never leaves a torn record behind a good one."""
+    with memoryview(data) as mv:
+        done = 0
+        try:
+            while done < len(mv):
+                done += os.pwrite(fd, mv[done:], offset + done)
+        except OSError:
+            try:
+                os.ftruncate(fd, offset)
+            except OSError:  # pragma: no cover - nothing better to do
+                log.exception("could not truncate after failed write")
+            raise
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # directory destroyed meanwhile: nothing to make durable
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Segment:
+    __slots__ = ("n", "gen", "offs", "live", "count", "nbytes", "end", "disk",
+                 "fd", "afd", "abuf", "asize", "adirty")
+
+    def __init__(self, n: int, gen: int = 0) -> None:
+        self.n = n
+        self.gen = gen
+        self.offs = array("I")  # offsets of every record in the file (live or not)
+        self.live = bytearray()  # 1 per live record, parallel to offs
+        self.count = 0  # live records
+        self.nbytes = 0  # live record bytes (headers included)
+        self.end = 0  # end of the last valid record (limits the last record's length)
+        self.disk = 0  # size of msgs file (incl. buffered bytes for the active segment)
+        self.fd: int | None = None  # msgs fd: read/write for the active segment
+        self.afd: int | None = None  # acks fd, opened on first flushed ack
+        self.abuf = bytearray()  # acks not yet flushed
+        self.asize = 0  # flushed size of the acks file
+        self.adirty = False  # acks flushed but not yet covered by a sync job
+
+    def rec_len(self, i: int) -> int:
+        offs = self.offs
+        return (offs[i + 1] if i + 1 < len(offs) else self.end) - offs[i]
+
+
+class QueueLog:
+    """The append-only log of one durable queue. Not thread-safe: use it from one thread;
+    only the callables returned by sync_job() may run elsewhere."""
+
+    def __init__(self, directory: str | os.PathLike[str], segment_size: int = 8 * 1024 * 1024):
+        if not 64 <= segment_size <= 1 << 31:
+            raise ValueError("segment_size must be within 64 B .. 2 GiB")
+        self.path = os.fspath(directory)
+        self.segment_size = segment_size
+        os.makedirs(self.path, exist_ok=True)
+        self._segs: dict[int, _Segment] = {}  # by number, ascending
+        self._active: _Segment | None = None
+        self._wbuf = bytearray()  # unflushed tail of the active segment
+        self._flushed = 0  # flushed size of the active segment
+        self._next_n = 1
+        self._recovered = False
+        self._closed = False
+        self._live_count = 0
+        self._live_bytes = 0
+        self._disk_bytes = 0
+        # fd caches (insertion order = eviction order)
+        self._rfds: dict[int, _Segment] = {}  # read-only fds of inactive segments
+        self._afds: dict[int, _Segment] = {}  # open ack-file fds
+        self._ack_pending: dict[int, _Segment] = {}  # segments with unflushed acks
+        # what the next sync job must cover
+        self._msgs_dirty = False  # active segment written since the last sync_job
+        self._sync_fds: list[int] = []  # dirty fds already closed by us, owned by next job
+        self._dir_dirty = False
+        self._unlinks: list[str] = []  # ack files to remove after the next dir fsync
+        self._compact_threshold = segment_size
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self, on_record: Callable[[int, memoryview], None] | None = None) -> array:
+        """Scan the directory; call on_record(position, payload) for each live record in
+        log order (the view is valid only during the call) and return the live positions.
+        Never raises for bad data: torn tails are cut (warning), corrupt records skipped
+        (error). Fully acked segments are deleted. Appends then go to a new segment."""
+        if self._recovered:
+            raise RuntimeError("recover() already done")
+        self._recovered = True
+        msgs: dict[int, list[int]] = {}  # n -> generations present
+        acks: list[tuple[int, int]] = []
+        for name in os.listdir(self.path):
+            parts = name.split(".")
+            if parts[0] not in ("msgs", "acks"):
+                continue
+            if parts[-1] == "tmp":  # unfinished compaction output
+                self._unlink(name)
+                continue
+            if not 2 <= len(parts) <= 3:
+                continue
+            if not all(p.isdigit() for p in parts[1:]):
+                continue
+            n, gen = int(parts[1]), int(parts[2]) if len(parts) == 3 else 0
+            self._next_n = max(self._next_n, n + 1)
+            if parts[0] == "msgs":
+                msgs.setdefault(n, []).append(gen)
+            else:
+                acks.append((n, gen))
+        keep = {n: max(gens) for n, gens in msgs.items()}
+        for n, gens in msgs.items():  # older generations: compaction crashed before cleanup
+            for gen in gens:
+                if gen != keep[n]:
+                    self._unlink(_name("msgs", n, gen))
+        for n, gen in acks:  # ack files without their segment
+            if keep.get(n) != gen:
+                self._unlink(_name("acks", n, gen))
+
+        out = array("Q")
+        last = max(keep, default=0)
+        for n in sorted(keep):
+            seg = self._scan(n, keep[n], n == last, out, on_record)
+            if seg.count:
+                self._segs[n] = seg
+                self._live_count += seg.count
+                self._live_bytes += seg.nbytes
+                self._disk_bytes += seg.disk + seg.asize
+            else:  # fully acked: same order of removal as _delete()
+                self._unlink(_name("msgs", n, seg.gen))
+                self._unlinks.append(os.path.join(self.path, _name("acks", n, seg.gen)))
+                self._dir_dirty = True
+        return out
+
+    def _scan(self, n: int, gen: int, is_last: bool, out: array,
+              on_record: Callable[[int, memoryview], None] | None) -> _Segment:
+        seg = _Segment(n, gen)
+        mpath = os.path.join(self.path, _name("msgs", n, gen))
+        with open(mpath, "rb") as f:
+            data = f.read()
+        acked = self._load_acks(seg)
+        size = len(data)
+        mv = memoryview(data)
+        base = n << 32
+        unpack = _HDR.unpack_from
+        offs_append, live_append, out_append = seg.offs.append, seg.live.append, out.append
+        count = nbytes = 0
+        off = 0
+        problem = ""
+        while off < size:  # hot loop: ~1 us per 1 KiB record
+            if size - off < 8:
+                problem = "partial record header"
+                break
+            length, crc = unpack(data, off)
+            end = off + 8 + length
+            if end > size:
+                problem = f"record length {length} runs past end of file"
+                break
+            if not length:
+                problem = "zero length field"
+                break
+            payload = mv[off + 8:end]
+            if crc32c(payload) != crc:
+                if is_last and end == size:
+                    problem = "checksum mismatch on the last record"
+                    break
+                log.error("%s: checksum mismatch at offset %d, record skipped", mpath, off)
+                offs_append(off)  # kept (not live) so neighbours' lengths stay right
+                live_append(0)
+                off = end
+                continue
+            pos = base | off
+            offs_append(off)
+            if pos in acked:
+                live_append(0)
+            else:
+                live_append(1)
+                out_append(pos)
+                count += 1
+                nbytes += end - off
+                if on_record is not None:
+                    on_record(pos, payload)
+            off = end
+        seg.count, seg.nbytes, seg.end, seg.disk = count, nbytes, off, size
+        if problem:
+            if is_last:
+                # A torn write at the tail (zero fill included) is expected after a crash.
+                torn = problem != "zero length field" or not data[off:].strip(b"\0")
+                log.log(logging.WARNING if torn else logging.ERROR,
+                        "%s: %s at offset %d, truncating %d bytes", mpath, problem, off,
+                        size - off)
+                os.truncate(mpath, off)
+                seg.disk = off
+            else:
+                log.error("%s: %s at offset %d, dropping the rest of the segment (%d bytes)",
+                          mpath, problem, off, size - off)
+        return seg
+
+    def _load_acks(self, seg: _Segment) -> set[int] | frozenset[int]:
+        apath = os.path.join(self.path, _name("acks", seg.n, seg.gen))
+        try:
+            with open(apath, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return frozenset()
+        k = len(raw) // 8
+        if len(raw) % 8:  # torn last entry: drop it (that ack is lost, the message comes back)
+            log.warning("%s: partial ack entry at end, truncated", apath)
+            os.truncate(apath, k * 8)
+        seg.asize = k * 8
+        return set(struct.unpack_from(f">{k}Q", raw)) if k else frozenset()
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, payload: bytes | bytearray | memoryview) -> int:
+        """Buffer one record and return its position. Raises ValueError for an empty or
+        over-long payload and OSError if flushing earlier data fails (then this record is
+        not stored, and what was stored before stays intact)."""
+        n = len(payload)
+        if not 0 < n <= _MAX_PAYLOAD:
+            raise ValueError("payload must be 1 byte .. 4 GiB")
+        rec = n + 8
+        seg = self._active
+        if seg is None or (seg.end and seg.end + rec > self.segment_size):
+            seg = self._roll()
+        elif len(self._wbuf) + rec > _WBUF_LIMIT and self._wbuf:
+            self._flush_msgs()
+        off = seg.end
+        wbuf = self._wbuf
+        wbuf += _HDR.pack(n, crc32c(payload))
+        wbuf += payload
+        seg.end = seg.disk = off + rec
+        seg.offs.append(off)
+        seg.live.append(1)
+        seg.count += 1
+        seg.nbytes += rec
+        self._live_count += 1
+        self._live_bytes += rec
+        self._disk_bytes += rec
+        return (seg.n << 32) | off
+
+    def append_many(self, payloads: Iterable[bytes | bytearray | memoryview]) -> list[int]:
+        append = self.append
+        return [append(p) for p in payloads]
+
+    def _roll(self) -> _Segment:
+        """Retire the active segment (if any) and create the next one."""
+        if self._closed:
+            raise ValueError("log is closed")
+        if not self._recovered:
+            self.recover()  # implicit for a fresh directory; callers normally recover first
+        old = self._active
+        if old is not None:
+            self._flush_msgs()  # may raise: then nothing has changed
+            self._active = None
+            self._wbuf = bytearray()
+            if old.count == 0:
+                self._delete(old)
+            else:
+                self._release_fd(old, self._msgs_dirty)
+            self._msgs_dirty = False
+        n = self._next_n
+        fd = os.open(os.path.join(self.path, _name("msgs", n, 0)),
+                     os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._next_n = n + 1
+        seg = _Segment(n)
+        seg.fd = fd
+        self._segs[n] = seg
+        self._active = seg
+        self._flushed = 0
+        self._dir_dirty = True
+        return seg
+
+    def _flush_msgs(self) -> None:
+        if self._wbuf:
+            _write_at(self._active.fd, self._wbuf, self._flushed)  # type: ignore[union-attr]
+            self._flushed += len(self._wbuf)
+            self._wbuf = bytearray()
+            self._msgs_dirty = True
+
+    def flush(self) -> None:
+        """Push buffered records and acks to the OS (no fsync). Raises OSError on a failed
+        write; the unwritten data stays buffered and the files are cut back, so a later
+        flush() can retry."""
+        self._flush_msgs()
+        pending = self._ack_pending
+        while pending:
+            seg = next(iter(pending.values()))
+            if seg.afd is None:
+                self._open_acks(seg)
+            _write_at(seg.afd, seg.abuf, seg.asize)  # type: ignore[arg-type]
+            seg.asize += len(seg.abuf)
+            seg.abuf = bytearray()
+            seg.adirty = True
+            del pending[seg.n]
+
+    def _open_acks(self, seg: _Segment) -> None:
+        if len(self._afds) >= _MAX_FDS:
+            victim = next(iter(self._afds.values()))
+            del self._afds[victim.n]
+            fd, victim.afd = victim.afd, None
+            self._give_or_close(fd, victim.adirty)  # type: ignore[arg-type]
+            victim.adirty = False
+        path = os.path.join(self.path, _name("acks", seg.n, seg.gen))
+        if not seg.asize:
+            self._dir_dirty = True  # (possibly) a new directory entry
+        seg.afd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._afds[seg.n] = seg
+
+    def _give_or_close(self, fd: int, dirty: bool) -> None:
+        """Closing a written fd: hand it to the next sync job, which fsyncs and closes it."""
+        if dirty:
+            self._sync_fds.append(fd)
+        else:
+            os.close(fd)
+
+    def _release_fd(self, seg: _Segment, dirty: bool = False) -> None:
+        if seg.fd is not None:
+            self._rfds.pop(seg.n, None)
+            self._give_or_close(seg.fd, dirty)
+            seg.fd = None
+
+    # ------------------------------------------------------------------ reading, acking
+
+    def _read_fd(self, seg: _Segment) -> int:
+        if seg.fd is None:
+            if len(self._rfds) >= _MAX_FDS:
+                self._release_fd(next(iter(self._rfds.values())))
+            seg.fd = os.open(os.path.join(self.path, _name("msgs", seg.n, seg.gen)),
+                             os.O_RDONLY)
+            self._rfds[seg.n] = seg
+        return seg.fd
+
+    def read(self, position: int) -> bytes:
+        """Return the payload at position (also when still in the write buffer).
+        Raises ValueError for a position in no segment, CorruptRecord on a bad record."""
+        seg = self._segs.get(position >> 32)
+        if seg is None:
+            raise ValueError(f"unknown position {position:#x}")
+        off = position & _MASK
+        if seg is self._active and off >= self._flushed:
+            buf: bytes | bytearray = self._wbuf
+            i = off - self._flushed
+        else:
+            fd = self._read_fd(seg)
+            buf = os.pread(fd, _READ_GUESS, off)
+            i = 0
+            if len(buf) >= 8:
+                need = _HDR.unpack_from(buf)[0] + 8
+                if off + need > seg.end:  # garbage length (not a record start?)
+                    raise CorruptRecord(f"bad record length at {position:#x}")
+                if need > len(buf):
+                    buf += os.pread(fd, need - len(buf), off + len(buf))
+        if len(buf) - i < 8:
+            raise CorruptRecord(f"no record header at {position:#x}")
+        length, crc = _HDR.unpack_from(buf, i)
+        payload = bytes(memoryview(buf)[i + 8:i + 8 + length])
+        if len(payload) != length or crc32c(payload) != crc:
+            raise CorruptRecord(f"bad record at {position:#x}")
+        return payload
+
+    def ack(self, position: int) -> bool:
+        """Mark a record consumed. Returns False (and changes nothing) if the position is
+        unknown or already acked. Deletes the segment once all its records are acked."""
+        seg = self._segs.get(position >> 32)
+        if seg is None:
+            return False
+        off = position & _MASK
+        offs = seg.offs
+        i = bisect_left(offs, off)
+        if i == len(offs) or offs[i] != off or not seg.live[i]:
+            return False
+        seg.live[i] = 0
+        rec = seg.rec_len(i)
+        seg.count -= 1
+        seg.nbytes -= rec
+        self._live_count -= 1
+        self._live_bytes -= rec
+        if seg.count == 0 and (seg is not self._active or seg.end >= self.segment_size):
+            self._delete(seg)
+        else:
+            seg.abuf += _POS.pack(position)
+            self._disk_bytes += 8
+            self._ack_pending[seg.n] = seg
+        return True
+
+    def _delete(self, seg: _Segment) -> None:
+        """Drop a segment with no live records: msgs now, acks after the next dir fsync."""
+        if seg is self._active:
+            self._active = None
+            self._wbuf = bytearray()
+            self._msgs_dirty = False
+        self._release_fd(seg)
+        if seg.afd is not None:
+            os.close(seg.afd)
+            del self._afds[seg.n]
+        self._ack_pending.pop(seg.n, None)
+        del self._segs[seg.n]
+        self._disk_bytes -= seg.disk + seg.asize + len(seg.abuf)
+        self._unlink(_name("msgs", seg.n, seg.gen))
+        if seg.asize or seg.afd is not None:
+            self._unlinks.append(os.path.join(self.path, _name("acks", seg.n, seg.gen)))
+        self._dir_dirty = True
+
+    def _unlink(self, name: str) -> None:
+        try:
+            os.unlink(os.path.join(self.path, name))
+        except FileNotFoundError:
+            pass
+
+    # ------------------------------------------------------------------ durability
+
+    def sync_job(self) -> Callable[[], None] | None:
+        """Flush, then return a callable that fsyncs everything written so far (safe to run
+        in a worker thread, even after close/destroy), or None if nothing is dirty."""
+        self.flush()
+        fds, self._sync_fds = self._sync_fds, []
+        try:
+            if self._msgs_dirty:
+                fds.append(os.dup(self._active.fd))  # type: ignore[union-attr, arg-type]
+                self._msgs_dirty = False
+            for seg in self._afds.values():
+                if seg.adirty:
+                    fds.append(os.dup(seg.afd))  # type: ignore[arg-type]
+                    seg.adirty = False
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        sync_dir, self._dir_dirty = self._dir_dirty, False
+        unlinks, self._unlinks = self._unlinks, []
+        if not (fds or sync_dir or unlinks):
+            return None
+        path = self.path
+
+        def job() -> None:
+            try:
+                for fd in fds:
+                    os.fsync(fd)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            if sync_dir:
+                _fsync_dir(path)
+            for p in unlinks:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+
+        return job
+
+    # ------------------------------------------------------------------ compaction
+
+    def compact(self, max_ratio: float = 2.0) -> dict[int, int]:
+        """Rewrite every inactive segment whose disk use (msgs + acks) exceeds max_ratio x
+        its live bytes, keeping only live records in order. Returns {old: new position}
+        for every record that moved; the caller must apply it to its index at once.
+        Blocking (fsyncs the new files); meant to be called rarely, see maybe_compact()."""
+        moved: dict[int, int] = {}
+        for seg in list(self._segs.values()):
+            if seg is not self._active and seg.count and \
+                    seg.disk + seg.asize + len(seg.abuf) > max_ratio * seg.nbytes:
+                self._rewrite(seg, moved)
+        return moved
+
+    def maybe_compact(self) -> dict[int, int]:
+        """O(1) unless disk use exceeds 2 x live bytes + segment_size; then compact().
+        After a pass that could not get below that (e.g. acks piling up in the active
+        segment), wait for the excess to grow by half a segment before scanning again."""
+        excess = self._disk_bytes - 2 * self._live_bytes
+        if excess <= self._compact_threshold:
+            if excess <= self.segment_size:
+                self._compact_threshold = self.segment_size
+            return {}
+        moved = self.compact()
+        excess = self._disk_bytes - 2 * self._live_bytes
+        self._compact_threshold = max(self.segment_size, excess + self.segment_size // 2)
+        return moved
+
+    def _rewrite(self, seg: _Segment, moved: dict[int, int]) -> None:
+        fd = self._read_fd(seg)
+        data = os.pread(fd, seg.end, 0)
+        new = bytearray()
+        offs = array("I")
+        base = seg.n << 32
+        with memoryview(data) as mv:
+            for i, live in enumerate(seg.live):
+                if live:
+                    off = seg.offs[i]
+                    if off != len(new):
+                        moved[base | off] = base | len(new)
+                    offs.append(len(new))
+                    new += mv[off:off + seg.rec_len(i)]
+        gen = seg.gen + 1
+        final = os.path.join(self.path, _name("msgs", seg.n, gen))
+        tmp = final + ".tmp"
+        wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            try:
+                _write_at(wfd, new, 0)
+                os.fsync(wfd)
+            finally:
+                os.close(wfd)
+            os.rename(tmp, final)
+        except OSError:
+            for k in [k for k in moved if k >> 32 == seg.n]:
+                del moved[k]
+            self._unlink(os.path.basename(tmp))
+            raise
+        _fsync_dir(self.path)  # new generation durable before the old one goes
+        # switch over: the old pair (msgs, acks) is now garbage
+        self._release_fd(seg)
+        if seg.afd is not None:
+            os.close(seg.afd)
+            del self._afds[seg.n]
+        self._ack_pending.pop(seg.n, None)
+        self._unlink(_name("msgs", seg.n, seg.gen))
+        self._unlink(_name("acks", seg.n, seg.gen))
+        self._disk_bytes += len(new) - seg.disk - seg.asize - len(seg.abuf)
+        seg.gen, seg.offs, seg.live = gen, offs, bytearray(b"\1") * len(offs)
+        seg.end = seg.disk = len(new)
+        seg.abuf, seg.asize, seg.adirty = bytearray(), 0, False
+
+    # ------------------------------------------------------------------ misc
+
+    @property
+    def live_count(self) -> int:
+        """Number of live (appended or recovered, not acked) records."""
+        return self._live_count
+
+    @property
+    def live_bytes(self) -> int:
+        """Bytes of live records, 8-byte headers included."""
+        return self._live_bytes
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of segment and ack files (buffered bytes included)."""
+        return self._disk_bytes
+
+    def close(self) -> None:
+        """Flush, fsync what is dirty and close all files. Idempotent."""
+        if self._closed:
+            return
+        try:
+            job = self.sync_job()
+            if job is not None:
+                job()
+        finally:
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        self._closed = True
+        for seg in self._segs.values():
+            if seg.fd is not None:
+                os.close(seg.fd)
+            if seg.afd is not None:
+                os.close(seg.afd)
+            seg.fd = seg.afd = None
+        for fd in self._sync_fds:
+            os.close(fd)
+        self._sync_fds = []
+        self._segs.clear()
+        self._rfds.clear()
+        self._afds.clear()
+        self._ack_pending.clear()
+        self._active = None
+        self._wbuf = bytearray()
+
+    def destroy(self) -> None:
+        """Close without flushing and remove the directory (queue deletion)."""
+        self._close_fds()
+        # Rename first so a crash mid-rmtree never leaves a half queue that looks valid.
+        doomed = self.path.rstrip(os.sep) + ".deleted"
+        try:
+            os.rename(self.path, doomed)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return
+            doomed = self.path
+        shutil.rmtree(doomed, ignore_errors=True)

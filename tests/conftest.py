@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from broker import Broker, Config
+from broker.testing import BrokerThread, broker_url, running_broker
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[Broker]:
+    """An in-process broker on the test's event loop (port chosen by the OS)."""
+    async with running_broker(Config(port=0)) as b:
+        yield b
+
+
+@pytest.fixture
+def url(broker: Broker) -> str:
+    return broker_url(broker)
+
+
+@pytest.fixture
+def broker_thread() -> Iterator[BrokerThread]:
+    """A broker in a background thread, for blocking clients such as pika."""
+    with BrokerThread(Config(port=0)) as b:
+        yield b
