@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
 
+from broker.deadletter import cc_keys
 from broker.errors import AMQPError
 from broker.message import Message
 from broker.queue import Consumer, Queue
@@ -41,6 +42,22 @@ if TYPE_CHECKING:
     from broker.connection import Connection
 
 MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+REPLY_TO = "amq.rabbitmq.reply-to"
+REPLY_TO_PREFIX = REPLY_TO + "."
+
+
+def _validate_expiration(exp: str) -> None:
+    """RabbitMQ's check of the expiration property (a non-negative integer string)."""
+    digits = exp[1:] if exp[:1] in "+-" else exp
+    n = 0
+    while n < len(digits) and digits[n].isdigit():
+        n += 1
+    if n == 0:
+        raise AMQPError(PRECONDITION_FAILED, f"invalid expiration '{exp}': no_integer", 60, 40)
+    if n < len(digits):
+        raise AMQPError(PRECONDITION_FAILED, f"invalid expiration '{exp}': {{leftover_string,\"{digits[n:]}\"}}", 60, 40)
+    if exp.startswith("-") and int(digits):
+        raise AMQPError(PRECONDITION_FAILED, f"invalid expiration '{exp}': {{value_negative,{int(exp)}}}", 60, 40)
 
 OPEN, CLOSING = 1, 2
 _ACK_IDS = {"ack": 80, "nack": 120, "reject": 90}
@@ -68,9 +85,13 @@ class Channel:
         self.confirm_sent = 0  # highest seq acked/nacked on the wire
         # transactions
         self.tx = False
-        self.tx_publishes: list[tuple[Message, bool]] = []
+        self.tx_publishes: list[tuple[Message, bool, list[str] | None]] = []
         self.tx_acks: list[tuple[list[tuple[int, Unacked]], str, bool]] = []
         self.last_queue = ""
+        # direct reply-to (amq.rabbitmq.reply-to)
+        self.reply_consumer: Consumer | None = None
+        self.reply_queue: Queue | None = None
+        self.reply_key = ""
         # content assembly: publish method waiting for header/body
         self._pub: tuple[bytes, str, str, bool] | None = None
         self._header: bytes | None = None
@@ -195,31 +216,89 @@ class Channel:
             raise AMQPError(
                 ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange}' in vhost '{self.vhost.name}'", 60, 40
             )
-        if header[12] & 0x10:  # user_id present: must match the authenticated user
-            uid = msg.props.get("user_id")
-            if uid is not None and uid != self.conn.user:
-                raise AMQPError(
-                    PRECONDITION_FAILED,
-                    f"user_id property set to '{uid}' but authenticated user was '{self.conn.user}'",
-                    60,
-                    40,
-                )
+        extra_keys: list[str] | None = None
+        if header[12] & 0x03 or header[13] & 0x10 or (header[12] & 0x20 and (b"\x02CC" in header or b"\x03BCC" in header)):
+            extra_keys = self._check_properties(msg)
         if self.tx:
-            self.tx_publishes.append((msg, mandatory))
+            self.tx_publishes.append((msg, mandatory, extra_keys))
             return
         self.conn.broker.stats_published += 1
-        self._route(x, msg, mandatory)
+        ok = self._route(x, msg, mandatory, extra_keys)
         if self.confirm:
-            self.confirm_upto = self.publish_seq
-            self.conn.want_confirm_flush(self)
+            if ok:
+                self.confirm_upto = self.publish_seq
+                self.conn.want_confirm_flush(self)
+            else:
+                self._nack_publish(self.publish_seq)
 
-    def _route(self, x: Any, msg: Message, mandatory: bool) -> None:
-        queues = self.vhost.route(x, msg.routing_key, msg)
+    def _check_properties(self, msg: Message) -> list[str] | None:
+        """Slow path for messages whose properties the broker must look at: user_id,
+        expiration, direct reply-to, CC/BCC.  Returns extra routing keys (CC + BCC)."""
+        props = msg.props
+        uid = props.get("user_id")
+        if uid is not None and uid != self.conn.user:
+            raise AMQPError(
+                PRECONDITION_FAILED,
+                f"user_id property set to '{uid}' but authenticated user was '{self.conn.user}'",
+                60,
+                40,
+            )
+        exp = props.get("expiration")
+        if exp is not None:
+            _validate_expiration(exp)
+        rewrite: dict[str, Any] = {}
+        if props.get("reply_to") == REPLY_TO:
+            if self.reply_consumer is None:
+                raise AMQPError(PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40)
+            rewrite["reply_to"] = f"{REPLY_TO}.{self.reply_key}"
+        extra: list[str] | None = None
+        if msg.header[12] & 0x20:
+            headers = msg.headers
+            cc = cc_keys(headers, "CC")
+            bcc = cc_keys(headers, "BCC")
+            if cc or bcc:
+                extra = cc + bcc
+            if "BCC" in headers:
+                headers = dict(headers)
+                del headers["BCC"]
+                rewrite["headers"] = headers
+        if rewrite:
+            p = P.decode_properties(msg.header)
+            for k, v in rewrite.items():
+                setattr(p, k, v)
+            msg.header = P.encode_properties(p, msg.size)
+            msg._props = None
+        return extra
+
+    def _route(self, x: Any, msg: Message, mandatory: bool, extra_keys: list[str] | None = None) -> bool:
+        """Route and enqueue; False when a queue refused the message (overflow)."""
+        vhost = self.vhost
+        if extra_keys:
+            found: dict[Queue, None] = {}
+            for rk in (msg.routing_key, *extra_keys):
+                for q in vhost.route(x, rk, msg):
+                    found[q] = None
+            queues: Any = list(found)
+        elif x is vhost.default_exchange and msg.routing_key.startswith(REPLY_TO_PREFIX):
+            ch = self.conn.broker.reply_channels.get(msg.routing_key[len(REPLY_TO_PREFIX):])
+            queues = [ch.reply_queue] if ch is not None and ch.reply_queue is not None else ()
+        else:
+            queues = vhost.route(x, msg.routing_key, msg)
+        ok = True
         if queues:
             for q in queues:
-                q.publish(msg)
+                if not q.publish(msg):
+                    ok = False
         elif mandatory:
             self._send_return(msg, NO_ROUTE, "NO_ROUTE")
+        return ok
+
+    def _nack_publish(self, seq: int) -> None:
+        """basic.nack for one publish, after acking everything confirmed before it."""
+        if self.confirm_upto > self.confirm_sent:
+            self.flush_confirms()
+        self.conn.send(M.confirm_frame(self.number, seq, False, nack=True))
+        self.confirm_sent = self.confirm_upto = seq
 
     def _send_return(self, msg: Message, code: int, text: str) -> None:
         conn = self.conn
@@ -236,6 +315,10 @@ class Channel:
     # ------------------------------------------------------------------ delivery
 
     def deliver(self, consumer: Consumer, queue: Queue, seq: int, msg: Message, redelivered: bool) -> None:
+        if self.conn.broker.fault_hooks:  # test fault injection (broker.inspect): delay/drop
+            for hook in self.conn.broker.fault_hooks:
+                if hook(self, consumer, queue, seq, msg, redelivered):
+                    return
         tag = self.delivery_tag = self.delivery_tag + 1
         if not consumer.no_ack:
             self.unacked[tag] = (queue, seq, msg, consumer)
@@ -253,7 +336,7 @@ class Channel:
             entry = unacked.pop(tag, None)
             if entry is None:
                 raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, _ACK_IDS[kind])
-            self._settle([entry], kind != "ack" and requeue)
+            self._settle([entry], kind != "ack" and requeue, kind != "ack")
             return
         if multiple and tag == 0:
             pairs = list(unacked.items())
@@ -273,10 +356,11 @@ class Channel:
         if self.tx:
             self.tx_acks.append((pairs, kind, requeue))
             return
-        self._settle([e for _, e in pairs], kind != "ack" and requeue)
+        self._settle([e for _, e in pairs], kind != "ack" and requeue, kind != "ack")
 
-    def _settle(self, entries: list[Unacked], requeue: bool) -> None:
-        """Release acked/rejected entries; requeue them if asked."""
+    def _settle(self, entries: list[Unacked], requeue: bool, reject: bool = False) -> None:
+        """Release acked/rejected entries: requeue them, dead-letter them (reject without
+        requeue) or drop them (ack)."""
         if not entries:
             return
         touched: dict[Queue, list[tuple[int, Message]]] = {}
@@ -289,6 +373,8 @@ class Channel:
                 touched.setdefault(q, []).append((seq, msg))
             else:
                 touched.setdefault(q, [])
+                if reject and q.dlx is not None and not q.deleted:
+                    q.dead_letter(msg, "rejected")
         if not requeue:
             self.conn.broker.stats_acked += len(entries)
         for q, items in touched.items():
@@ -319,6 +405,7 @@ class Channel:
 
     def close_all(self) -> None:
         """Channel closing (either side) or connection gone: release everything."""
+        self._drop_reply_consumer()
         for c in list(self.consumers.values()):
             c.queue.remove_consumer(c)
         self.consumers.clear()
@@ -377,6 +464,9 @@ class Channel:
 
     # queue class
     def _queue_declare(self, m: C.Queue.Declare) -> None:
+        if m.passive and (m.queue == REPLY_TO or m.queue.startswith(REPLY_TO_PREFIX)):
+            self.send(C.Queue.DeclareOk(queue=m.queue, message_count=0, consumer_count=0))
+            return
         q = self.vhost.declare_queue(
             m.queue, m.passive, m.durable, m.exclusive, m.auto_delete, m.arguments or {}, self.conn
         )
@@ -430,6 +520,9 @@ class Channel:
         self.resume()
 
     def _basic_consume(self, m: C.Basic.Consume) -> None:
+        if m.queue == REPLY_TO:
+            self._reply_consume(m)
+            return
         name = self._queue_name(m.queue)
         q = self.vhost.get_queue(name, self.conn)
         tag = m.consumer_tag or generated_name("amq.ctag-")
@@ -445,11 +538,43 @@ class Channel:
             self.send(C.Basic.ConsumeOk(consumer_tag=tag))
         q.add_consumer(c)
 
+    def _reply_consume(self, m: C.Basic.Consume) -> None:
+        """Direct reply-to: consume from the pseudo-queue amq.rabbitmq.reply-to."""
+        if not m.no_ack:
+            raise AMQPError(PRECONDITION_FAILED, "reply consumer cannot acknowledge", 60, 20)
+        if self.reply_consumer is not None:
+            raise AMQPError(PRECONDITION_FAILED, "reply consumer already set", 60, 20)
+        tag = m.consumer_tag or generated_name("amq.ctag-")
+        if tag in self.consumers:
+            raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+        q = Queue(self.vhost, REPLY_TO)
+        c = Consumer(tag, self, q, True, False, 0, {})
+        self.reply_queue = q
+        self.reply_consumer = c
+        self.reply_key = generated_name("")
+        self.conn.broker.reply_channels[self.reply_key] = self
+        self.consumers[tag] = c
+        if not m.nowait:
+            self.send(C.Basic.ConsumeOk(consumer_tag=tag))
+        q.add_consumer(c)
+
+    def _drop_reply_consumer(self) -> None:
+        if self.reply_consumer is not None:
+            self.conn.broker.reply_channels.pop(self.reply_key, None)
+            if self.reply_queue is not None:
+                self.reply_queue.deleted = True
+                self.reply_queue.purge()
+            self.reply_consumer = None
+            self.reply_queue = None
+
     def _basic_cancel(self, m: C.Basic.Cancel) -> None:
         c = self.consumers.pop(m.consumer_tag, None)
         if not m.nowait:
             self.send(C.Basic.CancelOk(consumer_tag=m.consumer_tag))
         if c is not None:
+            if c is self.reply_consumer:
+                self._drop_reply_consumer()
+                return
             c.queue.remove_consumer(c)
 
     def _basic_get(self, m: C.Basic.Get) -> None:
@@ -458,7 +583,7 @@ class Channel:
         if entry is None:
             self.send(C.Basic.GetEmpty())
             return
-        seq, msg, redelivered = entry
+        seq, msg, redelivered, _ = entry
         tag = self.delivery_tag = self.delivery_tag + 1
         if not m.no_ack:
             self.unacked[tag] = (q, seq, msg, None)
@@ -495,13 +620,13 @@ class Channel:
         publishes, self.tx_publishes = self.tx_publishes, []
         acks, self.tx_acks = self.tx_acks, []
         broker = self.conn.broker
-        for msg, mandatory in publishes:
+        for msg, mandatory, extra_keys in publishes:
             x = self.vhost.exchanges.get(msg.exchange)
             if x is not None:
                 broker.stats_published += 1
-                self._route(x, msg, mandatory)
+                self._route(x, msg, mandatory, extra_keys)
         for pairs, kind, requeue in acks:
-            self._settle([e for _, e in pairs], kind != "ack" and requeue)
+            self._settle([e for _, e in pairs], kind != "ack" and requeue, kind != "ack")
         self.send(C.Tx.CommitOk())
 
     def _tx_rollback(self, m: C.Tx.Rollback) -> None:

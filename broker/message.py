@@ -16,7 +16,7 @@ from protocol import properties as P
 
 
 class Message:
-    __slots__ = ("ex_rk", "exchange", "routing_key", "header", "body", "_props", "size")
+    __slots__ = ("ex_rk", "exchange", "routing_key", "header", "body", "_props", "size", "ts")
 
     def __init__(self, ex_rk: bytes, exchange: str, routing_key: str, header: bytes, body: bytes) -> None:
         self.ex_rk = ex_rk
@@ -26,6 +26,7 @@ class Message:
         self.body = body
         self.size = len(body)
         self._props: dict[str, Any] | None = None
+        self.ts = 0.0  # publish time (wall clock), set when a queue needs it (TTL)
 
     @property
     def props(self) -> dict[str, Any]:
@@ -35,6 +36,20 @@ class Message:
             # flags == 0 is by far the most common case: skip the scan entirely
             p = self._props = P.scan(self.header) if self.header[12:14] != b"\x00\x00" else {}
         return p
+
+    @property
+    def priority(self) -> int:
+        return self.props.get("priority", 0) if self.header[12] & 0x08 else 0
+
+    @property
+    def expiration_ms(self) -> int | None:
+        """Per-message TTL from the ``expiration`` property (validated at publish)."""
+        if not self.header[12] & 0x01:
+            return None
+        try:
+            return int(self.props["expiration"])
+        except (KeyError, ValueError):
+            return None
 
     @property
     def persistent(self) -> bool:

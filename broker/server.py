@@ -31,6 +31,8 @@ class Broker:
         self.stats_published = 0
         self.stats_delivered = 0
         self.stats_acked = 0
+        self.fault_hooks: list[Any] = []  # test-only delivery hooks (broker.inspect), empty = off
+        self.reply_channels: dict[str, Any] = {}  # direct reply-to key -> channel
         for name in self.config.vhosts:
             self.add_vhost(name)
 
@@ -173,5 +175,5 @@ class Broker:
     def queue_purged(self, q: Any) -> None:
         pass
 
-    def validate_queue_arguments(self, arguments: dict[str, Any]) -> None:
+    def message_dead_lettered(self, msg: Any, queues: list[Any]) -> None:
         pass

@@ -7,9 +7,11 @@ the channel turns them into channel.close or connection.close.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from broker.deadletter import cc_keys, cycle_detected, dead_lettered_copy
 from broker.errors import AMQPError, rs
 from broker.exchange import EXCHANGE_CLASSES, Exchange, freeze, make_exchange
 from broker.message import Message
@@ -24,6 +26,8 @@ from protocol.constants import (
 
 if TYPE_CHECKING:
     from broker.server import Broker
+
+log = logging.getLogger("leveret.vhost")
 
 DEFAULT_EXCHANGES = (
     ("amq.direct", "direct"),
@@ -63,18 +67,97 @@ def _bool_text(v: bool) -> str:
     return "true" if v else "false"
 
 
+def amqp_type_name(v: Any) -> str:
+    """The AMQP table type RabbitMQ would report for a decoded value."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        if -128 <= v <= 127:
+            return "byte"
+        if -32768 <= v <= 32767:
+            return "short"
+        if -(2**31) <= v < 2**31:
+            return "signedint"
+        return "long"
+    if isinstance(v, str | bytes):
+        return "longstr"
+    if isinstance(v, float):
+        return "double"
+    if isinstance(v, dict):
+        return "table"
+    if isinstance(v, list):
+        return "array"
+    return type(v).__name__
+
+
 def _arg_text(v: Any) -> str:
     if v is None:
         return "none"
     if isinstance(v, bool):
-        return f"the value '{_bool_text(v)}' of type 'bool'"
-    if isinstance(v, int):
-        return f"the value '{v}' of type 'long'"
+        v = "true" if v else "false"
     if isinstance(v, bytes):
         v = v.decode("utf-8", "replace")
-    if isinstance(v, str):
-        return f"the value '{v}' of type 'longstr'"
-    return f"the value '{v}'"
+    return f"the value '{v}' of type '{amqp_type_name(v) if not isinstance(v, str) else 'longstr'}'"
+
+
+def _val(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return str(v)
+
+
+def validate_queue_arguments(args: dict[str, Any], name: str, vhost: str, durable: bool, exclusive: bool, auto_delete: bool) -> None:
+    """RabbitMQ's x-argument validation for queue.declare (406 with its texts)."""
+    where = rs("queue", name, vhost)
+
+    def bad(arg: str, why: str) -> AMQPError:
+        return AMQPError(PRECONDITION_FAILED, f"invalid arg '{arg}' for {where}: {why}", 50, 10)
+
+    def integer(arg: str, zero_ok: bool = True) -> None:
+        if arg not in args:
+            return
+        v = args[arg]
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise bad(arg, f'"expected integer, got {amqp_type_name(v)}"')
+        if v < 0:
+            raise bad(arg, f"{{value_negative,{v}}}")
+        if v == 0 and not zero_ok:
+            raise bad(arg, f"{{value_zero,{v}}}")
+
+    integer("x-message-ttl")
+    integer("x-expires", zero_ok=False)
+    integer("x-max-length")
+    integer("x-max-length-bytes")
+    integer("x-max-priority")
+    if "x-max-priority" in args and args["x-max-priority"] > 255:
+        raise bad("x-max-priority", f"{{max_value_exceeded,{args['x-max-priority']}}}")
+    if "x-overflow" in args and _val(args["x-overflow"]) not in ("drop-head", "reject-publish", "reject-publish-dlx"):
+        raise bad("x-overflow", "invalid_overflow")
+    if "x-single-active-consumer" in args and not isinstance(args["x-single-active-consumer"], bool):
+        raise bad("x-single-active-consumer", f"{{unacceptable_type,{amqp_type_name(args['x-single-active-consumer'])}}}")
+    for arg in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
+        if arg in args and not isinstance(args[arg], str | bytes):
+            raise AMQPError(
+                PRECONDITION_FAILED,
+                f"invalid type '{amqp_type_name(args[arg])}' for arg '{arg}' in {where}",
+                50,
+                10,
+            )
+    if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
+        raise bad("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined")
+    qtype = args.get("x-queue-type")
+    if qtype is not None:
+        qt = _val(qtype)
+        if qt not in ("classic", "quorum", "stream"):
+            raise bad("x-queue-type", f"\"unsupported queue type '{qt}'\"")
+        if qt in ("quorum", "stream"):
+            # accepted as a durable classic queue (documented), with RabbitMQ's checks
+            for prop, on in (("auto-delete", auto_delete), ("exclusive", exclusive), ("non-durable", not durable)):
+                if on:
+                    raise AMQPError(PRECONDITION_FAILED, f"invalid property '{prop}' for {where}", 50, 10)
+            log.warning("queue %r declared with x-queue-type=%s: served as a durable classic queue", name, qt)
 
 
 # x-arguments whose values must match on redeclare (RabbitMQ's equivalence check)
@@ -297,12 +380,14 @@ class VHost:
                 if freeze(new_v) != freeze(cur_v):
                     if isinstance(new_v, int) and isinstance(cur_v, int) and new_v == cur_v:
                         continue
-                    raise AMQPError(
-                        PRECONDITION_FAILED,
-                        f"inequivalent arg '{arg}' for {where}: received {_arg_text(new_v)} but current is {_arg_text(cur_v)}",
-                    )
+                    if new_v is not None and cur_v is not None:
+                        text = f"received '{_val(new_v)}' but current is '{_val(cur_v)}'"
+                    else:
+                        text = f"received {_arg_text(new_v)} but current is {_arg_text(cur_v)}"
+                    raise AMQPError(PRECONDITION_FAILED, f"inequivalent arg '{arg}' for {where}: {text}")
+            q.touch()
             return q
-        self.broker.validate_queue_arguments(arguments)
+        validate_queue_arguments(arguments, name, self.name, durable, exclusive, auto_delete)
         q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
         self.queues[name] = q
         if exclusive and owner is not None:
@@ -315,6 +400,7 @@ class VHost:
         if q.deleted:
             return 0
         q.deleted = True
+        q.cancel_timers()
         self.queues.pop(q.name, None)
         for x in list(self.exchanges.values()):
             if x.bindings and x.unbind_all(q):
@@ -344,3 +430,27 @@ class VHost:
         if x.unbind(q, routing_key, arguments):
             self.broker.definitions_changed(x if x.durable and q.durable else None)
             self._maybe_auto_delete(x)
+
+    # ------------------------------------------------------------------ dead letters
+
+    def dead_letter(self, q: Queue, msg: Message, reason: str) -> None:
+        """Republish ``msg`` leaving ``q`` to the queue's dead-letter exchange."""
+        assert q.dlx is not None
+        x = self.exchanges.get(q.dlx)
+        if x is None:
+            return  # RabbitMQ drops the message when the DLX does not exist
+        dl = dead_lettered_copy(msg, q, reason, q.dlx, q.dlrk)
+        if q.dlrk is not None:
+            keys = [q.dlrk]
+        else:
+            keys = [msg.routing_key, *cc_keys(msg.headers, "CC")] if msg.header[12] & 0x20 else [msg.routing_key]
+        targets: dict[Queue, None] = {}
+        for rk in keys:
+            for t in self.route(x, rk, dl):
+                targets[t] = None
+        for t in targets:
+            if cycle_detected(dl, t):
+                log.debug("dead-letter cycle: dropping message for %r", t.name)
+                continue
+            t.publish(dl)
+        self.broker.message_dead_lettered(dl, list(targets))
