@@ -8,6 +8,7 @@ everything else arrives as a pamqp command object.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
@@ -83,7 +84,12 @@ class Channel:
         self.publish_seq = 0
         self.confirm_upto = 0  # every seq <= this is ready to be acked
         self.confirm_sent = 0  # highest seq acked/nacked on the wire
+        self.wait_sync: deque[int] = deque()  # persisted publishes awaiting fsync
+        self.sync_requested = False
+        self.sync_snapshot = 0
         # transactions
+        self.tx_commit_pending = 0
+        self.tx_commit_snapshot = 0
         self.tx = False
         self.tx_publishes: list[tuple[Message, bool, list[str] | None]] = []
         self.tx_acks: list[tuple[list[tuple[int, Unacked]], str, bool]] = []
@@ -222,14 +228,53 @@ class Channel:
         if self.tx:
             self.tx_publishes.append((msg, mandatory, extra_keys))
             return
-        self.conn.broker.stats_published += 1
+        broker = self.conn.broker
+        broker.stats_published += 1
         ok = self._route(x, msg, mandatory, extra_keys)
+        if broker.persisted:
+            broker.persisted = False
+            if self.confirm and ok:
+                # confirmed once the record is on disk (group commit)
+                self.wait_sync.append(self.publish_seq)
+                if not self.sync_requested:
+                    self.sync_requested = True
+                    broker.persistence.request_sync(self)
+                return
         if self.confirm:
-            if ok:
+            if not ok:
+                self._nack_publish(self.publish_seq)
+            elif not self.wait_sync:
                 self.confirm_upto = self.publish_seq
                 self.conn.want_confirm_flush(self)
-            else:
-                self._nack_publish(self.publish_seq)
+
+    # group commit waiter protocol (see broker.durable.Syncer)
+    def sync_started(self) -> None:
+        self.sync_requested = False
+        self.sync_snapshot = self.wait_sync[-1] if self.wait_sync else 0
+        if self.tx_commit_pending:
+            self.tx_commit_snapshot = self.tx_commit_pending
+
+    def synced(self, ok: bool) -> None:
+        if self.state == CLOSING or self.conn.state >= 6:
+            return
+        upto = self.sync_snapshot
+        ws = self.wait_sync
+        nacked: list[int] = []
+        while ws and ws[0] <= upto:
+            seq = ws.popleft()
+            if not ok:
+                nacked.append(seq)
+        for seq in nacked:
+            self._nack_publish(seq)
+        if ok and self.confirm:
+            self.confirm_upto = max(self.confirm_upto, ws[0] - 1 if ws else self.publish_seq)
+            self.conn.want_confirm_flush(self)
+        if self.tx_commit_snapshot:
+            n = self.tx_commit_snapshot
+            self.tx_commit_snapshot = 0
+            self.tx_commit_pending -= n
+            for _ in range(n):
+                self.send(C.Tx.CommitOk())
 
     def _check_properties(self, msg: Message) -> list[str] | None:
         """Slow path for messages whose properties the broker must look at: user_id,
@@ -325,6 +370,8 @@ class Channel:
             consumer.unacked += 1
             self.global_unacked += 1
             queue.unacked_count += 1
+        elif queue.log is not None:
+            queue.discard(seq)
         conn = self.conn
         conn.send(M.deliver_frame(self.number, consumer.wire_tag, tag, redelivered, msg.ex_rk))
         conn.send_parts(M.content_frames(self.number, msg.header, msg.body, conn.frame_max), msg.size)
@@ -373,6 +420,8 @@ class Channel:
                 touched.setdefault(q, []).append((seq, msg))
             else:
                 touched.setdefault(q, [])
+                if q.log is not None:
+                    q.discard(seq)
                 if reject and q.dlx is not None and not q.deleted:
                     q.dead_letter(msg, "rejected")
         if not requeue:
@@ -588,6 +637,8 @@ class Channel:
         if not m.no_ack:
             self.unacked[tag] = (q, seq, msg, None)
             q.unacked_count += 1
+        elif q.log is not None:
+            q.discard(seq)
         conn = self.conn
         conn.send(M.get_ok_frame(self.number, tag, redelivered, msg.ex_rk, len(q.messages)))
         conn.send_parts(M.content_frames(self.number, msg.header, msg.body, conn.frame_max), msg.size)
@@ -627,6 +678,20 @@ class Channel:
                 self._route(x, msg, mandatory, extra_keys)
         for pairs, kind, requeue in acks:
             self._settle([e for _, e in pairs], kind != "ack" and requeue, kind != "ack")
+        if broker.persisted:
+            # commit-ok once the transaction's persistent messages are on disk
+            broker.persisted = False
+            self.tx_commit_pending += 1
+            if not self.sync_requested:
+                self.sync_requested = True
+                broker.persistence.request_sync(self)
+            return
+        if self.tx_commit_pending:
+            self.tx_commit_pending += 1  # keep commit-oks in order
+            if not self.sync_requested:
+                self.sync_requested = True
+                broker.persistence.request_sync(self)
+            return
         self.send(C.Tx.CommitOk())
 
     def _tx_rollback(self, m: C.Tx.Rollback) -> None:

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 from broker.config import Config
 from broker.server import Broker
+
+
+def default_data_dir() -> str:
+    """$XDG_DATA_HOME/leveret, i.e. ~/.local/share/leveret by default."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "leveret")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,6 +30,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channel-max", type=int, default=2047)
     p.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD", help="add a user (default guest:guest)")
     p.add_argument("--vhost", action="append", default=[], help="extra vhosts besides '/'")
+    p.add_argument(
+        "--data-dir",
+        default=os.environ.get("LEVERET_DATA_DIR") or default_data_dir(),
+        help="where durable queues and definitions live (default: %(default)s)",
+    )
+    p.add_argument("--in-memory", action="store_true", help="keep nothing on disk (for tests)")
+    p.add_argument("--fsync-interval", type=float, default=0.2, help="seconds between fsyncs when no publisher waits for a confirm")
+    p.add_argument("--segment-size", type=int, default=8 * 1024 * 1024, help="bytes per log segment file")
+    p.add_argument("--disk-free-limit", type=int, default=50 * 1024 * 1024, help="block publishers below this many free bytes")
     p.add_argument("--memory-high-watermark", type=int, default=1 << 30, help="bytes of queued messages before publishers are blocked")
     return p.parse_args(argv)
 
@@ -41,6 +57,10 @@ def config_from_args(a: argparse.Namespace) -> Config:
         frame_max=a.frame_max,
         channel_max=a.channel_max,
         memory_high_watermark=a.memory_high_watermark,
+        data_dir=None if a.in_memory else a.data_dir,
+        fsync_interval=a.fsync_interval,
+        segment_size=a.segment_size,
+        disk_free_limit=a.disk_free_limit,
     )
 
 

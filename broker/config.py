@@ -18,6 +18,7 @@ class Config:
     close_timeout: float = 3.0
     # memory alarm: block publishers while queued message bytes exceed this
     memory_high_watermark: int = 1 << 30
-    data_dir: str | None = None  # None: everything in memory
-    fsync_interval: float = 0.2
+    data_dir: str | None = None  # None: everything in memory (the CLI defaults to a dir)
+    fsync_interval: float = 0.2  # seconds between fsyncs when nobody waits for one
     segment_size: int = 8 * 1024 * 1024
+    disk_free_limit: int = 50 * 1024 * 1024  # block publishers below this many free bytes

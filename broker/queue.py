@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from broker.durable import decode_record, encode_record
 from broker.message import Message
 
 if TYPE_CHECKING:
@@ -34,6 +36,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("leveret.queue")
 
 Entry = tuple[int, Message, bool, float]
+
+# Durable queues: a message with a log record has seq = position << SEQ_SHIFT; messages
+# without one get the following integers, so seq order is queue order either way.
+SEQ_SHIFT = 32
+SEQ_MASK = (1 << SEQ_SHIFT) - 1
+PAGE_MAX = 20000  # ready messages kept in RAM before a durable queue pages to its log
+PAGE_BATCH = 2000  # messages loaded back from the log at a time
 
 
 class Consumer:
@@ -212,6 +221,11 @@ class Queue:
         self.has_limits = self.max_length is not None or self.max_bytes is not None
         self.prio_consumers = False
         self.has_ttl_msgs = self.ttl is not None
+        # durable queues: the log, and the positions of messages paged out to it
+        self.log: Any = None
+        self.tail: array[int] = array("Q")
+        self.tail_start = 0
+        self.recovered_delivered: set[int] | frozenset[int] = frozenset()
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._expires_timer: asyncio.TimerHandle | None = None
         self.touch()
@@ -228,11 +242,12 @@ class Queue:
     def publish(self, msg: Message) -> bool:
         """Enqueue a routed message, delivering it at once if a consumer is ready.
 
-        Returns False when the queue refused it (x-overflow reject-publish*).
+        Returns False when the queue refused it (x-overflow reject-publish*, disk error).
         """
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        if self.plain and msg.header[12] & 0x01 == 0:  # no limits, no TTL: the hot path
+        if self.plain and self.log is None and msg.header[12] & 0x01 == 0:
+            # no limits, no TTL, nothing to persist: the hot path
+            seq = self.next_seq
+            self.next_seq = seq + 1
             if self.consumers and not self.messages:
                 c = self._next_ready()
                 if c is not None:
@@ -242,9 +257,9 @@ class Queue:
             self.ready_bytes += msg.size
             self.vhost.broker.queued_bytes += msg.size
             return True
-        return self._publish_slow(seq, msg)
+        return self._publish_slow(msg)
 
-    def _publish_slow(self, seq: int, msg: Message) -> bool:
+    def _publish_slow(self, msg: Message) -> bool:
         if self.has_limits and self.overflow != "drop-head" and self._would_overflow(msg):
             if self.overflow == "reject-publish-dlx":
                 self.dead_letter(msg, "maxlen")
@@ -253,24 +268,49 @@ class Queue:
         exp = msg.expiration_ms
         if exp is not None:
             ttl = exp / 1000.0 if ttl is None else min(ttl, exp / 1000.0)
+        qlog = self.log
+        persist = qlog is not None and msg.header[12] & 0x10 and msg.persistent
+        if (ttl is not None or persist) and not msg.ts:
+            msg.ts = time.time()
         expires_at = 0.0
         if ttl is not None:
-            if not msg.ts:
-                msg.ts = time.time()
             expires_at = msg.ts + ttl
             self.has_ttl_msgs = True
-        if self.consumers and not self.messages:
+        c = None
+        if self.consumers and not self.messages and not self.tail:
             c = self._next_ready()
-            if c is not None:
-                c.channel.deliver(c, self, seq, msg, False)
-                return True
-        if ttl is not None and ttl <= 0:
+        if c is None and ttl is not None and ttl <= 0:
             # TTL 0: only delivered if a consumer could take it right away
             self.dead_letter(msg, "expired")
             return True
-        self.messages.append((seq, msg, False, expires_at))
-        self.ready_bytes += msg.size
-        self.vhost.broker.queued_bytes += msg.size
+        page = (
+            qlog is not None
+            and c is None
+            and not self.max_priority
+            and (self.tail or len(self.messages) >= PAGE_MAX)
+        )
+        if persist or page:
+            assert qlog is not None
+            try:
+                pos = qlog.append(encode_record(msg, transient=not persist))
+            except OSError as exc:
+                self.vhost.broker.disk_error(exc)
+                return False
+            seq = pos << SEQ_SHIFT
+            if persist:
+                self.vhost.broker.persisted = True
+        else:
+            seq = self.next_seq
+        self.next_seq = seq + 1
+        if c is not None:
+            c.channel.deliver(c, self, seq, msg, False)
+            return True
+        if page:
+            self.tail.append(pos)
+        else:
+            self.messages.append((seq, msg, False, expires_at))
+            self.ready_bytes += msg.size
+            self.vhost.broker.queued_bytes += msg.size
         if self.has_limits:
             self._enforce_limits()
         if expires_at:
@@ -278,18 +318,23 @@ class Queue:
         return True
 
     def _would_overflow(self, msg: Message) -> bool:
-        if self.max_length is not None and len(self.messages) >= self.max_length:
+        if self.max_length is not None and self.total() >= self.max_length:
             return True
         return self.max_bytes is not None and self.ready_bytes + msg.size > self.max_bytes
 
     def _enforce_limits(self) -> None:
-        msgs = self.messages
-        while msgs and (
-            (self.max_length is not None and len(msgs) > self.max_length)
-            or (self.max_bytes is not None and self.ready_bytes > self.max_bytes)
+        while (self.max_length is not None and self.total() > self.max_length) or (
+            self.max_bytes is not None and self.ready_bytes > self.max_bytes and self.messages
         ):
-            _, m, _, _ = self._pop()
+            if not self.messages and not self._refill():
+                return
+            seq, m, _, _ = self._pop()
+            self.discard(seq)
             self.dead_letter(m, "maxlen")
+
+    def total(self) -> int:
+        """Ready messages, in RAM and paged out."""
+        return len(self.messages) + len(self.tail) - self.tail_start
 
     def _pop(self) -> Entry:
         e = self.messages.popleft()
@@ -297,6 +342,78 @@ class Queue:
         self.ready_bytes -= size
         self.vhost.broker.queued_bytes -= size
         return e
+
+    def discard(self, seq: int) -> None:
+        """A message left the queue for good: ack its log record, if it has one."""
+        if self.log is not None and not seq & SEQ_MASK:
+            self.log.ack(seq >> SEQ_SHIFT)
+
+    # ---------------------------------------------------------------- log and paging
+
+    def attach_log(self, qlog: Any, positions: Any) -> None:
+        """Durable queue: its log, and the positions of the messages recovered from it."""
+        self.log = qlog
+        self.tail = positions
+        self.tail_start = 0
+        if len(positions):
+            self.next_seq = (positions[-1] << SEQ_SHIFT) + 1
+
+    def _refill(self) -> bool:
+        """Load the next batch of paged-out messages from the log into RAM."""
+        tail = self.tail
+        start = self.tail_start
+        n = len(tail)
+        if start >= n or self.log is None:
+            return False
+        end = min(n, start + PAGE_BATCH)
+        read = self.log.read
+        now = time.time()
+        redelivered_set = self.recovered_delivered
+        for i in range(start, end):
+            pos = tail[i]
+            try:
+                msg = decode_record(read(pos))
+            except Exception as exc:  # CorruptRecord, or a record we cannot decode
+                log.error("queue %r: dropping unreadable record %#x: %s", self.name, pos, exc)
+                self.log.ack(pos)
+                continue
+            exp = 0.0
+            ttl = self.ttl
+            if msg.header[12] & 0x01 and msg.expiration_ms is not None:
+                ttl = msg.expiration_ms / 1000.0 if ttl is None else min(ttl, msg.expiration_ms / 1000.0)
+            if ttl is not None:
+                exp = (msg.ts or now) + ttl
+                self.has_ttl_msgs = True
+            self.messages.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, exp))
+            self.ready_bytes += msg.size
+            self.vhost.broker.queued_bytes += msg.size
+        if end >= n:
+            self.tail = array("Q")
+            self.tail_start = 0
+        elif end > 65536 and end > n // 2:
+            self.tail = tail[end:]
+            self.tail_start = 0
+        else:
+            self.tail_start = end
+        if self.has_ttl_msgs:
+            self._schedule_expiry()
+        return True
+
+    def maybe_compact(self) -> None:
+        """Compact the log when it holds much more than the live data; only while no
+        message is out with a consumer (their positions would move under them)."""
+        if self.log is None or self.unacked_count or self.max_priority:
+            return
+        moved = self.log.maybe_compact()
+        if not moved:
+            return
+        self.messages = type(self.messages)(
+            (((moved.get(s >> SEQ_SHIFT, s >> SEQ_SHIFT) << SEQ_SHIFT) if not s & SEQ_MASK else s), m, r, e)
+            for s, m, r, e in self.messages
+        ) if not isinstance(self.messages, PriorityDeque) else self.messages
+        if len(self.tail) - self.tail_start:
+            self.tail = array("Q", (moved.get(p, p) for p in self.tail[self.tail_start :]))
+            self.tail_start = 0
 
     def _next_ready(self) -> Consumer | None:
         consumers = self.consumers
@@ -331,23 +448,30 @@ class Queue:
 
     def dispatch(self) -> None:
         """Deliver ready messages while some consumer has credit."""
-        msgs = self.messages
-        if not msgs or not self.consumers or self.deleted:
+        if not self.consumers or self.deleted:
+            return
+        if not self.messages and not self._refill():
             return
         if self.has_ttl_msgs:
             self.drop_expired()
-        while msgs:
+        while True:
+            msgs = self.messages
+            if not msgs and not self._refill():
+                return
             c = self._next_ready()
             if c is None:
                 return
             seq, msg, redelivered, expires_at = self._pop()
             if expires_at and expires_at <= time.time():
+                self.discard(seq)
                 self.dead_letter(msg, "expired")
                 continue
             c.channel.deliver(c, self, seq, msg, redelivered)
 
     def get(self) -> Entry | None:
         self.touch()
+        if not self.messages:
+            self._refill()
         if self.has_ttl_msgs:
             self.drop_expired()
         if not self.messages:
@@ -387,7 +511,14 @@ class Queue:
             self._enforce_limits()
 
     def purge(self) -> int:
-        n = len(self.messages)
+        n = self.total()
+        if self.log is not None:
+            for e in self.messages:
+                self.discard(e[0])
+            for i in range(self.tail_start, len(self.tail)):
+                self.log.ack(self.tail[i])
+        self.tail = array("Q")
+        self.tail_start = 0
         self.vhost.broker.queued_bytes -= self.ready_bytes
         self.messages.clear()
         self.ready_bytes = 0
@@ -405,7 +536,8 @@ class Queue:
             head = msgs.peek() if isinstance(msgs, PriorityDeque) else msgs[0]
             if not head[3] or head[3] > now:
                 break
-            _, m, _, _ = self._pop()
+            seq, m, _, _ = self._pop()
+            self.discard(seq)
             self.dead_letter(m, "expired")
         self._schedule_expiry()
 
@@ -499,7 +631,7 @@ class Queue:
     def message_count(self) -> int:
         if self.has_ttl_msgs:
             self.drop_expired()
-        return len(self.messages)
+        return self.total()
 
     @property
     def consumer_count(self) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 
 from broker.config import Config
 from broker.connection import Connection
+from broker.durable import Persistence
 from broker.vhost import VHost
 
 log = logging.getLogger("leveret")
@@ -28,6 +29,10 @@ class Broker:
         self._flush_scheduled = False
         self.queued_bytes = 0
         self.alarm = False
+        self.memory_alarm = False
+        self.disk_alarm = False
+        self.persisted = False  # set by a queue that appended a persistent message
+        self.persistence: Persistence | None = None
         self.stats_published = 0
         self.stats_delivered = 0
         self.stats_acked = 0
@@ -40,6 +45,14 @@ class Broker:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        if self.config.data_dir and self.persistence is None:
+            self.persistence = Persistence(self, self.config.data_dir)
+            self.persistence.recover()
+            self.persistence.start()
+        await self.listen()
+
+    async def listen(self) -> None:
+        """Open the listening socket(s) (again, after :meth:`stop_listening`)."""
         host = self.config.host
         try:
             self.server = await self.loop.create_server(
@@ -85,6 +98,12 @@ class Broker:
         if self.server is not None:
             await self.server.wait_closed()
             self.server = None
+        if self.persistence is not None:
+            self.persistence.close()
+            self.persistence = None
+        for v in self.vhosts.values():
+            for q in v.queues.values():
+                q.cancel_timers()
         await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ output batching
@@ -106,18 +125,43 @@ class Broker:
 
     def _check_alarm(self) -> None:
         high = self.config.memory_high_watermark
-        if not self.alarm:
+        if not self.memory_alarm:
             if self.queued_bytes > high:
-                self.alarm = True
+                self.memory_alarm = True
                 log.warning("memory alarm: %d bytes queued > %d, blocking publishers", self.queued_bytes, high)
-                for c in list(self.connections):
-                    if c.is_publisher:
-                        c.block()
+                self._update_alarm()
         elif self.queued_bytes < high * 0.8:
-            self.alarm = False
+            self.memory_alarm = False
             log.warning("memory alarm cleared")
-            for c in list(self.connections):
+            self._update_alarm()
+
+    def set_disk_alarm(self, on: bool, free: int = 0) -> None:
+        if on == self.disk_alarm:
+            return
+        self.disk_alarm = on
+        if on:
+            log.warning("disk alarm: %d bytes free < %d, blocking publishers", free, self.config.disk_free_limit)
+        else:
+            log.warning("disk alarm cleared")
+        self._update_alarm()
+
+    def disk_error(self, exc: OSError) -> None:
+        """An append failed (ENOSPC, EIO): block publishers until space is back."""
+        log.error("disk write failed: %s", exc)
+        self.set_disk_alarm(True)
+
+    def _update_alarm(self) -> None:
+        alarm = self.memory_alarm or self.disk_alarm
+        if alarm == self.alarm:
+            return
+        self.alarm = alarm
+        for c in list(self.connections):
+            if alarm:
+                if c.is_publisher:
+                    c.block()
+            else:
                 c.unblock()
+        self.flush_all()
 
     # ------------------------------------------------------------------ vhosts / auth
 
@@ -164,13 +208,19 @@ class Broker:
     # ------------------------------------------------------------------ storage hooks
 
     def definitions_changed(self, obj: Any) -> None:
-        """A durable definition changed (None: a transient one)."""
+        """A definition changed; ``obj`` is the durable one concerned (None: transient)."""
+        if obj is not None and self.persistence is not None:
+            self.persistence.save_definitions()
 
     def queue_created(self, q: Any) -> None:
-        pass
+        if q.durable and self.persistence is not None:
+            self.persistence.attach(q)
+            self.persistence.save_definitions()
 
     def queue_deleted(self, q: Any) -> None:
-        pass
+        if q.durable and self.persistence is not None:
+            self.persistence.detach(q)
+            self.persistence.save_definitions()
 
     def queue_purged(self, q: Any) -> None:
         pass

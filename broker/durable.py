@@ -1,0 +1,351 @@
+"""Durability: the broker's side of ``storage/``.
+
+* Definitions (vhosts, durable exchanges, durable queues, bindings between durable
+  objects) are saved as one JSON document through ``storage.MetadataStore`` whenever one
+  changes; argument tables are stored as base64 of their AMQP encoding so every type
+  survives.
+* Persistent messages (delivery_mode 2) routed to durable queues are appended to the
+  queue's ``storage.QueueLog``; the record's position is the message's ``seq`` in that
+  queue, so acks, requeues and recovery all speak in positions.
+* Group commit: :class:`Syncer` runs one ``sync_job`` (fsync) at a time in a worker
+  thread; everything appended before the job started is covered by it.  Publisher
+  confirms and tx.commit-ok for persisted messages wait for it; without confirms a timer
+  syncs every ``fsync_interval``.
+* Disk alarm: below ``disk_free_limit`` bytes free (or after ENOSPC) publishers are
+  blocked like in a memory alarm, until space returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import logging
+import os
+import shutil
+import struct
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pamqp import decode as pdecode
+from pamqp import encode as pencode
+
+from broker.message import Message
+from storage import MessageStore, MetadataStore
+
+if TYPE_CHECKING:
+    from broker.queue import Queue
+    from broker.server import Broker
+
+log = logging.getLogger("leveret.durable")
+
+# record payload: flags, publish time, len(ex_rk), len(header) | ex_rk | header | body
+_REC = struct.Struct(">BdHI")
+F_TRANSIENT = 1  # written only to keep queue order while paged out; not recovered
+
+
+def encode_record(msg: Message, transient: bool = False) -> bytes:
+    return b"".join(
+        (_REC.pack(F_TRANSIENT if transient else 0, msg.ts, len(msg.ex_rk), len(msg.header)), msg.ex_rk, msg.header, msg.body)
+    )
+
+
+def record_flags(payload: memoryview | bytes) -> int:
+    return payload[0]
+
+
+def decode_record(payload: bytes) -> Message:
+    flags, ts, el, hl = _REC.unpack_from(payload)
+    o = _REC.size
+    ex_rk = payload[o : o + el]
+    header = payload[o + el : o + el + hl]
+    body = payload[o + el + hl :]
+    xl = ex_rk[0]
+    exchange = ex_rk[1 : 1 + xl].decode("utf-8", "surrogateescape")
+    rk = ex_rk[2 + xl :].decode("utf-8", "surrogateescape")
+    msg = Message(ex_rk, exchange, rk, header, body)
+    msg.ts = ts
+    return msg
+
+
+def encode_table(table: dict[str, Any]) -> str:
+    return base64.b64encode(pencode.field_table(table or {})).decode()
+
+
+def decode_table(data: str) -> dict[str, Any]:
+    raw = base64.b64decode(data)
+    return pdecode.field_table(raw)[1] if raw else {}
+
+
+class Syncer:
+    """Group commit: one fsync job at a time, covering every append made before it."""
+
+    def __init__(self, broker: Broker, store: MessageStore) -> None:
+        self.broker = broker
+        self.store = store
+        self.waiting: list[Any] = []  # objects with sync_started() / synced(ok)
+        self.in_flight = False
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="leveret-fsync")
+        self.syncs = 0
+
+    def request(self, waiter: Any) -> None:
+        self.waiting.append(waiter)
+        if not self.in_flight:
+            self._start()
+
+    def _start(self) -> None:
+        waiters, self.waiting = self.waiting, []
+        for w in waiters:
+            w.sync_started()
+        try:
+            job = self.store.sync_job()
+        except OSError as exc:
+            log.error("flush failed: %s", exc)
+            self.broker.disk_error(exc)
+            for w in waiters:
+                w.synced(False)
+            return
+        if job is None:
+            for w in waiters:
+                w.synced(True)
+            self.broker.flush_all()
+            return
+        self.in_flight = True
+        fut = self.broker.loop.run_in_executor(self.executor, job)
+        fut.add_done_callback(lambda f: self._done(f, waiters))
+
+    def _done(self, fut: asyncio.Future[None], waiters: list[Any]) -> None:
+        self.in_flight = False
+        self.syncs += 1
+        ok = True
+        exc = fut.exception()
+        if exc is not None:
+            ok = False
+            log.error("fsync failed: %s", exc)
+        for w in waiters:
+            w.synced(ok)
+        if self.waiting:
+            self._start()
+        self.broker.flush_all()
+
+    def sync_now(self) -> None:
+        """Blocking flush+fsync (shutdown)."""
+        job = self.store.sync_job()
+        if job is not None:
+            job()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+class _Periodic:
+    """Waiter used by the interval timer (nothing waits on it)."""
+
+    def sync_started(self) -> None:
+        pass
+
+    def synced(self, ok: bool) -> None:
+        pass
+
+
+class Persistence:
+    """Metadata + message store of one broker, with recovery."""
+
+    def __init__(self, broker: Broker, data_dir: str) -> None:
+        self.broker = broker
+        self.data_dir = data_dir
+        os.makedirs(data_dir, exist_ok=True)
+        self.meta = MetadataStore(os.path.join(data_dir, "definitions.json"))
+        self.store = MessageStore(os.path.join(data_dir, "queues"), segment_size=broker.config.segment_size)
+        self.syncer: Syncer | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._disk_timer: asyncio.TimerHandle | None = None
+        self._dirty_since_sync = False
+        self._loading = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.syncer = Syncer(self.broker, self.store)
+        self._schedule()
+        self._check_disk()
+
+    def _schedule(self) -> None:
+        self._timer = self.broker.loop.call_later(self.broker.config.fsync_interval, self._tick)
+
+    def _tick(self) -> None:
+        if self.syncer is not None and not self.syncer.in_flight:
+            self.syncer.request(_Periodic())
+        for v in self.broker.vhosts.values():
+            for q in v.queues.values():
+                if q.log is not None:
+                    q.maybe_compact()
+        self._schedule()
+
+    def _check_disk(self) -> None:
+        limit = self.broker.config.disk_free_limit
+        try:
+            free = shutil.disk_usage(self.data_dir).free
+        except OSError:
+            free = limit + 1
+        self.broker.set_disk_alarm(free < limit, free)
+        self._disk_timer = self.broker.loop.call_later(1.0, self._check_disk)
+
+    def close(self) -> None:
+        for t in (self._timer, self._disk_timer):
+            if t is not None:
+                t.cancel()
+        if self.syncer is not None:
+            try:
+                self.syncer.sync_now()
+            except OSError as exc:
+                log.error("final fsync failed: %s", exc)
+            self.syncer.close()
+        self.store.close()
+
+    # ------------------------------------------------------------------ definitions
+
+    def save_definitions(self) -> None:
+        if self._loading:
+            return
+        b = self.broker
+        exchanges, queues, bindings = [], [], []
+        for v in b.vhosts.values():
+            for x in v.exchanges.values():
+                if x.durable and x.name and not x.name.startswith("amq."):
+                    exchanges.append(
+                        {
+                            "vhost": v.name,
+                            "name": x.name,
+                            "type": x.type,
+                            "auto_delete": x.auto_delete,
+                            "internal": x.internal,
+                            "arguments": encode_table(x.arguments),
+                        }
+                    )
+                for (dest, rk, _), args in x.bindings.items():
+                    if not x.durable or not dest.durable:
+                        continue
+                    kind = "exchange" if hasattr(dest, "bindings") else "queue"
+                    bindings.append(
+                        {
+                            "vhost": v.name,
+                            "source": x.name,
+                            "destination": dest.name,
+                            "kind": kind,
+                            "routing_key": rk,
+                            "arguments": encode_table(args),
+                        }
+                    )
+            for q in v.queues.values():
+                if q.durable:
+                    queues.append(
+                        {
+                            "vhost": v.name,
+                            "name": q.name,
+                            "auto_delete": q.auto_delete,
+                            "arguments": encode_table(q.arguments),
+                        }
+                    )
+        data = {
+            "version": 1,
+            "vhosts": sorted(b.vhosts),
+            "exchanges": exchanges,
+            "queues": queues,
+            "bindings": bindings,
+        }
+        self.meta.save(data)
+
+    def recover(self) -> None:
+        """Rebuild durable definitions and queue contents from disk."""
+        started = time.monotonic()
+        b = self.broker
+        self._loading = True
+        try:
+            data = self.meta.load()
+            for name in data.get("vhosts", []):
+                b.add_vhost(name)
+            for e in data.get("exchanges", []):
+                v = b.vhosts.get(e["vhost"])
+                if v is None or e["name"] in v.exchanges:
+                    continue
+                v.declare_exchange(e["name"], e["type"], False, True, e["auto_delete"], e["internal"], decode_table(e["arguments"]))
+            nq = nmsg = 0
+            known = set()
+            for qd in data.get("queues", []):
+                v = b.vhosts.get(qd["vhost"])
+                if v is None:
+                    continue
+                q = v.declare_queue(qd["name"], False, True, False, qd["auto_delete"], decode_table(qd["arguments"]), None)
+                known.add(self.key(q))
+                nq += 1
+                nmsg += q.message_count
+            for bd in data.get("bindings", []):
+                v = b.vhosts.get(bd["vhost"])
+                if v is None:
+                    continue
+                args = decode_table(bd["arguments"])
+                try:
+                    if bd["kind"] == "queue":
+                        q = v.queues.get(bd["destination"])
+                        if q is not None:
+                            v.bind_queue(q, bd["source"], bd["routing_key"], args)
+                    else:
+                        v.bind_exchange(bd["destination"], bd["source"], bd["routing_key"], args)
+                except Exception as exc:  # a dangling binding must not stop startup
+                    log.error("cannot restore binding %r: %s", bd, exc)
+            for key in self.store.list_queue_keys():
+                if key not in known:
+                    log.warning("removing the log of unknown queue %r", key)
+                    self.store.delete_queue(key)
+        finally:
+            self._loading = False
+        log.info(
+            "recovered %d durable queues with %d messages in %.3f s",
+            nq,
+            nmsg,
+            time.monotonic() - started,
+        )
+        self.recovered = (nq, nmsg, time.monotonic() - started)
+
+    # ------------------------------------------------------------------ queues
+
+    @staticmethod
+    def key(q: Queue) -> str:
+        return f"{q.vhost.name}\x00{q.name}"
+
+    def attach(self, q: Queue) -> None:
+        """Give a new durable queue its log, recovering what it holds."""
+        qlog = self.store.open_queue(self.key(q))
+        transient: list[int] = []
+
+        def on_record(pos: int, payload: memoryview) -> None:
+            if payload[0] & F_TRANSIENT:
+                transient.append(pos)
+
+        positions = qlog.recover(on_record)
+        if transient:
+            drop = set(transient)
+            for pos in transient:
+                qlog.ack(pos)
+            from array import array
+
+            positions = array("Q", (p for p in positions if p not in drop))
+        q.attach_log(qlog, positions)
+
+    def detach(self, q: Queue) -> None:
+        if q.log is not None:
+            q.log = None
+            self.store.delete_queue(self.key(q))
+
+    def request_sync(self, waiter: Any) -> None:
+        assert self.syncer is not None
+        self.syncer.request(waiter)
+
+
+def noop(*_: Any) -> None:
+    pass
+
+
+Callback = Callable[[bool], None]
