@@ -16,7 +16,7 @@ from pamqp import commands as C
 from broker.deadletter import cc_keys
 from broker.errors import AMQPError
 from broker.message import Message
-from broker.queue import Consumer, Queue
+from broker.queue import SEQ_MASK, SEQ_SHIFT, Consumer, Queue
 from broker.vhost import generated_name
 from protocol import methods as M
 from protocol import properties as P
@@ -35,7 +35,6 @@ from protocol.constants import (
     NOT_FOUND,
     NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
-    SYNTAX_ERROR,
     UNEXPECTED_FRAME,
 )
 
@@ -124,12 +123,7 @@ class Channel:
     def handle_raw_method(self, index: int, payload: bytes) -> None:
         """Fast-path methods (publish, ack, nack, reject) as raw payloads."""
         if self._pub is not None:
-            raise AMQPError(
-                UNEXPECTED_FRAME,
-                "expected content header for class 60, got non content header frame instead",
-                index >> 16,
-                index & 0xFFFF,
-            )
+            self._content_expected()
         try:
             if index == BASIC_PUBLISH:
                 ex_rk, ex_end, rk_end, mandatory, immediate = M.parse_publish(payload)
@@ -141,13 +135,20 @@ class Channel:
                 return
             tag, bits = M.parse_tag_bits(payload)
         except M.MethodDecodeError as exc:
-            raise AMQPError(SYNTAX_ERROR, str(exc), index >> 16, index & 0xFFFF) from None
+            # RabbitMQ: 501 "cannot decode" for malformed method arguments
+            raise AMQPError(FRAME_ERROR, str(exc), index >> 16, index & 0xFFFF) from None
         if index == BASIC_ACK:
             self._ack(tag, bool(bits & 1), "ack", False)
         elif index == BASIC_NACK:
             self._ack(tag, bool(bits & 1), "nack", bool(bits & 2))
         else:  # BASIC_REJECT
             self._ack(tag, False, "reject", bool(bits & 1))
+
+    def _content_expected(self) -> None:
+        """A method frame arrived while this channel waits for a publish's content."""
+        what = "content header for class 60" if self._header is None else "content body"
+        kind = "header" if self._header is None else "body"
+        raise AMQPError(UNEXPECTED_FRAME, f"expected {what}, got non content {kind} frame instead", 60, 40)
 
     def handle_content(self, ftype: int, payload: bytes) -> None:
         if self._pub is None:
@@ -193,7 +194,11 @@ class Channel:
             )
         left = self._body_left - len(payload)
         if left < 0:
-            raise AMQPError(FRAME_ERROR, "content body is larger than the size in its header", 60, 40)
+            # RabbitMQ keeps waiting for a body that can no longer complete (the next
+            # non-body frame is a 505); do the same, without keeping the bytes
+            self._body = []
+            self._body_left = -1
+            return
         if left == 0:
             if self._body:
                 self._body.append(payload)
@@ -370,6 +375,8 @@ class Channel:
             consumer.unacked += 1
             self.global_unacked += 1
             queue.unacked_count += 1
+            if queue.log is not None and not redelivered and not seq & SEQ_MASK:
+                queue.log.mark_delivered(seq >> SEQ_SHIFT)
         elif queue.log is not None:
             queue.discard(seq)
         conn = self.conn
@@ -468,9 +475,7 @@ class Channel:
 
     def handle_method(self, method: Any) -> None:
         if self._pub is not None:
-            raise AMQPError(
-                UNEXPECTED_FRAME, "expected content header for class 60, got non content header frame instead"
-            )
+            self._content_expected()
         handler = _HANDLERS.get(type(method))
         if handler is None:
             raise AMQPError(COMMAND_INVALID, f"unexpected method {method.name} on a channel")
@@ -552,7 +557,7 @@ class Channel:
         if m.if_unused and q.consumers:
             raise AMQPError(PRECONDITION_FAILED, f"{where} in use", 50, 40)
         if m.if_empty and q.messages:
-            raise AMQPError(PRECONDITION_FAILED, f"{where} is not empty", 50, 40)
+            raise AMQPError(PRECONDITION_FAILED, f"{where} not empty", 50, 40)
         n = self.vhost.delete_queue(q)
         if not m.nowait:
             self.send(C.Queue.DeleteOk(message_count=n))
@@ -637,6 +642,8 @@ class Channel:
         if not m.no_ack:
             self.unacked[tag] = (q, seq, msg, None)
             q.unacked_count += 1
+            if q.log is not None and not redelivered and not seq & SEQ_MASK:
+                q.log.mark_delivered(seq >> SEQ_SHIFT)
         elif q.log is not None:
             q.discard(seq)
         conn = self.conn
@@ -646,7 +653,7 @@ class Channel:
 
     def _basic_recover(self, m: Any) -> None:
         if not m.requeue:
-            raise AMQPError(NOT_IMPLEMENTED, "requeue=false", 60, 110)
+            raise AMQPError(NOT_IMPLEMENTED, "requeue=false", 60, m.index & 0xFFFF)
         self.requeue_all()
         if isinstance(m, C.Basic.Recover):
             self.send(C.Basic.RecoverOk())

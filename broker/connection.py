@@ -41,7 +41,6 @@ from protocol.constants import (
     NOT_ALLOWED,
     NOT_IMPLEMENTED,
     PROTOCOL_HEADER,
-    SYNTAX_ERROR,
     UNEXPECTED_FRAME,
 )
 from protocol.frames import HEARTBEAT_FRAME, FrameError, FrameParser
@@ -240,14 +239,19 @@ class Connection(asyncio.Protocol):
                     channel.handle_content(ftype, payload)
                 elif ftype == FRAME_HEARTBEAT:
                     if ch != 0:
-                        raise AMQPError(FRAME_ERROR, f"heartbeat frame on channel {ch}")
+                        raise AMQPError(UNEXPECTED_FRAME, f"heartbeat frame on channel {ch}")
             except AMQPError as exc:
                 self._error(ch, exc)
             except Exception:  # a bug must not take the broker down
                 log.exception("internal error on %s channel %d", self.peer, ch)
                 self._fatal(AMQPError(INTERNAL_ERROR, "internal error"))
-        if self.broker.dirty:
-            self.broker.flush_all()
+        broker = self.broker
+        if broker.alarm and self.is_publisher and not self.blocked:
+            self.block()
+        if broker.dirty:
+            broker.flush_all()
+        else:
+            broker.check_alarm()
 
     def _protocol_header(self, data: bytes) -> bytes:
         buf = self._hbuf + data
@@ -297,10 +301,14 @@ class Connection(asyncio.Protocol):
         try:
             return M.decode_method(payload)
         except M.UnknownMethod as exc:
+            # RabbitMQ cannot parse an unknown class/method: it drops the socket, no close
+            log.info("closing connection %s: %s", self.peer, exc)
+            self._close_transport()
             raise AMQPError(NOT_IMPLEMENTED, str(exc)) from None
         except M.MethodDecodeError as exc:
+            # RabbitMQ answers malformed arguments with 501 "cannot decode"
             idx = M.method_index(payload) if len(payload) >= 4 else 0
-            raise AMQPError(SYNTAX_ERROR, str(exc), idx >> 16, idx & 0xFFFF) from None
+            raise AMQPError(FRAME_ERROR, str(exc), idx >> 16, idx & 0xFFFF) from None
 
     def _channel_method(self, ch: int, channel: Channel | None, payload: bytes) -> None:
         method = self._decode(payload)
@@ -320,11 +328,9 @@ class Connection(asyncio.Protocol):
                         NOT_ALLOWED,
                         f"number of channels opened ({len(self.channels)}) has reached the "
                         f"negotiated channel_max ({self.channel_max})",
-                        20,
-                        10,
                     )
                 self.channels[ch] = Channel(self, ch)
-                self.send(M.encode_method(ch, C.Channel.OpenOk()))
+                self.send(M.channel_open_ok_frame(ch))
                 return
             raise AMQPError(CHANNEL_ERROR, "expected 'channel.open'", *_ids(method))
         if isinstance(method, C.Channel.Close):
@@ -333,7 +339,8 @@ class Connection(asyncio.Protocol):
             self.send(M.encode_method(ch, C.Channel.CloseOk()))
             return
         if isinstance(method, C.Channel.CloseOk):
-            return
+            # not closing: RabbitMQ treats it as a connection error
+            raise AMQPError(COMMAND_INVALID, "unimplemented method", 20, 41)
         if method.index >> 16 == 10:
             raise AMQPError(COMMAND_INVALID, f"connection method {method.name} on channel {ch}", *_ids(method))
         try:
@@ -366,8 +373,8 @@ class Connection(asyncio.Protocol):
         if self.state >= S_CLOSING:
             return
         log.info("closing connection %s: %s", self.peer, exc.reply_text)
-        if self.state < S_TUNE_OK:
-            # before tune there is no agreed way to talk: just close the socket
+        if self.state < S_OPENED and not (self.state == S_OPEN and exc.code == NOT_ALLOWED):
+            # handshake errors: RabbitMQ just closes the socket (except 530 on connection.open)
             self._close_transport()
             return
         self.send(
@@ -447,7 +454,7 @@ class Connection(asyncio.Protocol):
             self.send(M.encode_method(0, C.Connection.UpdateSecretOk()))
         else:
             raise AMQPError(
-                COMMAND_INVALID if state == S_OPENED else CHANNEL_ERROR,
+                CHANNEL_ERROR,  # as RabbitMQ: "unexpected method in connection state running"
                 f"unexpected method {method.name} on channel 0",
                 *_ids(method),
             )
@@ -466,8 +473,8 @@ class Connection(asyncio.Protocol):
                         C.Connection.Close(
                             reply_code=ACCESS_REFUSED,
                             reply_text=f"ACCESS_REFUSED - Login was refused using authentication mechanism {m.mechanism}. For details see the broker logfile.",
-                            class_id=10,
-                            method_id=11,
+                            class_id=0,
+                            method_id=0,
                         ),
                     )
                 )
@@ -485,15 +492,20 @@ class Connection(asyncio.Protocol):
 
     def _tune_ok(self, m: C.Connection.TuneOk) -> None:
         cfg = self.broker.config
-        frame_max = m.frame_max or cfg.frame_max
-        if frame_max > cfg.frame_max:
-            raise AMQPError(NOT_ALLOWED, f"frame_max={frame_max} > {cfg.frame_max} max", 10, 31)
-        if frame_max < FRAME_MIN_SIZE:
+        # RabbitMQ's negotiation check: a value above the server's, or 0 ("no limit")
+        # while the server has a limit, is refused (the socket is closed)
+        frame_max = m.frame_max
+        if 0 < frame_max < FRAME_MIN_SIZE:
             raise AMQPError(NOT_ALLOWED, f"frame_max={frame_max} < {FRAME_MIN_SIZE} min", 10, 31)
+        if cfg.frame_max and not 0 < frame_max <= cfg.frame_max:
+            raise AMQPError(NOT_ALLOWED, f"frame_max={frame_max} > {cfg.frame_max} max", 10, 31)
+        frame_max = frame_max or cfg.frame_max
         self.frame_max = frame_max
         self.parser.frame_max = frame_max
-        cm = m.channel_max or cfg.channel_max
-        self.channel_max = min(cm, cfg.channel_max) if cfg.channel_max else cm
+        cm = m.channel_max
+        if cfg.channel_max and not 0 < cm <= cfg.channel_max:
+            raise AMQPError(NOT_ALLOWED, f"channel_max={cm} > {cfg.channel_max} max", 10, 31)
+        self.channel_max = cm
         self.heartbeat = m.heartbeat
         self.state = S_OPEN
         if self.heartbeat:

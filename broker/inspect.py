@@ -232,6 +232,9 @@ class _FaultInjector:
         self.broker = broker
         self.rules: list[FaultRule] = []
         self._releasing = False
+        # delayed deliveries not yet made: key -> (timer, delivery arguments)
+        self.held: dict[int, tuple[asyncio.TimerHandle, tuple[Any, ...]]] = {}
+        self._keys = itertools.count()
 
     @classmethod
     def of(cls, broker: Broker) -> _FaultInjector:
@@ -253,6 +256,13 @@ class _FaultInjector:
         self._sync()
         return before - len(self.rules)
 
+    def release_held(self, vhost: str | None = None) -> None:
+        """Make the delayed deliveries (of ``vhost``) now."""
+        for key, (timer, args) in list(self.held.items()):
+            if vhost is None or args[0].vhost.name == vhost:
+                timer.cancel()
+                self._fire(key)
+
     def _sync(self) -> None:
         if not self.rules and self in self.broker.fault_hooks:
             self.broker.fault_hooks.remove(self)
@@ -272,17 +282,22 @@ class _FaultInjector:
                     self.rules.remove(rule)
                     self._sync()
             if rule.action == "delay":
-                self.broker.loop.call_later(
-                    rule.seconds, self._release, channel, consumer, queue, seq, msg, redelivered
-                )
+                key = next(self._keys)
+                timer = self.broker.loop.call_later(rule.seconds, self._fire, key)
+                self.held[key] = (timer, (channel, consumer, queue, seq, msg, redelivered))
             return True  # "drop": the message is gone, as if lost by the broker
         return False
+
+    def _fire(self, key: int) -> None:
+        item = self.held.pop(key, None)
+        if item is not None:
+            self._release(*item[1])
 
     def _release(
         self, channel: Channel, consumer: Consumer, queue: Queue, seq: int, msg: Message, redelivered: bool
     ) -> None:
         """A delayed delivery is due: deliver it if its consumer is still there, else
-        put the message back in its queue."""
+        put the message back in its queue (marked redelivered)."""
         from broker.channel import OPEN
         from broker.connection import S_OPENED
 
@@ -530,10 +545,11 @@ class Inspector:
         code: int = CONNECTION_FORCED,
         text: str = DEFAULT_CLOSE_TEXT,
         vhost: str | None = None,
-        timeout: float = 2.0,
+        timeout: float = 0.0,
     ) -> int:
         """Send connection.close (``code``, ``text``) to every client connection (of
-        ``vhost``) and wait up to ``timeout`` for them to go; return how many."""
+        ``vhost``); return how many.  With ``timeout`` wait up to that long for the
+        clients to answer (the broker drops a silent one after ``close_timeout``)."""
         conns = self._connections(vhost)
         for c in conns:
             c.close_forced(code, text)
@@ -544,10 +560,12 @@ class Inspector:
             await asyncio.sleep(self.poll_interval)
         return len(conns)
 
-    async def restart(self, downtime: float = 0.0) -> None:
+    async def restart(self, downtime: float = 0.0, grace: float = 0.1) -> None:
         """Stop listening and close every connection (320, as a broker shutdown does),
         wait ``downtime`` seconds, then listen again on the same address and port.
 
+        Clients get ``grace`` seconds to answer connection.close with close-ok; the
+        sockets of the others are then closed (after the connection.close frame).
         Vhosts, exchanges, queues, bindings and ready messages are kept (unacked
         messages of the closed connections go back to their queues; exclusive queues go
         with their connections), so a client's reconnect logic finds the broker as it
@@ -566,12 +584,11 @@ class Inspector:
         for c in list(b.connections):
             c.close_forced()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + b.config.close_timeout
+        deadline = loop.time() + grace
         while b.connections and loop.time() < deadline:
             await asyncio.sleep(self.poll_interval)
         for c in list(b.connections):
-            if c.transport is not None:
-                c.transport.abort()
+            c._close_transport()  # flushes what is queued (the connection.close), then FIN
         await server.wait_closed()
         if downtime > 0:
             await asyncio.sleep(downtime)
@@ -654,11 +671,17 @@ class Inspector:
         return list(_FaultInjector.of(self.broker).rules)
 
     def clear_faults(self, vhost: str | None = None, rule_id: int | None = None) -> int:
-        """Remove delivery fault rules (all; those of ``vhost``; or one by id)."""
+        """Remove delivery fault rules (all; those of ``vhost``; or one by id) and return
+        how many.  Deliveries held back by a delay rule (of ``vhost``) are made at once
+        (or go back to their queue if their consumer is gone)."""
         inj = _FaultInjector.of(self.broker)
-        return inj.remove(
+        n = inj.remove(
             lambda r: (rule_id is None or r.id == rule_id) and (vhost is None or r.vhost == vhost)
         )
+        if rule_id is None:
+            inj.release_held(vhost)
+            self.broker.flush_all()
+        return n
 
 
 # ---------------------------------------------------------------------- helpers

@@ -353,6 +353,7 @@ class Queue:
     def attach_log(self, qlog: Any, positions: Any) -> None:
         """Durable queue: its log, and the positions of the messages recovered from it."""
         self.log = qlog
+        self.recovered_delivered = qlog.delivered
         self.tail = positions
         self.tail_start = 0
         if len(positions):

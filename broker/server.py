@@ -121,9 +121,9 @@ class Broker:
             dirty, self.dirty = self.dirty, []
             for conn in dirty:
                 conn.flush()
-        self._check_alarm()
+        self.check_alarm()
 
-    def _check_alarm(self) -> None:
+    def check_alarm(self) -> None:
         high = self.config.memory_high_watermark
         if not self.memory_alarm:
             if self.queued_bytes > high:

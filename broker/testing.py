@@ -257,10 +257,10 @@ class BrokerHandle:
         code: int = CONNECTION_FORCED,
         text: str = DEFAULT_CLOSE_TEXT,
         vhost: str | None = None,
-        timeout: float = 2.0,
+        timeout: float = 0.0,
     ) -> int:
-        """Close every client connection (of ``vhost``) with ``code``/``text``; wait up to
-        ``timeout`` for them to go; return how many there were."""
+        """Close every client connection (of ``vhost``) with ``code``/``text``; return how
+        many there were.  ``timeout``: wait up to that long for the clients to answer."""
         return self._invoke("close_connections", code, text, vhost, timeout)
 
     async def close_connections_async(
@@ -268,17 +268,18 @@ class BrokerHandle:
         code: int = CONNECTION_FORCED,
         text: str = DEFAULT_CLOSE_TEXT,
         vhost: str | None = None,
-        timeout: float = 2.0,
+        timeout: float = 0.0,
     ) -> int:
         return await self._ainvoke("close_connections", code, text, vhost, timeout)
 
-    def restart(self, downtime: float = 0.0) -> None:
+    def restart(self, downtime: float = 0.0, grace: float = 0.1) -> None:
         """Close every connection and the listener, wait ``downtime`` s, listen again on
-        the same port; vhosts, queues and messages are kept."""
-        self._invoke("restart", downtime)
+        the same port; vhosts, queues and messages are kept.  See
+        :meth:`broker.inspect.Inspector.restart`."""
+        self._invoke("restart", downtime, grace)
 
-    async def restart_async(self, downtime: float = 0.0) -> None:
-        await self._ainvoke("restart", downtime)
+    async def restart_async(self, downtime: float = 0.0, grace: float = 0.1) -> None:
+        await self._ainvoke("restart", downtime, grace)
 
     def block_publishers(self, vhost: str | None = None, publishers_only: bool = False) -> int:
         """connection.blocked to every open connection (of ``vhost``); see
@@ -416,21 +417,21 @@ class VhostView:
 
     # faults (this vhost only, except restart)
     def close_connections(
-        self, code: int = CONNECTION_FORCED, text: str = DEFAULT_CLOSE_TEXT, timeout: float = 2.0
+        self, code: int = CONNECTION_FORCED, text: str = DEFAULT_CLOSE_TEXT, timeout: float = 0.0
     ) -> int:
         return self.handle.close_connections(code, text, self.vhost, timeout)
 
     async def close_connections_async(
-        self, code: int = CONNECTION_FORCED, text: str = DEFAULT_CLOSE_TEXT, timeout: float = 2.0
+        self, code: int = CONNECTION_FORCED, text: str = DEFAULT_CLOSE_TEXT, timeout: float = 0.0
     ) -> int:
         return await self.handle.close_connections_async(code, text, self.vhost, timeout)
 
-    def restart(self, downtime: float = 0.0) -> None:
+    def restart(self, downtime: float = 0.0, grace: float = 0.1) -> None:
         """Restart the whole broker (every vhost's connections are closed)."""
-        self.handle.restart(downtime)
+        self.handle.restart(downtime, grace)
 
-    async def restart_async(self, downtime: float = 0.0) -> None:
-        await self.handle.restart_async(downtime)
+    async def restart_async(self, downtime: float = 0.0, grace: float = 0.1) -> None:
+        await self.handle.restart_async(downtime, grace)
 
     def block_publishers(self, publishers_only: bool = False) -> int:
         return self.handle.block_publishers(self.vhost, publishers_only)
@@ -475,11 +476,13 @@ class BrokerThread(BrokerHandle):
     """A broker running its own event loop in a daemon thread.
 
     ``start()`` returns once the broker listens (``startup_seconds`` records how long
-    that took); ``stop()`` closes every connection and joins the thread."""
+    that took); ``stop()`` sends connection.close to every client, gives them
+    ``stop_timeout`` seconds to answer, and joins the thread."""
 
-    def __init__(self, config: Config | None = None, use_uvloop: bool = False) -> None:
+    def __init__(self, config: Config | None = None, use_uvloop: bool = False, stop_timeout: float = 0.25) -> None:
         self.config = config or Config(port=0)
         self.use_uvloop = use_uvloop
+        self.stop_timeout = stop_timeout
         self.broker: Broker | None = None
         self.inspector: Inspector | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -539,7 +542,7 @@ class BrokerThread(BrokerHandle):
             return
         self._ready.set()
         await self._stopped.wait()
-        await self.broker.stop()
+        await self.broker.stop(self.stop_timeout)
 
     def _on_loop(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
         if self.loop is None or self._thread is None:
@@ -844,12 +847,12 @@ class SubprocessBroker(BrokerHandle):
                 )
             time.sleep(0.01)
 
-    def restart(self, downtime: float = 0.0, hard: bool = False) -> None:
+    def restart(self, downtime: float = 0.0, grace: float = 0.1, hard: bool = False) -> None:
         """``hard=False``: as :meth:`BrokerHandle.restart` (state kept).  ``hard=True``:
         stop the process and start a new one on the same port; in-memory state is lost
-        (durable state survives once the broker has a ``data_dir``)."""
+        (durable state survives if the broker has a ``data_dir``)."""
         if not hard:
-            super().restart(downtime)
+            super().restart(downtime, grace)
             return
         self.stop()
         if downtime > 0:
@@ -959,7 +962,7 @@ async def _subprocess_serve(config: Config, rin: IO[bytes], wout: IO[bytes]) -> 
             _write_frame(wout, ("err", RuntimeError(f"unpicklable result of {name}: {exc}")))
         except OSError:
             break
-    await broker.stop()
+    await broker.stop(0.25)
     if reply_on_stop:
         with contextlib.suppress(OSError):
             _write_frame(wout, ("ok", None))

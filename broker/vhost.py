@@ -239,9 +239,9 @@ class VHost:
         internal: bool,
         arguments: dict[str, Any],
     ) -> Exchange:
+        if name == "":  # passive too (RabbitMQ 3.10)
+            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
         if passive:
-            if name == "":
-                return self.default_exchange
             return self.get_exchange(name)
         if type_ not in EXCHANGE_CLASSES:
             # x-* plugin types are not available here either
@@ -338,8 +338,10 @@ class VHost:
         self.check_exclusive(q, owner)
         return q
 
-    def check_exclusive(self, q: Queue, owner: Any) -> None:
-        if q.exclusive_owner is not None and q.exclusive_owner is not owner:
+    def check_exclusive(self, q: Queue, owner: Any, strict: bool = False) -> None:
+        """405 unless ``owner`` may use ``q``; ``strict`` (redeclare, as RabbitMQ): the
+        queue's owner must be exactly ``owner`` (None for a non-exclusive declare)."""
+        if q.exclusive_owner is not owner and (strict or q.exclusive_owner is not None):
             raise AMQPError(
                 RESOURCE_LOCKED,
                 f"cannot obtain exclusive access to locked {rs('queue', q.name, self.name)}. "
@@ -359,15 +361,14 @@ class VHost:
     ) -> Queue:
         if passive:
             return self.get_queue(name, owner)
+        durable = durable and not exclusive  # RabbitMQ: exclusive queues are never durable
         if name == "":
             name = generated_name("amq.gen-")
         elif name.startswith("amq."):
             raise AMQPError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         q = self.queues.get(name)
         if q is not None:
-            self.check_exclusive(q, owner)
-            if exclusive and q.exclusive_owner is None:
-                self.check_exclusive(q, object())
+            self.check_exclusive(q, owner if exclusive else None, strict=True)
             where = rs("queue", name, self.name)
             for arg, new, cur in (("durable", durable, q.durable), ("auto_delete", auto_delete, q.auto_delete)):
                 if new != cur:

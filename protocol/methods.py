@@ -206,3 +206,9 @@ def encode_method(channel: int, method: PamqpMethod) -> bytes:
         out.append(encode.octet(byte))
     payload = b"".join(out)
     return pack_head(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+
+
+def channel_open_ok_frame(channel: int) -> bytes:
+    """channel.open-ok with an empty channel-id long string, as RabbitMQ sends it."""
+    payload = b"\x00\x14\x00\x0b\x00\x00\x00\x00"
+    return pack_head(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 _HDR = struct.Struct(">II")  # record header: payload length, crc32c(payload)
 _POS = struct.Struct(">Q")  # ack entry: position
 _MASK = 0xFFFFFFFF
+DELIVERED = 1 << 63  # ack-file entry flag: "delivered", not "acked"
 _MAX_PAYLOAD = _MASK - _HDR.size
 _WBUF_LIMIT = 1 << 20  # flush the message buffer to the OS beyond 1 MiB
 _READ_GUESS = 4096  # first pread size in read(); one syscall for typical records
@@ -145,6 +146,8 @@ class QueueLog:
         self._dir_dirty = False
         self._unlinks: list[str] = []  # ack files to remove after the next dir fsync
         self._compact_threshold = segment_size
+        # positions of live records that had been delivered before the crash (recover())
+        self.delivered: set[int] = set()
 
     # ------------------------------------------------------------------ recovery
 
@@ -186,7 +189,8 @@ class QueueLog:
 
         out = array("Q")
         last = max(keep, default=0)
-        for n in sorted(keep):
+        self._scratch = bytearray()  # read buffer shared by all segments: the views
+        for n in sorted(keep):  # given to on_record are only valid during the call
             seg = self._scan(n, keep[n], n == last, out, on_record)
             if seg.count:
                 self._segs[n] = seg
@@ -197,34 +201,39 @@ class QueueLog:
                 self._unlink(_name("msgs", n, seg.gen))
                 self._unlinks.append(os.path.join(self.path, _name("acks", n, seg.gen)))
                 self._dir_dirty = True
+        del self._scratch
         return out
 
     def _scan(self, n: int, gen: int, is_last: bool, out: array,
               on_record: Callable[[int, memoryview], None] | None) -> _Segment:
+        """Validate one segment file, read whole into a buffer reused across segments."""
         seg = _Segment(n, gen)
         mpath = os.path.join(self.path, _name("msgs", n, gen))
-        with open(mpath, "rb") as f:
-            data = f.read()
+        with open(mpath, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            buf = self._scratch
+            if size > len(buf):  # (never resize: a caller might still hold a view on it)
+                buf = self._scratch = bytearray(max(size, self.segment_size))
+            mv = payload = memoryview(buf)
+            size = f.readinto(mv[:size])  # type: ignore[assignment]
         acked = self._load_acks(seg)
-        size = len(data)
-        mv = memoryview(data)
+        delivered = {e & ~DELIVERED for e in acked if e & DELIVERED} if acked else ()
         base = n << 32
         unpack = _HDR.unpack_from
-        offs_append, live_append, out_append = seg.offs.append, seg.live.append, out.append
-        count = nbytes = 0
+        offs = seg.offs
+        offs_append, out_append = offs.append, out.append
+        dead: list[int] = []  # indices into offs of acked or corrupt records (usually few)
         off = 0
         problem = ""
-        while off < size:  # hot loop: ~1 us per 1 KiB record
+        while off < size:  # hot loop: keep it lean (~1 us per 1 KiB record)
             if size - off < 8:
                 problem = "partial record header"
                 break
-            length, crc = unpack(data, off)
+            length, crc = unpack(buf, off)
             end = off + 8 + length
-            if end > size:
-                problem = f"record length {length} runs past end of file"
-                break
-            if not length:
-                problem = "zero length field"
+            if end > size or not length:
+                problem = (f"record length {length} runs past end of file" if length
+                           else "zero length field")
                 break
             payload = mv[off + 8:end]
             if crc32c(payload) != crc:
@@ -232,27 +241,31 @@ class QueueLog:
                     problem = "checksum mismatch on the last record"
                     break
                 log.error("%s: checksum mismatch at offset %d, record skipped", mpath, off)
-                offs_append(off)  # kept (not live) so neighbours' lengths stay right
-                live_append(0)
-                off = end
-                continue
-            pos = base | off
-            offs_append(off)
-            if pos in acked:
-                live_append(0)
+                dead.append(len(offs))  # kept (not live) so neighbours' lengths stay right
             else:
-                live_append(1)
-                out_append(pos)
-                count += 1
-                nbytes += end - off
-                if on_record is not None:
-                    on_record(pos, payload)
+                pos = base | off
+                if pos in acked:
+                    dead.append(len(offs))
+                else:
+                    out_append(pos)
+                    if delivered and pos in delivered:
+                        self.delivered.add(pos)
+                    if on_record is not None:
+                        on_record(pos, payload)
+            offs_append(off)
             off = end
-        seg.count, seg.nbytes, seg.end, seg.disk = count, nbytes, off, size
+        del payload, mv  # release buf
+        seg.end = off
+        seg.live = bytearray(b"\1") * len(offs)
+        for i in dead:
+            seg.live[i] = 0
+        seg.count = len(offs) - len(dead)
+        seg.nbytes = off - sum(seg.rec_len(i) for i in dead)
+        seg.disk = size
         if problem:
             if is_last:
                 # A torn write at the tail (zero fill included) is expected after a crash.
-                torn = problem != "zero length field" or not data[off:].strip(b"\0")
+                torn = problem != "zero length field" or not buf[off:size].strip(b"\0")
                 log.log(logging.WARNING if torn else logging.ERROR,
                         "%s: %s at offset %d, truncating %d bytes", mpath, problem, off,
                         size - off)
@@ -451,6 +464,16 @@ class QueueLog:
             self._ack_pending[seg.n] = seg
         return True
 
+    def mark_delivered(self, position: int) -> None:
+        """Record that a live record was handed to a consumer, so that after a crash it
+        comes back flagged as redelivered (kept in the segment's ack file, top bit set)."""
+        seg = self._segs.get(position >> 32)
+        if seg is None:
+            return
+        seg.abuf += _POS.pack(position | DELIVERED)
+        self._disk_bytes += 8
+        self._ack_pending[seg.n] = seg
+
     def _delete(self, seg: _Segment) -> None:
         """Drop a segment with no live records: msgs now, acks after the next dir fsync."""
         if seg is self._active:
@@ -461,12 +484,13 @@ class QueueLog:
         if seg.afd is not None:
             os.close(seg.afd)
             del self._afds[seg.n]
+            seg.afd = None
         self._ack_pending.pop(seg.n, None)
         del self._segs[seg.n]
         self._disk_bytes -= seg.disk + seg.asize + len(seg.abuf)
         self._unlink(_name("msgs", seg.n, seg.gen))
-        if seg.asize or seg.afd is not None:
-            self._unlinks.append(os.path.join(self.path, _name("acks", seg.n, seg.gen)))
+        # (the acks file may not exist; the job ignores that)
+        self._unlinks.append(os.path.join(self.path, _name("acks", seg.n, seg.gen)))
         self._dir_dirty = True
 
     def _unlink(self, name: str) -> None:
@@ -581,6 +605,7 @@ class QueueLog:
         if seg.afd is not None:
             os.close(seg.afd)
             del self._afds[seg.n]
+            seg.afd = None
         self._ack_pending.pop(seg.n, None)
         self._unlink(_name("msgs", seg.n, seg.gen))
         self._unlink(_name("acks", seg.n, seg.gen))

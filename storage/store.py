@@ -55,6 +55,8 @@ class MessageStore:
         """Keys of every queue directory present on disk (sorted)."""
         keys = []
         for name in os.listdir(self.root):
+            if name.endswith(".deleted"):
+                continue
             try:
                 with open(os.path.join(self.root, name, "key"), "rb") as f:
                     keys.append(f.read().decode())

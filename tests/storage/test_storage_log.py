@@ -1,0 +1,414 @@
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from storage import CorruptRecord, QueueLog
+from storage.log import _name
+
+
+def payload(i: int, size: int = 100) -> bytes:
+    head = i.to_bytes(4, "big")
+    return head + bytes((i + k) % 251 for k in range(size - 4))
+
+
+def files(d: Path, kind: str = "msgs") -> list[str]:
+    return sorted(n for n in os.listdir(d) if n.startswith(kind + "."))
+
+
+def recover(d: Path, segment_size: int = 4096) -> tuple[QueueLog, list[int], list[bytes]]:
+    q = QueueLog(d, segment_size)
+    seen: list[tuple[int, bytes]] = []
+    out = q.recover(lambda p, v: seen.append((p, bytes(v))))
+    assert [p for p, _ in seen] == list(out)
+    return q, list(out), [b for _, b in seen]
+
+
+def fill(d: Path, n: int, size: int = 100, segment_size: int = 4096) -> tuple[QueueLog, list[int]]:
+    q = QueueLog(d, segment_size)
+    q.recover()
+    return q, [q.append(payload(i, size)) for i in range(n)]
+
+
+def test_append_read_roundtrip_and_positions(tmp_path: Path) -> None:
+    q, ps = fill(tmp_path, 200, size=150, segment_size=2048)
+    assert ps == sorted(ps) and len(set(ps)) == 200
+    assert len(files(tmp_path)) > 1  # rolled
+    # still in the write buffer, then from disk
+    assert q.read(ps[-1]) == payload(199, 150)
+    q.flush()
+    assert all(q.read(p) == payload(i, 150) for i, p in enumerate(ps))
+    assert q.live_count == 200 and q.live_bytes == 200 * 158
+    assert q.disk_bytes == sum(os.path.getsize(tmp_path / f) for f in files(tmp_path))
+    with pytest.raises(ValueError):
+        q.append(b"")
+    with pytest.raises(ValueError):
+        q.read(123 << 32)
+    q.close()
+
+
+def test_oversized_record_gets_own_segment(tmp_path: Path) -> None:
+    q, ps = fill(tmp_path, 2, size=100, segment_size=1024)
+    big = q.append(b"x" * 5000)
+    after = q.append(b"y")
+    assert big >> 32 == (ps[1] >> 32) + 1 and big & 0xFFFFFFFF == 0
+    assert after >> 32 == (big >> 32) + 1
+    assert q.read(big) == b"x" * 5000
+    assert q.ack(big)  # inactive and empty: deleted
+    assert _name("msgs", big >> 32, 0) not in files(tmp_path)
+    q.close()
+
+
+def test_ack_deletes_fully_acked_segment_and_recover(tmp_path: Path) -> None:
+    q, ps = fill(tmp_path, 100, segment_size=1024)
+    first_seg = ps[0] >> 32
+    in_first = [p for p in ps if p >> 32 == first_seg]
+    for p in in_first:
+        assert q.ack(p)
+    assert not q.ack(in_first[0])  # twice: ignored
+    assert not q.ack(ps[1] + 3)  # not a record start: ignored
+    assert not q.ack((999 << 32) | 0)  # unknown segment: ignored
+    assert _name("msgs", first_seg, 0) not in files(tmp_path)
+    acked = set(in_first) | set(ps[20:90:3])
+    for p in ps[20:90:3]:
+        q.ack(p)
+    assert q.live_count == 100 - len(acked)
+    job = q.sync_job()
+    assert job is not None
+    job()
+    q.close()
+    q2, out, payloads = recover(tmp_path, 1024)
+    want = [(p, payload(i)) for i, p in enumerate(ps) if p not in acked]
+    assert out == [p for p, _ in want] and payloads == [b for _, b in want]
+    assert q2.live_count == len(want)
+    # appends after recovery go to a new segment
+    assert q2.append(b"new") >> 32 == (ps[-1] >> 32) + 1
+    q2.close()
+
+
+def test_recovery_deletes_fully_acked_segments(tmp_path: Path) -> None:
+    q, ps = fill(tmp_path, 30, segment_size=1024)
+    last_seg = [p for p in ps if p >> 32 == ps[-1] >> 32]
+    for p in last_seg:  # the active segment is not full, so it is kept until recovery
+        q.ack(p)
+    assert _name("msgs", ps[-1] >> 32, 0) in files(tmp_path)
+    q.close()
+    q2, out, _ = recover(tmp_path, 1024)
+    assert _name("msgs", ps[-1] >> 32, 0) not in files(tmp_path)
+    assert out == [p for p in ps if p not in last_seg]
+    q2.close()
+    q3, out3, _ = recover(tmp_path, 1024)  # orphan acks file removed by q2's close
+    assert out3 == out and not any(f.endswith(str(ps[-1] >> 32)) for f in files(tmp_path, "acks"))
+    q3.close()
+
+
+def test_torn_tail_every_offset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = tmp_path / "src"
+    q, ps = fill(src, 5, size=40)
+    q.close()
+    seg = src / files(src)[-1]
+    size = seg.stat().st_size
+    last_start = ps[-1] & 0xFFFFFFFF
+    for cut in range(last_start, size):
+        d = tmp_path / f"cut{cut}"
+        shutil.copytree(src, d)
+        os.truncate(d / files(d)[-1], cut)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            q2, out, payloads = recover(d)
+        assert out == ps[:4] and payloads == [payload(i, 40) for i in range(4)]
+        if cut > last_start:
+            assert any(r.levelno == logging.WARNING for r in caplog.records)
+        assert (d / files(d)[-1]).stat().st_size == last_start
+        # new appends survive the next recovery
+        p = q2.append(b"after")
+        q2.close()
+        q3, out, _ = recover(d)
+        assert out == ps[:4] + [p]
+        q3.close()
+
+
+def test_crc_mismatch_on_last_record_is_torn_tail(tmp_path: Path) -> None:
+    q, ps = fill(tmp_path, 3)
+    q.close()
+    seg = tmp_path / files(tmp_path)[-1]
+    data = bytearray(seg.read_bytes())
+    data[-1] ^= 0xFF
+    seg.write_bytes(data)
+    q2, out, _ = recover(tmp_path)
+    assert out == ps[:2] and seg.stat().st_size == ps[2] & 0xFFFFFFFF
+    q2.close()
+
+
+def test_zero_filled_tail(tmp_path: Path) -> None:
+    q, ps = fill(tmp_path, 3)
+    q.close()
+    seg = tmp_path / files(tmp_path)[-1]
+    with open(seg, "ab") as f:
+        f.write(b"\0" * 300)
+    q2, out, _ = recover(tmp_path)
+    assert out == ps
+    q2.close()
+
+
+def test_corrupt_middle_record_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    q, ps = fill(tmp_path, 60, segment_size=1024)
+    q.close()
+    segs = sorted({p >> 32 for p in ps})
+    victim_seg = segs[1]
+    in_seg = [p for p in ps if p >> 32 == victim_seg]
+    victim = in_seg[len(in_seg) // 2]
+    path = tmp_path / _name("msgs", victim_seg, 0)
+    data = bytearray(path.read_bytes())
+    data[(victim & 0xFFFFFFFF) + 20] ^= 0x01
+    path.write_bytes(data)
+    with caplog.at_level(logging.ERROR):
+        q2, out, payloads = recover(tmp_path, 1024)
+    assert out == [p for p in ps if p != victim]
+    assert payloads == [payload(i) for i, p in enumerate(ps) if p != victim]
+    assert any("checksum" in r.message and r.levelno == logging.ERROR for r in caplog.records)
+    with pytest.raises(ValueError):
+        q2.read(1 << 40)
+    q2.close()
+
+
+def test_corrupt_read_raises(tmp_path: Path) -> None:
+    q, ps = fill(tmp_path, 3)
+    q.flush()
+    path = tmp_path / files(tmp_path)[0]
+    data = bytearray(path.read_bytes())
+    data[(ps[1] & 0xFFFFFFFF) + 30] ^= 0x10
+    path.write_bytes(data)
+    with pytest.raises(CorruptRecord):
+        q.read(ps[1])
+    with pytest.raises(CorruptRecord):
+        q.read(ps[1] + 9)  # not a record start
+    assert q.read(ps[2]) == payload(2)
+    q.close()
+
+
+@pytest.mark.parametrize("where", ["middle", "last"])
+def test_garbage_length_drops_rest_of_segment(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    q, ps = fill(tmp_path, 60, segment_size=1024)
+    q.close()
+    segs = sorted({p >> 32 for p in ps})
+    seg_n = segs[1] if where == "middle" else segs[-1]
+    in_seg = [p for p in ps if p >> 32 == seg_n]
+    bad = in_seg[1]
+    path = tmp_path / _name("msgs", seg_n, 0)
+    data = bytearray(path.read_bytes())
+    struct.pack_into(">I", data, bad & 0xFFFFFFFF, 0x7FFFFFF0)
+    path.write_bytes(data)
+    with caplog.at_level(logging.WARNING):
+        q2, out, _ = recover(tmp_path, 1024)
+    lost = set(in_seg[1:])
+    assert out == [p for p in ps if p not in lost]
+    assert caplog.records
+    if where == "last":
+        assert path.stat().st_size == bad & 0xFFFFFFFF
+    q2.close()
+
+
+def test_truncated_ack_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    q, ps = fill(tmp_path, 10)
+    for p in ps[:3]:
+        q.ack(p)
+    q.close()
+    acks = tmp_path / files(tmp_path, "acks")[0]
+    assert acks.stat().st_size == 24
+    os.truncate(acks, 21)
+    with caplog.at_level(logging.WARNING):
+        q2, out, _ = recover(tmp_path)
+    assert out == ps[2:]  # third ack lost: that message comes back
+    assert acks.stat().st_size == 16
+    assert q2.ack(ps[2]) and q2.ack(ps[5])
+    q2.close()
+    q3, out, _ = recover(tmp_path)
+    assert out == [p for p in ps[3:] if p != ps[5]]
+    q3.close()
+
+
+def test_garbage_ack_entries_ignored(tmp_path: Path) -> None:
+    q, ps = fill(tmp_path, 4)
+    q.ack(ps[1])
+    q.close()
+    acks = tmp_path / files(tmp_path, "acks")[0]
+    with open(acks, "ab") as f:
+        f.write(b"\0" * 16 + struct.pack(">Q", (77 << 32) | 0))  # zero fill, foreign segment
+    q2, out, _ = recover(tmp_path)
+    assert out == [ps[0], ps[2], ps[3]]
+    q2.close()
+
+
+def test_enospc_partial_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    q, ps = fill(tmp_path, 5)
+    q.flush()
+    seg = tmp_path / files(tmp_path)[0]
+    good_size = seg.stat().st_size
+    more = [q.append(payload(100 + i)) for i in range(3)]
+    real_pwrite = os.pwrite
+    calls = []
+
+    def failing_pwrite(fd: int, data: bytes, offset: int) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_pwrite(fd, bytes(data)[:50], offset)  # partial write, then full disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", failing_pwrite)
+    with pytest.raises(OSError) as ei:
+        q.flush()
+    assert ei.value.errno == errno.ENOSPC
+    assert seg.stat().st_size == good_size  # partial write cut back
+    assert q.read(more[0]) == payload(100)  # still buffered
+    # crash now: the earlier records survive intact
+    d2 = tmp_path.parent / (tmp_path.name + "_copy")
+    shutil.copytree(tmp_path, d2)
+    q2, out, payloads = recover(d2)
+    assert out == ps and payloads == [payload(i) for i in range(5)]
+    q2.close()
+    # disk space comes back: retry succeeds, nothing lost
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    q.flush()
+    q.close()
+    q3, out, _ = recover(tmp_path)
+    assert out == ps + more
+    q3.close()
+
+
+def test_enospc_on_append_leaves_record_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    q, ps = fill(tmp_path, 3, segment_size=1024)
+    q.flush()
+
+    def no_space(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "full")
+
+    monkeypatch.setattr(os, "pwrite", no_space)
+    with pytest.raises(OSError):
+        for i in range(100):  # rolling needs a flush, which fails
+            q.append(payload(10 + i))
+    count = q.live_count
+    monkeypatch.undo()
+    q.close()
+    q2, out, _ = recover(tmp_path, 1024)
+    assert out[:3] == ps and len(out) == count
+    q2.close()
+
+
+def test_compaction_keeps_order_and_bounds_disk(tmp_path: Path) -> None:
+    seg_size = 2048
+    q, ps = fill(tmp_path, 400, size=100, segment_size=seg_size)
+    keep = ps[::25]  # a few old records pin each segment
+    for p in ps:
+        if p not in keep:
+            q.ack(p)
+    q.flush()
+    assert q.disk_bytes > 2 * q.live_bytes + seg_size
+    moved = q.maybe_compact()
+    assert moved
+    new = [moved.get(p, p) for p in keep]
+    assert new == sorted(new) and len(set(new)) == len(new)
+    assert [q.read(p) for p in new] == [payload(ps.index(p)) for p in keep]
+    assert q.disk_bytes <= 2 * q.live_bytes + seg_size
+    assert q.maybe_compact() == {}
+    job = q.sync_job()
+    if job:
+        job()
+    on_disk = sum(os.path.getsize(tmp_path / f) for f in files(tmp_path) + files(tmp_path, "acks"))
+    assert on_disk == q.disk_bytes
+    # acks still work on moved positions, and the result survives recovery
+    assert q.ack(new[3]) and not q.ack(new[3])
+    q.close()
+    q2, out, payloads = recover(tmp_path, seg_size)
+    expect = [p for p in new if p != new[3]]
+    assert out == expect
+    assert payloads == [payload(ps.index(p)) for p in keep if moved.get(p, p) != new[3]]
+    q2.close()
+
+
+def test_one_old_record_does_not_pin_disk(tmp_path: Path) -> None:
+    seg_size = 4096
+    q, ps = fill(tmp_path, 2000, size=100, segment_size=seg_size)
+    where = {p: p for p in ps}  # original -> current position
+    for i, p in enumerate(ps[1:]):
+        assert q.ack(where[p])
+        if i % 50 == 0:
+            moved = q.maybe_compact()
+            where = {k: moved.get(v, v) for k, v in where.items()}
+    q.maybe_compact()
+    assert q.live_count == 1 and q.read(where[ps[0]]) == payload(0)
+    assert q.disk_bytes <= 2 * q.live_bytes + 2 * seg_size
+    assert len(files(tmp_path)) <= 2
+    q.close()
+
+
+def test_compaction_crash_leftovers(tmp_path: Path) -> None:
+    q, ps = fill(tmp_path, 100, segment_size=1024)
+    for p in ps[1:20]:
+        q.ack(p)
+    q.flush()
+    seg_n = ps[0] >> 32
+    old_msgs = (tmp_path / _name("msgs", seg_n, 0)).read_bytes()
+    old_acks = (tmp_path / _name("acks", seg_n, 0)).read_bytes()
+    moved = q.compact()
+    q.close()
+    # crash before the old generation was removed, plus a stray tmp file
+    (tmp_path / _name("msgs", seg_n, 0)).write_bytes(old_msgs)
+    (tmp_path / _name("acks", seg_n, 0)).write_bytes(old_acks)
+    (tmp_path / (_name("msgs", seg_n, 2) + ".tmp")).write_bytes(b"junk")
+    q2, out, _ = recover(tmp_path, 1024)
+    assert out == [moved.get(p, p) for p in [ps[0]] + ps[20:]]
+    assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path))
+    assert _name("msgs", seg_n, 0) not in files(tmp_path)
+    q2.close()
+
+
+def test_sync_job(tmp_path: Path) -> None:
+    q = QueueLog(tmp_path / "q", 1024)
+    q.recover()
+    assert q.sync_job() is None
+    ps = [q.append(payload(i)) for i in range(30)]
+    job = q.sync_job()
+    assert job is not None
+    q.append(payload(99))
+    q.ack(ps[0])
+    job2 = q.sync_job()
+    q.close()
+    job()  # after close: runs on its own dup'd fds
+    assert job2 is not None
+    q.destroy()
+    job2()  # even after the directory is gone
+    assert not (tmp_path / "q").exists()
+
+
+def test_sync_job_nothing_after_clean_sync(tmp_path: Path) -> None:
+    q, ps = fill(tmp_path, 3)
+    job = q.sync_job()
+    assert job is not None
+    job()
+    assert q.sync_job() is None
+    q.ack(ps[0])
+    job = q.sync_job()
+    assert job is not None
+    job()
+    assert q.sync_job() is None
+    q.close()
+
+
+def test_append_without_recover_on_fresh_dir(tmp_path: Path) -> None:
+    q = QueueLog(tmp_path / "fresh")
+    p = q.append_many([b"a", b"bb"])
+    assert [q.read(x) for x in p] == [b"a", b"bb"]
+    q.close()
+    q.close()  # idempotent
+    q2, out, payloads = recover(tmp_path / "fresh")
+    assert out == p and payloads == [b"a", b"bb"]
+    q2.close()

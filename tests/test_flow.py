@@ -1,0 +1,101 @@
+"""Backpressure and the memory alarm: memory stays bounded when a peer is slow."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import aio_pika
+import pika
+from pamqp import commands as C
+
+from broker import Broker, Config
+from broker.testing import BrokerThread, broker_url, running_broker
+from rawamqp import RawClient
+
+
+async def test_consumer_that_does_not_read_gets_no_more_than_the_high_water_mark() -> None:
+    async with running_broker(Config(port=0)) as broker:
+        url = broker_url(broker)
+        # a raw consumer with no_ack that never reads its socket
+        slow = await asyncio.to_thread(RawClient.connect, broker.port)
+        await asyncio.to_thread(slow.handshake)
+        await asyncio.to_thread(slow.open_channel, 1)
+        await asyncio.to_thread(slow.rpc, 1, C.Queue.Declare(queue="slow"), C.Queue.DeclareOk)
+        await asyncio.to_thread(slow.rpc, 1, C.Basic.Consume(queue="slow", no_ack=True), C.Basic.ConsumeOk)
+        body = b"x" * 65536
+        async with await aio_pika.connect(url) as conn:
+            ch = await conn.channel(publisher_confirms=False)
+            for _ in range(800):  # 50 MiB
+                await ch.default_exchange.publish(aio_pika.Message(body), "slow")
+            await asyncio.sleep(0.3)
+            q = broker.vhosts["/"].queues["slow"]
+            server_conn = next(c for c in broker.connections if q.consumers and c is q.consumers[0].channel.conn)
+            assert server_conn.transport is not None
+            buffered = server_conn.transport.get_write_buffer_size() + server_conn.out_bytes
+            # what is held for the slow peer is bounded; the rest waits in the queue
+            assert buffered < 8 * 1024 * 1024
+            assert q.message_count > 600
+            # and another consumer on another queue is not disturbed
+            other = await ch.declare_queue("", exclusive=True)
+            await ch.default_exchange.publish(aio_pika.Message(b"fine"), other.name)
+            assert (await other.get(timeout=2)).body == b"fine"
+        slow.close()
+
+
+def test_memory_alarm_blocks_publishers_and_unblocks() -> None:
+    with BrokerThread(Config(port=0, memory_high_watermark=1024 * 1024)) as b:
+        events: list[str] = []
+        blocked = threading.Event()
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))
+        conn.add_on_connection_blocked_callback(lambda *_: (events.append("blocked"), blocked.set()))
+        conn.add_on_connection_unblocked_callback(lambda *_: events.append("unblocked"))
+        ch = conn.channel()
+        ch.queue_declare("big")
+        for _ in range(100):  # up to 6.4 MiB, one at a time, until the 1 MiB alarm trips
+            ch.basic_publish("", "big", b"y" * 65536)
+            conn.process_data_events(0.02)
+            if blocked.is_set():
+                break
+        assert events == ["blocked"]
+        assert b.broker is not None and b.broker.alarm
+        # draining the queue from another connection clears the alarm
+        conn2 = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch2 = conn2.channel()
+        ch2.queue_purge("big")
+        for _ in range(50):
+            conn.process_data_events(0.05)
+            if "unblocked" in events:
+                break
+        assert events == ["blocked", "unblocked"]
+        # reading resumed: the publishes held back while blocked arrive, then ours
+        conn.process_data_events(0.2)
+        before = ch2.queue_declare("big", passive=True).method.message_count
+        ch.basic_publish("", "big", b"after")
+        conn.process_data_events(0.1)
+        assert ch2.queue_declare("big", passive=True).method.message_count == before + 1
+        conn2.close()
+        conn.close()
+
+
+async def test_publisher_that_never_reads_is_paused_not_buffered(broker: Broker) -> None:
+    # A raw client that pipelines queue.declare forever without reading the replies:
+    # the server stops reading from it instead of buffering replies without bound.
+    c = await asyncio.to_thread(RawClient.connect, broker.port)
+    await asyncio.to_thread(c.handshake)
+    await asyncio.to_thread(c.open_channel, 1)
+    frame = C.Queue.Declare(queue="flood", passive=False)
+    from rawamqp import method_frame
+
+    data = method_frame(1, frame) * 2000
+    c.sock.setblocking(False)
+    sent = 0
+    for _ in range(2000):
+        try:
+            sent += c.sock.send(data)
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+    server = next(iter(broker.connections))
+    assert server.transport is not None
+    assert server.transport.get_write_buffer_size() < 64 * 1024 * 1024
+    c.close()
