@@ -59,7 +59,7 @@ def start(port: int, data: str) -> tuple[subprocess.Popen[bytes], float]:
             return p, time.monotonic() - t0
         except OSError:
             if p.poll() is not None:
-                raise RuntimeError("broker exited")
+                raise RuntimeError("broker exited") from None
             time.sleep(0.005)
 
 

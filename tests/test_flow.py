@@ -8,10 +8,10 @@ import threading
 import aio_pika
 import pika
 from pamqp import commands as C
+from rawamqp import RawClient
 
 from broker import Broker, Config
 from broker.testing import BrokerThread, broker_url, running_broker
-from rawamqp import RawClient
 
 
 async def test_consumer_that_does_not_read_gets_no_more_than_the_high_water_mark() -> None:
