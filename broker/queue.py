@@ -358,6 +358,12 @@ class Queue:
         self.tail_start = 0
         if len(positions):
             self.next_seq = (positions[-1] << SEQ_SHIFT) + 1
+            if self.ttl is not None:
+                # TTL kept counting while we were down: expire what is due now
+                self.has_ttl_msgs = True
+                loop = self.vhost.broker.loop
+                if loop is not None:
+                    loop.call_soon(self._on_expiry_timer)
 
     def _refill(self) -> bool:
         """Load the next batch of paged-out messages from the log into RAM."""
@@ -530,8 +536,9 @@ class Queue:
     def drop_expired(self, now: float | None = None) -> None:
         """Dead-letter expired messages at the head of the queue."""
         msgs = self.messages
-        if not msgs:
+        if not msgs and not self._refill():
             return
+        msgs = self.messages
         now = now or time.time()
         while msgs:
             head = msgs.peek() if isinstance(msgs, PriorityDeque) else msgs[0]

@@ -168,3 +168,90 @@ def test_kill_9_under_load_loses_no_confirmed_message(data_dir: str, seed: int, 
         assert not missing, f"{len(missing)} confirmed messages lost"
     finally:
         b.stop()
+
+
+async def test_ttl_counts_from_publish_across_restart_and_dead_letters_stay_persistent(data_dir: str) -> None:
+    b = start(data_dir)
+    try:
+        async with await aio_pika.connect(b.url) as conn:
+            ch = await conn.channel()
+            await ch.declare_exchange("dlx", ExchangeType.FANOUT, durable=True)
+            dlq = await ch.declare_queue("dlq", durable=True)
+            await dlq.bind("dlx")
+            await ch.declare_queue("ttlq", durable=True, arguments={"x-message-ttl": 1500, "x-dead-letter-exchange": "dlx"})
+        await publish_confirmed(b.url, "ttlq", 3)
+        b.stop()
+        time.sleep(1.0)
+        b = start(data_dir, b.port)
+        async with await aio_pika.connect(b.url) as conn:
+            ch = await conn.channel()
+            q = await ch.declare_queue("ttlq", durable=True, arguments={"x-message-ttl": 1500, "x-dead-letter-exchange": "dlx"})
+            assert q.declaration_result.message_count == 3
+            await asyncio.sleep(0.9)  # 1.9 s after publish: expired, though only 0.9 s since restart
+            assert (await ch.declare_queue("ttlq", passive=True)).declaration_result.message_count == 0
+        b.stop()  # dead-lettered copies are persistent: they survive another restart
+        b = start(data_dir, b.port)
+        async with await aio_pika.connect(b.url) as conn:
+            ch = await conn.channel()
+            dlq = await ch.declare_queue("dlq", passive=True)
+            m = await dlq.get(timeout=2)
+            assert m.delivery_mode == DeliveryMode.PERSISTENT
+            assert m.headers["x-death"][0]["reason"] == "expired"
+            assert m.headers["x-death"][0]["queue"] == "ttlq"
+    finally:
+        b.stop()
+
+
+def test_disk_free_limit_blocks_publishers(data_dir: str) -> None:
+    import threading
+
+    from broker import Config
+    from broker.testing import BrokerThread
+
+    with BrokerThread(Config(port=0, data_dir=data_dir, disk_free_limit=1 << 62)) as b:
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))
+        blocked, unblocked = threading.Event(), threading.Event()
+        conn.add_on_connection_blocked_callback(lambda *_: blocked.set())
+        conn.add_on_connection_unblocked_callback(lambda *_: unblocked.set())
+        ch = conn.channel()
+        ch.queue_declare("dq", durable=True)
+        ch.basic_publish("", "dq", b"x", pika.BasicProperties(delivery_mode=2))
+        for _ in range(40):
+            conn.process_data_events(0.05)
+            if blocked.is_set():
+                break
+        assert blocked.is_set()
+        assert b.broker is not None
+        b.broker.config.disk_free_limit = 0  # space is back
+        for _ in range(60):
+            conn.process_data_events(0.05)
+            if unblocked.is_set():
+                break
+        assert unblocked.is_set()
+        conn.close()
+
+
+async def test_write_error_nacks_and_keeps_what_was_stored(data_dir: str) -> None:
+    import errno
+
+    from broker import Config
+    from broker.testing import broker_url, running_broker
+
+    async with running_broker(Config(port=0, data_dir=data_dir)) as broker:
+        url = broker_url(broker)
+        async with await aio_pika.connect(url) as conn:
+            ch = await conn.channel(publisher_confirms=True)
+            await ch.declare_queue("dq", durable=True)
+            await ch.default_exchange.publish(Message(b"kept", delivery_mode=DeliveryMode.PERSISTENT), "dq")
+            qlog = broker.vhosts["/"].queues["dq"].log
+
+            def full(payload: bytes) -> int:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            qlog.append = full
+            with pytest.raises(aio_pika.exceptions.DeliveryError):
+                await ch.default_exchange.publish(Message(b"lost", delivery_mode=DeliveryMode.PERSISTENT), "dq")
+            assert broker.disk_alarm
+            del qlog.append
+            q = await ch.declare_queue("dq", passive=True)
+            assert (await q.get(timeout=2)).body == b"kept"
