@@ -151,7 +151,7 @@ class TopicExchange(Exchange):
     """Topic matching on a word trie; results cached per routing key."""
 
     type = "topic"
-    CACHE_MAX = 4096
+    CACHE_MAX = 16384
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         self._root = _Node()
