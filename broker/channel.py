@@ -390,7 +390,19 @@ class Channel:
             entry = unacked.pop(tag, None)
             if entry is None:
                 raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, _ACK_IDS[kind])
-            self._settle([entry], kind != "ack" and requeue, kind != "ack")
+            if kind == "ack":
+                # the hot path: one plain ack
+                q, seq, _msg, consumer = entry
+                if consumer is not None:
+                    consumer.unacked -= 1
+                    self.global_unacked -= 1
+                q.unacked_count -= 1
+                if q.log is not None:
+                    q.discard(seq)
+                self.conn.broker.stats_acked += 1
+                self.conn.want_dispatch(self)
+                return
+            self._settle([entry], requeue, True)
             return
         if multiple and tag == 0:
             pairs = list(unacked.items())
@@ -437,8 +449,7 @@ class Channel:
             if items:
                 q.requeue(items)
         # freed credit: let this channel's consumers take more
-        for c in list(self.consumers.values()):
-            c.queue.dispatch()
+        self.conn.want_dispatch(self)
 
     def requeue_all(self) -> None:
         entries = list(self.unacked.values())

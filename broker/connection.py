@@ -78,6 +78,8 @@ class Connection(asyncio.Protocol):
         self.paused_writing = False
         self.saturated = False
         self.confirm_channels: list[Channel] = []
+        self.dispatch_channels: list[Channel] = []
+        self.in_read = False
         self.frame_max = FRAME_MIN_SIZE
         self.channel_max = broker.config.channel_max
         self.heartbeat = 0
@@ -160,6 +162,23 @@ class Connection(asyncio.Protocol):
             self.dirty = True
             self.broker.mark_dirty(self)
 
+    def want_dispatch(self, channel: Channel) -> None:
+        """Acks freed prefetch credit on ``channel``: dispatch to its consumers once, at the
+        end of this read (or on the next loop iteration outside a read)."""
+        pending = self.dispatch_channels
+        if channel not in pending:
+            pending.append(channel)
+            if not self.in_read:
+                self.loop.call_soon(self._run_dispatch)
+
+    def _run_dispatch(self) -> None:
+        pending, self.dispatch_channels = self.dispatch_channels, []
+        for ch in pending:
+            if ch.state != CLOSING:
+                ch.resume()
+        if self.broker.dirty:
+            self.broker.flush_all()
+
     def want_confirm_flush(self, channel: Channel) -> None:
         if channel not in self.confirm_channels:
             self.confirm_channels.append(channel)
@@ -203,9 +222,11 @@ class Connection(asyncio.Protocol):
             data = self._protocol_header(data)
             if not data:
                 return
+        self.in_read = True
         try:
             frames = self.parser.feed(data)
         except FrameError as exc:
+            self.in_read = False
             # the frames before the bad one still count
             self._fatal(AMQPError(FRAME_ERROR, str(exc)))
             self.broker.flush_all()
@@ -245,6 +266,9 @@ class Connection(asyncio.Protocol):
             except Exception:  # a bug must not take the broker down
                 log.exception("internal error on %s channel %d", self.peer, ch)
                 self._fatal(AMQPError(INTERNAL_ERROR, "internal error"))
+        self.in_read = False
+        if self.dispatch_channels:
+            self._run_dispatch()
         broker = self.broker
         if broker.alarm and self.is_publisher and not self.blocked:
             self.block()
@@ -321,7 +345,8 @@ class Connection(asyncio.Protocol):
                     self.send(M.encode_method(ch, C.Channel.CloseOk()))
                 return
             if self.state != S_OPENED:
-                raise AMQPError(COMMAND_INVALID, f"unexpected method {method.name} before connection.open")
+                # RabbitMQ: any frame on a channel before connection.open-ok
+                raise AMQPError(UNEXPECTED_FRAME, f"unexpected method {method.name} before connection.open")
             if isinstance(method, C.Channel.Open):
                 if len(self.channels) + len(self.closing_channels) >= self.channel_max > 0:
                     raise AMQPError(
@@ -373,8 +398,8 @@ class Connection(asyncio.Protocol):
         if self.state >= S_CLOSING:
             return
         log.info("closing connection %s: %s", self.peer, exc.reply_text)
-        if self.state < S_OPENED and not (self.state == S_OPEN and exc.code == NOT_ALLOWED):
-            # handshake errors: RabbitMQ just closes the socket (except 530 on connection.open)
+        if self.state < S_OPEN:
+            # before (and at) tune-ok RabbitMQ just closes the socket
             self._close_transport()
             return
         self.send(

@@ -53,6 +53,9 @@ class Message:
 
     @property
     def persistent(self) -> bool:
+        flags = self.header[12]
+        if flags & 0xF0 == 0x10:  # delivery_mode is the first property present
+            return self.header[14] == 2
         return self.props.get("delivery_mode") == 2
 
     @property
