@@ -581,6 +581,9 @@ class Channel:
             self.global_prefetch = m.prefetch_count
         else:
             self.consumer_prefetch = m.prefetch_count
+            # RabbitMQ 3.10 (rabbit_channel): a per-consumer qos also lifts the channel's
+            # global limit ("ensures that if default was set, it's overridden")
+            self.global_prefetch = 0
         self.send(C.Basic.QosOk())
         self.resume()
 

@@ -268,7 +268,13 @@ class _FaultInjector:
             self.broker.fault_hooks.remove(self)
 
     def __call__(
-        self, channel: Channel, consumer: Consumer, queue: Queue, seq: int, msg: Message, redelivered: bool
+        self,
+        channel: Channel,
+        consumer: Consumer,
+        queue: Queue,
+        seq: int,
+        msg: Message,
+        redelivered: bool,
     ) -> bool:
         if self._releasing:
             return False
@@ -285,7 +291,11 @@ class _FaultInjector:
                 key = next(self._keys)
                 timer = self.broker.loop.call_later(rule.seconds, self._fire, key)
                 self.held[key] = (timer, (channel, consumer, queue, seq, msg, redelivered))
-            return True  # "drop": the message is gone, as if lost by the broker
+            else:  # "drop": the message is gone, as if lost by the broker
+                discard = getattr(queue, "discard", None)
+                if discard is not None:  # a durable queue forgets its log record too
+                    discard(seq)
+            return True
         return False
 
     def _fire(self, key: int) -> None:
@@ -294,7 +304,13 @@ class _FaultInjector:
             self._release(*item[1])
 
     def _release(
-        self, channel: Channel, consumer: Consumer, queue: Queue, seq: int, msg: Message, redelivered: bool
+        self,
+        channel: Channel,
+        consumer: Consumer,
+        queue: Queue,
+        seq: int,
+        msg: Message,
+        redelivered: bool,
     ) -> None:
         """A delayed delivery is due: deliver it if its consumer is still there, else
         put the message back in its queue (marked redelivered)."""
@@ -341,6 +357,7 @@ class Inspector:
     def delete_vhost(self, name: str) -> None:
         """Delete a vhost: its connections are closed (320), its queues deleted."""
         self.clear_faults(vhost=name)
+        self.unblock_publishers(vhost=name)  # so that they can read connection.close-ok
         self.broker.delete_vhost(name)
         self.broker.flush_all()
 
@@ -373,7 +390,7 @@ class Inspector:
             exclusive=q.exclusive_owner is not None,
             auto_delete=q.auto_delete,
             arguments=dict(q.arguments),
-            messages=sum(1 for _ in _ready_entries(q)),
+            messages=q.message_count,
             unacked=q.unacked_count,
             consumers=len(q.consumers),
         )
@@ -381,7 +398,9 @@ class Inspector:
     def exchanges(self, vhost: str = "/") -> list[ExchangeInfo]:
         """Every exchange, including the default ("") and ``amq.*`` ones."""
         return [
-            ExchangeInfo(vhost, x.name, x.type, x.durable, x.auto_delete, x.internal, dict(x.arguments))
+            ExchangeInfo(
+                vhost, x.name, x.type, x.durable, x.auto_delete, x.internal, dict(x.arguments)
+            )
             for x in self._vhost(vhost).exchanges.values()
         ]
 
@@ -393,7 +412,9 @@ class Inspector:
         v = self._vhost(vhost)
         out: list[BindingInfo] = []
         if include_default:
-            out.extend(BindingInfo(vhost, "", q.name, "queue", q.name, {}) for q in v.queues.values())
+            out.extend(
+                BindingInfo(vhost, "", q.name, "queue", q.name, {}) for q in v.queues.values()
+            )
         for x in v.exchanges.values():
             if x.name == "":
                 continue
@@ -451,9 +472,9 @@ class Inspector:
 
     def message_count(self, queue: str, vhost: str = "/") -> int:
         """Ready messages in ``queue`` (0 when it does not exist)."""
-        q = self.broker.vhosts.get(vhost)
-        qq = q.queues.get(queue) if q is not None else None
-        return 0 if qq is None else sum(1 for _ in _ready_entries(qq))
+        v = self.broker.vhosts.get(vhost)
+        q = v.queues.get(queue) if v is not None else None
+        return 0 if q is None else q.message_count
 
     def peek(
         self, queue: str, vhost: str = "/", limit: int | None = None, include_unacked: bool = False
@@ -526,8 +547,13 @@ class Inspector:
                 if q is None:
                     state = "the queue does not exist"
                 else:
-                    state = f"it has {q.message_count} ready and {q.unacked_count} unacked, {len(found)} matching"
-                raise TimeoutError(f"expected {count} message(s) on {where} within {timeout} s; {state}")
+                    state = (
+                        f"it has {q.message_count} ready and {q.unacked_count} unacked, "
+                        f"{len(found)} matching"
+                    )
+                raise TimeoutError(
+                    f"expected {count} message(s) on {where} within {timeout} s; {state}"
+                )
             await asyncio.sleep(self.poll_interval)
 
     def purge(self, queue: str, vhost: str = "/") -> int:
@@ -593,7 +619,11 @@ class Inspector:
         if downtime > 0:
             await asyncio.sleep(downtime)
         new = await loop.create_server(
-            lambda: Connection(b), hosts if len(hosts) > 1 else hosts[0], port, reuse_address=True, backlog=1024
+            lambda: Connection(b),
+            hosts if len(hosts) > 1 else hosts[0],
+            port,
+            reuse_address=True,
+            backlog=1024,
         )
         for sock in new.sockets:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -663,7 +693,9 @@ class Inspector:
     ) -> FaultRule:
         if count is not None and count <= 0:
             raise ValueError("count must be positive (or None for every delivery)")
-        rule = FaultRule(next(_FaultInjector._ids), action, seconds, vhost, queue, consumer_tag, count)
+        rule = FaultRule(
+            next(_FaultInjector._ids), action, seconds, vhost, queue, consumer_tag, count
+        )
         return _FaultInjector.of(self.broker).add(rule)
 
     def faults(self) -> list[FaultRule]:
@@ -688,8 +720,29 @@ class Inspector:
 
 
 def _ready_entries(q: Queue) -> Iterable[Any]:
+    """``(seq, message, redelivered, ...)`` of the ready messages in delivery order: those
+    in memory, then (durable queues) those paged out to the queue's log."""
     entries = getattr(q, "entries", None)
-    return entries() if entries is not None else iter(q.messages)
+    n = 0
+    for e in entries() if entries is not None else iter(q.messages):
+        n += 1
+        yield e
+    total = getattr(q, "total", None)
+    if total is None or n >= total():
+        return
+    tail, log = getattr(q, "tail", None), getattr(q, "log", None)
+    if tail is None or log is None:
+        return
+    from broker.durable import decode_record
+
+    redelivered = getattr(q, "recovered_delivered", ())
+    for i in range(getattr(q, "tail_start", 0), len(tail)):
+        pos = tail[i]
+        try:
+            msg = decode_record(log.read(pos))
+        except Exception:  # unreadable: the queue drops it when it gets there
+            continue
+        yield (pos, msg, pos in redelivered)
 
 
 def _peeked(q: Queue, msg: Message, redelivered: bool, state: str) -> PeekedMessage:
@@ -719,4 +772,3 @@ def _properties(header: bytes) -> dict[str, Any]:
         if value is not None:
             out[name] = value
     return out
-

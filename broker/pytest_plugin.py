@@ -64,7 +64,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="give the session's Leveret broker durable storage in a temporary directory",
     )
-    parser.addini("leveret_subprocess", "default for --leveret-subprocess", type="bool", default=False)
+    parser.addini(
+        "leveret_subprocess", "default for --leveret-subprocess", type="bool", default=False
+    )
     parser.addini("leveret_durable", "default for --leveret-durable", type="bool", default=False)
 
 
@@ -90,7 +92,9 @@ def _start(subprocess: bool, **fields: Any) -> BrokerHandle:
 
 
 @pytest.fixture(scope="session")
-def leveret_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerHandle]:
+def leveret_broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BrokerHandle]:
     """The session's Leveret broker (one per xdist worker)."""
     fields: dict[str, Any] = {}
     if _flag(request.config, "durable"):

@@ -85,7 +85,9 @@ Predicate = Callable[[PeekedMessage], bool]
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _amqp_url(host: str, port: int, vhost: str, user: str = "guest", password: str = "guest") -> str:
+def _amqp_url(
+    host: str, port: int, vhost: str, user: str = "guest", password: str = "guest"
+) -> str:
     # the default vhost as an empty path ("/"), which every client reads as "/"
     path = "" if vhost == "/" else quote(vhost, safe="")
     return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{path}"
@@ -224,7 +226,9 @@ class BrokerHandle:
         predicate: Predicate | None = None,
         include_unacked: bool = False,
     ) -> list[PeekedMessage]:
-        return self._invoke("wait_for_messages", queue, count, vhost, timeout, predicate, include_unacked)
+        return self._invoke(
+            "wait_for_messages", queue, count, vhost, timeout, predicate, include_unacked
+        )
 
     async def wait_for_message_async(
         self,
@@ -234,7 +238,9 @@ class BrokerHandle:
         predicate: Predicate | None = None,
         include_unacked: bool = False,
     ) -> PeekedMessage:
-        msgs = await self.wait_for_messages_async(queue, 1, vhost, timeout, predicate, include_unacked)
+        msgs = await self.wait_for_messages_async(
+            queue, 1, vhost, timeout, predicate, include_unacked
+        )
         return msgs[0]
 
     async def wait_for_messages_async(
@@ -369,7 +375,9 @@ class VhostView:
     def message_count(self, queue: str) -> int:
         return self.handle.message_count(queue, self.vhost)
 
-    def peek(self, queue: str, limit: int | None = None, include_unacked: bool = False) -> list[PeekedMessage]:
+    def peek(
+        self, queue: str, limit: int | None = None, include_unacked: bool = False
+    ) -> list[PeekedMessage]:
         return self.handle.peek(queue, self.vhost, limit, include_unacked)
 
     def purge(self, queue: str) -> int:
@@ -392,7 +400,9 @@ class VhostView:
         predicate: Predicate | None = None,
         include_unacked: bool = False,
     ) -> list[PeekedMessage]:
-        return self.handle.wait_for_messages(queue, count, self.vhost, timeout, predicate, include_unacked)
+        return self.handle.wait_for_messages(
+            queue, count, self.vhost, timeout, predicate, include_unacked
+        )
 
     async def wait_for_message_async(
         self,
@@ -401,7 +411,9 @@ class VhostView:
         predicate: Predicate | None = None,
         include_unacked: bool = False,
     ) -> PeekedMessage:
-        return await self.handle.wait_for_message_async(queue, self.vhost, timeout, predicate, include_unacked)
+        return await self.handle.wait_for_message_async(
+            queue, self.vhost, timeout, predicate, include_unacked
+        )
 
     async def wait_for_messages_async(
         self,
@@ -440,7 +452,11 @@ class VhostView:
         return self.handle.unblock_publishers(self.vhost)
 
     def delay_deliveries(
-        self, seconds: float, queue: str | None = None, consumer_tag: str | None = None, count: int | None = None
+        self,
+        seconds: float,
+        queue: str | None = None,
+        consumer_tag: str | None = None,
+        count: int | None = None,
     ) -> FaultRule:
         return self.handle.delay_deliveries(seconds, queue, self.vhost, consumer_tag, count)
 
@@ -479,7 +495,9 @@ class BrokerThread(BrokerHandle):
     that took); ``stop()`` sends connection.close to every client, gives them
     ``stop_timeout`` seconds to answer, and joins the thread."""
 
-    def __init__(self, config: Config | None = None, use_uvloop: bool = False, stop_timeout: float = 0.25) -> None:
+    def __init__(
+        self, config: Config | None = None, use_uvloop: bool = False, stop_timeout: float = 0.25
+    ) -> None:
         self.config = config or Config(port=0)
         self.use_uvloop = use_uvloop
         self.stop_timeout = stop_timeout
@@ -544,7 +562,9 @@ class BrokerThread(BrokerHandle):
         await self._stopped.wait()
         await self.broker.stop(self.stop_timeout)
 
-    def _on_loop(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
+    def _on_loop(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+    ) -> Any:
         if self.loop is None or self._thread is None:
             raise RuntimeError("the broker thread is not running")
         if threading.current_thread() is self._thread:
@@ -678,7 +698,18 @@ class BrokerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "broker", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", *self.args],
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                *self.args,
+            ],
             env=env,
         )
         deadline = time.monotonic() + timeout
@@ -780,7 +811,9 @@ class SubprocessBroker(BrokerHandle):
             env=env,
         )
         self._replies = queue_mod.Queue()
-        self._reader = threading.Thread(target=self._read_replies, name="leveret-subprocess-reader", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_replies, name="leveret-subprocess-reader", daemon=True
+        )
         self._reader.start()
         try:
             assert self.proc.stdin is not None
@@ -910,7 +943,11 @@ def _subprocess_main() -> None:
 
     rin, wout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # stdout carries the control channel only
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="leveret[%(process)d] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="leveret[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
     try:
         config = _read_frame(rin)
     except EOFError:
@@ -933,7 +970,10 @@ async def _subprocess_serve(config: Config, rin: IO[bytes], wout: IO[bytes]) -> 
     def read() -> None:
         try:
             while True:
-                loop.call_soon_threadsafe(requests.put_nowait, _read_frame(rin))
+                req = _read_frame(rin)
+                loop.call_soon_threadsafe(requests.put_nowait, req)
+                if req[0] == "stop":  # read no further: a thread blocked reading stdin
+                    return  # would trip the interpreter's shutdown
         except (EOFError, OSError, pickle.UnpicklingError):
             pass
         with contextlib.suppress(RuntimeError):

@@ -239,9 +239,9 @@ class VHost:
         internal: bool,
         arguments: dict[str, Any],
     ) -> Exchange:
-        if name == "":  # passive too (RabbitMQ 3.10)
-            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
         if passive:
+            if name == "":  # RabbitMQ 3.10 refuses a passive declare of "" too
+                raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
             return self.get_exchange(name)
         if type_ not in EXCHANGE_CLASSES:
             # x-* plugin types are not available here either
