@@ -369,18 +369,30 @@ class Channel:
             for hook in self.conn.broker.fault_hooks:
                 if hook(self, consumer, queue, seq, msg, redelivered):
                     return
+        tag = self._hand_out(queue, seq, msg, redelivered, consumer, consumer.no_ack)
+        self._send_content(M.deliver_frame(self.number, consumer.wire_tag, tag, redelivered, msg.ex_rk), msg)
+
+    def _hand_out(
+        self, queue: Queue, seq: int, msg: Message, redelivered: bool, consumer: Consumer | None, no_ack: bool
+    ) -> int:
+        """Give a message a delivery tag: track it as unacked, or let it go (no-ack)."""
         tag = self.delivery_tag = self.delivery_tag + 1
-        if not consumer.no_ack:
+        if not no_ack:
             self.unacked[tag] = (queue, seq, msg, consumer)
-            consumer.unacked += 1
-            self.global_unacked += 1
+            if consumer is not None:
+                consumer.unacked += 1
+                self.global_unacked += 1
             queue.unacked_count += 1
             if queue.log is not None and not redelivered and not seq & SEQ_MASK:
                 queue.log.mark_delivered(seq >> SEQ_SHIFT)
         elif queue.log is not None:
             queue.discard(seq)
+        return tag
+
+    def _send_content(self, method_frame: bytes, msg: Message) -> None:
+        """A basic.deliver / get-ok / return frame followed by the message content."""
         conn = self.conn
-        conn.send(M.deliver_frame(self.number, consumer.wire_tag, tag, redelivered, msg.ex_rk))
+        conn.send(method_frame)
         conn.send_parts(M.content_frames(self.number, msg.header, msg.body, conn.frame_max), msg.size)
         conn.broker.stats_delivered += 1
 
@@ -652,18 +664,8 @@ class Channel:
             self.send(C.Basic.GetEmpty())
             return
         seq, msg, redelivered, _ = entry
-        tag = self.delivery_tag = self.delivery_tag + 1
-        if not m.no_ack:
-            self.unacked[tag] = (q, seq, msg, None)
-            q.unacked_count += 1
-            if q.log is not None and not redelivered and not seq & SEQ_MASK:
-                q.log.mark_delivered(seq >> SEQ_SHIFT)
-        elif q.log is not None:
-            q.discard(seq)
-        conn = self.conn
-        conn.send(M.get_ok_frame(self.number, tag, redelivered, msg.ex_rk, len(q.messages)))
-        conn.send_parts(M.content_frames(self.number, msg.header, msg.body, conn.frame_max), msg.size)
-        conn.broker.stats_delivered += 1
+        tag = self._hand_out(q, seq, msg, redelivered, None, m.no_ack)
+        self._send_content(M.get_ok_frame(self.number, tag, redelivered, msg.ex_rk, q.total()), msg)
 
     def _basic_recover(self, m: Any) -> None:
         if not m.requeue:
