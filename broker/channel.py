@@ -463,6 +463,16 @@ class Channel:
         # freed credit: let this channel's consumers take more
         self.conn.want_dispatch(self)
 
+    def remap_unacked(self, queue: Queue, remap: Any) -> None:
+        """The queue's log was compacted: update the seqs of our deliveries from it."""
+        for tag, (q, seq, msg, consumer) in list(self.unacked.items()):
+            if q is queue:
+                self.unacked[tag] = (q, remap(seq), msg, consumer)
+        for pairs, _, _ in self.tx_acks:
+            for i, (tag, (q, seq, msg, consumer)) in enumerate(pairs):
+                if q is queue:
+                    pairs[i] = (tag, (q, remap(seq), msg, consumer))
+
     def requeue_all(self) -> None:
         entries = list(self.unacked.values())
         self.unacked.clear()

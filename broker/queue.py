@@ -407,20 +407,30 @@ class Queue:
         return True
 
     def maybe_compact(self) -> None:
-        """Compact the log when it holds much more than the live data; only while no
-        message is out with a consumer (their positions would move under them)."""
-        if self.log is None or self.unacked_count or self.max_priority:
+        """Compact the log when it holds much more than the live data (for example one
+        old unacked message pinning a segment), and move every reference to a moved
+        record: ready entries, paged-out positions and deliveries awaiting an ack."""
+        if self.log is None or self.max_priority:
             return
         moved = self.log.maybe_compact()
         if not moved:
             return
-        self.messages = type(self.messages)(
-            (((moved.get(s >> SEQ_SHIFT, s >> SEQ_SHIFT) << SEQ_SHIFT) if not s & SEQ_MASK else s), m, r, e)
-            for s, m, r, e in self.messages
-        ) if not isinstance(self.messages, PriorityDeque) else self.messages
+
+        def remap(seq: int) -> int:
+            if seq & SEQ_MASK:
+                return seq
+            return moved.get(seq >> SEQ_SHIFT, seq >> SEQ_SHIFT) << SEQ_SHIFT
+
+        self.messages = deque((remap(s), m, r, e) for s, m, r, e in self.messages)
         if len(self.tail) - self.tail_start:
             self.tail = array("Q", (moved.get(p, p) for p in self.tail[self.tail_start :]))
             self.tail_start = 0
+        if self.recovered_delivered:
+            self.recovered_delivered = {moved.get(p, p) for p in self.recovered_delivered}
+        if self.unacked_count:
+            for conn in self.vhost.broker.connections:
+                for ch in conn.channels.values():
+                    ch.remap_unacked(self, remap)
 
     def _next_ready(self) -> Consumer | None:
         consumers = self.consumers
