@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install what the interop matrix (interop/run.py) needs on a fresh Debian 12 machine.
+# Run as root from anywhere:  bash interop/install.sh
+#
+#   - Debian packages: amqp-tools (rabbitmq-c CLI), php-cli + php-amqplib, ruby + ruby-bunny,
+#     and Node.js + npm unless a `node` is already on PATH (e.g. from NodeSource)
+#   - npm ci in interop/clients/node (amqplib and amqp-connection-manager, pinned by
+#     package-lock.json)
+#   - the Python clients/frameworks from interop/requirements.txt, with $PYTHON (default:
+#     the active virtualenv's python) -- skipped when no virtualenv is active and $PYTHON is
+#     unset, since Debian's system pip refuses to install (the project's `interop` extra
+#     lists the same packages: pip install -e '.[test,interop]')
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "interop/install.sh: run as root (it uses apt-get)" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(ca-certificates coreutils amqp-tools php-cli php-amqplib ruby ruby-bunny)
+if ! command -v node > /dev/null 2>&1; then
+  pkgs+=(nodejs npm)
+elif ! command -v npm > /dev/null 2>&1; then
+  pkgs+=(npm)
+fi
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 18 ]; then
+  echo "interop/install.sh: amqplib 2.x needs Node.js >= 18, found $(node --version)" >&2
+  exit 1
+fi
+(cd "$HERE/clients/node" && npm ci --no-audit --no-fund --loglevel=error)
+
+py=${PYTHON:-}
+if [ -z "$py" ] && [ -n "${VIRTUAL_ENV:-}" ]; then
+  py="$VIRTUAL_ENV/bin/python"
+fi
+if [ -n "$py" ]; then
+  "$py" -m pip install -q -r "$HERE/requirements.txt"
+else
+  echo "interop/install.sh: no virtualenv active and PYTHON unset: skipped" \
+       "'pip install -r interop/requirements.txt'" >&2
+fi
+
+echo "interop toolchains:"
+cd "$HERE/.." && "${py:-python3}" interop/run.py --list || true
