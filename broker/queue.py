@@ -372,7 +372,8 @@ class Queue:
         n = len(tail)
         if start >= n or self.log is None:
             return False
-        end = min(n, start + PAGE_BATCH)
+        # a priority queue loads everything: delivery order depends on all of it
+        end = n if self.max_priority else min(n, start + PAGE_BATCH)
         read = self.log.read
         now = time.time()
         redelivered_set = self.recovered_delivered
@@ -524,7 +525,8 @@ class Queue:
         if self.has_ttl_msgs:
             self.drop_expired(now)
         self.dispatch()
-        if self.has_limits:
+        if self.has_limits and self.overflow == "drop-head":
+            # (RabbitMQ: reject-publish* queues never drop a requeued message)
             self._enforce_limits()
 
     def purge(self) -> int:

@@ -282,3 +282,29 @@ async def test_old_unacked_message_does_not_pin_disk_use(tmp_path: Path) -> None
             await held.ack()  # the moved record is acked at its new place
             await asyncio.sleep(0.1)
             assert qlog.live_count == 0
+
+
+async def test_priority_queue_order_after_recovery(tmp_path: Path) -> None:
+    from broker import Config
+    from broker.testing import broker_url, running_broker
+
+    data = str(tmp_path / "d")
+    args = {"x-max-priority": 3}
+    async with running_broker(Config(port=0, data_dir=data)) as broker:
+        async with await aio_pika.connect(broker_url(broker)) as conn:
+            ch = await conn.channel()
+            await ch.declare_queue("pq", durable=True, arguments=args)
+            await asyncio.gather(*(
+                ch.default_exchange.publish(
+                    Message(b"%d" % i, priority=i % 4, delivery_mode=DeliveryMode.PERSISTENT), "pq")
+                for i in range(3000)
+            ))
+    async with running_broker(Config(port=0, data_dir=data)) as broker:
+        async with await aio_pika.connect(broker_url(broker)) as conn:
+            ch = await conn.channel()
+            q = await ch.declare_queue("pq", durable=True, arguments=args)
+            got = []
+            while (m := await q.get(fail=False, no_ack=True)) is not None:
+                got.append(int(m.body))
+    expected = sorted(range(3000), key=lambda i: (-(i % 4), i))
+    assert got == expected
