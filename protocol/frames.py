@@ -54,31 +54,48 @@ class FrameParser:
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add bytes; return every frame completed by them, in order."""
+        frames: list[Frame] = []
+        pos = 0
         if self._chunks:
             self._chunks.append(data)
             self._chunks_len += len(data)
             if self._chunks_len < self._need:
-                return []
+                return frames
             data = b"".join(self._chunks)
             self._chunks = []
             self._chunks_len = 0
             self._need = 0
         elif self._buf:
-            data = self._buf + data
-        frames: list[Frame] = []
+            # finish the frame left over from the last read with the start of this one,
+            # then parse the rest of ``data`` in place (no copy of the whole read)
+            buf = self._buf
+            if len(buf) < 7:
+                take = 7 - len(buf)
+                buf += data[:take]
+                pos = take
+                if len(buf) < 7:
+                    self._buf = buf
+                    return frames
+            ftype, channel, size = _unpack_head(buf, 0)
+            self._check(ftype, size, buf, 0)
+            missing = size + FRAME_OVERHEAD - len(buf)
+            if missing > len(data) - pos:
+                self._buf = b""
+                return self._hold(buf + data[pos:], frames)
+            if missing > 0:
+                buf += data[pos : pos + missing]
+                pos += missing
+            if buf[-1] != FRAME_END:
+                raise FrameError(f"bad frame end octet {buf[-1]:#04x}")
+            frames.append((ftype, channel, buf[7:-1]))
+            self._buf = b""
         append = frames.append
-        pos = 0
         n = len(data)
         max_payload = self.frame_max - FRAME_OVERHEAD
         while n - pos >= 7:
             ftype, channel, size = _unpack_head(data, pos)
-            if ftype not in _VALID_TYPES:
-                raise FrameError(f"type {ftype}, first 16 octets = {bytes(data[pos:pos + 16])!r}")
-            if size > max_payload:
-                raise FrameError(
-                    f"frame size {size + FRAME_OVERHEAD} larger than negotiated frame_max "
-                    f"{self.frame_max}"
-                )
+            if ftype not in _VALID_TYPES or size > max_payload:
+                self._check(ftype, size, data, pos)
             end = pos + 7 + size
             if end >= n:
                 break
@@ -86,11 +103,26 @@ class FrameParser:
                 raise FrameError(f"bad frame end octet {data[end]:#04x}")
             append((ftype, channel, data[pos + 7 : end]))
             pos = end + 1
-        rest = data[pos:] if pos < n else b""
+        if pos < n:
+            return self._hold(data[pos:], frames)
+        return frames
+
+    def _check(self, ftype: int, size: int, data: bytes, pos: int) -> None:
+        if ftype not in _VALID_TYPES:
+            raise FrameError(f"type {ftype}, first 16 octets = {bytes(data[pos:pos + 16])!r}")
+        if size > self.frame_max - FRAME_OVERHEAD:
+            raise FrameError(
+                f"frame size {size + FRAME_OVERHEAD} larger than negotiated frame_max "
+                f"{self.frame_max}"
+            )
+
+    def _hold(self, rest: bytes, frames: list[Frame]) -> list[Frame]:
+        """Keep an incomplete frame; a large one is gathered as chunks, joined once."""
         if len(rest) >= 7:
-            size = _unpack_head(rest, 0)[2]
+            ftype, _, size = _unpack_head(rest, 0)
+            self._check(ftype, size, rest, 0)
             need = size + FRAME_OVERHEAD
-            if need > 65536 and need > len(rest):
+            if need > 65536:
                 self._chunks = [rest]
                 self._chunks_len = len(rest)
                 self._need = need
