@@ -235,6 +235,7 @@ class Channel:
             return
         broker = self.conn.broker
         broker.stats_published += 1
+        broker.persisted = False
         ok = self._route(x, msg, mandatory, extra_keys)
         if broker.persisted:
             broker.persisted = False
@@ -271,7 +272,8 @@ class Channel:
                 nacked.append(seq)
         for seq in nacked:
             self._nack_publish(seq)
-        if ok and self.confirm:
+        if self.confirm:
+            # (after a failed fsync too: the publishes between the nacked ones are fine)
             self.confirm_upto = max(self.confirm_upto, ws[0] - 1 if ws else self.publish_seq)
             self.conn.want_confirm_flush(self)
         if self.tx_commit_snapshot:
@@ -345,10 +347,18 @@ class Channel:
 
     def _nack_publish(self, seq: int) -> None:
         """basic.nack for one publish, after acking everything confirmed before it."""
+        ws = self.wait_sync
+        waiting_before = bool(ws) and ws[0] < seq
+        if not waiting_before:
+            # every earlier publish is settled: ack those not acked yet
+            self.confirm_upto = max(self.confirm_upto, seq - 1)
         if self.confirm_upto > self.confirm_sent:
             self.flush_confirms()
         self.conn.send(M.confirm_frame(self.number, seq, False, nack=True))
-        self.confirm_sent = self.confirm_upto = seq
+        if not waiting_before:
+            # the watermark may only pass seq when no earlier publish still waits for
+            # fsync (a later multiple ack must not cover it)
+            self.confirm_sent = self.confirm_upto = seq
 
     def _send_return(self, msg: Message, code: int, text: str) -> None:
         conn = self.conn
@@ -494,6 +504,8 @@ class Channel:
 
     def close_all(self) -> None:
         """Channel closing (either side) or connection gone: release everything."""
+        # no late output (fsync confirms, tx.commit-ok) on a closed channel number
+        self.state = CLOSING
         self._drop_reply_consumer()
         for c in list(self.consumers.values()):
             c.queue.remove_consumer(c)

@@ -139,7 +139,7 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def can_write(self) -> bool:
-        if self.paused_writing:
+        if self.paused_writing or self.state >= S_CLOSING:
             return False
         if self.out_bytes >= OUT_HIGH:
             self.saturated = True
@@ -359,6 +359,8 @@ class Connection(asyncio.Protocol):
                 return
             raise AMQPError(CHANNEL_ERROR, "expected 'channel.open'", *_ids(method))
         if isinstance(method, C.Channel.Close):
+            if channel._pub is not None:
+                channel._content_expected()  # 505, as RabbitMQ: content was expected
             channel.close_all()
             del self.channels[ch]
             self.send(M.encode_method(ch, C.Channel.CloseOk()))
@@ -434,7 +436,7 @@ class Connection(asyncio.Protocol):
         for ch in list(self.channels.values()):
             ch.close_all()
         self.channels.clear()
-        for q in self.exclusive_queues:
+        for q in list(self.exclusive_queues):
             if not q.deleted:
                 q.vhost.delete_queue(q)
         self.exclusive_queues = []

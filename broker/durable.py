@@ -86,27 +86,35 @@ class Syncer:
         self.store = store
         self.waiting: list[Any] = []  # objects with sync_started() / synced(ok)
         self.in_flight = False
+        self._retry: asyncio.TimerHandle | None = None
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="leveret-fsync")
         self.syncs = 0
 
     def request(self, waiter: Any) -> None:
         self.waiting.append(waiter)
-        if not self.in_flight:
+        if not self.in_flight and self._retry is None:
             self._start()
 
     def _start(self) -> None:
-        waiters, self.waiting = self.waiting, []
-        for w in waiters:
-            w.sync_started()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         try:
             job = self.store.sync_job()
         except OSError as exc:
-            log.error("flush failed: %s", exc)
+            # e.g. ENOSPC while flushing: the data stays buffered in the logs and nothing
+            # is confirmed until a later attempt writes it (publishers are blocked
+            # meanwhile by the disk alarm)
+            log.error("flush failed, retrying: %s", exc)
             self.broker.disk_error(exc)
-            for w in waiters:
-                w.synced(False)
+            if self._retry is None:
+                self._retry = self.broker.loop.call_later(0.5, self._start)
             return
+        waiters, self.waiting = self.waiting, []
+        for w in waiters:
+            w.sync_started()
         if job is None:
+            self.broker.disk_write_ok()
             for w in waiters:
                 w.synced(True)
             self.broker.flush_all()
@@ -123,6 +131,8 @@ class Syncer:
         if exc is not None:
             ok = False
             log.error("fsync failed: %s", exc)
+        if ok:
+            self.broker.disk_write_ok()
         for w in waiters:
             w.synced(ok)
         if self.waiting:
@@ -136,6 +146,8 @@ class Syncer:
             job()
 
     def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         self.executor.shutdown(wait=True)
 
 
@@ -189,7 +201,7 @@ class Persistence:
             free = shutil.disk_usage(self.data_dir).free
         except OSError:
             free = limit + 1
-        self.broker.set_disk_alarm(free < limit, free)
+        self.broker.set_disk_alarm(free < limit or self.broker.write_failed, free)
         self._disk_timer = self.broker.loop.call_later(1.0, self._check_disk)
 
     def close(self) -> None:
@@ -202,7 +214,10 @@ class Persistence:
             except OSError as exc:
                 log.error("final fsync failed: %s", exc)
             self.syncer.close()
-        self.store.close()
+        try:
+            self.store.close()
+        except OSError as exc:  # e.g. still no space: what was fsynced is safe
+            log.error("closing the message store failed: %s", exc)
 
     # ------------------------------------------------------------------ definitions
 
@@ -319,10 +334,15 @@ class Persistence:
         """Give a new durable queue its log, recovering what it holds."""
         qlog = self.store.open_queue(self.key(q))
         transient: list[int] = []
+        nbytes = 0
 
         def on_record(pos: int, payload: memoryview) -> None:
+            nonlocal nbytes
             if payload[0] & F_TRANSIENT:
                 transient.append(pos)
+            elif len(payload) >= _REC.size:
+                _, _, el, hl = _REC.unpack_from(payload)
+                nbytes += max(0, len(payload) - _REC.size - el - hl)  # body bytes
 
         positions = qlog.recover(on_record)
         if transient:
@@ -332,7 +352,7 @@ class Persistence:
             from array import array
 
             positions = array("Q", (p for p in positions if p not in drop))
-        q.attach_log(qlog, positions)
+        q.attach_log(qlog, positions, nbytes)
 
     def detach(self, q: Queue) -> None:
         if q.log is not None:

@@ -225,6 +225,7 @@ class Queue:
         self.log: Any = None
         self.tail: array[int] = array("Q")
         self.tail_start = 0
+        self.tail_bytes = 0  # body bytes of the paged-out messages (x-max-length-bytes)
         self.recovered_delivered: set[int] | frozenset[int] = frozenset()
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._expires_timer: asyncio.TimerHandle | None = None
@@ -307,6 +308,7 @@ class Queue:
             return True
         if page:
             self.tail.append(pos)
+            self.tail_bytes += msg.size
         else:
             self.messages.append((seq, msg, False, expires_at))
             self.ready_bytes += msg.size
@@ -320,11 +322,11 @@ class Queue:
     def _would_overflow(self, msg: Message) -> bool:
         if self.max_length is not None and self.total() >= self.max_length:
             return True
-        return self.max_bytes is not None and self.ready_bytes + msg.size > self.max_bytes
+        return self.max_bytes is not None and self.ready_bytes + self.tail_bytes + msg.size > self.max_bytes
 
     def _enforce_limits(self) -> None:
         while (self.max_length is not None and self.total() > self.max_length) or (
-            self.max_bytes is not None and self.ready_bytes > self.max_bytes and self.messages
+            self.max_bytes is not None and self.ready_bytes + self.tail_bytes > self.max_bytes and self.total()
         ):
             if not self.messages and not self._refill():
                 return
@@ -350,12 +352,14 @@ class Queue:
 
     # ---------------------------------------------------------------- log and paging
 
-    def attach_log(self, qlog: Any, positions: Any) -> None:
-        """Durable queue: its log, and the positions of the messages recovered from it."""
+    def attach_log(self, qlog: Any, positions: Any, nbytes: int = 0) -> None:
+        """Durable queue: its log, and the positions (and body bytes) of the messages
+        recovered from it."""
         self.log = qlog
         self.recovered_delivered = qlog.delivered
         self.tail = positions
         self.tail_start = 0
+        self.tail_bytes = nbytes
         if len(positions):
             self.next_seq = (positions[-1] << SEQ_SHIFT) + 1
             if self.ttl is not None:
@@ -394,10 +398,12 @@ class Queue:
                 self.has_ttl_msgs = True
             self.messages.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, exp))
             self.ready_bytes += msg.size
+            self.tail_bytes -= msg.size
             self.vhost.broker.queued_bytes += msg.size
         if end >= n:
             self.tail = array("Q")
             self.tail_start = 0
+            self.tail_bytes = 0
         elif end > 65536 and end > n // 2:
             self.tail = tail[end:]
             self.tail_start = 0
@@ -418,9 +424,9 @@ class Queue:
             return
 
         def remap(seq: int) -> int:
-            if seq & SEQ_MASK:
-                return seq
-            return moved.get(seq >> SEQ_SHIFT, seq >> SEQ_SHIFT) << SEQ_SHIFT
+            # a transient message's seq counts on from the record before it: move it along
+            base = seq >> SEQ_SHIFT
+            return (moved.get(base, base) << SEQ_SHIFT) | (seq & SEQ_MASK)
 
         self.messages = deque((remap(s), m, r, e) for s, m, r, e in self.messages)
         if len(self.tail) - self.tail_start:
@@ -538,6 +544,7 @@ class Queue:
                 self.log.ack(self.tail[i])
         self.tail = array("Q")
         self.tail_start = 0
+        self.tail_bytes = 0
         self.vhost.broker.queued_bytes -= self.ready_bytes
         self.messages.clear()
         self.ready_bytes = 0
@@ -552,7 +559,8 @@ class Queue:
             return
         msgs = self.messages
         now = now or time.time()
-        while msgs:
+        while msgs or self._refill():  # on into the paged-out tail
+            msgs = self.messages
             head = msgs.peek() if isinstance(msgs, PriorityDeque) else msgs[0]
             if not head[3] or head[3] > now:
                 break

@@ -31,6 +31,7 @@ class Broker:
         self.alarm = False
         self.memory_alarm = False
         self.disk_alarm = False
+        self.write_failed = False  # the last write to the log failed (ENOSPC, EIO)
         self.persisted = False  # set by a queue that appended a persistent message
         self.persistence: Persistence | None = None
         self.stats_published = 0
@@ -146,9 +147,16 @@ class Broker:
         self._update_alarm()
 
     def disk_error(self, exc: OSError) -> None:
-        """An append failed (ENOSPC, EIO): block publishers until space is back."""
+        """A write failed (ENOSPC, EIO): block publishers until a write succeeds again."""
         log.error("disk write failed: %s", exc)
+        self.write_failed = True
         self.set_disk_alarm(True)
+
+    def disk_write_ok(self) -> None:
+        """A flush+fsync went through: a write failure no longer holds the disk alarm."""
+        if self.write_failed:
+            self.write_failed = False
+            log.warning("disk writes succeed again")
 
     def _update_alarm(self) -> None:
         alarm = self.memory_alarm or self.disk_alarm

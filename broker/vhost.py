@@ -403,6 +403,9 @@ class VHost:
         q.deleted = True
         q.cancel_timers()
         self.queues.pop(q.name, None)
+        owner = q.exclusive_owner
+        if owner is not None and q in owner.exclusive_queues:
+            owner.exclusive_queues.remove(q)
         for x in list(self.exchanges.values()):
             if x.bindings and x.unbind_all(q):
                 self._maybe_auto_delete(x)

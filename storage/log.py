@@ -600,6 +600,8 @@ class QueueLog:
             self._unlink(os.path.basename(tmp))
             raise
         _fsync_dir(self.path)  # new generation durable before the old one goes
+        # "delivered" marks of live records live in the old ack file: carry them over
+        marks = self._delivered_marks(seg)
         # switch over: the old pair (msgs, acks) is now garbage
         self._release_fd(seg)
         if seg.afd is not None:
@@ -613,6 +615,31 @@ class QueueLog:
         seg.gen, seg.offs, seg.live = gen, offs, bytearray(b"\1") * len(offs)
         seg.end = seg.disk = len(new)
         seg.abuf, seg.asize, seg.adirty = bytearray(), 0, False
+        if marks:
+            for p in sorted(marks):
+                seg.abuf += _POS.pack(moved.get(p, p) | DELIVERED)
+            self._disk_bytes += len(seg.abuf)
+            self._ack_pending[seg.n] = seg
+
+    def _delivered_marks(self, seg: _Segment) -> set[int]:
+        """Live positions flagged delivered in a segment's ack file (flushed and buffered)."""
+        raw = bytes(seg.abuf)
+        if seg.asize:
+            try:
+                with open(os.path.join(self.path, _name("acks", seg.n, seg.gen)), "rb") as f:
+                    raw = f.read(seg.asize) + raw
+            except FileNotFoundError:
+                pass
+        k = len(raw) // 8
+        entries = struct.unpack_from(f">{k}Q", raw) if k else ()
+        out = set()
+        for e in entries:
+            if e & DELIVERED:
+                p = e & ~DELIVERED
+                i = bisect_left(seg.offs, p & _MASK)
+                if i < len(seg.offs) and seg.offs[i] == p & _MASK and seg.live[i]:
+                    out.add(p)
+        return out
 
     # ------------------------------------------------------------------ misc
 

@@ -308,3 +308,71 @@ async def test_priority_queue_order_after_recovery(tmp_path: Path) -> None:
                 got.append(int(m.body))
     expected = sorted(range(3000), key=lambda i: (-(i % 4), i))
     assert got == expected
+
+
+async def test_real_disk_full_nacks_keeps_stored_messages_and_recovers(tmp_path: Path) -> None:
+    """A real ENOSPC: the data directory on a 3 MiB tmpfs."""
+    import subprocess as sp
+
+    from broker import Config
+    from broker.testing import broker_url, running_broker
+
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or sp.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("needs root and tmpfs mounts")
+    try:
+        cfg = Config(port=0, data_dir=str(mnt / "d"), segment_size=256 * 1024, fsync_interval=0.05, disk_free_limit=0)
+        body = b"b" * 32 * 1024
+        async with running_broker(cfg) as broker:
+            url = broker_url(broker)
+            pub = await aio_pika.connect(url)
+            ch = await pub.channel(publisher_confirms=True)
+            await ch.declare_queue("full", durable=True)
+            confirmed: list[int] = []
+            nacked: list[int] = []
+            pending = []
+            for i in range(200):  # 6.4 MiB > 3 MiB
+                fut = asyncio.ensure_future(
+                    ch.default_exchange.publish(Message(b"%04d" % i + body, delivery_mode=DeliveryMode.PERSISTENT), "full"))
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), 1.0)
+                except aio_pika.exceptions.DeliveryError:
+                    nacked.append(i)
+                    break
+                except TimeoutError:
+                    pending.append((i, fut))  # not confirmed: the disk is full, we are blocked
+                    break
+                confirmed.append(i)
+            assert len(confirmed) > 20 and (nacked or pending)
+            assert broker.disk_alarm
+            # consumers are still served, from another connection: every confirmed message,
+            # never a nacked one (an unconfirmed one may be there)
+            async with await aio_pika.connect(url) as cons:
+                cch = await cons.channel()
+                q = await cch.declare_queue("full", passive=True)
+                got = []
+                while (m := await q.get(fail=False)) is not None:
+                    got.append(int(m.body[:4]))
+                    await m.ack()
+                assert got[: len(confirmed)] == confirmed
+                assert not set(got) & set(nacked)
+                assert set(got[len(confirmed):]) <= {i for i, _ in pending}
+            # the acked segments are deleted, space returns, the publisher is unblocked
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                if not broker.alarm:
+                    break
+            assert not broker.alarm
+            for _, fut in pending:  # confirmed once the disk took it
+                await asyncio.wait_for(fut, 5)
+            await asyncio.wait_for(
+                ch.default_exchange.publish(Message(b"9999" + body, delivery_mode=DeliveryMode.PERSISTENT), "full"), 5)
+            await pub.close()
+        async with running_broker(cfg) as broker:  # nothing stored was corrupted
+            async with await aio_pika.connect(broker_url(broker)) as conn:
+                q = await (await conn.channel()).declare_queue("full", passive=True)
+                m = await q.get()
+                assert int(m.body[:4]) == 9999 and await q.get(fail=False) is None
+    finally:
+        sp.run(["umount", "-l", str(mnt)])

@@ -288,15 +288,16 @@ scenario(
         initialDelay: 200,
         maxDelay: 1000,
         async setup(model) {
-          connects++;
-          ch = await model.createChannel();
-          ch.on('error', () => {});
-          await ch.assertQueue(q, { autoDelete: false });
-          await ch.consume(q, (m) => {
+          const c = await model.createChannel();
+          c.on('error', () => {});
+          await c.assertQueue(q, { autoDelete: false });
+          await c.consume(q, (m) => {
             if (m === null) return; // cancelled by the broker (queue deleted)
             got.push(m.content.toString());
-            ch.ack(m);
+            c.ack(m);
           });
+          ch = c; // only now is the new channel ready to use
+          connects++;
         },
       },
     });
