@@ -13,6 +13,15 @@ from aio_pika.exceptions import ChannelPreconditionFailed
 from pamqp.commands import Basic
 
 
+async def until(pred: Any, timeout: float = 5.0) -> None:
+    """Wait for a condition instead of sleeping a fixed time (robust on a loaded machine)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 async def drain(q: AbstractQueue) -> list[aio_pika.abc.AbstractIncomingMessage]:
     out = []
     while (m := await q.get(fail=False, no_ack=True)) is not None:
@@ -38,11 +47,10 @@ async def test_queue_ttl_expires_head_without_consumer_and_dead_letters(url: str
     async with await aio_pika.connect(url) as conn:
         ch = await conn.channel()
         dq = await dlx_setup(ch)
-        q = await ch.declare_queue("", exclusive=True, arguments={"x-message-ttl": 100, "x-dead-letter-exchange": "dlx"})
+        q = await ch.declare_queue("", exclusive=True, arguments={"x-message-ttl": 400, "x-dead-letter-exchange": "dlx"})
         await ch.default_exchange.publish(Message(b"a"), q.name)
-        await asyncio.sleep(0.05)
         assert (await ch.declare_queue(q.name, passive=True)).declaration_result.message_count == 1
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.7)
         # expired by the broker's timer, not only on access
         got = await drain(dq)
         assert [m.body for m in got] == [b"a"]
@@ -101,12 +109,12 @@ async def test_ttl_zero_delivered_only_to_ready_consumer(url: str) -> None:
 async def test_queue_expires_unused(url: str) -> None:
     async with await aio_pika.connect(url) as conn:
         ch = await conn.channel()
-        await ch.declare_queue("exp-q", arguments={"x-expires": 150})
-        await asyncio.sleep(0.08)
-        await ch.declare_queue("exp-q", arguments={"x-expires": 150})  # redeclare resets the clock
-        await asyncio.sleep(0.1)
-        await ch.declare_queue("exp-q", passive=True)
+        await ch.declare_queue("exp-q", arguments={"x-expires": 500})
         await asyncio.sleep(0.3)
+        await ch.declare_queue("exp-q", arguments={"x-expires": 500})  # redeclare resets the clock
+        await asyncio.sleep(0.3)
+        await ch.declare_queue("exp-q", passive=True)  # 0.6 s after the first declare
+        await asyncio.sleep(0.8)
         with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
             await ch.declare_queue("exp-q", passive=True)
 
@@ -273,35 +281,35 @@ async def test_single_active_consumer_failover_keeps_order(url: str) -> None:
         await q2.consume(cb("two"))
         for i in range(4):
             await ch1.default_exchange.publish(Message(b"%d" % i), "sac")
-        await asyncio.sleep(0.1)
+        await until(lambda: len(got) >= 4)
+        await asyncio.sleep(0.05)
         assert got == [("one", b"0"), ("one", b"1"), ("one", b"2"), ("one", b"3")]
         await q1.cancel(tag1)
         for i in range(4, 6):
             await ch1.default_exchange.publish(Message(b"%d" % i), "sac")
-        await asyncio.sleep(0.1)
+        await until(lambda: len(got) >= 6)
         assert got[4:] == [("two", b"4"), ("two", b"5")]
 
 
 async def test_consumer_priority(url: str) -> None:
     async with await aio_pika.connect(url) as conn:
         ch = await conn.channel()
-        await ch.set_qos(prefetch_count=1)
+        await ch.set_qos(prefetch_count=3)
         q = await ch.declare_queue("", exclusive=True)
         got: list[str] = []
 
-        def cb(name: str, ack: bool) -> Any:
+        def cb(name: str) -> Any:
             async def on(m: aio_pika.abc.AbstractIncomingMessage) -> None:
-                got.append(name)
-                if ack:
-                    await m.ack()
+                got.append(name)  # never acked: credit runs out after 3
             return on
 
-        await q.consume(cb("low", True), arguments={"x-priority": 1})
-        await q.consume(cb("high", True), arguments={"x-priority": 10})
+        await q.consume(cb("low"), arguments={"x-priority": 1})
+        await q.consume(cb("high"), arguments={"x-priority": 10})
         for _ in range(5):
             await ch.default_exchange.publish(Message(b"x"), q.name)
-            await asyncio.sleep(0.02)
-        assert got == ["high"] * 5
+        await until(lambda: len(got) >= 5)
+        # the high-priority consumer takes all it has credit for, the rest goes lower
+        assert got == ["high"] * 3 + ["low"] * 2
 
 
 # 7. direct reply-to -------------------------------------------------------------------------
