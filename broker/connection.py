@@ -197,10 +197,17 @@ class Connection(asyncio.Protocol):
         out = self.out
         if not out or self.transport is None or self.state == S_CLOSED:
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
+        n = len(out)
+        if n == 1:
+            self.transport.write(out[0])
+        elif self.out_bytes >= 128 * n:
+            # large parts (message bodies): hand them over as they are (writev under
+            # uvloop) instead of copying them all into one buffer
+            self.transport.writelines(out)
+        else:
+            self.transport.write(b"".join(out))
         self.out = []
         self.out_bytes = 0
-        self.transport.write(data)
         self.last_send = self.loop.time()
         if self.paused_writing and self.transport.get_write_buffer_size() > WRITE_HARD_LIMIT:
             self._pause_reading("writebuf")
