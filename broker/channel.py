@@ -101,6 +101,7 @@ class Channel:
         self._pub: tuple[bytes, str, str, bool] | None = None
         self._header: bytes | None = None
         self._body: list[bytes] = []
+        self._body_held = 0  # bytes of _body counted in broker.queued_bytes
         self._body_left = 0
 
     # ------------------------------------------------------------------ helpers
@@ -196,20 +197,30 @@ class Channel:
         if left < 0:
             # RabbitMQ keeps waiting for a body that can no longer complete (the next
             # non-body frame is a 505); do the same, without keeping the bytes
-            self._body = []
+            self._release_body()
             self._body_left = -1
             return
         if left == 0:
             if self._body:
                 self._body.append(payload)
                 body = b"".join(self._body)
-                self._body = []
+                self._release_body()
             else:
                 body = payload
             self._complete(body)
         else:
+            # a body arriving in pieces counts towards the memory alarm, so many channels
+            # each holding a part of a large message cannot grow memory without bound
             self._body.append(payload)
+            self._body_held += len(payload)
+            self.conn.broker.queued_bytes += len(payload)
             self._body_left = left
+
+    def _release_body(self) -> None:
+        self._body = []
+        if self._body_held:
+            self.conn.broker.queued_bytes -= self._body_held
+            self._body_held = 0
 
     def _complete(self, body: bytes) -> None:
         assert self._pub is not None and self._header is not None
@@ -514,7 +525,7 @@ class Channel:
         self.tx_publishes = []
         self._pub = None
         self._header = None
-        self._body = []
+        self._release_body()
 
     # ------------------------------------------------------------------ methods
 

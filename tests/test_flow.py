@@ -99,3 +99,43 @@ async def test_publisher_that_never_reads_is_paused_not_buffered(broker: Broker)
     assert server.transport is not None
     assert server.transport.get_write_buffer_size() < 64 * 1024 * 1024
     c.close()
+
+
+def test_partial_bodies_count_towards_the_memory_alarm() -> None:
+    """Many channels each holding part of a large message must not grow memory without
+    bound: the bytes held count towards the alarm, which stops reading the publisher."""
+    import struct
+    import time
+
+    from rawamqp import method_frame
+
+    with BrokerThread(Config(port=0, memory_high_watermark=2 * 1024 * 1024)) as b:
+        assert b.broker is not None
+        c = RawClient.connect(b.port)
+        c.handshake(capabilities={"connection.blocked": True})
+        chunk = b"p" * (131072 - 8)
+        c.sock.settimeout(0.5)
+        try:
+            for ch in range(1, 11):
+                if b.broker.alarm:
+                    break
+                c.send(method_frame(ch, C.Channel.Open()))  # replies are not read
+                c.send(method_frame(ch, C.Basic.Publish(exchange="", routing_key="nowhere")))
+                c.send(struct.pack(">BHIHHQH", 2, ch, 14, 60, 0, 100 * 1024 * 1024, 0) + b"\xce")
+                body_frame = struct.pack(">BHI", 3, ch, len(chunk)) + chunk + b"\xce"
+                for _ in range(40):  # up to 5 MiB per channel
+                    c.send(body_frame)
+        except (TimeoutError, OSError):
+            pass  # the broker stopped reading from us: that is the point
+        deadline = time.monotonic() + 5
+        while not b.broker.alarm and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert b.broker.alarm
+        assert b.broker.queued_bytes < 64 * 1024 * 1024  # reading stopped: bounded
+        # other connections still work: a consumer-side connection can get and purge
+        other = pika.BlockingConnection(pika.URLParameters(b.url))
+        och = other.channel()
+        och.queue_declare("still-alive")
+        assert och.basic_get("still-alive")[0] is None
+        other.close()
+        c.close()
