@@ -562,6 +562,10 @@ class Connection(asyncio.Protocol):
         if self.state >= S_CLOSING or self.transport is None:
             return
         now = self.loop.time()
+        if self._read_pause:
+            # we are not reading (blocked publisher, full buffers): the peer's silence
+            # is ours, as RabbitMQ pauses its heartbeat monitor for blocked connections
+            self.last_recv = now
         if now - self.last_recv > 2 * self.heartbeat:
             log.info("missed heartbeats from %s, closing", self.peer)
             self.state = S_CLOSED

@@ -139,3 +139,30 @@ def test_partial_bodies_count_towards_the_memory_alarm() -> None:
         assert och.basic_get("still-alive")[0] is None
         other.close()
         c.close()
+
+
+def test_blocked_publisher_is_not_dropped_for_missed_heartbeats() -> None:
+    import time
+
+    with BrokerThread(Config(port=0, memory_high_watermark=64 * 1024)) as b:
+        assert b.broker is not None
+        params = pika.URLParameters(b.url + "?heartbeat=1")
+        conn = pika.BlockingConnection(params)
+        ch = conn.channel()
+        ch.queue_declare("hb-big")
+        blocked = threading.Event()
+        conn.add_on_connection_blocked_callback(lambda *_: blocked.set())
+        for _ in range(50):
+            ch.basic_publish("", "hb-big", b"y" * 16384)
+            conn.process_data_events(0.02)
+            if blocked.is_set():
+                break
+        assert blocked.is_set()
+        # the broker does not read us now; 3 heartbeat intervals later we are still there
+        time.sleep(3.5)
+        assert len(b.broker.connections) == 1
+        b.broker.config.memory_high_watermark = 1 << 30
+        b.call(b.broker.check_alarm)
+        conn.process_data_events(0.2)
+        assert conn.is_open
+        conn.close()
