@@ -47,26 +47,26 @@ def dead_lettered_copy(msg: Message, queue: Queue, reason: str, dlx: str, dlrk: 
             "exchange": msg.exchange,
             "routing-keys": routing_keys,
         }
+        if props.expiration is not None:
+            entry["original-expiration"] = props.expiration
     else:
+        # RabbitMQ 3.10 only increments the count of an existing (queue, reason) entry:
+        # time, exchange and routing-keys stay those of its first death
         entry["count"] = int(entry.get("count", 0) or 0) + 1
-        entry["time"] = now
-        entry["exchange"] = msg.exchange
-        entry["routing-keys"] = routing_keys
-    if props.expiration is not None:
-        entry["original-expiration"] = props.expiration
-        props.expiration = None
+    props.expiration = None
     deaths.insert(0, entry)
     headers["x-death"] = deaths
     headers.setdefault("x-first-death-reason", reason)
     headers.setdefault("x-first-death-queue", queue.name)
     headers.setdefault("x-first-death-exchange", msg.exchange)
+    if dlrk is not None:
+        headers.pop("CC", None)  # RabbitMQ: routed by the dead-letter key only
     props.headers = headers
     header = P.encode_properties(props, msg.size)
     rk = dlrk if dlrk is not None else msg.routing_key
     ex_rk = M.shortstr(dlx) + M.shortstr(rk)
     out = Message(ex_rk, dlx, rk, header, msg.body)
-    out.ts = msg.ts
-    return out
+    return out  # a new message: TTLs in the target queues count from now
 
 
 def cycle_detected(msg: Message, target: Queue) -> bool:
@@ -75,12 +75,12 @@ def cycle_detected(msg: Message, target: Queue) -> bool:
     deaths = msg.headers.get("x-death")
     if not isinstance(deaths, list):
         return False
-    seen_target = False
+    # only the deaths up to (and including) the latest one in ``target`` form the cycle
     for d in deaths:
         if not isinstance(d, dict):
-            continue
+            return False  # not ours: a client put it there, not fully automatic
         if _s(d.get("reason")) == "rejected":
             return False
         if _s(d.get("queue")) == target.name:
-            seen_target = True
-    return seen_target
+            return True
+    return False

@@ -29,9 +29,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pamqp import decode as pdecode
-from pamqp import encode as pencode
 
 from broker.message import Message
+from protocol import properties as P
 from storage import MessageStore, MetadataStore
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def decode_record(payload: bytes) -> Message:
 
 
 def encode_table(table: dict[str, Any]) -> str:
-    return base64.b64encode(pencode.field_table(table or {})).decode()
+    return base64.b64encode(P.field_table(table or {})).decode()
 
 
 def decode_table(data: str) -> dict[str, Any]:
@@ -292,7 +292,9 @@ class Persistence:
                 v = b.vhosts.get(qd["vhost"])
                 if v is None:
                     continue
-                q = v.declare_queue(qd["name"], False, True, False, qd["auto_delete"], decode_table(qd["arguments"]), None)
+                q = v.declare_queue(
+                    qd["name"], False, True, False, qd["auto_delete"], decode_table(qd["arguments"]), None, recovering=True
+                )
                 known.add(self.key(q))
                 nq += 1
                 nmsg += q.message_count

@@ -164,7 +164,8 @@ class TopicExchange(Exchange):
 
     def _add(self, dest: Any, routing_key: str, args: Args) -> None:
         node = self._root
-        for word in routing_key.split("."):
+        # as RabbitMQ: an empty key has no words (so "*" does not match it)
+        for word in routing_key.split(".") if routing_key else ():
             if word == "*":
                 if node.star is None:
                     node.star = _Node()
@@ -187,7 +188,7 @@ class TopicExchange(Exchange):
         if hit is not None:
             return hit
         out: dict[Any, None] = {}
-        _match(self._root, routing_key.split("."), 0, out)
+        _match(self._root, routing_key.split(".") if routing_key else [], 0, out)
         result = tuple(out)
         if len(self._cache) >= self.CACHE_MAX:
             self._cache.clear()

@@ -207,16 +207,15 @@ class VHost:
 
     def _route_into(self, x: Exchange, rk: str, msg: Message, out: dict[Queue, None], seen: set[str]) -> None:
         seen.add(x.name)
-        found = False
-        for d in x.route(rk, msg):
+        # RabbitMQ: the AE is used only when the exchange itself matched no binding
+        # (a match to an exchange that routes nowhere does not count as unroutable)
+        dests = x.route(rk, msg)
+        for d in dests:
             if type(d) is Queue:
                 out[d] = None
-                found = True
             elif d.name not in seen:
-                before = len(out)
                 self._route_into(d, rk, msg, out, seen)
-                found = found or len(out) > before
-        if not found and x.alternate is not None and x.alternate not in seen:
+        if not dests and x.alternate is not None and x.alternate not in seen:
             ae = self.exchanges.get(x.alternate)
             if ae is not None:
                 self._route_into(ae, rk, msg, out, seen)
@@ -358,13 +357,14 @@ class VHost:
         auto_delete: bool,
         arguments: dict[str, Any],
         owner: Any,
+        recovering: bool = False,
     ) -> Queue:
         if passive:
             return self.get_queue(name, owner)
         durable = durable and not exclusive  # RabbitMQ: exclusive queues are never durable
         if name == "":
             name = generated_name("amq.gen-")
-        elif name.startswith("amq."):
+        elif name.startswith("amq.") and not recovering:  # (a durable server-named queue)
             raise AMQPError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         q = self.queues.get(name)
         if q is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from struct import Struct
 from typing import Any
 
-from pamqp import decode
+from pamqp import decode, encode
 from pamqp.commands import Basic
 
 _U16 = Struct(">H")
@@ -119,9 +119,50 @@ def decode_properties(header_payload: bytes) -> Basic.Properties:
     return props
 
 
+def _encode_value(v: Any) -> bytes:
+    # pamqp alone cannot do these: a longstr that is not UTF-8 (decoded to bytes) and
+    # doubles (it writes every float as a 32-bit 'f', losing precision)
+    if isinstance(v, bytes):
+        return b"S" + _U32.pack(len(v)) + v
+    if isinstance(v, float):
+        return b"d" + Struct(">d").pack(v)
+    if isinstance(v, dict):
+        return b"F" + field_table(v)
+    if isinstance(v, list):
+        items = b"".join(_encode_value(i) for i in v)
+        return b"A" + _U32.pack(len(items)) + items
+    return encode.encode_table_value(v)
+
+
+def field_table(table: dict[str, Any]) -> bytes:
+    """A field table as pamqp decoded it, encoded back without loss."""
+    fields = b"".join(encode.short_string(k) + _encode_value(v) for k, v in table.items())
+    return _U32.pack(len(fields)) + fields
+
+
 def encode_properties(props: Basic.Properties, body_size_: int) -> bytes:
     """A content header payload for pamqp properties (slow path)."""
-    return _HEADER.pack(60, 0, body_size_) + props.marshal()
+    headers = props.headers
+    if headers is None:
+        return _HEADER.pack(60, 0, body_size_) + props.marshal()
+    # the headers table (third property) is encoded here, exactly
+    props.headers = None
+    try:
+        raw = props.marshal()
+    finally:
+        props.headers = headers
+    at = 2
+    flags = _U16.unpack_from(raw)[0]
+    for bit in (F_CONTENT_TYPE, F_CONTENT_ENCODING):
+        if flags & bit:
+            at += 1 + raw[at]
+    return (
+        _HEADER.pack(60, 0, body_size_)
+        + _U16.pack(flags | F_HEADERS)
+        + raw[2:at]
+        + field_table(headers)
+        + raw[at:]
+    )
 
 
 def with_body_size(header_payload: bytes, size: int) -> bytes:

@@ -115,13 +115,17 @@ def test_single_active_consumer_and_consumer_priority(ch: BlockingChannel, broke
     ch.basic_consume(q, lambda c, m, p, b: got.append("second"), auto_ack=True)
     for _ in range(3):
         ch.basic_publish("", q, b"x")
-    for _ in range(20):
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
         other.process_data_events(0.02)
         ch.connection.process_data_events(0.02)
+    ch.connection.process_data_events(0.1)
     assert got == ["first"] * 3
     other.close()  # the active consumer goes: the next one takes over
     ch.basic_publish("", q, b"x")
-    ch.connection.process_data_events(0.3)
+    deadline = time.monotonic() + 5
+    while len(got) < 4 and time.monotonic() < deadline:
+        ch.connection.process_data_events(0.02)
     assert got == ["first"] * 3 + ["second"]
     # consumer priorities
     q2 = ch.queue_declare("", exclusive=True).method.queue
@@ -130,7 +134,9 @@ def test_single_active_consumer_and_consumer_priority(ch: BlockingChannel, broke
     ch.basic_consume(q2, lambda c, m, p, b: seen.append("high"), auto_ack=True, arguments={"x-priority": 5})
     for _ in range(4):
         ch.basic_publish("", q2, b"x")
-    ch.connection.process_data_events(0.2)
+    deadline = time.monotonic() + 5
+    while len(seen) < 4 and time.monotonic() < deadline:
+        ch.connection.process_data_events(0.02)
     assert seen == ["high"] * 4
 
 
