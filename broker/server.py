@@ -188,6 +188,8 @@ class Broker:
                 c.close_forced(320, f"vhost '{name}' is deleted")
         for q in list(v.queues.values()):
             v.delete_queue(q)
+        if self.persistence is not None:
+            self.persistence.save_definitions()
 
     def authenticate(self, user: str, password: str) -> bool:
         return self.config.users.get(user) == password

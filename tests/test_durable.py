@@ -376,3 +376,18 @@ async def test_real_disk_full_nacks_keeps_stored_messages_and_recovers(tmp_path:
                 assert int(m.body[:4]) == 9999 and await q.get(fail=False) is None
     finally:
         sp.run(["umount", "-l", str(mnt)])
+
+
+async def test_deleted_vhost_does_not_come_back(tmp_path: Path) -> None:
+    from broker import Config
+    from broker.testing import broker_url, running_broker
+
+    data = str(tmp_path / "d")
+    async with running_broker(Config(port=0, data_dir=data)) as broker:
+        broker.add_vhost("gone")
+        async with await aio_pika.connect(broker_url(broker, "gone")) as conn:
+            ch = await conn.channel()
+            await ch.declare_exchange("only-an-exchange", ExchangeType.DIRECT, durable=True)
+        broker.delete_vhost("gone")
+    async with running_broker(Config(port=0, data_dir=data)) as broker:
+        assert "gone" not in broker.vhosts
