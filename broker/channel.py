@@ -321,6 +321,8 @@ class Channel:
             bcc = cc_keys(headers, "BCC")
             if cc or bcc:
                 extra = cc + bcc
+            if bcc:
+                msg.bcc = bcc  # dead lettering routes by them again, as RabbitMQ does
             if "BCC" in headers:
                 headers = dict(headers)
                 del headers["BCC"]

@@ -66,6 +66,8 @@ def dead_lettered_copy(msg: Message, queue: Queue, reason: str, dlx: str, dlrk: 
     rk = dlrk if dlrk is not None else msg.routing_key
     ex_rk = M.shortstr(dlx) + M.shortstr(rk)
     out = Message(ex_rk, dlx, rk, header, msg.body)
+    if dlrk is None:
+        out.bcc = msg.bcc
     return out  # a new message: TTLs in the target queues count from now
 
 

@@ -16,7 +16,7 @@ from protocol import properties as P
 
 
 class Message:
-    __slots__ = ("ex_rk", "exchange", "routing_key", "header", "body", "_props", "size", "ts")
+    __slots__ = ("ex_rk", "exchange", "routing_key", "header", "body", "_props", "size", "ts", "bcc")
 
     def __init__(self, ex_rk: bytes, exchange: str, routing_key: str, header: bytes, body: bytes) -> None:
         self.ex_rk = ex_rk
@@ -27,6 +27,7 @@ class Message:
         self.size = len(body)
         self._props: dict[str, Any] | None = None
         self.ts = 0.0  # publish time (wall clock), set when a queue needs it (TTL)
+        self.bcc: list[str] | None = None  # BCC routing keys (the header itself is stripped)
 
     @property
     def props(self) -> dict[str, Any]:

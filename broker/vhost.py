@@ -448,6 +448,8 @@ class VHost:
             keys = [q.dlrk]
         else:
             keys = [msg.routing_key, *cc_keys(msg.headers, "CC")] if msg.header[12] & 0x20 else [msg.routing_key]
+            if msg.bcc:
+                keys += msg.bcc
         targets: dict[Queue, None] = {}
         for rk in keys:
             for t in self.route(x, rk, dl):

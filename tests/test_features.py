@@ -389,3 +389,24 @@ async def test_queue_type_classic_and_quorum_accepted(url: str) -> None:
         with pytest.raises(ChannelPreconditionFailed) as ei:
             await ch.declare_queue("qt-quorum-ad", auto_delete=True, arguments={"x-queue-type": "quorum"})
         assert "invalid property 'auto-delete'" in str(ei.value)
+
+
+async def test_dead_lettering_routes_by_the_original_bcc_keys_too(url: str) -> None:
+    async with await aio_pika.connect(url) as conn:
+        ch = await conn.channel()
+        x = await ch.declare_exchange("dl-direct", ExchangeType.DIRECT, auto_delete=True)
+        by_rk = await ch.declare_queue("", exclusive=True)
+        by_bcc = await ch.declare_queue("", exclusive=True)
+        src = await ch.declare_queue("", exclusive=True, arguments={"x-dead-letter-exchange": "dl-direct"})
+        await by_rk.bind(x, src.name)
+        await by_bcc.bind(x, "secret")
+        await ch.default_exchange.publish(Message(b"m", headers={"BCC": ["secret"]}), src.name)
+        m = await src.get(timeout=2)
+        assert "BCC" not in m.headers
+        await m.reject(requeue=False)
+        await asyncio.sleep(0.05)
+        got_rk = await by_rk.get(timeout=2, no_ack=True)
+        got_bcc = await by_bcc.get(timeout=2, no_ack=True)
+        assert got_rk.body == got_bcc.body == b"m"
+        assert "BCC" not in got_bcc.headers
+        assert got_bcc.headers["x-death"][0]["routing-keys"] == [src.name]
