@@ -230,14 +230,26 @@ class Connection(asyncio.Protocol):
             if not data:
                 return
         self.in_read = True
+        error: FrameError | None = None
         try:
             frames = self.parser.feed(data)
         except FrameError as exc:
-            self.in_read = False
-            # the frames before the bad one still count
-            self._fatal(AMQPError(FRAME_ERROR, str(exc)))
-            self.broker.flush_all()
-            return
+            frames, error = exc.frames, exc  # the frames before the bad one still count
+        self._handle_frames(frames)
+        self.in_read = False
+        if error is not None:
+            self._fatal(AMQPError(FRAME_ERROR, str(error)))
+        if self.dispatch_channels:
+            self._run_dispatch()
+        broker = self.broker
+        if broker.alarm and self.is_publisher and not self.blocked:
+            self.block()
+        if broker.dirty:
+            broker.flush_all()
+        else:
+            broker.check_alarm()
+
+    def _handle_frames(self, frames: list[tuple[int, int, bytes]]) -> None:
         for ftype, ch, payload in frames:
             if self.state >= S_CLOSING:
                 self._while_closing(ftype, ch, payload)
@@ -273,16 +285,6 @@ class Connection(asyncio.Protocol):
             except Exception:  # a bug must not take the broker down
                 log.exception("internal error on %s channel %d", self.peer, ch)
                 self._fatal(AMQPError(INTERNAL_ERROR, "internal error"))
-        self.in_read = False
-        if self.dispatch_channels:
-            self._run_dispatch()
-        broker = self.broker
-        if broker.alarm and self.is_publisher and not self.blocked:
-            self.block()
-        if broker.dirty:
-            broker.flush_all()
-        else:
-            broker.check_alarm()
 
     def _protocol_header(self, data: bytes) -> bytes:
         buf = self._hbuf + data

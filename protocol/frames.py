@@ -32,7 +32,10 @@ Frame = tuple[int, int, bytes]
 
 
 class FrameError(Exception):
-    """The byte stream is not valid AMQP framing (reply code 501)."""
+    """The byte stream is not valid AMQP framing (reply code 501).  ``frames`` holds the
+    valid frames that came before the bad one in the same ``feed`` call."""
+
+    frames: list[tuple[int, int, bytes]] = []
 
 
 class FrameParser:
@@ -55,6 +58,13 @@ class FrameParser:
     def feed(self, data: bytes) -> list[Frame]:
         """Add bytes; return every frame completed by them, in order."""
         frames: list[Frame] = []
+        try:
+            return self._feed(data, frames)
+        except FrameError as exc:
+            exc.frames = frames
+            raise
+
+    def _feed(self, data: bytes, frames: list[Frame]) -> list[Frame]:
         pos = 0
         if self._chunks:
             self._chunks.append(data)

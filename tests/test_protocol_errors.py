@@ -137,6 +137,19 @@ def test_bad_frame_end_octet(client: RawClient, bystander: Bystander) -> None:
     bystander.check()
 
 
+def test_frames_before_a_bad_frame_in_the_same_write_still_count(client: RawClient, bystander: Bystander) -> None:
+    q = client.declare_queue(1, exclusive=False, auto_delete=False).queue
+    client.send(publish_frames(1, "", q, b"before the bad frame") + build_frame(1, 1, b"\x00\x3c\x00\x0a", end=0x00))
+    client.expect_connection_close(501, 0, 0)
+    with RawClient.connect(client.sock.getpeername()[1]) as other:
+        other.handshake()
+        other.open_channel(1)
+        got = other.get(1, q)
+        assert got is not None and got[2] == b"before the bad frame"
+        other.rpc(1, C.Queue.Delete(queue=q), C.Queue.DeleteOk)
+    bystander.check()
+
+
 def test_frame_larger_than_negotiated_frame_max(port: int, bystander: Bystander) -> None:
     with RawClient.connect(port) as c:
         c.handshake(frame_max=4096)
