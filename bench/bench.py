@@ -47,6 +47,9 @@ from pamqp.base import Frame as PamqpMethod
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+# broker names in the results (and the keys of the JSON summary)
+LEVERET, BASELINE, RABBITMQ = "Leveret", "Leveret-baseline", "RabbitMQ"
+SLOWDOWN_LIMIT = 0.05  # after/before worse than this is pointed out under the table
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
@@ -740,16 +743,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def leveret_module(tree: Path | str) -> str:
+    """``leveret`` for a tree with the installable layout, ``broker`` for an older one."""
+    return "leveret" if (Path(tree) / "leveret" / "__main__.py").exists() else "broker"
+
+
+def is_leveret_tree(tree: Path | str) -> bool:
+    """Whether ``tree`` holds a Leveret source tree that ``python -m`` can run."""
+    tree = Path(tree)
+    return (tree / "leveret" / "__main__.py").exists() or (tree / "broker" / "__main__.py").exists()
+
+
 def start_leveret(
-    args: argparse.Namespace, data_dir: Path
+    args: argparse.Namespace, tree: Path, data_dir: Path, name: str = LEVERET
 ) -> tuple[subprocess.Popen[bytes], BrokerURL, Path]:
-    """Leveret from ``--leveret-dir`` on a free port, its data (if it keeps any) in data_dir."""
+    """Leveret from source ``tree`` on a free port, its data (if it keeps any) in data_dir."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="leveret-bench-", suffix=".log")[1])
     cmd = [
         args.leveret_python,
         "-m",
-        "broker",
+        leveret_module(tree),
         "--host",
         "127.0.0.1",
         "--port",
@@ -761,19 +775,19 @@ def start_leveret(
     env = dict(os.environ, LEVERET_DATA_DIR=str(data_dir))
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            cmd, cwd=args.leveret_dir, env=env, stdout=out, stderr=subprocess.STDOUT
+            cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT
         )
     deadline = time.monotonic() + 20
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"Leveret exited with {proc.returncode}:\n{log.read_text()}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
             if time.monotonic() > deadline:
                 stop_process(proc)
-                msg = f"Leveret did not listen on {port}:\n{log.read_text()}"
+                msg = f"{name} did not listen on {port}:\n{log.read_text()}"
                 raise RuntimeError(msg) from None
             time.sleep(0.05)
     return proc, BrokerURL("127.0.0.1", port, "guest", "guest", "/"), log

@@ -10,7 +10,7 @@ import random
 import re
 import time
 
-from broker.exchange import TopicExchange
+from leveret.broker.core.exchange import TopicExchange
 
 
 def pattern_to_regex(p: str) -> re.Pattern[str]:

@@ -1,6 +1,6 @@
 """Leveret's server: listener, connections, channels, vhosts, exchanges, queues."""
 
-from broker.config import Config
-from broker.server import Broker
+from leveret.broker.config import Config
+from leveret.broker.server import Broker
 
 __all__ = ["Broker", "Config"]

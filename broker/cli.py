@@ -10,8 +10,8 @@ import os
 import signal
 import sys
 
-from broker.config import Config
-from broker.server import Broker
+from leveret.broker.config import Config
+from leveret.broker.server import Broker
 
 
 def default_data_dir() -> str:

@@ -8,10 +8,10 @@ import platform
 import socket
 from typing import Any
 
-from broker.config import Config
-from broker.connection import Connection
-from broker.durable import Persistence
-from broker.vhost import VHost
+from leveret.broker.config import Config
+from leveret.broker.core.persistence import Persistence
+from leveret.broker.core.vhost import VHost
+from leveret.broker.wire.connection import Connection
 
 log = logging.getLogger("leveret")
 
@@ -37,7 +37,7 @@ class Broker:
         self.stats_published = 0
         self.stats_delivered = 0
         self.stats_acked = 0
-        self.fault_hooks: list[Any] = []  # test-only delivery hooks (broker.inspect), empty = off
+        self.fault_hooks: list[Any] = []  # test-only delivery hooks (leveret.testing.inspect), empty = off
         self.reply_channels: dict[str, Any] = {}  # direct reply-to key -> channel
         for name in self.config.vhosts:
             self.add_vhost(name)

@@ -7,7 +7,7 @@
     python interop/run.py --url amqp://guest:guest@127.0.0.1:5672/   # another broker (RabbitMQ)
     python interop/run.py --write-readme           # also refresh the matrix in interop/README.md
 
-Each client gets its own ``python -m broker`` subprocess on a free port and a small TCP
+Each client gets its own ``python -m leveret`` subprocess on a free port and a small TCP
 *control* port through which its script can stop, start or restart that broker (on the same
 port) to test automatic recovery.  A script learns where everything is from the environment:
 
@@ -181,14 +181,14 @@ _BROKER_HELP: list[str] = []
 def broker_storage_args(data_dir: str) -> list[str]:
     """``--data-dir`` when this Leveret has one: parallel brokers must not share the default."""
     if not _BROKER_HELP:
-        r = subprocess.run([sys.executable, "-m", "broker", "--help"], cwd=ROOT,
+        r = subprocess.run([sys.executable, "-m", "leveret", "--help"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
         _BROKER_HELP.append(r.stdout)
     return ["--data-dir", data_dir] if "--data-dir" in _BROKER_HELP[0] else []
 
 
 class Leveret:
-    """``python -m broker`` on a fixed port; stop/start keep the port (for reconnect tests)."""
+    """``python -m leveret`` on a fixed port; stop/start keep the port (for reconnect tests)."""
 
     def __init__(self, log_path: str, data_dir: str, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -204,7 +204,7 @@ class Leveret:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept by the child
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "broker", "--host", "127.0.0.1", "--port", str(self.port),
+                [sys.executable, "-m", "leveret", "--host", "127.0.0.1", "--port", str(self.port),
                  "--log-level", "warning", *broker_storage_args(self.data_dir)],
                 env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only else None
     known = load_known(a.known_failures)
     if a.url is None:
-        broker_storage_args("")  # ask `python -m broker --help` once, before the threads
+        broker_storage_args("")  # ask `python -m leveret --help` once, before the threads
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="leveret-interop-") as workdir:
         with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as pool:

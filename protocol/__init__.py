@@ -6,8 +6,14 @@ paths for the hot methods, pamqp for the rest) and ``properties`` reads the few
 content-header fields the broker needs straight from the raw property bytes.
 """
 
-from protocol.constants import FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD
-from protocol.frames import FrameError, FrameParser
+from leveret.protocol.constants import (
+    FRAME_BODY,
+    FRAME_END,
+    FRAME_HEADER,
+    FRAME_HEARTBEAT,
+    FRAME_METHOD,
+)
+from leveret.protocol.frames import FrameError, FrameParser
 
 __all__ = [
     "FRAME_BODY",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from struct import Struct
 
-from protocol.constants import (
+from leveret.protocol.constants import (
     FRAME_BODY,
     FRAME_END,
     FRAME_END_BYTE,

@@ -14,8 +14,8 @@ from struct import Struct
 from pamqp import commands, decode, encode
 from pamqp.base import Frame as PamqpMethod
 
-from protocol.constants import FRAME_BODY, FRAME_END_BYTE, FRAME_HEADER, FRAME_METHOD
-from protocol.frames import pack_head
+from leveret.protocol.constants import FRAME_BODY, FRAME_END_BYTE, FRAME_HEADER, FRAME_METHOD
+from leveret.protocol.frames import pack_head
 
 _U16 = Struct(">H")
 _U32 = Struct(">I")

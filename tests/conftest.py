@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from broker import Broker, Config
-from broker.testing import BrokerThread, broker_url, running_broker
+from leveret.broker import Broker, Config
+from leveret.testing import BrokerThread, broker_url, running_broker
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pika
 import pytest
 from aio_pika import DeliveryMode, ExchangeType, Message
 
-from broker.testing import BrokerProcess
+from leveret.testing import BrokerProcess
 
 
 @pytest.fixture
@@ -205,8 +205,8 @@ async def test_ttl_counts_from_publish_across_restart_and_dead_letters_stay_pers
 def test_disk_free_limit_blocks_publishers(data_dir: str) -> None:
     import threading
 
-    from broker import Config
-    from broker.testing import BrokerThread
+    from leveret.broker import Config
+    from leveret.testing import BrokerThread
 
     with BrokerThread(Config(port=0, data_dir=data_dir, disk_free_limit=1 << 62)) as b:
         conn = pika.BlockingConnection(pika.URLParameters(b.url))
@@ -234,8 +234,8 @@ def test_disk_free_limit_blocks_publishers(data_dir: str) -> None:
 async def test_write_error_nacks_and_keeps_what_was_stored(data_dir: str) -> None:
     import errno
 
-    from broker import Config
-    from broker.testing import broker_url, running_broker
+    from leveret.broker import Config
+    from leveret.testing import broker_url, running_broker
 
     async with running_broker(Config(port=0, data_dir=data_dir)) as broker:
         url = broker_url(broker)
@@ -258,8 +258,8 @@ async def test_write_error_nacks_and_keeps_what_was_stored(data_dir: str) -> Non
 
 
 async def test_old_unacked_message_does_not_pin_disk_use(tmp_path: Path) -> None:
-    from broker import Config
-    from broker.testing import broker_url, running_broker
+    from leveret.broker import Config
+    from leveret.testing import broker_url, running_broker
 
     data = str(tmp_path / "d")
     async with running_broker(Config(port=0, data_dir=data, segment_size=64 * 1024, fsync_interval=0.02)) as broker:
@@ -285,8 +285,8 @@ async def test_old_unacked_message_does_not_pin_disk_use(tmp_path: Path) -> None
 
 
 async def test_priority_queue_order_after_recovery(tmp_path: Path) -> None:
-    from broker import Config
-    from broker.testing import broker_url, running_broker
+    from leveret.broker import Config
+    from leveret.testing import broker_url, running_broker
 
     data = str(tmp_path / "d")
     args = {"x-max-priority": 3}
@@ -314,8 +314,8 @@ async def test_real_disk_full_nacks_keeps_stored_messages_and_recovers(tmp_path:
     """A real ENOSPC: the data directory on a 3 MiB tmpfs."""
     import subprocess as sp
 
-    from broker import Config
-    from broker.testing import broker_url, running_broker
+    from leveret.broker import Config
+    from leveret.testing import broker_url, running_broker
 
     mnt = tmp_path / "fs"
     mnt.mkdir()
@@ -379,8 +379,8 @@ async def test_real_disk_full_nacks_keeps_stored_messages_and_recovers(tmp_path:
 
 
 async def test_deleted_vhost_does_not_come_back(tmp_path: Path) -> None:
-    from broker import Config
-    from broker.testing import broker_url, running_broker
+    from leveret.broker import Config
+    from leveret.testing import broker_url, running_broker
 
     data = str(tmp_path / "d")
     async with running_broker(Config(port=0, data_dir=data)) as broker:

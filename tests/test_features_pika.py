@@ -11,7 +11,7 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker
 
-from broker.testing import BrokerThread
+from leveret.testing import BrokerThread
 
 
 @pytest.fixture

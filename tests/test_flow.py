@@ -10,8 +10,8 @@ import pika
 from pamqp import commands as C
 from rawamqp import RawClient
 
-from broker import Broker, Config
-from broker.testing import BrokerThread, broker_url, running_broker
+from leveret.broker import Broker, Config
+from leveret.testing import BrokerThread, broker_url, running_broker
 
 
 async def test_consumer_that_does_not_read_gets_no_more_than_the_high_water_mark() -> None:

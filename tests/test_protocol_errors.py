@@ -21,9 +21,9 @@ from pamqp import commands as C
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-from broker import Config
-from broker.testing import BrokerProcess, BrokerThread
-from protocol.frames import FrameError, FrameParser
+from leveret.broker import Config
+from leveret.protocol.frames import FrameError, FrameParser
+from leveret.testing import BrokerProcess, BrokerThread
 from tests.rawamqp import (
     PROTOCOL_HEADER,
     Closed,

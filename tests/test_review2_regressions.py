@@ -14,9 +14,9 @@ import aio_pika
 from aio_pika import ExchangeType, Message
 from pamqp import commands as C
 
-from broker import Config
-from broker.durable import decode_table, encode_table
-from broker.testing import BrokerThread, broker_url, running_broker
+from leveret.broker import Config
+from leveret.broker.core.persistence import decode_table, encode_table
+from leveret.testing import BrokerThread, broker_url, running_broker
 from tests.rawamqp import RawClient, build_frame, method_frame
 
 

@@ -13,9 +13,9 @@ from pamqp import frame as pframe
 from pamqp import header as pheader
 from pamqp.heartbeat import Heartbeat
 
-import broker.queue as broker_queue
-from broker import Config
-from broker.testing import BrokerThread, broker_url, running_broker
+import leveret.broker.core.queue as broker_queue
+from leveret.broker import Config
+from leveret.testing import BrokerThread, broker_url, running_broker
 from tests.rawamqp import RawClient, method_frame, publish_frames
 
 

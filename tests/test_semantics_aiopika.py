@@ -25,7 +25,7 @@ from aiormq.exceptions import (
     ChannelPreconditionFailed,
 )
 
-from broker import Broker
+from leveret.broker import Broker
 
 REFERENCE = os.environ.get("LEVERET_REFERENCE_URL")
 leveret_only = pytest.mark.skipif(REFERENCE is not None, reason="needs a Leveret broker of its own")

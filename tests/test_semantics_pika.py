@@ -23,8 +23,8 @@ from pamqp import encode
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker, UnroutableError
 
-from broker import Config
-from broker.testing import BrokerThread
+from leveret.broker import Config
+from leveret.testing import BrokerThread
 from tests.rawamqp import RawClient, build_frame, method_frame, publish_frames
 
 REFERENCE = os.environ.get("LEVERET_REFERENCE_URL")

@@ -27,16 +27,16 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def broker(url: str | None) -> Iterator[str]:
-    """Yield ``url``, or start ``python -m broker`` on a free port and yield its URL."""
+    """Yield ``url``, or start ``python -m leveret`` on a free port and yield its URL."""
     if url:
         yield url
         return
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    from broker.testing import BrokerProcess
+    from leveret.testing import BrokerProcess
 
     with tempfile.TemporaryDirectory(prefix="leveret-example-") as data:
-        help_text = subprocess.run([sys.executable, "-m", "broker", "--help"], cwd=ROOT,
+        help_text = subprocess.run([sys.executable, "-m", "leveret", "--help"], cwd=ROOT,
                                    capture_output=True, text=True).stdout
         args = ["--data-dir", data] if "--data-dir" in help_text else []
         with BrokerProcess(args=args) as b:

@@ -100,10 +100,10 @@ def main() -> None:
         return
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    from broker.testing import BrokerProcess
+    from leveret.testing import BrokerProcess
 
     with tempfile.TemporaryDirectory(prefix="leveret-spike-") as data:
-        help_text = subprocess.run([sys.executable, "-m", "broker", "--help"], cwd=ROOT,
+        help_text = subprocess.run([sys.executable, "-m", "leveret", "--help"], cwd=ROOT,
                                    capture_output=True, text=True).stdout
         extra = ["--data-dir", os.path.join(data, "d")] if "--data-dir" in help_text else []
         b = BrokerProcess(args=extra).start()

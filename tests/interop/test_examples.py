@@ -1,6 +1,6 @@
 """The example programs of interop/examples/ run end to end against their own Leveret.
 
-Each starts ``python -m broker`` on a free port itself, checks its outcome and exits 0.
+Each starts ``python -m leveret`` on a free port itself, checks its outcome and exits 0.
 Missing Python packages skip an example except in CI (CI=true).
 """
 

@@ -12,7 +12,7 @@ import json
 import aio_pika
 import pytest
 
-from broker.testing import VhostView
+from leveret.testing import VhostView
 
 # ---- the code under test ---------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from celery import shared_task
 
-from broker.testing import BrokerHandle
+from leveret.testing import BrokerHandle
 
 pytest_plugins = ("celery.contrib.pytest",)
 

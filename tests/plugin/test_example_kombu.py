@@ -5,7 +5,7 @@ from __future__ import annotations
 from kombu import Connection, Exchange, Queue
 from kombu.message import Message
 
-from broker.testing import VhostView
+from leveret.testing import VhostView
 
 # ---- the code under test ---------------------------------------------------------------
 

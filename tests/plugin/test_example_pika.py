@@ -10,7 +10,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from broker.testing import VhostView
+from leveret.testing import VhostView
 
 # ---- the code under test ---------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import pika
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from broker.testing import BrokerThread
+from leveret.testing import BrokerThread
 
 BROKER = BrokerThread()  # in-memory broker on a free port
 

@@ -11,8 +11,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from broker.config import Config
-from broker.testing import (
+from leveret.broker.config import Config
+from leveret.testing import (
     AsyncBroker,
     BrokerProcess,
     BrokerThread,

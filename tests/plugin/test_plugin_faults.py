@@ -11,7 +11,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from broker.testing import BrokerHandle, VhostView
+from leveret.testing import BrokerHandle, VhostView
 
 
 def _consume(

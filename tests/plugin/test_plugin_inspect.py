@@ -9,7 +9,7 @@ import aio_pika
 import pika
 import pytest
 
-from broker.testing import AsyncBroker, VhostView
+from leveret.testing import AsyncBroker, VhostView
 
 
 def test_listings_show_what_the_client_declared(amqp_url: str, leveret: VhostView) -> None:

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from storage import QueueLog
+from leveret.storage import QueueLog
 
 
 def test_delivered_marks_survive_a_crash_and_only_for_live_records(tmp_path: Path) -> None:

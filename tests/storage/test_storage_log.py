@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import CorruptRecord, QueueLog
-from storage.log import _name
+from leveret.storage import CorruptRecord, QueueLog
+from leveret.storage.log import _name
 
 
 def payload(i: int, size: int = 100) -> bytes:

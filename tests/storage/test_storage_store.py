@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import MessageStore, MetadataStore
+from leveret.storage import MessageStore, MetadataStore
 
 
 def test_message_store_keys_and_delete(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ manager, or as a subprocess; look inside it and inject faults.
 
 ``BrokerThread`` and ``SubprocessBroker`` are :class:`BrokerHandle`s: every inspection
 and fault-injection call runs on the broker's own event loop (see
-:class:`broker.inspect.Inspector` for what each does); calls that wait have an
+:class:`leveret.testing.inspect.Inspector` for what each does); calls that wait have an
 ``*_async`` twin for use inside a running event loop.  :meth:`BrokerHandle.isolated_vhost`
 gives a fresh vhost with the same API scoped to it (the pytest plugin's ``leveret``
-fixture is one).  ``running_broker`` and ``BrokerProcess`` (``python -m broker`` in a
+fixture is one).  ``running_broker`` and ``BrokerProcess`` (``python -m leveret`` in a
 subprocess) are the older, plainer helpers.
 """
 
@@ -40,8 +40,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
-from broker.config import Config
-from broker.inspect import (
+from leveret.broker.config import Config
+from leveret.broker.server import Broker
+from leveret.protocol.constants import CONNECTION_FORCED
+from leveret.testing.inspect import (
     DEFAULT_CLOSE_TEXT,
     BindingInfo,
     ConnectionInfo,
@@ -53,8 +55,6 @@ from broker.inspect import (
     QueueInfo,
     Stats,
 )
-from broker.server import Broker
-from protocol.constants import CONNECTION_FORCED
 
 T = TypeVar("T")
 
@@ -68,7 +68,7 @@ __all__ = [
     "broker_url",
     "free_port",
     "running_broker",
-    # re-exported from broker.inspect
+    # re-exported from leveret.testing.inspect
     "BindingInfo",
     "ConnectionInfo",
     "ConsumerInfo",
@@ -82,7 +82,8 @@ __all__ = [
 
 Predicate = Callable[[PeekedMessage], bool]
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the folder that holds the `leveret` package (site-packages, or a source checkout)
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _amqp_url(
@@ -108,7 +109,7 @@ class BrokerHandle:
     """A broker running elsewhere (another thread or process) that tests talk to.
 
     Subclasses provide ``host``, ``port``, ``config`` and :meth:`_invoke`, which runs an
-    :class:`~broker.inspect.Inspector` method on the broker's loop."""
+    :class:`~leveret.testing.inspect.Inspector` method on the broker's loop."""
 
     config: Config
     startup_seconds: float | None = None
@@ -281,7 +282,7 @@ class BrokerHandle:
     def restart(self, downtime: float = 0.0, grace: float = 0.1) -> None:
         """Close every connection and the listener, wait ``downtime`` s, listen again on
         the same port; vhosts, queues and messages are kept.  See
-        :meth:`broker.inspect.Inspector.restart`."""
+        :meth:`leveret.testing.inspect.Inspector.restart`."""
         self._invoke("restart", downtime, grace)
 
     async def restart_async(self, downtime: float = 0.0, grace: float = 0.1) -> None:
@@ -289,7 +290,7 @@ class BrokerHandle:
 
     def block_publishers(self, vhost: str | None = None, publishers_only: bool = False) -> int:
         """connection.blocked to every open connection (of ``vhost``); see
-        :meth:`broker.inspect.Inspector.block_publishers`."""
+        :meth:`leveret.testing.inspect.Inspector.block_publishers`."""
         return self._invoke("block_publishers", vhost, publishers_only)
 
     def unblock_publishers(self, vhost: str | None = None) -> int:
@@ -607,7 +608,7 @@ class BrokerThread(BrokerHandle):
 
 class AsyncBroker(Inspector):
     """An in-process broker on the running event loop, with the
-    :class:`~broker.inspect.Inspector` API (listings are plain calls; ``wait_for_*``,
+    :class:`~leveret.testing.inspect.Inspector` API (listings are plain calls; ``wait_for_*``,
     ``close_connections`` and ``restart`` are coroutines)::
 
         async with AsyncBroker() as b:
@@ -681,7 +682,7 @@ def free_port() -> int:
 
 
 class BrokerProcess:
-    """``python -m broker`` in a subprocess (for kill -9 and restart tests)."""
+    """``python -m leveret`` in a subprocess (for kill -9 and restart tests)."""
 
     def __init__(self, port: int | None = None, args: list[str] | None = None) -> None:
         self.port = port or free_port()
@@ -701,7 +702,7 @@ class BrokerProcess:
             [
                 sys.executable,
                 "-m",
-                "broker",
+                "leveret",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -805,7 +806,7 @@ class SubprocessBroker(BrokerHandle):
             # restart(hard=True): come back on the same port
             config = Config(**{**config.__dict__, "port": self._port})
         self.proc = subprocess.Popen(
-            [self.python, "-c", "from broker.testing import _subprocess_main; _subprocess_main()"],
+            [self.python, "-c", "from leveret.testing import _subprocess_main; _subprocess_main()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

@@ -3,7 +3,7 @@ connection.close by the connection."""
 
 from __future__ import annotations
 
-from protocol.constants import CHANNEL_ERRORS, REPLY_TEXT
+from leveret.protocol.constants import CHANNEL_ERRORS, REPLY_TEXT
 
 
 class AMQPError(Exception):

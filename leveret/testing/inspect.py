@@ -1,9 +1,9 @@
 """Look inside a running broker and inject faults into it, for tests.
 
-:class:`Inspector` wraps a :class:`~broker.server.Broker` and must be used on the
+:class:`Inspector` wraps a :class:`~leveret.broker.server.Broker` and must be used on the
 broker's own event loop: directly in asyncio code that runs the broker in-process
-(:class:`broker.testing.AsyncBroker` is an ``Inspector``), or through
-:class:`broker.testing.BrokerThread` / :class:`broker.testing.SubprocessBroker`, which run
+(:class:`leveret.testing.AsyncBroker` is an ``Inspector``), or through
+:class:`leveret.testing.BrokerThread` / :class:`leveret.testing.SubprocessBroker`, which run
 every call on the broker's loop for you.
 
 Inspection never changes what clients see: :meth:`Inspector.peek` reads a queue's
@@ -23,14 +23,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from protocol.constants import CONNECTION_FORCED
+from leveret.protocol.constants import CONNECTION_FORCED
 
 if TYPE_CHECKING:
-    from broker.channel import Channel
-    from broker.message import Message
-    from broker.queue import Consumer, Queue
-    from broker.server import Broker
-    from broker.vhost import VHost
+    from leveret.broker.core.message import Message
+    from leveret.broker.core.queue import Consumer, Queue
+    from leveret.broker.core.vhost import VHost
+    from leveret.broker.server import Broker
+    from leveret.broker.wire.channel import Channel
 
 __all__ = [
     "BindingInfo",
@@ -221,7 +221,7 @@ class FaultRule:
 
 
 class _FaultInjector:
-    """The hook ``Channel.deliver`` calls while ``broker.fault_hooks`` is non-empty.
+    """The hook ``Channel.deliver`` calls while ``leveret.broker.fault_hooks`` is non-empty.
 
     Registered only while it has rules, so an unused broker pays one falsy list check
     per delivery."""
@@ -314,8 +314,8 @@ class _FaultInjector:
     ) -> None:
         """A delayed delivery is due: deliver it if its consumer is still there, else
         put the message back in its queue (marked redelivered)."""
-        from broker.channel import OPEN
-        from broker.connection import S_OPENED
+        from leveret.broker.wire.channel import OPEN
+        from leveret.broker.wire.connection import S_OPENED
 
         conn = channel.conn
         alive = (
@@ -407,7 +407,7 @@ class Inspector:
     def bindings(self, vhost: str = "/", include_default: bool = False) -> list[BindingInfo]:
         """Queue and exchange bindings; with ``include_default`` also the implicit
         binding of every queue to the default exchange (as ``rabbitmqctl`` lists them)."""
-        from broker.queue import Queue
+        from leveret.broker.core.queue import Queue
 
         v = self._vhost(vhost)
         out: list[BindingInfo] = []
@@ -596,7 +596,7 @@ class Inspector:
         messages of the closed connections go back to their queues; exclusive queues go
         with their connections), so a client's reconnect logic finds the broker as it
         left it."""
-        from broker.connection import Connection
+        from leveret.broker.wire.connection import Connection
 
         b = self.broker
         server = b.server
@@ -733,7 +733,7 @@ def _ready_entries(q: Queue) -> Iterable[Any]:
     tail, log = getattr(q, "tail", None), getattr(q, "log", None)
     if tail is None or log is None:
         return
-    from broker.durable import decode_record
+    from leveret.broker.core.persistence import decode_record
 
     redelivered = getattr(q, "recovered_delivered", ())
     for i in range(getattr(q, "tail_start", 0), len(tail)):
@@ -758,7 +758,7 @@ def _peeked(q: Queue, msg: Message, redelivered: bool, state: str) -> PeekedMess
 
 
 def _properties(header: bytes) -> dict[str, Any]:
-    from protocol import properties as P
+    from leveret.protocol import properties as P
 
     if header[12:14] == b"\x00\x00":
         return {}

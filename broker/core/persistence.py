@@ -1,11 +1,11 @@
 """Durability: the broker's side of ``storage/``.
 
 * Definitions (vhosts, durable exchanges, durable queues, bindings between durable
-  objects) are saved as one JSON document through ``storage.MetadataStore`` whenever one
+  objects) are saved as one JSON document through ``leveret.storage.MetadataStore`` whenever one
   changes; argument tables are stored as base64 of their AMQP encoding so every type
   survives.
 * Persistent messages (delivery_mode 2) routed to durable queues are appended to the
-  queue's ``storage.QueueLog``; the record's position is the message's ``seq`` in that
+  queue's ``leveret.storage.QueueLog``; the record's position is the message's ``seq`` in that
   queue, so acks, requeues and recovery all speak in positions.
 * Group commit: :class:`Syncer` runs one ``sync_job`` (fsync) at a time in a worker
   thread; everything appended before the job started is covered by it.  Publisher
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import decode as pdecode
 
-from broker.message import Message
-from protocol import properties as P
-from storage import MessageStore, MetadataStore
+from leveret.broker.core.message import Message
+from leveret.protocol import properties as P
+from leveret.storage import MessageStore, MetadataStore
 
 if TYPE_CHECKING:
-    from broker.queue import Queue
-    from broker.server import Broker
+    from leveret.broker.core.queue import Queue
+    from leveret.broker.server import Broker
 
 log = logging.getLogger("leveret.durable")
 

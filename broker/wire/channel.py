@@ -2,7 +2,7 @@
 
 The connection hands every frame for this channel to :meth:`Channel.handle_method` or
 :meth:`Channel.handle_content`.  basic.publish / basic.ack / basic.nack / basic.reject
-arrive as raw payloads and are decoded with the fast paths in ``protocol.methods``;
+arrive as raw payloads and are decoded with the fast paths in ``leveret.protocol.methods``;
 everything else arrives as a pamqp command object.
 """
 
@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
 
-from broker.deadletter import cc_keys
-from broker.errors import AMQPError
-from broker.message import Message
-from broker.queue import SEQ_MASK, SEQ_SHIFT, Consumer, Queue
-from broker.vhost import generated_name
-from protocol import methods as M
-from protocol import properties as P
-from protocol.constants import (
+from leveret.broker.core.deadletter import cc_keys
+from leveret.broker.core.errors import AMQPError
+from leveret.broker.core.message import Message
+from leveret.broker.core.queue import SEQ_MASK, SEQ_SHIFT, Consumer, Queue
+from leveret.broker.core.vhost import generated_name
+from leveret.protocol import methods as M
+from leveret.protocol import properties as P
+from leveret.protocol.constants import (
     ACCESS_REFUSED,
     BASIC_ACK,
     BASIC_NACK,
@@ -39,7 +39,7 @@ from protocol.constants import (
 )
 
 if TYPE_CHECKING:
-    from broker.connection import Connection
+    from leveret.broker.wire.connection import Connection
 
 MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -388,7 +388,7 @@ class Channel:
     # ------------------------------------------------------------------ delivery
 
     def deliver(self, consumer: Consumer, queue: Queue, seq: int, msg: Message, redelivered: bool) -> None:
-        if self.conn.broker.fault_hooks:  # test fault injection (broker.inspect): delay/drop
+        if self.conn.broker.fault_hooks:  # test fault injection (leveret.testing.inspect): delay/drop
             for hook in self.conn.broker.fault_hooks:
                 if hook(self, consumer, queue, seq, msg, redelivered):
                     return

@@ -12,13 +12,13 @@ Registered through the ``pytest11`` entry point, so installing Leveret is enough
 Fixtures:
 
 ``leveret_broker`` (session)
-    One broker per test session (per xdist worker): a :class:`broker.testing.BrokerThread`
+    One broker per test session (per xdist worker): a :class:`leveret.testing.BrokerThread`
     on an ephemeral port with in-memory storage; ``host``, ``port``, ``url`` and the whole
     inspection/fault API.  ``--leveret-subprocess`` runs it in a child process instead
-    (:class:`broker.testing.SubprocessBroker`), ``--leveret-durable`` gives it durable
+    (:class:`leveret.testing.SubprocessBroker`), ``--leveret-durable`` gives it durable
     storage in a temporary directory.
 ``leveret`` (function)
-    A :class:`broker.testing.VhostView`: a uniquely named vhost on that broker, created
+    A :class:`leveret.testing.VhostView`: a uniquely named vhost on that broker, created
     for the test and deleted after it (its connections closed, its queues gone), with
     ``url`` and the inspection/fault API scoped to it.
 ``amqp_url`` (function)
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from broker.testing import BrokerHandle, VhostView
+    from leveret.testing import BrokerHandle, VhostView
 
 _MARKERS = (
     "leveret_subprocess: run this test's Leveret broker in a subprocess of its own",
@@ -83,8 +83,8 @@ def _flag(config: pytest.Config, name: str) -> bool:
 
 
 def _start(subprocess: bool, **fields: Any) -> BrokerHandle:
-    from broker.config import Config
-    from broker.testing import BrokerThread, SubprocessBroker
+    from leveret.broker.config import Config
+    from leveret.testing import BrokerThread, SubprocessBroker
 
     config = Config(**{"port": 0, **fields})
     handle: BrokerHandle = SubprocessBroker(config) if subprocess else BrokerThread(config)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol import properties as P
+from leveret.protocol import properties as P
 
 
 class Message:

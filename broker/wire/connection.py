@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands as C
 from pamqp import decode as pdecode
 
-from broker.channel import CLOSING, Channel
-from broker.errors import AMQPError
-from protocol import methods as M
-from protocol.constants import (
+from leveret.broker.core.errors import AMQPError
+from leveret.broker.wire.channel import CLOSING, Channel
+from leveret.protocol import methods as M
+from leveret.protocol.constants import (
     ACCESS_REFUSED,
     BASIC_ACK,
     BASIC_NACK,
@@ -43,10 +43,10 @@ from protocol.constants import (
     PROTOCOL_HEADER,
     UNEXPECTED_FRAME,
 )
-from protocol.frames import HEARTBEAT_FRAME, FrameError, FrameParser
+from leveret.protocol.frames import HEARTBEAT_FRAME, FrameError, FrameParser
 
 if TYPE_CHECKING:
-    from broker.server import Broker
+    from leveret.broker.server import Broker
 
 log = logging.getLogger("leveret.connection")
 

@@ -26,12 +26,12 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from broker.durable import decode_record, encode_record
-from broker.message import Message
+from leveret.broker.core.message import Message
+from leveret.broker.core.persistence import decode_record, encode_record
 
 if TYPE_CHECKING:
-    from broker.channel import Channel
-    from broker.vhost import VHost
+    from leveret.broker.core.vhost import VHost
+    from leveret.broker.wire.channel import Channel
 
 log = logging.getLogger("leveret.queue")
 

@@ -1,4 +1,4 @@
-"""QueueLog benchmark: python -m storage.bench_log [N] [--size 1024] [--dir DIR]
+"""QueueLog benchmark: python bench/log_bench.py [N] [--size 1024] [--dir DIR]
 
 Appends N records, reads and acks a sample, then recovers the log in fresh subprocesses
 (warm page cache, then cold after posix_fadvise(DONTNEED)) and reports time and peak RSS.
@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from storage.log import QueueLog
+from leveret.storage.log import QueueLog
 
 
 def _rss_mib(field: str = "VmRSS") -> float:
@@ -114,7 +114,7 @@ def main() -> None:
         disk = sum(os.path.getsize(os.path.join(qdir, f)) for f in os.listdir(qdir))
         print(f"recovery of {args.n:,} live records ({disk / 2**20:.0f} MiB on disk), "
               f"fresh process each:")
-        child = [sys.executable, "-m", "storage.bench_log", "--recover-child", qdir]
+        child = [sys.executable, __file__, "--recover-child", qdir]
         subprocess.run(child, check=True)
         subprocess.run(child + ["--callback"], check=True)
         drop_cache(qdir)

@@ -11,12 +11,12 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from broker.deadletter import cc_keys, cycle_detected, dead_lettered_copy
-from broker.errors import AMQPError, rs
-from broker.exchange import EXCHANGE_CLASSES, Exchange, freeze, make_exchange
-from broker.message import Message
-from broker.queue import Queue
-from protocol.constants import (
+from leveret.broker.core.deadletter import cc_keys, cycle_detected, dead_lettered_copy
+from leveret.broker.core.errors import AMQPError, rs
+from leveret.broker.core.exchange import EXCHANGE_CLASSES, Exchange, freeze, make_exchange
+from leveret.broker.core.message import Message
+from leveret.broker.core.queue import Queue
+from leveret.protocol.constants import (
     ACCESS_REFUSED,
     COMMAND_INVALID,
     NOT_FOUND,
@@ -25,7 +25,7 @@ from protocol.constants import (
 )
 
 if TYPE_CHECKING:
-    from broker.server import Broker
+    from leveret.broker.server import Broker
 
 log = logging.getLogger("leveret.vhost")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING, Any
 
-from broker.message import Message
-from protocol import methods as M
-from protocol import properties as P
+from leveret.broker.core.message import Message
+from leveret.protocol import methods as M
+from leveret.protocol import properties as P
 
 if TYPE_CHECKING:
-    from broker.queue import Queue
+    from leveret.broker.core.queue import Queue
 
 
 def _s(v: Any) -> Any:

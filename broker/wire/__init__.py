@@ -1,0 +1,1 @@
+"""The wire layer: AMQP connections and channels on top of the messaging core."""
