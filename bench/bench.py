@@ -13,7 +13,9 @@ raw AMQP 0-9-1 over a plain socket so that the load generator costs little CPU:
 The producer never runs more than ``--max-in-flight`` messages ahead of the consumer
 (a shared counter), so queues stay bounded; the latency scenario is rate-limited and the
 persistent one keeps at most 1000 unconfirmed publishes.  Brokers alternate between
-repetitions; the table gives medians.  Run ``bench.py --help`` for the options.
+repetitions; the table gives medians.  ``--baseline-dir`` adds a second Leveret from an older
+source tree, for a before/after comparison in the same run.  Run ``bench.py --help`` for the
+options.
 """
 
 from __future__ import annotations
@@ -774,9 +776,7 @@ def start_leveret(
     ]
     env = dict(os.environ, LEVERET_DATA_DIR=str(data_dir))
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while True:
         if proc.poll() is not None:
@@ -873,6 +873,7 @@ def summarize(
                 "p999_ms": median_of(mine, lambda r: r.latency_ms.get("p999")),
             }
         rows.append(row)
+    add_ratios(rows, brokers)
     return rows
 
 
@@ -880,12 +881,32 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
 def _ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}" if a is not None and b else "-"
+    return _fmt(ratio(a, b), ".2f")
+
+
+# (label, numerator broker, denominator broker) of the ratio columns, when both ran
+RATIOS = (("after/before", LEVERET, BASELINE), ("L/R", LEVERET, RABBITMQ))
+
+
+def add_ratios(rows: list[dict[str, Any]], brokers: list[str]) -> None:
+    """row["ratios"][label] = {rate, p50_ms, p99_ms} ratios of the medians, per RATIOS."""
+    for row in rows:
+        row["ratios"] = {
+            label: {k: ratio(row[a][k], row[b][k]) for k in ("rate", "p50_ms", "p99_ms")}
+            for label, a, b in RATIOS
+            if a in brokers and b in brokers
+        }
 
 
 def print_report(rows: list[dict[str, Any]], brokers: list[str], args: argparse.Namespace) -> None:
-    lev, rmq = brokers[0], (brokers[1] if len(brokers) > 1 else None)
+    lev = brokers[0]
+    others = brokers[1:]  # Leveret-baseline and/or RabbitMQ, in this order
+    ratio_of = {den: label for label, num, den in RATIOS if num == lev and den in others}
     print()
     print(
         f"median of {args.repeat} run(s) x {args.duration:g} s (after {args.warmup:g} s warm-up); "
@@ -893,31 +914,39 @@ def print_report(rows: list[dict[str, Any]], brokers: list[str], args: argparse.
         f"manual ack: {_ack_policy(args.ack_every)}"
     )
     head = ["scenario", "what", f"{lev} msg/s", "spread"]
-    if rmq:
-        head += [f"{rmq} msg/s", "spread", "L/R"]
+    for b in others:
+        head += [f"{b} msg/s", "spread", ratio_of[b]]
     head += ["RSS MB", "broker CPU", "client CPU"]
     table = [head]
     for row in rows:
         a = row[lev]
         cells = [row["scenario"], row["description"], _fmt(a["rate"], ",.0f"), _pct(a["spread"])]
-        b = row[rmq] if rmq else None
-        if b is not None:
-            cells += [_fmt(b["rate"], ",.0f"), _pct(b["spread"]), _ratio(a["rate"], b["rate"])]
+        for b in others:
+            o = row[b]
+            cells += [_fmt(o["rate"], ",.0f"), _pct(o["spread"]), _ratio(a["rate"], o["rate"])]
         cells += [
-            _pair(a["rss_mb"], b and b["rss_mb"], ".0f"),
-            _pair(a["broker_cpu"], b and b["broker_cpu"], ".2f"),
-            _pair(a["client_cpu"], b and b["client_cpu"], ".2f"),
+            _joined([row[b]["rss_mb"] for b in brokers], ".0f"),
+            _joined([row[b]["broker_cpu"] for b in brokers], ".2f"),
+            _joined([row[b]["client_cpu"] for b in brokers], ".2f"),
         ]
         table.append(cells)
     _print_table(table, right_from=2)
-    if rmq:
-        print(f"(RSS / CPU columns: {lev} / {rmq}; CPU in cores; L/R = {lev} / {rmq} msg/s)")
-    lat = [r for r in rows if r[lev]["p50_ms"] is not None or (rmq and r[rmq]["p50_ms"])]
+    if others:
+        legend = [f"RSS / CPU columns: {' / '.join(brokers)}; CPU in cores"]
+        legend += [f"{ratio_of[b]} = {lev} / {b} msg/s" for b in others]
+        print(f"({'; '.join(legend)})")
+    lat = [r for r in rows if any(r[b]["p50_ms"] is not None for b in brokers)]
     if lat:
         print()
         head = ["latency", f"{lev} p50 ms", "p99 ms", "p99.9 ms"]
-        if rmq:
-            head += [f"{rmq} p50 ms", "p99 ms", "p99.9 ms", "L/R p50", "L/R p99"]
+        for b in others:
+            head += [
+                f"{b} p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                f"{ratio_of[b]} p50",
+                f"{ratio_of[b]} p99",
+            ]
         table = [head]
         for row in lat:
             a = row[lev]
@@ -927,14 +956,14 @@ def print_report(rows: list[dict[str, Any]], brokers: list[str], args: argparse.
                 _fmt(a["p99_ms"], ".3f"),
                 _fmt(a["p999_ms"], ".3f"),
             ]
-            if rmq:
-                b = row[rmq]
+            for b in others:
+                o = row[b]
                 cells += [
-                    _fmt(b["p50_ms"], ".3f"),
-                    _fmt(b["p99_ms"], ".3f"),
-                    _fmt(b["p999_ms"], ".3f"),
-                    _ratio(a["p50_ms"], b["p50_ms"]),
-                    _ratio(a["p99_ms"], b["p99_ms"]),
+                    _fmt(o["p50_ms"], ".3f"),
+                    _fmt(o["p99_ms"], ".3f"),
+                    _fmt(o["p999_ms"], ".3f"),
+                    _ratio(a["p50_ms"], o["p50_ms"]),
+                    _ratio(a["p99_ms"], o["p99_ms"]),
                 ]
             table.append(cells)
         _print_table(table, right_from=1)
@@ -945,6 +974,26 @@ def print_report(rows: list[dict[str, Any]], brokers: list[str], args: argparse.
                 print(f"! {row['scenario']} {b}: {failed} failed run(s): {errors}")
             if row[b]["nacks"]:
                 print(f"! {row['scenario']} {b}: {row[b]['nacks']} publishes nacked")
+    if BASELINE in brokers:
+        _print_slowdowns(rows)
+
+
+def _print_slowdowns(rows: list[dict[str, Any]]) -> None:
+    """Point out the medians that are more than SLOWDOWN_LIMIT worse than the baseline."""
+    worse = []
+    for row in rows:
+        r = row["ratios"].get("after/before", {})
+        if r.get("rate") is not None and r["rate"] < 1 - SLOWDOWN_LIMIT:
+            worse.append(f"{row['scenario']} msg/s x{r['rate']:.2f}")
+        for k, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+            if r.get(k) is not None and r[k] > 1 + SLOWDOWN_LIMIT:
+                worse.append(f"{row['scenario']} {label} latency x{r[k]:.2f}")
+    limit = f"{SLOWDOWN_LIMIT * 100:.0f}%"
+    if worse:
+        print(f"! more than {limit} worse than {BASELINE} (medians): {'; '.join(worse)}")
+        print("  (check the spread columns: a difference within the spread may be noise)")
+    else:
+        print(f"no median more than {limit} worse than {BASELINE}")
 
 
 def _ack_policy(ack_every: int) -> str:
@@ -957,8 +1006,9 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
 
 
-def _pair(a: float | None, b: float | None, spec: str) -> str:
-    return _fmt(a, spec) if b is None else f"{_fmt(a, spec)} / {_fmt(b, spec)}"
+def _joined(values: list[float | None], spec: str) -> str:
+    """``a / b / c`` for the brokers of the run ("-" where unknown)."""
+    return " / ".join(_fmt(v, spec) for v in values)
 
 
 def _print_table(table: list[list[str]], right_from: int) -> None:
@@ -986,13 +1036,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--leveret-python",
         default=sys.executable,
-        help="interpreter that runs `-m broker` (default: this one)",
+        help="interpreter that runs Leveret (and --baseline-dir) with -m (default: this one)",
     )
     p.add_argument(
         "--leveret-dir",
         type=Path,
         default=REPO,
-        help="source tree to run `-m broker` from (default: this repo), e.g. a `git archive`",
+        help="source tree to run Leveret from (default: this repo), e.g. a `git archive`; "
+        "`python -m leveret`, or `-m broker` for a tree from before the rename",
+    )
+    p.add_argument(
+        "--baseline-dir",
+        type=Path,
+        metavar="DIR",
+        help="also run a second Leveret, `Leveret-baseline`, from this source tree (e.g. a "
+        "`git archive` of the commit before a change) in the same repetitions, and show "
+        "after/before = Leveret / Leveret-baseline",
     )
     p.add_argument(
         "--leveret-data-dir",
@@ -1005,7 +1064,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="ARG",
-        help="extra argument for the Leveret command line, e.g. --leveret-arg=--no-uvloop",
+        help="extra argument for the Leveret command line(s), e.g. --leveret-arg=--no-uvloop",
     )
     p.add_argument("--rabbitmq-url", default=DEFAULT_RABBITMQ_URL)
     p.add_argument("--no-rabbitmq", action="store_true", help="benchmark Leveret alone")
@@ -1042,6 +1101,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("need 1 <= --batch <= --max-in-flight")
     if args.confirm_window < args.batch:
         p.error("--confirm-window must be at least --batch")
+    for option, tree in (
+        ("--leveret-dir", args.leveret_dir),
+        ("--baseline-dir", args.baseline_dir),
+    ):
+        if tree is not None and not is_leveret_tree(tree):
+            p.error(f"{option} {tree}: no leveret/__main__.py or broker/__main__.py there")
     return args
 
 
@@ -1055,32 +1120,49 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scenarios = [all_scenarios[n] for n in names]
 
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
-    data_dir: Path | None = None
+    started: list[tuple[str, subprocess.Popen[bytes], Path]] = []  # name, process, log
+    data_dirs: list[Path] = []
+    targets: list[Target] = []
     runs: list[RunResult] = []
     version = "external"
+    baseline_version: str | None = None
+
+    def start(name: str, tree: Path) -> Target:
+        prefix = "leveret-bench-" if name == LEVERET else "leveret-bench-baseline-"
+        data_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=args.leveret_data_dir))
+        data_dirs.append(data_dir)
+        proc, url, log = start_leveret(args, tree, data_dir, name)
+        started.append((name, proc, log))
+        return Target(name, url, proc.pid)
+
     try:
         if args.leveret_url:
             url = BrokerURL.parse(args.leveret_url)
-            targets = [Target("Leveret", url, find_broker_pid(url))]
+            targets.append(Target(LEVERET, url, find_broker_pid(url)))
         else:
             version = source_version(args.leveret_dir)
-            print(f"Leveret from {version}")
-            data_dir = Path(tempfile.mkdtemp(prefix="leveret-bench-", dir=args.leveret_data_dir))
-            proc, url, log = start_leveret(args, data_dir)
-            targets = [Target("Leveret", url, proc.pid)]
+            print(f"{LEVERET} from {version} (python -m {leveret_module(args.leveret_dir)})")
+            targets.append(start(LEVERET, args.leveret_dir))
         why = reachable(targets[0].url)
         if why:
             print(f"Leveret is not reachable: {why}", file=sys.stderr)
             return 1
+        if args.baseline_dir is not None:
+            baseline_version = source_version(args.baseline_dir)
+            module = leveret_module(args.baseline_dir)
+            print(f"{BASELINE} from {baseline_version} (python -m {module})")
+            targets.append(start(BASELINE, args.baseline_dir))
+            why = reachable(targets[-1].url)
+            if why:
+                print(f"{BASELINE} is not reachable: {why}", file=sys.stderr)
+                return 1
         if not args.no_rabbitmq:
             rurl = BrokerURL.parse(args.rabbitmq_url)
             why = reachable(rurl)
             if why:
                 print(f"note: RabbitMQ at {args.rabbitmq_url} skipped ({why})")
             else:
-                targets.append(Target("RabbitMQ", rurl, find_broker_pid(rurl, "beam.smp")))
+                targets.append(Target(RABBITMQ, rurl, find_broker_pid(rurl, "beam.smp")))
         for t in targets:
             print(
                 f"{t.name}: {t.url.host}:{t.url.port} pid {t.pid} "
@@ -1088,24 +1170,27 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs", flush=True)
 
+        width = max(len(t.name) for t in targets)
         for rep in range(args.repeat):
-            order = targets if rep % 2 == 0 else targets[::-1]
+            # rotate the order by one each repetition (with two brokers: reversed)
+            shift = rep % len(targets)
+            order = targets[shift:] + targets[:shift]
             for sc in scenarios:
                 for t in order:
                     r = run_once(t, sc, args, rep)
                     runs.append(r)
-                    print(_progress(r), flush=True)
+                    print(_progress(r, width), flush=True)
                     time.sleep(0.5)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
-        if proc is not None:
+        for name, proc, log in started:
             stop_process(proc)
-            if log is not None and proc.returncode not in (0, -signal.SIGTERM):
-                print(f"Leveret exited with {proc.returncode}, log: {log}", file=sys.stderr)
-            elif log is not None:
+            if proc.returncode not in (0, -signal.SIGTERM):
+                print(f"{name} exited with {proc.returncode}, log: {log}", file=sys.stderr)
+            else:
                 log.unlink(missing_ok=True)
-        if data_dir is not None:
+        for data_dir in data_dirs:
             shutil.rmtree(data_dir, ignore_errors=True)
 
     brokers = [t.name for t in targets]
@@ -1116,6 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "leveret_source": version,
+            "baseline_source": baseline_version,
             "brokers": {
                 t.name: {"url": asdict(t.url) | {"password": "***"}, "pid": t.pid} for t in targets
             },
@@ -1127,14 +1213,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r.error is None for r in runs) else 1
 
 
-def _progress(r: RunResult) -> str:
+def _progress(r: RunResult, width: int = 8) -> str:
     if r.error:
-        return f"  rep {r.rep + 1} {r.scenario:14} {r.broker:8} ERROR {r.error}"
+        return f"  rep {r.rep + 1} {r.scenario:14} {r.broker:{width}} ERROR {r.error}"
     lat = ""
     if r.latency_ms:
         lat = f" p50 {r.latency_ms['p50']:.3f} ms p99 {r.latency_ms['p99']:.3f} ms"
     return (
-        f"  rep {r.rep + 1} {r.scenario:14} {r.broker:8} {r.rate or 0:>10,.0f} msg/s "
+        f"  rep {r.rep + 1} {r.scenario:14} {r.broker:{width}} {r.rate or 0:>10,.0f} msg/s "
         f"(published {r.published_rate or 0:,.0f}/s){lat}  RSS {_fmt(r.rss_mb, '.0f')} MB  "
         f"CPU broker {_fmt(r.broker_cpu, '.2f')} clients {_fmt(r.client_cpu, '.2f')} "
         f"other {_fmt(r.other_cpu, '.2f')}"

@@ -52,6 +52,7 @@ def start(port: int, data: str) -> tuple[subprocess.Popen[bytes], float]:
     p = subprocess.Popen(
         [sys.executable, "-m", "leveret", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data, "--log-level", "warning"],
         env=env,
+        cwd=ROOT,  # this tree's leveret, not one in the current directory
     )
     while True:
         try:

@@ -6,11 +6,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
+import sys
 import time
 
-from leveret.broker.core.exchange import TopicExchange
+# this tree's leveret (e.g. a `git archive` in /tmp), not an installed one
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from leveret.broker.core.exchange import TopicExchange  # noqa: E402
 
 
 def pattern_to_regex(p: str) -> re.Pattern[str]:

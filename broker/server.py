@@ -1,4 +1,11 @@
-"""The broker: listener, vhosts, users, the write-flush loop and the memory alarm."""
+"""The broker: the composition root of a node.
+
+:class:`Broker` owns the event loop's listener, the vhosts (messaging core), the client
+connections (wire layer), the per-read write flush, the memory and disk alarms and the
+persistence hooks.  It implements :class:`leveret.broker.core.node.Node`, the interface
+through which the core reaches it, and offers the test tooling (``leveret.testing``) its
+one hook, :meth:`Broker.intercept_deliveries`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,13 @@ import asyncio
 import logging
 import platform
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from leveret.broker.config import Config
+from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
+from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHost
 from leveret.broker.wire.connection import Connection
 
@@ -32,12 +42,11 @@ class Broker:
         self.memory_alarm = False
         self.disk_alarm = False
         self.write_failed = False  # the last write to the log failed (ENOSPC, EIO)
-        self.persisted = False  # set by a queue that appended a persistent message
         self.persistence: Persistence | None = None
         self.stats_published = 0
         self.stats_delivered = 0
         self.stats_acked = 0
-        self.fault_hooks: list[Any] = []  # test-only delivery hooks (leveret.testing.inspect), empty = off
+        self.delivery_hook: DeliveryHook | None = None  # see intercept_deliveries (tests only)
         self.reply_channels: dict[str, Any] = {}  # direct reply-to key -> channel
         for name in self.config.vhosts:
             self.add_vhost(name)
@@ -52,19 +61,21 @@ class Broker:
             self.persistence.start()
         await self.listen()
 
-    async def listen(self) -> None:
-        """Open the listening socket(s) (again, after :meth:`stop_listening`)."""
-        host = self.config.host
+    async def listen(self, host: str | list[str] | None = None, port: int | None = None) -> None:
+        """Open the listening socket(s): the configured ones, or ``host``/``port`` (again,
+        after :meth:`stop_listening`)."""
+        host = self.config.host if host is None else host
+        port = self.config.port if port is None else port
         try:
             self.server = await self.loop.create_server(
-                lambda: Connection(self), host, self.config.port, reuse_address=True, backlog=1024
+                lambda: Connection(self), host, port, reuse_address=True, backlog=1024
             )
         except OSError:
             if not isinstance(host, list) or len(host) < 2:
                 raise
             # e.g. no IPv6 loopback: fall back to the first address alone
             self.server = await self.loop.create_server(
-                lambda: Connection(self), host[0], self.config.port, reuse_address=True, backlog=1024
+                lambda: Connection(self), host[0], port, reuse_address=True, backlog=1024
             )
         for sock in self.server.sockets:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -83,22 +94,28 @@ class Broker:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]
 
+    async def stop_listening(self, grace: float = 1.0, abort: bool = True) -> tuple[list[str], int]:
+        """Close the listener and send connection.close 320 to every client; after
+        ``grace`` seconds drop those that did not answer (``abort``: reset; else close
+        after what is queued for them).  Returns the hosts and port it listened on."""
+        server, self.server = self.server, None
+        addrs = [s.getsockname() for s in server.sockets] if server is not None else []
+        if server is not None:
+            server.close()
+        for c in list(self.connections):
+            c.close_forced()
+        deadline = self.loop.time() + grace
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        for c in list(self.connections):
+            c.drop(abort)
+        if server is not None:
+            await server.wait_closed()
+        return [a[0] for a in addrs], addrs[0][1] if addrs else 0
+
     async def stop(self, timeout: float = 1.0) -> None:
         """Close the listener, send connection.close 320 to every client, then stop."""
-        if self.server is not None:
-            self.server.close()
-        conns = list(self.connections)
-        for c in conns:
-            c.close_forced()
-        deadline = self.loop.time() + timeout
-        while self.connections and self.loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        for c in list(self.connections):
-            if c.transport is not None:
-                c.transport.abort()
-        if self.server is not None:
-            await self.server.wait_closed()
-            self.server = None
+        await self.stop_listening(timeout)
         if self.persistence is not None:
             self.persistence.close()
             self.persistence = None
@@ -158,6 +175,11 @@ class Broker:
             self.write_failed = False
             log.warning("disk writes succeed again")
 
+    @property
+    def alarm_reason(self) -> str:
+        """connection.blocked's reason, in RabbitMQ's words."""
+        return "low on memory" if self.memory_alarm else "low on disk"
+
     def _update_alarm(self) -> None:
         alarm = self.memory_alarm or self.disk_alarm
         if alarm == self.alarm:
@@ -166,7 +188,7 @@ class Broker:
         for c in list(self.connections):
             if alarm:
                 if c.is_publisher:
-                    c.block()
+                    c.block(self.alarm_reason)
             else:
                 c.unblock()
         self.flush_all()
@@ -232,8 +254,20 @@ class Broker:
             self.persistence.detach(q)
             self.persistence.save_definitions()
 
-    def queue_purged(self, q: Any) -> None:
-        pass
+    def queue_compacted(self, q: Queue, remap: Callable[[int], int]) -> None:
+        for conn in self.connections:
+            conn.remap_unacked(q, remap)
 
-    def message_dead_lettered(self, msg: Any, queues: list[Any]) -> None:
-        pass
+    # ------------------------------------------------------------------ the test hook
+
+    def intercept_deliveries(self, hook: DeliveryHook | None) -> None:
+        """The one hook for test tooling (``leveret.testing``): while ``hook`` is set,
+        every consumer's deliveries, present and future, go to ``hook(consumer)`` (a
+        :class:`~leveret.broker.core.consumer.DeliverySink` that may delay or drop them,
+        and hands the others to ``consumer.channel``).  None restores direct delivery.
+        A node without a hook pays nothing for it on the delivery path."""
+        self.delivery_hook = hook
+        for v in self.vhosts.values():
+            for q in v.queues.values():
+                for c in q.consumers:
+                    c.sink = hook(c) if hook is not None else c.channel

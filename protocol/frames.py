@@ -17,6 +17,7 @@ from leveret.protocol.constants import (
     FRAME_END,
     FRAME_END_BYTE,
     FRAME_HEADER,
+    FRAME_HEADER_SIZE,
     FRAME_HEARTBEAT,
     FRAME_METHOD,
     FRAME_MIN_SIZE,
@@ -79,11 +80,11 @@ class FrameParser:
             # finish the frame left over from the last read with the start of this one,
             # then parse the rest of ``data`` in place (no copy of the whole read)
             buf = self._buf
-            if len(buf) < 7:
-                take = 7 - len(buf)
+            if len(buf) < FRAME_HEADER_SIZE:
+                take = FRAME_HEADER_SIZE - len(buf)
                 buf += data[:take]
                 pos = take
-                if len(buf) < 7:
+                if len(buf) < FRAME_HEADER_SIZE:
                     self._buf = buf
                     return frames
             ftype, channel, size = _unpack_head(buf, 0)
@@ -97,21 +98,21 @@ class FrameParser:
                 pos += missing
             if buf[-1] != FRAME_END:
                 raise FrameError(f"bad frame end octet {buf[-1]:#04x}")
-            frames.append((ftype, channel, buf[7:-1]))
+            frames.append((ftype, channel, buf[FRAME_HEADER_SIZE:-1]))
             self._buf = b""
         append = frames.append
         n = len(data)
         max_payload = self.frame_max - FRAME_OVERHEAD
-        while n - pos >= 7:
+        while n - pos >= FRAME_HEADER_SIZE:
             ftype, channel, size = _unpack_head(data, pos)
             if ftype not in _VALID_TYPES or size > max_payload:
                 self._check(ftype, size, data, pos)
-            end = pos + 7 + size
+            end = pos + FRAME_HEADER_SIZE + size
             if end >= n:
                 break
             if data[end] != FRAME_END:
                 raise FrameError(f"bad frame end octet {data[end]:#04x}")
-            append((ftype, channel, data[pos + 7 : end]))
+            append((ftype, channel, data[pos + FRAME_HEADER_SIZE : end]))
             pos = end + 1
         if pos < n:
             return self._hold(data[pos:], frames)
@@ -128,7 +129,7 @@ class FrameParser:
 
     def _hold(self, rest: bytes, frames: list[Frame]) -> list[Frame]:
         """Keep an incomplete frame; a large one is gathered as chunks, joined once."""
-        if len(rest) >= 7:
+        if len(rest) >= FRAME_HEADER_SIZE:
             ftype, _, size = _unpack_head(rest, 0)
             self._check(ftype, size, rest, 0)
             need = size + FRAME_OVERHEAD

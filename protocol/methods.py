@@ -49,6 +49,10 @@ def method_index(payload: bytes) -> int:
 
 # --- inbound fast paths -------------------------------------------------------------
 
+# basic.publish payload: class u16, method u16, reserved u16, exchange shortstr (its
+# length octet at 6, its bytes from 7), routing key shortstr, flag bits
+PUBLISH_EXCHANGE_AT = 7
+
 def parse_publish(payload: bytes) -> tuple[bytes, int, int, bool, bool]:
     """basic.publish -> (exchange+routing-key wire bytes, exchange end, rk end, mandatory,
     immediate).
@@ -58,8 +62,8 @@ def parse_publish(payload: bytes) -> tuple[bytes, int, int, bool, bool]:
     ``payload[exchange_end + 1:rk_end]`` the routing key.
     """
     try:
-        el = payload[6]
-        ex_end = 7 + el
+        el = payload[PUBLISH_EXCHANGE_AT - 1]
+        ex_end = PUBLISH_EXCHANGE_AT + el
         rk_end = ex_end + 1 + payload[ex_end]
         bits = payload[rk_end]
     except IndexError:

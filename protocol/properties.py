@@ -34,6 +34,20 @@ F_USER_ID = 1 << 4
 F_APP_ID = 1 << 3
 F_CLUSTER_ID = 1 << 2
 
+# The fast paths test one flag byte of a raw content-header payload (class u16, weight
+# u16, body size u64, then the property flags): ``header[FLAGS_HI] & HI_EXPIRATION``.
+FLAGS_HI = 12  # offset of the first flag byte (flags 15..8)
+FLAGS_LO = 13  # offset of the second (flags 7..0)
+HI_HEADERS = F_HEADERS >> 8
+HI_DELIVERY_MODE = F_DELIVERY_MODE >> 8
+HI_PRIORITY = F_PRIORITY >> 8
+HI_REPLY_TO = F_REPLY_TO >> 8
+HI_EXPIRATION = F_EXPIRATION >> 8
+LO_USER_ID = F_USER_ID
+#: delivery_mode is the first property present when the first flag byte is exactly this
+#: (nothing before it): its value is then the byte right after the flags
+HI_ONLY_DELIVERY_MODE_FIRST = 0x10
+
 _FIELDS = (
     (F_CONTENT_TYPE, "content_type", "s"),
     (F_CONTENT_ENCODING, "content_encoding", "s"),

@@ -13,7 +13,7 @@ from pamqp import frame as pframe
 from pamqp import header as pheader
 from pamqp.heartbeat import Heartbeat
 
-import leveret.broker.core.queue as broker_queue
+import leveret.broker.core.backing as broker_queue
 from leveret.broker import Config
 from leveret.testing import BrokerThread, broker_url, running_broker
 from tests.rawamqp import RawClient, method_frame, publish_frames

@@ -17,9 +17,6 @@ from typing import Any
 
 Args = dict[str, Any]
 
-TYPES = ("direct", "fanout", "topic", "headers")
-
-
 def freeze(value: Any) -> Any:
     """A hashable, type-preserving form of an argument table (for binding identity)."""
     if isinstance(value, dict):
@@ -271,3 +268,23 @@ EXCHANGE_CLASSES: dict[str, type[Exchange]] = {
 
 def make_exchange(type_: str, name: str, **kw: Any) -> Exchange:
     return EXCHANGE_CLASSES[type_](name, **kw)
+
+
+class DefaultExchange(Exchange):
+    """The nameless direct exchange of a vhost: routing key = queue name, no bindings."""
+
+    type = "direct"
+
+    def __init__(self, queues: dict[str, Any]) -> None:
+        super().__init__("", durable=True)
+        self._queues = queues
+
+    def _clear(self) -> None:
+        pass
+
+    def _add(self, dest: Any, routing_key: str, args: Args) -> None:
+        pass
+
+    def route(self, routing_key: str, msg: Any) -> tuple[Any, ...]:
+        q = self._queues.get(routing_key)
+        return (q,) if q is not None else ()

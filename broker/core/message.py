@@ -5,7 +5,8 @@ content header is kept exactly as the publisher sent it (``header``: class, weig
 body size, property flags and property bytes) and written back verbatim on delivery;
 ``ex_rk`` is the exchange and routing key as the two short strings from basic.publish,
 reused verbatim in basic.deliver / basic.get-ok / basic.return.  Properties are only
-decoded when the broker needs one (``props``).
+decoded when the broker needs one (``props``).  :func:`to_record` / :func:`from_record`
+turn a message into a queue-log record payload and back (``leveret.storage.record``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from leveret.protocol import properties as P
+from leveret.storage import record
+
+FLAGS_HI = P.FLAGS_HI
 
 
 class Message:
@@ -34,18 +38,32 @@ class Message:
         """Scalar properties present in the header (decoded once, on first use)."""
         p = self._props
         if p is None:
-            # flags == 0 is by far the most common case: skip the scan entirely
-            p = self._props = P.scan(self.header) if self.header[12:14] != b"\x00\x00" else {}
+            # no property at all is by far the most common case: skip the scan entirely
+            h = self.header
+            p = self._props = P.scan(h) if h[FLAGS_HI] or h[P.FLAGS_LO] else {}
         return p
+
+    def set_header(self, header: bytes) -> None:
+        """The broker rewrote the properties (direct reply-to, BCC removal)."""
+        self.header = header
+        self._props = None
+
+    @property
+    def has_expiration(self) -> bool:
+        return bool(self.header[FLAGS_HI] & P.HI_EXPIRATION)
+
+    @property
+    def has_headers(self) -> bool:
+        return bool(self.header[FLAGS_HI] & P.HI_HEADERS)
 
     @property
     def priority(self) -> int:
-        return self.props.get("priority", 0) if self.header[12] & 0x08 else 0
+        return self.props.get("priority", 0) if self.header[FLAGS_HI] & P.HI_PRIORITY else 0
 
     @property
     def expiration_ms(self) -> int | None:
         """Per-message TTL from the ``expiration`` property (validated at publish)."""
-        if not self.header[12] & 0x01:
+        if not self.header[FLAGS_HI] & P.HI_EXPIRATION:
             return None
         try:
             return int(self.props["expiration"])
@@ -54,9 +72,11 @@ class Message:
 
     @property
     def persistent(self) -> bool:
-        flags = self.header[12]
-        if flags & 0xF0 == 0x10:  # delivery_mode is the first property present
-            return self.header[14] == 2
+        flags = self.header[FLAGS_HI]
+        if not flags & P.HI_DELIVERY_MODE:
+            return False
+        if flags & 0xF0 == P.HI_ONLY_DELIVERY_MODE_FIRST:
+            return self.header[FLAGS_HI + 2] == 2
         return self.props.get("delivery_mode") == 2
 
     @property
@@ -65,3 +85,18 @@ class Message:
         if at is None:
             return {}
         return P.headers(self.header, at)
+
+
+def to_record(msg: Message, transient: bool = False) -> bytes:
+    """The queue-log record of ``msg`` (``transient``: kept only for paging, not recovered)."""
+    return record.encode(record.F_TRANSIENT if transient else 0, msg.ts, msg.ex_rk, msg.header, msg.body)
+
+
+def from_record(payload: bytes) -> Message:
+    _, ts, ex_rk, header, body = record.decode(payload)
+    xl = ex_rk[0]
+    exchange = ex_rk[1 : 1 + xl].decode("utf-8", "surrogateescape")
+    rk = ex_rk[2 + xl :].decode("utf-8", "surrogateescape")
+    msg = Message(ex_rk, exchange, rk, header, body)
+    msg.ts = ts
+    return msg

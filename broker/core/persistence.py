@@ -5,8 +5,10 @@
   changes; argument tables are stored as base64 of their AMQP encoding so every type
   survives.
 * Persistent messages (delivery_mode 2) routed to durable queues are appended to the
-  queue's ``leveret.storage.QueueLog``; the record's position is the message's ``seq`` in that
-  queue, so acks, requeues and recovery all speak in positions.
+  queue's ``leveret.storage.QueueLog`` (the record codec is ``leveret.storage.record``;
+  the message side of it ``leveret.broker.core.message.to_record``).  A message with a
+  record has ``seq = position << 32`` in its queue (``leveret.broker.core.backing``), so
+  an ack, a requeue or recovery finds the record from the seq alone.
 * Group commit: :class:`Syncer` runs one ``sync_job`` (fsync) at a time in a worker
   thread; everything appended before the job started is covered by it.  Publisher
   confirms and tx.commit-ok for persisted messages wait for it; without confirms a timer
@@ -23,51 +25,20 @@ import concurrent.futures
 import logging
 import os
 import shutil
-import struct
 import time
-from collections.abc import Callable
+from array import array
 from typing import TYPE_CHECKING, Any
 
 from pamqp import decode as pdecode
 
-from leveret.broker.core.message import Message
 from leveret.protocol import properties as P
-from leveret.storage import MessageStore, MetadataStore
+from leveret.storage import MessageStore, MetadataStore, record
 
 if TYPE_CHECKING:
+    from leveret.broker.core.node import Node
     from leveret.broker.core.queue import Queue
-    from leveret.broker.server import Broker
 
 log = logging.getLogger("leveret.durable")
-
-# record payload: flags, publish time, len(ex_rk), len(header) | ex_rk | header | body
-_REC = struct.Struct(">BdHI")
-F_TRANSIENT = 1  # written only to keep queue order while paged out; not recovered
-
-
-def encode_record(msg: Message, transient: bool = False) -> bytes:
-    return b"".join(
-        (_REC.pack(F_TRANSIENT if transient else 0, msg.ts, len(msg.ex_rk), len(msg.header)), msg.ex_rk, msg.header, msg.body)
-    )
-
-
-def record_flags(payload: memoryview | bytes) -> int:
-    return payload[0]
-
-
-def decode_record(payload: bytes) -> Message:
-    flags, ts, el, hl = _REC.unpack_from(payload)
-    o = _REC.size
-    ex_rk = payload[o : o + el]
-    header = payload[o + el : o + el + hl]
-    body = payload[o + el + hl :]
-    xl = ex_rk[0]
-    exchange = ex_rk[1 : 1 + xl].decode("utf-8", "surrogateescape")
-    rk = ex_rk[2 + xl :].decode("utf-8", "surrogateescape")
-    msg = Message(ex_rk, exchange, rk, header, body)
-    msg.ts = ts
-    return msg
-
 
 def encode_table(table: dict[str, Any]) -> str:
     return base64.b64encode(P.field_table(table or {})).decode()
@@ -81,8 +52,8 @@ def decode_table(data: str) -> dict[str, Any]:
 class Syncer:
     """Group commit: one fsync job at a time, covering every append made before it."""
 
-    def __init__(self, broker: Broker, store: MessageStore) -> None:
-        self.broker = broker
+    def __init__(self, node: Node, store: MessageStore) -> None:
+        self.node = node
         self.store = store
         self.waiting: list[Any] = []  # objects with sync_started() / synced(ok)
         self.in_flight = False
@@ -106,21 +77,21 @@ class Syncer:
             # is confirmed until a later attempt writes it (publishers are blocked
             # meanwhile by the disk alarm)
             log.error("flush failed, retrying: %s", exc)
-            self.broker.disk_error(exc)
+            self.node.disk_error(exc)
             if self._retry is None:
-                self._retry = self.broker.loop.call_later(0.5, self._start)
+                self._retry = self.node.loop.call_later(0.5, self._start)
             return
         waiters, self.waiting = self.waiting, []
         for w in waiters:
             w.sync_started()
         if job is None:
-            self.broker.disk_write_ok()
+            self.node.disk_write_ok()
             for w in waiters:
                 w.synced(True)
-            self.broker.flush_all()
+            self.node.flush_all()
             return
         self.in_flight = True
-        fut = self.broker.loop.run_in_executor(self.executor, job)
+        fut = self.node.loop.run_in_executor(self.executor, job)
         fut.add_done_callback(lambda f: self._done(f, waiters))
 
     def _done(self, fut: asyncio.Future[None], waiters: list[Any]) -> None:
@@ -132,12 +103,12 @@ class Syncer:
             ok = False
             log.error("fsync failed: %s", exc)
         if ok:
-            self.broker.disk_write_ok()
+            self.node.disk_write_ok()
         for w in waiters:
             w.synced(ok)
         if self.waiting:
             self._start()
-        self.broker.flush_all()
+        self.node.flush_all()
 
     def sync_now(self) -> None:
         """Blocking flush+fsync (shutdown)."""
@@ -162,14 +133,14 @@ class _Periodic:
 
 
 class Persistence:
-    """Metadata + message store of one broker, with recovery."""
+    """Metadata + message store of one node, with recovery."""
 
-    def __init__(self, broker: Broker, data_dir: str) -> None:
-        self.broker = broker
+    def __init__(self, node: Node, data_dir: str) -> None:
+        self.node = node
         self.data_dir = data_dir
         os.makedirs(data_dir, exist_ok=True)
         self.meta = MetadataStore(os.path.join(data_dir, "definitions.json"))
-        self.store = MessageStore(os.path.join(data_dir, "queues"), segment_size=broker.config.segment_size)
+        self.store = MessageStore(os.path.join(data_dir, "queues"), segment_size=node.config.segment_size)
         self.syncer: Syncer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._disk_timer: asyncio.TimerHandle | None = None
@@ -179,30 +150,30 @@ class Persistence:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self.syncer = Syncer(self.broker, self.store)
+        self.syncer = Syncer(self.node, self.store)
         self._schedule()
         self._check_disk()
 
     def _schedule(self) -> None:
-        self._timer = self.broker.loop.call_later(self.broker.config.fsync_interval, self._tick)
+        self._timer = self.node.loop.call_later(self.node.config.fsync_interval, self._tick)
 
     def _tick(self) -> None:
         if self.syncer is not None and not self.syncer.in_flight:
             self.syncer.request(_Periodic())
-        for v in self.broker.vhosts.values():
+        for v in self.node.vhosts.values():
             for q in v.queues.values():
                 if q.log is not None:
                     q.maybe_compact()
         self._schedule()
 
     def _check_disk(self) -> None:
-        limit = self.broker.config.disk_free_limit
+        limit = self.node.config.disk_free_limit
         try:
             free = shutil.disk_usage(self.data_dir).free
         except OSError:
             free = limit + 1
-        self.broker.set_disk_alarm(free < limit or self.broker.write_failed, free)
-        self._disk_timer = self.broker.loop.call_later(1.0, self._check_disk)
+        self.node.set_disk_alarm(free < limit or self.node.write_failed, free)
+        self._disk_timer = self.node.loop.call_later(1.0, self._check_disk)
 
     def close(self) -> None:
         for t in (self._timer, self._disk_timer):
@@ -224,7 +195,7 @@ class Persistence:
     def save_definitions(self) -> None:
         if self._loading:
             return
-        b = self.broker
+        b = self.node
         exchanges, queues, bindings = [], [], []
         for v in b.vhosts.values():
             for x in v.exchanges.values():
@@ -275,7 +246,7 @@ class Persistence:
     def recover(self) -> None:
         """Rebuild durable definitions and queue contents from disk."""
         started = time.monotonic()
-        b = self.broker
+        b = self.node
         self._loading = True
         try:
             data = self.meta.load()
@@ -340,34 +311,24 @@ class Persistence:
 
         def on_record(pos: int, payload: memoryview) -> None:
             nonlocal nbytes
-            if payload[0] & F_TRANSIENT:
+            if payload[0] & record.F_TRANSIENT:
                 transient.append(pos)
-            elif len(payload) >= _REC.size:
-                _, _, el, hl = _REC.unpack_from(payload)
-                nbytes += max(0, len(payload) - _REC.size - el - hl)  # body bytes
+            else:
+                nbytes += record.body_size(payload)
 
         positions = qlog.recover(on_record)
         if transient:
             drop = set(transient)
             for pos in transient:
                 qlog.ack(pos)
-            from array import array
-
             positions = array("Q", (p for p in positions if p not in drop))
         q.attach_log(qlog, positions, nbytes)
 
     def detach(self, q: Queue) -> None:
         if q.log is not None:
-            q.log = None
+            q.store.detach_log()
             self.store.delete_queue(self.key(q))
 
     def request_sync(self, waiter: Any) -> None:
         assert self.syncer is not None
         self.syncer.request(waiter)
-
-
-def noop(*_: Any) -> None:
-    pass
-
-
-Callback = Callable[[bool], None]

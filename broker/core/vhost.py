@@ -1,7 +1,7 @@
 """A virtual host: its exchanges, queues and bindings, and the routing between them.
 
 Declare/delete/bind operations raise :class:`AMQPError` with RabbitMQ's codes and texts;
-the channel turns them into channel.close or connection.close.
+the wire layer turns them into channel.close or connection.close.
 """
 
 from __future__ import annotations
@@ -9,13 +9,20 @@ from __future__ import annotations
 import base64
 import logging
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from leveret.broker.core.arguments import (
+    check_equivalent,
+    check_equivalent_alternate_exchange,
+    check_equivalent_queue_arguments,
+    validate_queue_arguments,
+)
 from leveret.broker.core.deadletter import cc_keys, cycle_detected, dead_lettered_copy
 from leveret.broker.core.errors import AMQPError, rs
-from leveret.broker.core.exchange import EXCHANGE_CLASSES, Exchange, freeze, make_exchange
+from leveret.broker.core.exchange import EXCHANGE_CLASSES, DefaultExchange, Exchange, make_exchange
 from leveret.broker.core.message import Message
-from leveret.broker.core.queue import Queue
+from leveret.broker.core.queue import ACCEPTED, Queue
 from leveret.protocol.constants import (
     ACCESS_REFUSED,
     COMMAND_INVALID,
@@ -25,7 +32,7 @@ from leveret.protocol.constants import (
 )
 
 if TYPE_CHECKING:
-    from leveret.broker.server import Broker
+    from leveret.broker.core.node import Node
 
 log = logging.getLogger("leveret.vhost")
 
@@ -43,146 +50,19 @@ def generated_name(prefix: str) -> str:
     return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
-class DefaultExchange(Exchange):
-    """The nameless direct exchange: routing key = queue name."""
-
-    type = "direct"
-
-    def __init__(self, vhost: VHost) -> None:
-        super().__init__("", durable=True)
-        self._queues = vhost.queues
-
-    def _clear(self) -> None:
-        pass
-
-    def _add(self, dest: Any, routing_key: str, args: dict[str, Any]) -> None:
-        pass
-
-    def route(self, routing_key: str, msg: Any) -> tuple[Any, ...]:
-        q = self._queues.get(routing_key)
-        return (q,) if q is not None else ()
-
-
-def _bool_text(v: bool) -> str:
-    return "true" if v else "false"
-
-
-def amqp_type_name(v: Any) -> str:
-    """The AMQP table type RabbitMQ would report for a decoded value."""
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        if -128 <= v <= 127:
-            return "byte"
-        if -32768 <= v <= 32767:
-            return "short"
-        if -(2**31) <= v < 2**31:
-            return "signedint"
-        return "long"
-    if isinstance(v, str | bytes):
-        return "longstr"
-    if isinstance(v, float):
-        return "double"
-    if isinstance(v, dict):
-        return "table"
-    if isinstance(v, list):
-        return "array"
-    return type(v).__name__
-
-
-def _arg_text(v: Any) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        v = "true" if v else "false"
-    if isinstance(v, bytes):
-        v = v.decode("utf-8", "replace")
-    return f"the value '{v}' of type '{amqp_type_name(v) if not isinstance(v, str) else 'longstr'}'"
-
-
-def _val(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return str(v)
-
-
-def validate_queue_arguments(args: dict[str, Any], name: str, vhost: str, durable: bool, exclusive: bool, auto_delete: bool) -> None:
-    """RabbitMQ's x-argument validation for queue.declare (406 with its texts)."""
-    where = rs("queue", name, vhost)
-
-    def bad(arg: str, why: str) -> AMQPError:
-        return AMQPError(PRECONDITION_FAILED, f"invalid arg '{arg}' for {where}: {why}", 50, 10)
-
-    def integer(arg: str, zero_ok: bool = True) -> None:
-        if arg not in args:
-            return
-        v = args[arg]
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise bad(arg, f'"expected integer, got {amqp_type_name(v)}"')
-        if v < 0:
-            raise bad(arg, f"{{value_negative,{v}}}")
-        if v == 0 and not zero_ok:
-            raise bad(arg, f"{{value_zero,{v}}}")
-
-    integer("x-message-ttl")
-    integer("x-expires", zero_ok=False)
-    integer("x-max-length")
-    integer("x-max-length-bytes")
-    integer("x-max-priority")
-    if "x-max-priority" in args and args["x-max-priority"] > 255:
-        raise bad("x-max-priority", f"{{max_value_exceeded,{args['x-max-priority']}}}")
-    if "x-overflow" in args and _val(args["x-overflow"]) not in ("drop-head", "reject-publish", "reject-publish-dlx"):
-        raise bad("x-overflow", "invalid_overflow")
-    if "x-single-active-consumer" in args and not isinstance(args["x-single-active-consumer"], bool):
-        raise bad("x-single-active-consumer", f"{{unacceptable_type,{amqp_type_name(args['x-single-active-consumer'])}}}")
-    for arg in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
-        if arg in args and not isinstance(args[arg], str | bytes):
-            raise AMQPError(
-                PRECONDITION_FAILED,
-                f"invalid type '{amqp_type_name(args[arg])}' for arg '{arg}' in {where}",
-                50,
-                10,
-            )
-    if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
-        raise bad("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined")
-    qtype = args.get("x-queue-type")
-    if qtype is not None:
-        qt = _val(qtype)
-        if qt not in ("classic", "quorum", "stream"):
-            raise bad("x-queue-type", f"\"unsupported queue type '{qt}'\"")
-        if qt in ("quorum", "stream"):
-            # accepted as a durable classic queue (documented), with RabbitMQ's checks
-            for prop, on in (("auto-delete", auto_delete), ("exclusive", exclusive), ("non-durable", not durable)):
-                if on:
-                    raise AMQPError(PRECONDITION_FAILED, f"invalid property '{prop}' for {where}", 50, 10)
-            log.warning("queue %r declared with x-queue-type=%s: served as a durable classic queue", name, qt)
-
-
-# x-arguments whose values must match on redeclare (RabbitMQ's equivalence check)
-QUEUE_EQUIV_ARGS = (
-    "x-expires",
-    "x-message-ttl",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-priority",
-    "x-overflow",
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-queue-mode",
-    "x-queue-type",
-    "x-single-active-consumer",
-)
+def not_default(*names: str) -> None:
+    """403 for an operation the default exchange does not allow (declare, delete, bind)."""
+    if "" in names:
+        raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
 
 
 class VHost:
-    def __init__(self, broker: Broker, name: str) -> None:
-        self.broker = broker
+    def __init__(self, node: Node, name: str) -> None:
+        self.node = node
         self.name = name
         self.queues: dict[str, Queue] = {}
         self.exchanges: dict[str, Exchange] = {}
-        self.default_exchange = DefaultExchange(self)
+        self.default_exchange = DefaultExchange(self.queues)
         self.exchanges[""] = self.default_exchange
         for xname, xtype in DEFAULT_EXCHANGES:
             self.exchanges[xname] = make_exchange(xtype, xname, durable=True)
@@ -204,6 +84,23 @@ class VHost:
         out: dict[Queue, None] = {}
         self._route_into(exchange, routing_key, msg, out, set())
         return list(out)
+
+    def route_keys(self, exchange: Exchange, keys: Iterable[str], msg: Message) -> list[Queue]:
+        """Every queue the message reaches by any of ``keys`` (CC/BCC, dead lettering),
+        each queue once, in first-reached order."""
+        found: dict[Queue, None] = {}
+        for rk in keys:
+            for q in self.route(exchange, rk, msg):
+                found[q] = None
+        return list(found)
+
+    @staticmethod
+    def enqueue(queues: Iterable[Queue], msg: Message) -> int:
+        """Hand a routed message to its queues; the OR of their :class:`Enqueued` outcomes."""
+        outcome = ACCEPTED
+        for q in queues:
+            outcome |= q.publish(msg)
+        return outcome
 
     def _route_into(self, x: Exchange, rk: str, msg: Message, out: dict[Queue, None], seen: set[str]) -> None:
         seen.add(x.name)
@@ -239,14 +136,12 @@ class VHost:
         arguments: dict[str, Any],
     ) -> Exchange:
         if passive:
-            if name == "":  # RabbitMQ 3.10 refuses a passive declare of "" too
-                raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+            not_default(name)  # RabbitMQ 3.10 refuses a passive declare of "" too
             return self.get_exchange(name)
         if type_ not in EXCHANGE_CLASSES:
             # x-* plugin types are not available here either
             raise AMQPError(COMMAND_INVALID, f"unknown exchange type '{type_}'")
-        if name == "":
-            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        not_default(name)
         x = self.exchanges.get(name)
         if x is None:
             if name.startswith("amq."):
@@ -257,7 +152,7 @@ class VHost:
                 type_, name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments
             )
             self.exchanges[name] = x
-            self.broker.definitions_changed(x if durable else None)
+            self.node.definitions_changed(x if durable else None)
             return x
         where = rs("exchange", name, self.name)
         if x.type != type_:
@@ -265,27 +160,15 @@ class VHost:
                 PRECONDITION_FAILED,
                 f"inequivalent arg 'type' for {where}: received '{type_}' but current is '{x.type}'",
             )
-        for arg, new, cur in (
-            ("durable", durable, x.durable),
-            ("auto_delete", auto_delete, x.auto_delete),
-            ("internal", internal, x.internal),
-        ):
-            if new != cur:
-                raise AMQPError(
-                    PRECONDITION_FAILED,
-                    f"inequivalent arg '{arg}' for {where}: received '{_bool_text(new)}' but current is '{_bool_text(cur)}'",
-                )
-        new_ae, cur_ae = arguments.get("alternate-exchange"), x.arguments.get("alternate-exchange")
-        if freeze(new_ae) != freeze(cur_ae):
-            raise AMQPError(
-                PRECONDITION_FAILED,
-                f"inequivalent arg 'alternate-exchange' for {where}: received {_arg_text(new_ae)} but current is {_arg_text(cur_ae)}",
-            )
+        check_equivalent(
+            where,
+            (("durable", durable, x.durable), ("auto_delete", auto_delete, x.auto_delete), ("internal", internal, x.internal)),
+        )
+        check_equivalent_alternate_exchange(where, arguments, x.arguments)
         return x
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
-        if name == "":
-            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        not_default(name)
         if name.startswith("amq."):
             raise AMQPError(ACCESS_REFUSED, f"deletion of system {rs('exchange', name, self.name)} not allowed")
         x = self.exchanges.get(name)
@@ -303,29 +186,27 @@ class VHost:
         for other in list(self.exchanges.values()):
             if other.unbind_all(x):
                 self._maybe_auto_delete(other)
-        self.broker.definitions_changed(x if x.durable else None)
+        self.node.definitions_changed(x if x.durable else None)
 
     def _maybe_auto_delete(self, x: Exchange) -> None:
         if x.auto_delete and not x.bindings and not x.deleted and x.name in self.exchanges:
             self._remove_exchange(x)
 
     def bind_exchange(self, dest_name: str, source_name: str, routing_key: str, arguments: dict[str, Any]) -> None:
-        if dest_name == "" or source_name == "":
-            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        not_default(dest_name, source_name)
         dest = self.get_exchange(dest_name)
         source = self.get_exchange(source_name)
         if source.bind(dest, routing_key, arguments):
-            self.broker.definitions_changed(source if source.durable and dest.durable else None)
+            self.node.definitions_changed(source if source.durable and dest.durable else None)
 
     def unbind_exchange(self, dest_name: str, source_name: str, routing_key: str, arguments: dict[str, Any]) -> None:
-        if dest_name == "" or source_name == "":
-            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        not_default(dest_name, source_name)
         dest = self.exchanges.get(dest_name)
         source = self.exchanges.get(source_name)
         if dest is None or source is None:
             return
         if source.unbind(dest, routing_key, arguments):
-            self.broker.definitions_changed(source if source.durable and dest.durable else None)
+            self.node.definitions_changed(source if source.durable and dest.durable else None)
             self._maybe_auto_delete(source)
 
     # ------------------------------------------------------------------ queues
@@ -370,22 +251,8 @@ class VHost:
         if q is not None:
             self.check_exclusive(q, owner if exclusive else None, strict=True)
             where = rs("queue", name, self.name)
-            for arg, new, cur in (("durable", durable, q.durable), ("auto_delete", auto_delete, q.auto_delete)):
-                if new != cur:
-                    raise AMQPError(
-                        PRECONDITION_FAILED,
-                        f"inequivalent arg '{arg}' for {where}: received '{_bool_text(new)}' but current is '{_bool_text(cur)}'",
-                    )
-            for arg in QUEUE_EQUIV_ARGS:
-                new_v, cur_v = arguments.get(arg), q.arguments.get(arg)
-                if freeze(new_v) != freeze(cur_v):
-                    if isinstance(new_v, int) and isinstance(cur_v, int) and new_v == cur_v:
-                        continue
-                    if new_v is not None and cur_v is not None:
-                        text = f"received '{_val(new_v)}' but current is '{_val(cur_v)}'"
-                    else:
-                        text = f"received {_arg_text(new_v)} but current is {_arg_text(cur_v)}"
-                    raise AMQPError(PRECONDITION_FAILED, f"inequivalent arg '{arg}' for {where}: {text}")
+            check_equivalent(where, (("durable", durable, q.durable), ("auto_delete", auto_delete, q.auto_delete)))
+            check_equivalent_queue_arguments(where, arguments, q.arguments)
             q.touch()
             return q
         validate_queue_arguments(arguments, name, self.name, durable, exclusive, auto_delete)
@@ -393,7 +260,7 @@ class VHost:
         self.queues[name] = q
         if exclusive and owner is not None:
             owner.exclusive_queues.append(q)
-        self.broker.queue_created(q)
+        self.node.queue_created(q)
         return q
 
     def delete_queue(self, q: Queue) -> int:
@@ -413,26 +280,24 @@ class VHost:
             c.channel.consumer_cancelled_by_server(c)
         q.consumers.clear()
         count = q.purge()
-        self.broker.queue_deleted(q)
+        self.node.queue_deleted(q)
         return count
 
     def bind_queue(self, q: Queue, exchange_name: str, routing_key: str, arguments: dict[str, Any]) -> None:
-        if exchange_name == "":
-            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        not_default(exchange_name)
         x = self.get_exchange(exchange_name)
         if x.bind(q, routing_key, arguments):
-            self.broker.definitions_changed(x if x.durable and q.durable else None)
+            self.node.definitions_changed(x if x.durable and q.durable else None)
 
     def unbind_queue(self, queue_name: str, exchange_name: str, routing_key: str, arguments: dict[str, Any], owner: Any) -> None:
-        if exchange_name == "":
-            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        not_default(exchange_name)
         q = self.queues.get(queue_name)
         x = self.exchanges.get(exchange_name)
         if q is None or x is None:
             return
         self.check_exclusive(q, owner)
         if x.unbind(q, routing_key, arguments):
-            self.broker.definitions_changed(x if x.durable and q.durable else None)
+            self.node.definitions_changed(x if x.durable and q.durable else None)
             self._maybe_auto_delete(x)
 
     # ------------------------------------------------------------------ dead letters
@@ -447,16 +312,11 @@ class VHost:
         if q.dlrk is not None:
             keys = [q.dlrk]
         else:
-            keys = [msg.routing_key, *cc_keys(msg.headers, "CC")] if msg.header[12] & 0x20 else [msg.routing_key]
+            keys = [msg.routing_key, *cc_keys(msg.headers, "CC")] if msg.has_headers else [msg.routing_key]
             if msg.bcc:
                 keys += msg.bcc
-        targets: dict[Queue, None] = {}
-        for rk in keys:
-            for t in self.route(x, rk, dl):
-                targets[t] = None
-        for t in targets:
+        for t in self.route_keys(x, keys, dl):
             if cycle_detected(dl, t):
                 log.debug("dead-letter cycle: dropping message for %r", t.name)
                 continue
             t.publish(dl)
-        self.broker.message_dead_lettered(dl, list(targets))

@@ -13,6 +13,7 @@ too, and a memory alarm pauses reading from publishing connections.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,23 @@ OUT_HIGH = 1 << 20  # stop delivering to this connection above 1 MiB of pending 
 WRITE_HIGH = 4 << 20  # transport buffer: pause_writing above this
 WRITE_HARD_LIMIT = 32 << 20  # transport buffer: stop reading from the peer above this
 
-S_HEADER, S_START_OK, S_SECURE_OK, S_TUNE_OK, S_OPEN, S_OPENED, S_CLOSING, S_CLOSED = range(8)
+
+class State(enum.IntEnum):
+    """Where a connection is, in order: the handshake states wait for the named frame."""
+
+    HEADER = 0  # waiting for the protocol header
+    START_OK = 1  # connection.start sent
+    SECURE_OK = 2  # (no mechanism offered here uses secure/secure-ok)
+    TUNE_OK = 3  # connection.tune sent
+    OPEN = 4  # waiting for connection.open
+    OPENED = 5  # open: channels work
+    CLOSING = 6  # connection.close sent or received: only close/close-ok matter
+    CLOSED = 7  # the socket is gone
+
+
+# plain module names for the hot paths' comparisons
+S_HEADER, S_START_OK, S_SECURE_OK, S_TUNE_OK = State.HEADER, State.START_OK, State.SECURE_OK, State.TUNE_OK
+S_OPEN, S_OPENED, S_CLOSING, S_CLOSED = State.OPEN, State.OPENED, State.CLOSING, State.CLOSED
 
 _FAST = frozenset({BASIC_PUBLISH, BASIC_ACK, BASIC_NACK, BASIC_REJECT})
 _CHANNEL_OPEN = (20 << 16) | 10
@@ -67,7 +84,7 @@ class Connection(asyncio.Protocol):
         self.broker = broker
         self.loop = broker.loop
         self.transport: asyncio.Transport | None = None
-        self.state = S_HEADER
+        self.state: State = S_HEADER
         self.parser = FrameParser(FRAME_MIN_SIZE)
         self._hbuf = b""
         self.channels: dict[int, Channel] = {}
@@ -137,6 +154,25 @@ class Connection(asyncio.Protocol):
             self._read_pause.discard(reason)
             if not self._read_pause and self.transport is not None and self.state < S_CLOSED:
                 self.transport.resume_reading()
+
+    @property
+    def is_open(self) -> bool:
+        """Open, or still handshaking: not closing or closed."""
+        return self.state < S_CLOSING
+
+    def drop(self, abort: bool = True) -> None:
+        """Drop the socket now (``abort``: reset, discarding output; else close after
+        writing what is queued)."""
+        if abort:
+            if self.transport is not None:
+                self.transport.abort()
+        else:
+            self._close_transport()
+
+    def remap_unacked(self, queue: Any, remap: Any) -> None:
+        """``queue``'s log was compacted: move the seqs of our deliveries from it."""
+        for ch in self.channels.values():
+            ch.remap_unacked(queue, remap)
 
     def can_write(self) -> bool:
         if self.paused_writing or self.state >= S_CLOSING:
@@ -243,7 +279,7 @@ class Connection(asyncio.Protocol):
             self._run_dispatch()
         broker = self.broker
         if broker.alarm and self.is_publisher and not self.blocked:
-            self.block()
+            self.block(broker.alarm_reason)
         if broker.dirty:
             broker.flush_all()
         else:
@@ -368,8 +404,8 @@ class Connection(asyncio.Protocol):
                 return
             raise AMQPError(CHANNEL_ERROR, "expected 'channel.open'", *_ids(method))
         if isinstance(method, C.Channel.Close):
-            if channel._pub is not None:
-                channel._content_expected()  # 505, as RabbitMQ: content was expected
+            if channel.assembly.waiting:
+                raise channel.assembly.content_expected()  # 505, as RabbitMQ: content was expected
             channel.close_all()
             del self.channels[ch]
             self.send(M.encode_method(ch, C.Channel.CloseOk()))
@@ -581,13 +617,14 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ flow control
 
-    def block(self) -> None:
-        """Memory alarm: stop reading from a publishing connection."""
+    def block(self, reason: str = "low on memory") -> None:
+        """Memory or disk alarm: stop reading from a publishing connection, telling it
+        why with connection.blocked (RabbitMQ's reasons: "low on memory", "low on disk")."""
         if self.blocked or self.state != S_OPENED:
             return
         self.blocked = True
         if self.capabilities.get("connection.blocked"):
-            self.send(M.encode_method(0, C.Connection.Blocked(reason="low on memory")))
+            self.send(M.encode_method(0, C.Connection.Blocked(reason=reason)))
         self._pause_reading("alarm")
 
     def unblock(self) -> None:

@@ -1,0 +1,161 @@
+"""x-arguments: RabbitMQ's validation of queue arguments and its equivalence checks,
+with its reply texts (406 PRECONDITION_FAILED)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from leveret.broker.core.errors import AMQPError, rs
+from leveret.broker.core.exchange import freeze
+from leveret.protocol.constants import PRECONDITION_FAILED
+
+log = logging.getLogger("leveret.vhost")
+
+
+def bool_text(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def amqp_type_name(v: Any) -> str:
+    """The AMQP table type RabbitMQ would report for a decoded value."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        if -128 <= v <= 127:
+            return "byte"
+        if -32768 <= v <= 32767:
+            return "short"
+        if -(2**31) <= v < 2**31:
+            return "signedint"
+        return "long"
+    if isinstance(v, str | bytes):
+        return "longstr"
+    if isinstance(v, float):
+        return "double"
+    if isinstance(v, dict):
+        return "table"
+    if isinstance(v, list):
+        return "array"
+    return type(v).__name__
+
+
+def arg_text(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        v = "true" if v else "false"
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    return f"the value '{v}' of type '{amqp_type_name(v) if not isinstance(v, str) else 'longstr'}'"
+
+
+def val_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return str(v)
+
+
+def validate_queue_arguments(args: dict[str, Any], name: str, vhost: str, durable: bool, exclusive: bool, auto_delete: bool) -> None:
+    """RabbitMQ's x-argument validation for queue.declare (406 with its texts)."""
+    where = rs("queue", name, vhost)
+
+    def bad(arg: str, why: str) -> AMQPError:
+        return AMQPError(PRECONDITION_FAILED, f"invalid arg '{arg}' for {where}: {why}", 50, 10)
+
+    def integer(arg: str, zero_ok: bool = True) -> None:
+        if arg not in args:
+            return
+        v = args[arg]
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise bad(arg, f'"expected integer, got {amqp_type_name(v)}"')
+        if v < 0:
+            raise bad(arg, f"{{value_negative,{v}}}")
+        if v == 0 and not zero_ok:
+            raise bad(arg, f"{{value_zero,{v}}}")
+
+    integer("x-message-ttl")
+    integer("x-expires", zero_ok=False)
+    integer("x-max-length")
+    integer("x-max-length-bytes")
+    integer("x-max-priority")
+    if "x-max-priority" in args and args["x-max-priority"] > 255:
+        raise bad("x-max-priority", f"{{max_value_exceeded,{args['x-max-priority']}}}")
+    if "x-overflow" in args and val_text(args["x-overflow"]) not in ("drop-head", "reject-publish", "reject-publish-dlx"):
+        raise bad("x-overflow", "invalid_overflow")
+    if "x-single-active-consumer" in args and not isinstance(args["x-single-active-consumer"], bool):
+        raise bad("x-single-active-consumer", f"{{unacceptable_type,{amqp_type_name(args['x-single-active-consumer'])}}}")
+    for arg in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
+        if arg in args and not isinstance(args[arg], str | bytes):
+            raise AMQPError(
+                PRECONDITION_FAILED,
+                f"invalid type '{amqp_type_name(args[arg])}' for arg '{arg}' in {where}",
+                50,
+                10,
+            )
+    if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
+        raise bad("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined")
+    qtype = args.get("x-queue-type")
+    if qtype is not None:
+        qt = val_text(qtype)
+        if qt not in ("classic", "quorum", "stream"):
+            raise bad("x-queue-type", f"\"unsupported queue type '{qt}'\"")
+        if qt in ("quorum", "stream"):
+            # accepted as a durable classic queue (documented), with RabbitMQ's checks
+            for prop, on in (("auto-delete", auto_delete), ("exclusive", exclusive), ("non-durable", not durable)):
+                if on:
+                    raise AMQPError(PRECONDITION_FAILED, f"invalid property '{prop}' for {where}", 50, 10)
+            log.warning("queue %r declared with x-queue-type=%s: served as a durable classic queue", name, qt)
+
+
+# x-arguments whose values must match on redeclare (RabbitMQ's equivalence check)
+QUEUE_EQUIV_ARGS = (
+    "x-expires",
+    "x-message-ttl",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+)
+
+
+def check_equivalent(
+    where: str, checks: tuple[tuple[str, bool, bool], ...]
+) -> None:
+    """406 ``inequivalent arg`` for the first boolean property that differs."""
+    for arg, new, cur in checks:
+        if new != cur:
+            raise AMQPError(
+                PRECONDITION_FAILED,
+                f"inequivalent arg '{arg}' for {where}: received '{bool_text(new)}' but current is '{bool_text(cur)}'",
+            )
+
+
+def check_equivalent_queue_arguments(where: str, new: dict[str, Any], cur: dict[str, Any]) -> None:
+    """RabbitMQ's equivalence check of a redeclared queue's x-arguments."""
+    for arg in QUEUE_EQUIV_ARGS:
+        new_v, cur_v = new.get(arg), cur.get(arg)
+        if freeze(new_v) != freeze(cur_v):
+            if isinstance(new_v, int) and isinstance(cur_v, int) and new_v == cur_v:
+                continue
+            if new_v is not None and cur_v is not None:
+                text = f"received '{val_text(new_v)}' but current is '{val_text(cur_v)}'"
+            else:
+                text = f"received {arg_text(new_v)} but current is {arg_text(cur_v)}"
+            raise AMQPError(PRECONDITION_FAILED, f"inequivalent arg '{arg}' for {where}: {text}")
+
+
+def check_equivalent_alternate_exchange(where: str, new: dict[str, Any], cur: dict[str, Any]) -> None:
+    new_ae, cur_ae = new.get("alternate-exchange"), cur.get("alternate-exchange")
+    if freeze(new_ae) != freeze(cur_ae):
+        raise AMQPError(
+            PRECONDITION_FAILED,
+            f"inequivalent arg 'alternate-exchange' for {where}: received {arg_text(new_ae)} but current is {arg_text(cur_ae)}",
+        )

@@ -1,0 +1,307 @@
+"""A queue's backing store: where its ready messages are kept, and their seqs.
+
+:class:`BackingQueue` is to :class:`~leveret.broker.core.queue.Queue` what
+``rabbit_variable_queue`` is to ``rabbit_amqqueue_process``: the queue decides *what*
+happens to a message (TTL, limits, dead lettering, which consumer), the backing store keeps
+the ready ones in order and in memory or on disk:
+
+* ready entries ``(seq, message, redelivered, expires_at)`` in a deque (one deque per
+  priority level for ``x-max-priority``), with their body bytes counted in
+  ``ready_bytes`` and in the node's ``queued_bytes`` (the memory alarm);
+* for a durable queue, its ``storage.QueueLog``: persistent messages get a record, and past
+  ``PAGE_MAX`` ready messages in RAM new ones are only kept as 8-byte log positions
+  (``tail``) and read back ``PAGE_BATCH`` at a time;
+* compaction of that log, moving every seq it holds.
+
+Seqs.  ``seq`` increases per queue, so a requeued message goes back to its place.  In a
+durable queue a message with a log record has ``seq = position << SEQ_SHIFT``; a message
+without one gets the integers after the seq before it (``seq & SEQ_MASK != 0``).  So seq
+order is queue order, and an ack finds its record from the seq alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from leveret.broker.core.message import Message, from_record, to_record
+
+if TYPE_CHECKING:
+    from leveret.broker.core.node import Node
+
+log = logging.getLogger("leveret.queue")
+
+Entry = tuple[int, Message, bool, float]
+
+SEQ_SHIFT = 32
+SEQ_MASK = (1 << SEQ_SHIFT) - 1
+PAGE_MAX = 20000  # ready messages kept in RAM before a durable queue pages to its log
+PAGE_BATCH = 2000  # messages loaded back from the log at a time
+
+
+class PriorityDeque:
+    """The deque interface the backing store uses, over one deque per priority level."""
+
+    def __init__(self, max_priority: int) -> None:
+        self.max = max_priority
+        self.levels: list[deque[Entry]] = [deque() for _ in range(max_priority + 1)]
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __bool__(self) -> bool:
+        return self.n > 0
+
+    def __iter__(self) -> Iterator[Entry]:
+        for d in reversed(self.levels):
+            yield from d
+
+    def __getitem__(self, i: int) -> Entry:
+        if i != 0:
+            raise IndexError("only the head can be read")
+        for d in reversed(self.levels):
+            if d:
+                return d[0]
+        raise IndexError("empty")
+
+    def _level(self, e: Entry) -> deque[Entry]:
+        p = e[1].priority
+        return self.levels[p if p <= self.max else self.max]
+
+    def append(self, e: Entry) -> None:
+        self._level(e).append(e)
+        self.n += 1
+
+    def popleft(self) -> Entry:
+        for d in reversed(self.levels):
+            if d:
+                self.n -= 1
+                return d.popleft()
+        raise IndexError("pop from an empty queue")
+
+    def clear(self) -> None:
+        for d in self.levels:
+            d.clear()
+        self.n = 0
+
+    def put_back(self, entries: list[Entry]) -> None:
+        by_level: dict[int, list[Entry]] = {}
+        for e in entries:
+            p = e[1].priority
+            by_level.setdefault(p if p <= self.max else self.max, []).append(e)
+        for p, es in by_level.items():
+            self.levels[p] = _merge(self.levels[p], es)
+        self.n += len(entries)
+
+
+def _merge(d: deque[Entry], entries: list[Entry]) -> deque[Entry]:
+    """Put ``entries`` (sorted by seq) back into ``d`` at their original places."""
+    if not d or entries[-1][0] < d[0][0]:
+        d.extendleft(reversed(entries))
+        return d
+    return deque(sorted([*d, *entries], key=lambda e: e[0]))
+
+
+class BackingQueue:
+    def __init__(self, node: Node, max_priority: int | None) -> None:
+        self.node = node
+        self.max_priority = max_priority
+        #: ready entries in RAM, in delivery order (the queue's fast path appends here)
+        self.messages: deque[Entry] | PriorityDeque = PriorityDeque(max_priority) if max_priority else deque()
+        self.ready_bytes = 0  # body bytes of the entries in RAM
+        self.next_seq = 0
+        # durable queues: the log, and the positions of messages paged out to it
+        self.log: Any = None
+        self.tail: array[int] = array("Q")
+        self.tail_start = 0
+        self.tail_bytes = 0  # body bytes of the paged-out messages (x-max-length-bytes)
+        self.recovered_delivered: set[int] | frozenset[int] = frozenset()
+
+    # ---------------------------------------------------------------- counts
+
+    def total(self) -> int:
+        """Ready messages, in RAM and paged out."""
+        return len(self.messages) + len(self.tail) - self.tail_start
+
+    def total_bytes(self) -> int:
+        return self.ready_bytes + self.tail_bytes
+
+    def empty(self) -> bool:
+        return not self.messages and self.tail_start >= len(self.tail)
+
+    def head(self) -> Entry | None:
+        """The entry that would be delivered next, if it is in RAM (else None)."""
+        msgs = self.messages
+        return msgs[0] if msgs else None
+
+    def __iter__(self) -> Iterator[Entry]:
+        """The ready entries in RAM, in delivery order."""
+        return iter(self.messages)
+
+    # ---------------------------------------------------------------- adding
+
+    def take_seq(self) -> int:
+        """The seq of a message that gets no log record."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        return seq
+
+    def wants_page(self) -> bool:
+        """A durable queue this long keeps new ready messages on disk only."""
+        return (
+            self.log is not None
+            and not self.max_priority
+            and (self.tail_start < len(self.tail) or len(self.messages) >= PAGE_MAX)
+        )
+
+    def write(self, msg: Message, persistent: bool) -> int:
+        """Append ``msg`` to the log (raises OSError); its seq, which follows the record."""
+        pos = self.log.append(to_record(msg, transient=not persistent))
+        seq = pos << SEQ_SHIFT
+        self.next_seq = seq + 1
+        return seq
+
+    def append(self, seq: int, msg: Message, expires_at: float) -> None:
+        """A ready message, kept in RAM."""
+        self.messages.append((seq, msg, False, expires_at))
+        size = msg.size
+        self.ready_bytes += size
+        self.node.queued_bytes += size
+
+    def page(self, seq: int, msg: Message) -> None:
+        """A ready message already written with :meth:`write`, kept on disk only."""
+        self.tail.append(seq >> SEQ_SHIFT)
+        self.tail_bytes += msg.size
+
+    def put_back(self, entries: list[Entry]) -> None:
+        """Requeued entries (sorted by seq) go back to their places."""
+        added = 0
+        for e in entries:
+            added += e[1].size
+        self.ready_bytes += added
+        self.node.queued_bytes += added
+        msgs = self.messages
+        if isinstance(msgs, PriorityDeque):
+            msgs.put_back(entries)
+        else:
+            self.messages = _merge(msgs, entries)
+
+    # ---------------------------------------------------------------- taking
+
+    def pop(self) -> Entry:
+        """Remove the head entry (in RAM: :meth:`refill` first when there is none)."""
+        e = self.messages.popleft()
+        size = e[1].size
+        self.ready_bytes -= size
+        self.node.queued_bytes -= size
+        return e
+
+    def refill(self, expires_at: Callable[[Message, float], float]) -> bool:
+        """Load the next batch of paged-out messages from the log into RAM; False when
+        there is none.  ``expires_at(msg, now)`` gives each one's expiry (0: none)."""
+        tail = self.tail
+        start = self.tail_start
+        n = len(tail)
+        if start >= n or self.log is None:
+            return False
+        # a priority queue loads everything: delivery order depends on all of it
+        end = n if self.max_priority else min(n, start + PAGE_BATCH)
+        read = self.log.read
+        redelivered_set = self.recovered_delivered
+        msgs = self.messages
+        loaded = 0
+        for i in range(start, end):
+            pos = tail[i]
+            try:
+                msg = from_record(read(pos))
+            except Exception as exc:  # CorruptRecord, or a record we cannot decode
+                log.error("dropping unreadable record %#x: %s", pos, exc)
+                self.log.ack(pos)
+                continue
+            msgs.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, expires_at(msg, msg.ts)))
+            loaded += msg.size
+        self.ready_bytes += loaded
+        self.tail_bytes -= loaded
+        self.node.queued_bytes += loaded
+        if end >= n:
+            self.tail = array("Q")
+            self.tail_start = 0
+            self.tail_bytes = 0
+        elif end > 65536 and end > n // 2:
+            self.tail = tail[end:]
+            self.tail_start = 0
+        else:
+            self.tail_start = end
+        return True
+
+    def discard(self, seq: int) -> None:
+        """A message left the queue for good: ack its log record, if it has one."""
+        if self.log is not None and not seq & SEQ_MASK:
+            self.log.ack(seq >> SEQ_SHIFT)
+
+    def mark_delivered(self, seq: int) -> None:
+        """A message with a log record was handed out for the first time: a crash now
+        brings it back with redelivered=true."""
+        if self.log is not None and not seq & SEQ_MASK:
+            self.log.mark_delivered(seq >> SEQ_SHIFT)
+
+    def purge(self) -> int:
+        """Drop every ready message (acking their records); return how many there were."""
+        n = self.total()
+        if self.log is not None:
+            for e in self.messages:
+                self.discard(e[0])
+            for i in range(self.tail_start, len(self.tail)):
+                self.log.ack(self.tail[i])
+        self.tail = array("Q")
+        self.tail_start = 0
+        self.tail_bytes = 0
+        self.node.queued_bytes -= self.ready_bytes
+        self.messages.clear()
+        self.ready_bytes = 0
+        return n
+
+    # ---------------------------------------------------------------- the log
+
+    def attach_log(self, qlog: Any, positions: array[int], nbytes: int) -> None:
+        """Durable queue: its log, and the positions (and body bytes) of the messages
+        recovered from it, all ready (paged out) at first."""
+        self.log = qlog
+        self.recovered_delivered = qlog.delivered
+        self.tail = positions
+        self.tail_start = 0
+        self.tail_bytes = nbytes
+        if len(positions):
+            self.next_seq = (positions[-1] << SEQ_SHIFT) + 1
+
+    def detach_log(self) -> None:
+        """The queue was deleted: its log goes (the caller deletes the files)."""
+        self.log = None
+
+    def compact(self) -> Callable[[int], int] | None:
+        """Compact the log when it holds much more than the live data (for example one
+        old unacked message pinning a segment).  The seqs held here are moved; the
+        returned ``remap`` (None: nothing moved) is for the seqs held elsewhere
+        (deliveries awaiting an ack)."""
+        if self.log is None or self.max_priority:
+            return None
+        moved = self.log.maybe_compact()
+        if not moved:
+            return None
+
+        def remap(seq: int) -> int:
+            # a seq without a record counts on from the record before it: move it along
+            base = seq >> SEQ_SHIFT
+            return (moved.get(base, base) << SEQ_SHIFT) | (seq & SEQ_MASK)
+
+        self.messages = deque((remap(s), m, r, e) for s, m, r, e in self.messages)
+        if len(self.tail) - self.tail_start:
+            self.tail = array("Q", (moved.get(p, p) for p in self.tail[self.tail_start :]))
+            self.tail_start = 0
+        if self.recovered_delivered:
+            self.recovered_delivered = {moved.get(p, p) for p in self.recovered_delivered}
+        return remap

@@ -1,0 +1,149 @@
+"""Publish assembly: basic.publish + content header + body frames -> a Message.
+
+One :class:`PublishAssembly` per channel.  basic.publish arrives as a raw payload
+(:meth:`start`), then the content header and body frames (:meth:`content`); when the body
+is complete the finished :class:`~leveret.broker.core.message.Message` is returned with the
+publish's mandatory flag.  Errors are RabbitMQ's (505 for a frame out of order, 501 for a
+bad header, 406 for a message over the size limit).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from leveret.broker.core.errors import AMQPError
+from leveret.broker.core.message import Message
+from leveret.protocol import methods as M
+from leveret.protocol import properties as P
+from leveret.protocol.constants import (
+    FRAME_BODY,
+    FRAME_ERROR,
+    FRAME_HEADER,
+    NOT_IMPLEMENTED,
+    PRECONDITION_FAILED,
+    UNEXPECTED_FRAME,
+)
+
+if TYPE_CHECKING:
+    from leveret.broker.core.node import Node
+
+MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+
+
+class PublishAssembly:
+    __slots__ = ("node", "_pub", "_header", "_body", "_body_held", "_body_left")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        # the publish method waiting for its header/body: (ex_rk, exchange, rk, mandatory)
+        self._pub: tuple[bytes, str, str, bool] | None = None
+        self._header: bytes | None = None
+        self._body: list[bytes] = []
+        self._body_held = 0  # bytes of _body counted in node.queued_bytes
+        self._body_left = 0
+
+    @property
+    def waiting(self) -> bool:
+        """A basic.publish was received and its content is not complete yet."""
+        return self._pub is not None
+
+    def content_expected(self) -> AMQPError:
+        """The error for a method frame that arrived while content is expected."""
+        what = "content header for class 60" if self._header is None else "content body"
+        kind = "header" if self._header is None else "body"
+        return AMQPError(UNEXPECTED_FRAME, f"expected {what}, got non content {kind} frame instead", 60, 40)
+
+    def start(self, payload: bytes) -> None:
+        """basic.publish (raw payload)."""
+        try:
+            ex_rk, ex_end, rk_end, mandatory, immediate = M.parse_publish(payload)
+        except M.MethodDecodeError as exc:
+            # RabbitMQ: 501 "cannot decode" for malformed method arguments
+            raise AMQPError(FRAME_ERROR, str(exc), 60, 40) from None
+        if immediate:
+            raise AMQPError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
+        exchange = payload[M.PUBLISH_EXCHANGE_AT : ex_end].decode("utf-8", "surrogateescape")
+        rk = payload[ex_end + 1 : rk_end].decode("utf-8", "surrogateescape")
+        self._pub = (ex_rk, exchange, rk, mandatory)
+
+    def content(self, ftype: int, payload: bytes) -> tuple[Message, bool] | None:
+        """A content header or body frame; ``(message, mandatory)`` once complete."""
+        if self._pub is None:
+            raise AMQPError(UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
+        if self._header is None:
+            if ftype != FRAME_HEADER:
+                raise AMQPError(
+                    UNEXPECTED_FRAME,
+                    "expected content header for class 60, got non content header frame instead",
+                    60,
+                    40,
+                )
+            try:
+                class_id, size = P.body_size(payload)
+            except P.PropertyError as exc:
+                raise AMQPError(FRAME_ERROR, str(exc), 60, 40) from None
+            if class_id != 60:
+                raise AMQPError(
+                    UNEXPECTED_FRAME,
+                    f"expected content header for class 60, got one for class {class_id} instead",
+                    60,
+                    40,
+                )
+            if size > MAX_MESSAGE_SIZE:
+                self._pub = None
+                raise AMQPError(
+                    PRECONDITION_FAILED,
+                    f"message size {size} is larger than configured max size {MAX_MESSAGE_SIZE}",
+                    60,
+                    40,
+                )
+            self._header = payload
+            self._body_left = size
+            if size == 0:
+                return self._complete(b"")
+            return None
+        if ftype != FRAME_BODY:
+            raise AMQPError(UNEXPECTED_FRAME, "expected content body, got non content body frame instead", 60, 40)
+        left = self._body_left - len(payload)
+        if left < 0:
+            # RabbitMQ keeps waiting for a body that can no longer complete (the next
+            # non-body frame is a 505); do the same, without keeping the bytes
+            self.release()
+            self._body_left = -1
+            return None
+        if left == 0:
+            if self._body:
+                self._body.append(payload)
+                body = b"".join(self._body)
+                self.release()
+            else:
+                body = payload
+            return self._complete(body)
+        # a body arriving in pieces counts towards the memory alarm, so many channels
+        # each holding a part of a large message cannot grow memory without bound
+        self._body.append(payload)
+        self._body_held += len(payload)
+        self.node.queued_bytes += len(payload)
+        self._body_left = left
+        return None
+
+    def _complete(self, body: bytes) -> tuple[Message, bool]:
+        assert self._pub is not None and self._header is not None
+        ex_rk, exchange, rk, mandatory = self._pub
+        header = self._header
+        self._pub = None
+        self._header = None
+        return Message(ex_rk, exchange, rk, header, body), mandatory
+
+    def release(self) -> None:
+        """Forget the body parts received so far (and their memory-alarm count)."""
+        self._body = []
+        if self._body_held:
+            self.node.queued_bytes -= self._body_held
+            self._body_held = 0
+
+    def reset(self) -> None:
+        """The channel is closing: drop the publish in progress."""
+        self._pub = None
+        self._header = None
+        self.release()

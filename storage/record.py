@@ -1,0 +1,37 @@
+"""The payload of one message record in a queue log.
+
+``u8 flags | f64 publish time | u16 len(a) | u32 len(b) | a | b | body``
+
+The storage layer knows no AMQP: ``a`` and ``b`` are opaque byte strings to it (the broker
+stores the exchange/routing-key short strings and the raw content header there).
+"""
+
+from __future__ import annotations
+
+import struct
+
+_REC = struct.Struct(">BdHI")
+HEAD_SIZE = _REC.size
+
+#: the record only keeps a transient message's place in queue order while it is paged
+#: out; recovery drops it
+F_TRANSIENT = 1
+
+
+def encode(flags: int, ts: float, a: bytes, b: bytes, body: bytes) -> bytes:
+    return b"".join((_REC.pack(flags, ts, len(a), len(b)), a, b, body))
+
+
+def decode(payload: bytes) -> tuple[int, float, bytes, bytes, bytes]:
+    """``(flags, ts, a, b, body)``."""
+    flags, ts, al, bl = _REC.unpack_from(payload)
+    o = HEAD_SIZE
+    return flags, ts, payload[o : o + al], payload[o + al : o + al + bl], payload[o + al + bl :]
+
+
+def body_size(payload: bytes | memoryview) -> int:
+    """Size of the body in a record payload (0 for a short, damaged one)."""
+    if len(payload) < HEAD_SIZE:
+        return 0
+    _, _, al, bl = _REC.unpack_from(payload)
+    return max(0, len(payload) - HEAD_SIZE - al - bl)
