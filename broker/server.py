@@ -267,7 +267,8 @@ class Broker:
         and hands the others to ``consumer.channel``).  None restores direct delivery.
         A node without a hook pays nothing for it on the delivery path."""
         self.delivery_hook = hook
-        for v in self.vhosts.values():
-            for q in v.queues.values():
-                for c in q.consumers:
-                    c.sink = hook(c) if hook is not None else c.channel
+        queues = [q for v in self.vhosts.values() for q in v.queues.values()]
+        queues += [ch.reply_queue for ch in self.reply_channels.values() if ch.reply_queue is not None]
+        for q in queues:
+            for c in q.consumers:
+                c.sink = hook(c) if hook is not None else c.channel

@@ -124,7 +124,7 @@ class Channel:
 
     def handle_raw_method(self, index: int, payload: bytes) -> None:
         """Fast-path methods (publish, ack, nack, reject) as raw payloads."""
-        if self.assembly.waiting:
+        if self.assembly.pending is not None:
             raise self.assembly.content_expected()
         if index == BASIC_PUBLISH:
             self.assembly.start(payload)
@@ -142,9 +142,9 @@ class Channel:
             self._ack(tag, False, "reject", bool(bits & 1))
 
     def handle_content(self, ftype: int, payload: bytes) -> None:
-        done = self.assembly.content(ftype, payload)
-        if done is not None:
-            self._publish(*done)
+        msg = self.assembly.content(ftype, payload)
+        if msg is not None:
+            self._publish(msg, self.assembly.mandatory)
 
     # ------------------------------------------------------------------ publish
 
@@ -341,7 +341,7 @@ class Channel:
     # ------------------------------------------------------------------ methods
 
     def handle_method(self, method: Any) -> None:
-        if self.assembly.waiting:
+        if self.assembly.pending is not None:
             raise self.assembly.content_expected()
         handler = _HANDLERS.get(type(method))
         if handler is None:

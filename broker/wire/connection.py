@@ -404,7 +404,7 @@ class Connection(asyncio.Protocol):
                 return
             raise AMQPError(CHANNEL_ERROR, "expected 'channel.open'", *_ids(method))
         if isinstance(method, C.Channel.Close):
-            if channel.assembly.waiting:
+            if channel.assembly.pending is not None:
                 raise channel.assembly.content_expected()  # 505, as RabbitMQ: content was expected
             channel.close_all()
             del self.channels[ch]

@@ -31,21 +31,18 @@ MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 
 
 class PublishAssembly:
-    __slots__ = ("node", "_pub", "_header", "_body", "_body_held", "_body_left")
+    __slots__ = ("node", "pending", "mandatory", "_header", "_body", "_body_held", "_body_left")
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        # the publish method waiting for its header/body: (ex_rk, exchange, rk, mandatory)
-        self._pub: tuple[bytes, str, str, bool] | None = None
+        #: the basic.publish waiting for its header/body: (ex_rk, exchange, routing key);
+        #: None when no content is expected
+        self.pending: tuple[bytes, str, str] | None = None
+        self.mandatory = False  # of the pending publish (and of the message just completed)
         self._header: bytes | None = None
         self._body: list[bytes] = []
         self._body_held = 0  # bytes of _body counted in node.queued_bytes
         self._body_left = 0
-
-    @property
-    def waiting(self) -> bool:
-        """A basic.publish was received and its content is not complete yet."""
-        return self._pub is not None
 
     def content_expected(self) -> AMQPError:
         """The error for a method frame that arrived while content is expected."""
@@ -64,11 +61,13 @@ class PublishAssembly:
             raise AMQPError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
         exchange = payload[M.PUBLISH_EXCHANGE_AT : ex_end].decode("utf-8", "surrogateescape")
         rk = payload[ex_end + 1 : rk_end].decode("utf-8", "surrogateescape")
-        self._pub = (ex_rk, exchange, rk, mandatory)
+        self.pending = (ex_rk, exchange, rk)
+        self.mandatory = mandatory
 
-    def content(self, ftype: int, payload: bytes) -> tuple[Message, bool] | None:
-        """A content header or body frame; ``(message, mandatory)`` once complete."""
-        if self._pub is None:
+    def content(self, ftype: int, payload: bytes) -> Message | None:
+        """A content header or body frame; the message once complete (its publish's
+        mandatory flag is then in ``self.mandatory``)."""
+        if self.pending is None:
             raise AMQPError(UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
         if self._header is None:
             if ftype != FRAME_HEADER:
@@ -90,7 +89,7 @@ class PublishAssembly:
                     40,
                 )
             if size > MAX_MESSAGE_SIZE:
-                self._pub = None
+                self.pending = None
                 raise AMQPError(
                     PRECONDITION_FAILED,
                     f"message size {size} is larger than configured max size {MAX_MESSAGE_SIZE}",
@@ -127,13 +126,13 @@ class PublishAssembly:
         self._body_left = left
         return None
 
-    def _complete(self, body: bytes) -> tuple[Message, bool]:
-        assert self._pub is not None and self._header is not None
-        ex_rk, exchange, rk, mandatory = self._pub
+    def _complete(self, body: bytes) -> Message:
+        assert self.pending is not None and self._header is not None
+        ex_rk, exchange, rk = self.pending
         header = self._header
-        self._pub = None
+        self.pending = None
         self._header = None
-        return Message(ex_rk, exchange, rk, header, body), mandatory
+        return Message(ex_rk, exchange, rk, header, body)
 
     def release(self) -> None:
         """Forget the body parts received so far (and their memory-alarm count)."""
@@ -144,6 +143,6 @@ class PublishAssembly:
 
     def reset(self) -> None:
         """The channel is closing: drop the publish in progress."""
-        self._pub = None
+        self.pending = None
         self._header = None
         self.release()

@@ -46,9 +46,9 @@ class UnackedTracker:
                 consumer.unacked += 1
                 self.global_unacked += 1
             queue.unacked_count += 1
-            if not redelivered:
+            if not redelivered and queue.store.log is not None:
                 queue.store.mark_delivered(seq)
-        else:
+        elif queue.store.log is not None:
             queue.store.discard(seq)
         return tag
 

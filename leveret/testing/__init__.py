@@ -86,6 +86,17 @@ Predicate = Callable[[PeekedMessage], bool]
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _child_path(env: dict[str, str]) -> None:
+    """Let a child ``python -m leveret`` import this same Leveret: a source checkout goes
+    on its PYTHONPATH; an installed copy (site-packages) is found without it, and must not
+    go there (ahead of the standard library)."""
+    import site
+
+    sites = {os.path.abspath(p) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    if os.path.abspath(_ROOT) not in sites:
+        env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
+
+
 def _amqp_url(
     host: str, port: int, vhost: str, user: str = "guest", password: str = "guest"
 ) -> str:
@@ -697,7 +708,7 @@ class BrokerProcess:
 
     def start(self, timeout: float = 15.0) -> BrokerProcess:
         env = dict(os.environ)
-        env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        _child_path(env)
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -800,7 +811,7 @@ class SubprocessBroker(BrokerHandle):
     def start(self, timeout: float = 15.0) -> SubprocessBroker:
         t0 = time.perf_counter()
         env = dict(os.environ)
-        env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        _child_path(env)
         config = self.config
         if self._port is not None and config.port == 0:
             # restart(hard=True): come back on the same port

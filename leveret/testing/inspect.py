@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 from leveret.protocol.constants import CONNECTION_FORCED
 
 if TYPE_CHECKING:
+    from leveret.broker.core.consumer import Consumer, DeliverySink
     from leveret.broker.core.message import Message
-    from leveret.broker.core.queue import Consumer, Queue
+    from leveret.broker.core.queue import Queue
     from leveret.broker.core.vhost import VHost
     from leveret.broker.server import Broker
     from leveret.broker.wire.channel import Channel
@@ -220,34 +221,80 @@ class FaultRule:
 # ---------------------------------------------------------------------- fault hook
 
 
-class _FaultInjector:
-    """The hook ``Channel.deliver`` calls while ``leveret.broker.fault_hooks`` is non-empty.
+class _FaultSink:
+    """What a consumer's deliveries go to while delivery faults are set: the
+    :class:`~leveret.broker.core.consumer.DeliverySink` that the injector's hook gives each
+    consumer.  It applies the rules and hands every other delivery to the consumer's
+    own channel (``consumer.channel``); flow control and prefetch stay the channel's."""
 
-    Registered only while it has rules, so an unused broker pays one falsy list check
-    per delivery."""
+    __slots__ = ("injector", "channel")
+
+    def __init__(self, injector: _FaultInjector, channel: DeliverySink) -> None:
+        self.injector = injector
+        self.channel = channel
+
+    @property
+    def vhost(self) -> VHost:
+        return self.channel.vhost
+
+    @property
+    def global_prefetch(self) -> int:
+        return self.channel.global_prefetch
+
+    @property
+    def global_unacked(self) -> int:
+        return self.channel.global_unacked
+
+    def can_deliver(self) -> bool:
+        return self.channel.can_deliver()
+
+    def deliver(
+        self, consumer: Consumer, queue: Queue, seq: int, msg: Message, redelivered: bool
+    ) -> None:
+        if not self.injector.intercept(consumer, queue, seq, msg, redelivered):
+            self.channel.deliver(consumer, queue, seq, msg, redelivered)
+
+    def consumer_cancelled_by_server(self, consumer: Consumer) -> None:
+        self.channel.consumer_cancelled_by_server(consumer)
+
+
+# broker -> its fault injector (nothing is attached to the broker itself)
+_injectors: weakref.WeakKeyDictionary[Broker, _FaultInjector] = weakref.WeakKeyDictionary()
+
+
+class _FaultInjector:
+    """The delivery fault rules of one broker.
+
+    While it has rules it is installed as the broker's one test hook,
+    :meth:`~leveret.broker.server.Broker.intercept_deliveries`: every consumer's deliveries
+    then go through a :class:`_FaultSink`.  Without rules the hook is removed, so a broker
+    without faults delivers directly."""
 
     _ids = itertools.count(1)
 
     def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+        # weak: the injector is the value of a WeakKeyDictionary keyed by the broker
+        self._broker = weakref.ref(broker)
         self.rules: list[FaultRule] = []
-        self._releasing = False
+        self.installed = False
         # delayed deliveries not yet made: key -> (timer, delivery arguments)
         self.held: dict[int, tuple[asyncio.TimerHandle, tuple[Any, ...]]] = {}
         self._keys = itertools.count()
 
     @classmethod
     def of(cls, broker: Broker) -> _FaultInjector:
-        inj = getattr(broker, "_leveret_faults", None)
+        inj = _injectors.get(broker)
         if inj is None:
-            inj = cls(broker)
-            broker._leveret_faults = inj  # type: ignore[attr-defined]
+            inj = _injectors[broker] = cls(broker)
         return inj
+
+    @property
+    def broker(self) -> Broker | None:
+        return self._broker()
 
     def add(self, rule: FaultRule) -> FaultRule:
         self.rules.append(rule)
-        if self not in self.broker.fault_hooks:
-            self.broker.fault_hooks.append(self)
+        self._sync()
         return rule
 
     def remove(self, pred: Callable[[FaultRule], bool]) -> int:
@@ -259,25 +306,34 @@ class _FaultInjector:
     def release_held(self, vhost: str | None = None) -> None:
         """Make the delayed deliveries (of ``vhost``) now."""
         for key, (timer, args) in list(self.held.items()):
-            if vhost is None or args[0].vhost.name == vhost:
+            if vhost is None or args[1].vhost.name == vhost:
                 timer.cancel()
                 self._fire(key)
 
     def _sync(self) -> None:
-        if not self.rules and self in self.broker.fault_hooks:
-            self.broker.fault_hooks.remove(self)
+        """Install the hook while there are rules, remove it when there are none."""
+        broker = self.broker
+        if broker is None:
+            return
+        if self.rules and not self.installed:
+            self.installed = True
+            broker.intercept_deliveries(self._wrap)
+        elif not self.rules and self.installed:
+            self.installed = False
+            broker.intercept_deliveries(None)
 
-    def __call__(
-        self,
-        channel: Channel,
-        consumer: Consumer,
-        queue: Queue,
-        seq: int,
-        msg: Message,
-        redelivered: bool,
+    def _wrap(self, consumer: Consumer) -> DeliverySink:
+        """The delivery hook: the sink ``consumer``'s deliveries go to."""
+        return _FaultSink(self, _channel_of(consumer))
+
+    def intercept(
+        self, consumer: Consumer, queue: Queue, seq: int, msg: Message, redelivered: bool
     ) -> bool:
-        if self._releasing:
+        """Apply the first matching rule to a delivery; False: none matched, deliver it."""
+        broker = self.broker
+        if broker is None:
             return False
+        channel = _channel_of(consumer)
         for rule in self.rules:
             if not rule.matches(channel, consumer, queue):
                 continue
@@ -289,12 +345,10 @@ class _FaultInjector:
                     self._sync()
             if rule.action == "delay":
                 key = next(self._keys)
-                timer = self.broker.loop.call_later(rule.seconds, self._fire, key)
-                self.held[key] = (timer, (channel, consumer, queue, seq, msg, redelivered))
+                timer = broker.loop.call_later(rule.seconds, self._fire, key)
+                self.held[key] = (timer, (consumer, queue, seq, msg, redelivered))
             else:  # "drop": the message is gone, as if lost by the broker
-                discard = getattr(queue, "discard", None)
-                if discard is not None:  # a durable queue forgets its log record too
-                    discard(seq)
+                queue.store.discard(seq)  # a durable queue forgets its log record too
             return True
         return False
 
@@ -304,35 +358,22 @@ class _FaultInjector:
             self._release(*item[1])
 
     def _release(
-        self,
-        channel: Channel,
-        consumer: Consumer,
-        queue: Queue,
-        seq: int,
-        msg: Message,
-        redelivered: bool,
+        self, consumer: Consumer, queue: Queue, seq: int, msg: Message, redelivered: bool
     ) -> None:
         """A delayed delivery is due: deliver it if its consumer is still there, else
         put the message back in its queue (marked redelivered)."""
-        from leveret.broker.wire.channel import OPEN
-        from leveret.broker.wire.connection import S_OPENED
-
-        conn = channel.conn
-        alive = (
-            conn.state == S_OPENED
-            and channel.state == OPEN
-            and conn.channels.get(channel.number) is channel
-            and channel.consumers.get(consumer.tag) is consumer
-        )
+        channel = _channel_of(consumer)
+        # (closing a channel or cancelling a consumer removes it from its queue; a
+        # direct reply-to pseudo-queue is marked deleted when its channel closes)
+        alive = not queue.deleted and consumer in queue.consumers and channel.conn.is_open
         if alive:
-            self._releasing = True
-            try:
-                channel.deliver(consumer, queue, seq, msg, redelivered)
-            finally:
-                self._releasing = False
+            # straight to the channel: the rules were applied when it was held
+            channel.deliver(consumer, queue, seq, msg, redelivered)
         elif not queue.deleted:
             queue.requeue([(seq, msg)])
-        self.broker.flush_all()
+        broker = self.broker
+        if broker is not None:
+            broker.flush_all()
 
 
 # ---------------------------------------------------------------------- inspector
@@ -427,7 +468,7 @@ class Inspector:
         out: list[ConsumerInfo] = []
         for q in self._vhost(vhost).queues.values():
             for c in q.consumers:
-                ch = c.channel
+                ch = _channel_of(c)
                 out.append(
                     ConsumerInfo(
                         vhost=vhost,
@@ -495,7 +536,7 @@ class Inspector:
             pending: list[tuple[int, Message]] = []
             for conn in list(self.broker.connections):
                 for ch in list(conn.channels.values()):
-                    for entry in list(ch.unacked.values()):
+                    for entry in list(ch.unacked.entries.values()):
                         if entry[0] is q:
                             pending.append((entry[1], entry[2]))
             pending.sort(key=lambda e: e[0])
@@ -596,38 +637,15 @@ class Inspector:
         messages of the closed connections go back to their queues; exclusive queues go
         with their connections), so a client's reconnect logic finds the broker as it
         left it."""
-        from leveret.broker.wire.connection import Connection
-
         b = self.broker
-        server = b.server
-        if server is None:
+        if b.server is None:
             raise RuntimeError("the broker is not listening")
-        addrs = [s.getsockname() for s in server.sockets]
-        hosts = [a[0] for a in addrs]
-        port = addrs[0][1]
-        server.close()
-        b.server = None
-        for c in list(b.connections):
-            c.close_forced()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while b.connections and loop.time() < deadline:
-            await asyncio.sleep(self.poll_interval)
-        for c in list(b.connections):
-            c._close_transport()  # flushes what is queued (the connection.close), then FIN
-        await server.wait_closed()
+        # connection.close 320 to every client; after ``grace`` the sockets of those that
+        # did not answer are closed (after what is queued for them: the connection.close)
+        hosts, port = await b.stop_listening(grace, abort=False)
         if downtime > 0:
             await asyncio.sleep(downtime)
-        new = await loop.create_server(
-            lambda: Connection(b),
-            hosts if len(hosts) > 1 else hosts[0],
-            port,
-            reuse_address=True,
-            backlog=1024,
-        )
-        for sock in new.sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        b.server = new
+        await b.listen(hosts if len(hosts) > 1 else hosts[0], port)
 
     def block_publishers(self, vhost: str | None = None, publishers_only: bool = False) -> int:
         """Send connection.blocked and stop reading from client connections (of
@@ -719,27 +737,26 @@ class Inspector:
 # ---------------------------------------------------------------------- helpers
 
 
-def _ready_entries(q: Queue) -> Iterable[Any]:
-    """``(seq, message, redelivered, ...)`` of the ready messages in delivery order: those
-    in memory, then (durable queues) those paged out to the queue's log."""
-    entries = getattr(q, "entries", None)
-    n = 0
-    for e in entries() if entries is not None else iter(q.messages):
-        n += 1
-        yield e
-    total = getattr(q, "total", None)
-    if total is None or n >= total():
-        return
-    tail, log = getattr(q, "tail", None), getattr(q, "log", None)
-    if tail is None or log is None:
-        return
-    from leveret.broker.core.persistence import decode_record
+def _channel_of(consumer: Consumer) -> Any:
+    """The wire-layer channel that created ``consumer`` (its own delivery sink)."""
+    return consumer.channel
 
-    redelivered = getattr(q, "recovered_delivered", ())
-    for i in range(getattr(q, "tail_start", 0), len(tail)):
-        pos = tail[i]
+
+def _ready_entries(q: Queue) -> Iterable[tuple[Any, ...]]:
+    """``(seq or log position, message, redelivered, ...)`` of the ready messages in
+    delivery order: those in memory, then (durable queues) those paged out to the
+    queue's log."""
+    yield from q.entries()
+    store = q.store
+    qlog = store.log
+    if qlog is None or store.tail_start >= len(store.tail):
+        return
+    from leveret.broker.core.message import from_record
+
+    redelivered = store.recovered_delivered
+    for pos in store.tail[store.tail_start :]:
         try:
-            msg = decode_record(log.read(pos))
+            msg = from_record(qlog.read(pos))
         except Exception:  # unreadable: the queue drops it when it gets there
             continue
         yield (pos, msg, pos in redelivered)
