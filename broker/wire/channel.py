@@ -229,7 +229,8 @@ class Channel:
         else:
             queues = vhost.route(x, msg.routing_key, msg)
         if queues:
-            return vhost.enqueue(queues, msg)
+            # (one queue, the common case, without the loop of VHost.enqueue)
+            return queues[0].publish(msg) if len(queues) == 1 else vhost.enqueue(queues, msg)
         if mandatory:
             self._send_return(msg, NO_ROUTE, "NO_ROUTE")
         return ACCEPTED

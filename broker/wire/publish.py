@@ -117,7 +117,12 @@ class PublishAssembly:
                 self.release()
             else:
                 body = payload
-            return self._complete(body)
+            # (the last body frame, inline: this is the hot path)
+            ex_rk, exchange, rk = self.pending  # type: ignore[misc]
+            header = self._header
+            self.pending = None
+            self._header = None
+            return Message(ex_rk, exchange, rk, header, body)
         # a body arriving in pieces counts towards the memory alarm, so many channels
         # each holding a part of a large message cannot grow memory without bound
         self._body.append(payload)
