@@ -13,10 +13,12 @@ import asyncio
 import logging
 import platform
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 from leveret.broker.config import Config
+from leveret.broker.core.flow import CREDIT_INITIAL
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
@@ -26,6 +28,7 @@ from leveret.broker.wire.connection import Connection
 log = logging.getLogger("leveret")
 
 VERSION = "0.1.0"
+LOAD_INTERVAL = 0.1  # seconds between samples of the loop's CPU use (flow control)
 
 
 class Broker:
@@ -48,6 +51,13 @@ class Broker:
         self.stats_acked = 0
         self.delivery_hook: DeliveryHook | None = None  # see intercept_deliveries (tests only)
         self.reply_channels: dict[str, Any] = {}  # direct reply-to key -> channel
+        # flow control: the node is *busy* while its loop uses most of a core (sampled
+        # every LOAD_INTERVAL s); only then do publishes into queues in flow cost credit
+        self.busy = self.config.flow_cpu <= 0
+        self.in_flow: set[Connection] = set()  # connections waiting for credit
+        self._load_timer: asyncio.TimerHandle | None = None
+        self._load_mark = (0.0, 0.0)
+        self._idle_samples = 0
         for name in self.config.vhosts:
             self.add_vhost(name)
 
@@ -59,7 +69,29 @@ class Broker:
             self.persistence = Persistence(self, self.config.data_dir)
             self.persistence.recover()
             self.persistence.start()
+        self._load_mark = (self.loop.time(), time.process_time())
+        self._load_timer = self.loop.call_later(LOAD_INTERVAL, self._sample_load)
         await self.listen()
+
+    def _sample_load(self) -> None:
+        """Busy or not: the share of a core used since the last sample, with hysteresis
+        (busy at once, idle after two quiet samples)."""
+        now, cpu = self.loop.time(), time.process_time()
+        wall0, cpu0 = self._load_mark
+        self._load_mark = (now, cpu)
+        threshold = self.config.flow_cpu
+        if threshold > 0:
+            if cpu - cpu0 >= threshold * (now - wall0):
+                self.busy = True
+                self._idle_samples = 0
+            elif self.busy:
+                self._idle_samples += 1
+                if self._idle_samples >= 2:
+                    self.busy = False
+                    for c in list(self.in_flow):
+                        c.flow_granted(None, CREDIT_INITIAL)
+                    self.flush_all()
+        self._load_timer = self.loop.call_later(LOAD_INTERVAL, self._sample_load)
 
     async def listen(self, host: str | list[str] | None = None, port: int | None = None) -> None:
         """Open the listening socket(s): the configured ones, or ``host``/``port`` (again,
@@ -116,6 +148,9 @@ class Broker:
     async def stop(self, timeout: float = 1.0) -> None:
         """Close the listener, send connection.close 320 to every client, then stop."""
         await self.stop_listening(timeout)
+        if self._load_timer is not None:
+            self._load_timer.cancel()
+            self._load_timer = None
         if self.persistence is not None:
             self.persistence.close()
             self.persistence = None

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from leveret.broker.core.backing import BackingQueue, Entry
 from leveret.broker.core.consumer import Consumer
+from leveret.broker.core.flow import FLOW_LEN, FlowGate
 from leveret.broker.core.message import Message
 from leveret.protocol.properties import FLAGS_HI, HI_DELIVERY_MODE, HI_EXPIRATION
 
@@ -42,11 +43,13 @@ class Enqueued:
     ACCEPTED = 0  # delivered, or kept ready
     PERSISTED = 1  # ... and written to the queue's log: confirm it after the next fsync
     REFUSED = 2  # not taken: x-overflow reject-publish(-dlx), or the log write failed
+    FLOW = 4  # kept ready in a queue in flow (see leveret.broker.core.flow): costs credit
 
 
 ACCEPTED = Enqueued.ACCEPTED
 PERSISTED = Enqueued.PERSISTED
 REFUSED = Enqueued.REFUSED
+FLOW = Enqueued.FLOW
 
 
 def _int_arg(args: dict[str, Any], name: str) -> int | None:
@@ -105,6 +108,7 @@ class Queue:
         self.has_ttl_msgs = self.ttl is not None
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._expires_timer: asyncio.TimerHandle | None = None
+        self.flow = FlowGate()  # publishers waiting for this queue's consumers to catch up
         self.touch()
 
     @property
@@ -134,12 +138,19 @@ class Queue:
                 if c is not None:
                     c.sink.deliver(c, self, seq, msg, False)
                     return ACCEPTED
-            store.messages.append((seq, msg, False, 0.0))
+            msgs = store.messages
+            msgs.append((seq, msg, False, 0.0))
             size = msg.size
             store.ready_bytes += size
             self.node.queued_bytes += size
+            if len(msgs) >= FLOW_LEN and self.consumers:
+                return FLOW
             return ACCEPTED
         return self._publish_slow(msg)
+
+    def in_flow(self) -> bool:
+        """Consumers and a backlog: publishers into this queue are held to their pace."""
+        return bool(self.consumers) and self.store.total() >= FLOW_LEN
 
     def _publish_slow(self, msg: Message) -> int:
         store = self.store
@@ -183,6 +194,8 @@ class Queue:
             self._enforce_limits()
         if expires_at:
             self._schedule_expiry()
+        if self.consumers and store.total() >= FLOW_LEN:
+            return outcome | FLOW
         return outcome
 
     def _would_overflow(self, msg: Message) -> bool:
@@ -291,18 +304,25 @@ class Queue:
             return
         if self.has_ttl_msgs:
             self.drop_expired()
+        n = 0
         while True:
             if not store.messages and not self._refill():
-                return
+                break
             c = self._next_ready()
             if c is None:
-                return
+                break
             seq, msg, redelivered, expires_at = store.pop()
             if expires_at and expires_at <= time.time():
                 store.discard(seq)
                 self.dead_letter(msg, "expired")
                 continue
             c.sink.deliver(c, self, seq, msg, redelivered)
+            n += 1
+        if self.flow.waiters:
+            if self.store.total() < FLOW_LEN:
+                self.flow.release()
+            elif n:
+                self.flow.delivered(n)
 
     def get(self) -> Entry | None:
         """basic.get: the head entry, taken out of the queue (None: empty)."""
@@ -344,7 +364,10 @@ class Queue:
             self.dead_letter(msg, "rejected")
 
     def purge(self) -> int:
-        return self.store.purge()
+        n = self.store.purge()
+        if self.flow.waiters:
+            self.flow.release()
+        return n
 
     # ---------------------------------------------------------------- TTL / expiry
 
@@ -444,6 +467,8 @@ class Queue:
             self.vhost.delete_queue(self)
             return
         if not self.consumers:
+            if self.flow.waiters:
+                self.flow.release()
             self.touch()
         elif self.single_active:
             self.dispatch()

@@ -24,7 +24,7 @@ from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.deadletter import cc_keys
 from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.message import Message
-from leveret.broker.core.queue import ACCEPTED, PERSISTED, Queue
+from leveret.broker.core.queue import ACCEPTED, FLOW, PERSISTED, Queue
 from leveret.broker.core.vhost import generated_name
 from leveret.broker.wire.confirms import Confirms
 from leveret.broker.wire.publish import PublishAssembly
@@ -230,7 +230,10 @@ class Channel:
             queues = vhost.route(x, msg.routing_key, msg)
         if queues:
             # (one queue, the common case, without the loop of VHost.enqueue)
-            return queues[0].publish(msg) if len(queues) == 1 else vhost.enqueue(queues, msg)
+            outcome = queues[0].publish(msg) if len(queues) == 1 else vhost.enqueue(queues, msg)
+            if outcome & FLOW:
+                self.conn.spend_credit(queues)
+            return outcome
         if mandatory:
             self._send_return(msg, NO_ROUTE, "NO_ROUTE")
         return ACCEPTED

@@ -21,6 +21,7 @@ from pamqp import commands as C
 from pamqp import decode as pdecode
 
 from leveret.broker.core.errors import AMQPError
+from leveret.broker.core.flow import CREDIT_INITIAL, CREDIT_MORE, FlowGate
 from leveret.broker.wire.channel import CLOSING, Channel
 from leveret.protocol import methods as M
 from leveret.protocol.constants import (
@@ -54,6 +55,7 @@ log = logging.getLogger("leveret.connection")
 OUT_HIGH = 1 << 20  # stop delivering to this connection above 1 MiB of pending output
 WRITE_HIGH = 4 << 20  # transport buffer: pause_writing above this
 WRITE_HARD_LIMIT = 32 << 20  # transport buffer: stop reading from the peer above this
+FLOW_MAX_PAUSE = 1.0  # seconds a connection in flow waits at most before it gets credit
 
 
 class State(enum.IntEnum):
@@ -109,6 +111,12 @@ class Connection(asyncio.Protocol):
         self.is_publisher = False
         self.blocked = False
         self._read_pause: set[str] = set()
+        # flow control (see leveret.broker.core.flow): credit for publishes into queues
+        # in flow, and the gates of the queues we wait on while it is used up
+        self.credit = CREDIT_INITIAL
+        self.flow_gates: list[FlowGate] = []
+        self._flow_timer: asyncio.TimerHandle | None = None
+        self.flow_events = 0
         self.last_recv = 0.0
         self.last_send = 0.0
         self._timers: list[asyncio.TimerHandle] = []
@@ -478,6 +486,8 @@ class Connection(asyncio.Protocol):
             self._cleanup()
 
     def _cleanup(self) -> None:
+        if self.flow_gates:
+            self._leave_flow()
         for ch in list(self.channels.values()):
             ch.close_all()
         self.channels.clear()
@@ -616,6 +626,53 @@ class Connection(asyncio.Protocol):
         self._hb_handle = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
 
     # ------------------------------------------------------------------ flow control
+
+    def spend_credit(self, queues: Any) -> None:
+        """A publish went into a queue in flow (one of ``queues``).  While the broker is
+        busy this costs credit; at zero we stop reading the socket until the queues'
+        consumers have caught up (their gates give credit back)."""
+        broker = self.broker
+        if not broker.busy:
+            return
+        self.credit -= 1
+        if self.credit > 0 or self.flow_gates:
+            return
+        for q in queues:
+            if q.in_flow():
+                q.flow.wait(self)
+                self.flow_gates.append(q.flow)
+        if not self.flow_gates:
+            self.credit = CREDIT_INITIAL
+            return
+        self.flow_events += 1
+        broker.in_flow.add(self)
+        self._pause_reading("flow")
+        self._flow_timer = self.loop.call_later(FLOW_MAX_PAUSE, self._flow_timeout)
+
+    def flow_granted(self, gate: FlowGate | None, credit: int) -> None:
+        """A queue we wait on delivered (or left flow): take the credit, and read again."""
+        if gate is not None and gate in self.flow_gates:
+            self.flow_gates.remove(gate)
+        self.credit += credit
+        if self.credit > 0:
+            self._leave_flow()
+
+    def _flow_timeout(self) -> None:
+        # never wait for ever: a consumer may be stuck with a full prefetch window
+        self._flow_timer = None
+        self.credit = max(self.credit, 0) + CREDIT_MORE
+        self._leave_flow()
+
+    def _leave_flow(self) -> None:
+        for g in self.flow_gates:
+            g.forget(self)
+        self.flow_gates = []
+        if self._flow_timer is not None:
+            self._flow_timer.cancel()
+            self._flow_timer = None
+        self.credit = max(self.credit, 1)
+        self.broker.in_flow.discard(self)
+        self._resume_reading("flow")
 
     def block(self, reason: str = "low on memory") -> None:
         """Memory or disk alarm: stop reading from a publishing connection, telling it

@@ -1,0 +1,154 @@
+"""Flow control (leveret.broker.core.flow): a publisher that outruns the consumers of a
+queue is slowed by reading its socket less, and is never held for ever.
+
+The brokers here use ``flow_cpu=0``: the node counts as busy all the time, so the
+mechanism engages without having to saturate a core (the CPU test is what makes a real
+broker engage it only under load).  The checks are on behaviour, not timings.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pika
+from pamqp import commands as C
+from rawamqp import RawClient, publish_frames
+
+from leveret.broker import Config
+from leveret.broker.core.flow import CREDIT_INITIAL, FLOW_LEN
+from leveret.testing import BrokerThread
+
+N = 30_000
+BODY = b"m" * 100
+
+
+def _raw_publisher(port: int, queue: str, n: int, done: threading.Event) -> threading.Thread:
+    """A raw client that writes n publishes as fast as the socket takes them."""
+
+    def run() -> None:
+        with RawClient.connect(port, timeout=60) as raw:
+            raw.handshake()
+            raw.open_channel(1)
+            frame = publish_frames(1, "", queue, BODY)
+            batch = frame * 500
+            for _ in range(n // 500):
+                raw.send(batch)
+            # a round trip: everything before it has been handled
+            raw.rpc(1, C.Queue.Declare(queue=queue, passive=True), C.Queue.DeclareOk)
+        done.set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _consume(url: str, queue: str, stop: threading.Event, pace: list[float], got: list[int]) -> threading.Thread:
+    """A manual-ack pika consumer (prefetch 10) that sleeps pace[0] s per message."""
+
+    def run() -> None:
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=10)
+
+        def on_msg(ch: object, method: object, props: object, body: bytes) -> None:
+            got[0] += 1
+            if pace[0]:
+                time.sleep(pace[0])
+            ch.basic_ack(method.delivery_tag)  # type: ignore[attr-defined]
+
+        ch.basic_consume(queue, on_msg)
+        while not stop.is_set():
+            conn.process_data_events(0.05)
+        conn.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _depth(b: BrokerThread, queue: str) -> int:
+    assert b.broker is not None
+    q = b.broker.vhosts["/"].queues[queue]
+    return q.store.total()
+
+
+def test_fast_publisher_is_slowed_while_the_consumer_lags_and_released_when_it_catches_up() -> None:
+    with BrokerThread(Config(port=0, flow_cpu=0)) as b:
+        with pika.BlockingConnection(pika.URLParameters(b.url)) as c:
+            c.channel().queue_declare("fc")
+        stop, done = threading.Event(), threading.Event()
+        pace, got = [0.001], [0]
+        consumer = _consume(b.url, "fc", stop, pace, got)
+        deadline = time.monotonic() + 10
+        while not (b.broker and b.broker.vhosts["/"].queues["fc"].consumers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        publisher = _raw_publisher(b.port, "fc", N, done)
+        # the consumer lags (about 1 ms per message): the publisher waits for credit
+        peak, saw_flow = 0, False
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not done.is_set():
+            peak = max(peak, _depth(b, "fc"))
+            saw_flow = saw_flow or bool(b.broker and b.broker.in_flow)
+            time.sleep(0.005)
+        assert saw_flow, "the publisher never waited for credit"
+        assert not done.is_set(), "the publisher was not slowed"
+        # held near the consumer's pace: the backlog stays near FLOW_LEN, far below N
+        assert peak < FLOW_LEN + 4 * CREDIT_INITIAL + 3000, peak
+        # the consumer catches up: the publisher gets everything through
+        pace[0] = 0
+        assert done.wait(30), "the publisher was held for ever"
+        publisher.join(5)
+        deadline = time.monotonic() + 30
+        while got[0] < N and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert got[0] == N
+        assert not b.broker.in_flow
+        stop.set()
+        consumer.join(5)
+
+
+def test_no_flow_without_a_backlog_or_without_consumers() -> None:
+    # a burst into a queue nobody consumes from runs at full speed: nothing to wait for
+    with BrokerThread(Config(port=0, flow_cpu=0)) as b:
+        with pika.BlockingConnection(pika.URLParameters(b.url)) as c:
+            c.channel().queue_declare("burst")
+        done = threading.Event()
+        _raw_publisher(b.port, "burst", N, done).join(30)
+        assert done.is_set()
+        assert _depth(b, "burst") == N
+        assert b.broker is not None
+        assert not b.broker.in_flow
+        assert all(conn.flow_events == 0 for conn in b.broker.connections)
+
+
+def test_purge_or_cancel_releases_a_waiting_publisher_and_others_are_unaffected() -> None:
+    with BrokerThread(Config(port=0, flow_cpu=0)) as b:
+        # a consumer that takes 10 messages and never acks: the queue is stuck
+        stuck = pika.BlockingConnection(pika.URLParameters(b.url))
+        sch = stuck.channel()
+        sch.queue_declare("stuck")
+        sch.basic_qos(prefetch_count=10)
+        sch.basic_consume("stuck", lambda *a: None)
+        stuck.process_data_events(0.1)
+        done = threading.Event()
+        publisher = _raw_publisher(b.port, "stuck", N, done)
+        deadline = time.monotonic() + 10
+        while not (b.broker and b.broker.in_flow) and time.monotonic() < deadline:
+            stuck.process_data_events(0.01)
+        assert b.broker is not None and b.broker.in_flow, "flow never engaged"
+        # another connection, another queue: not slowed
+        with pika.BlockingConnection(pika.URLParameters(b.url)) as other:
+            och = other.channel()
+            och.queue_declare("cold")
+            for i in range(100):
+                och.basic_publish("", "cold", b"%d" % i)
+            assert och.queue_declare("cold", passive=True).method.message_count == 100
+        assert not done.is_set()
+        # the stuck consumer goes away: the queue is no longer in flow, the publisher runs
+        sch.basic_cancel(sch.consumer_tags[0])
+        assert done.wait(30), "the publisher stayed blocked after the consumer left"
+        publisher.join(5)
+        assert not b.broker.in_flow
+        assert sch.queue_declare("stuck", passive=True).method.message_count == N - 10
+        stuck.close()
