@@ -41,6 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--segment-size", type=int, default=8 * 1024 * 1024, help="bytes per log segment file")
     p.add_argument("--disk-free-limit", type=int, default=50 * 1024 * 1024, help="block publishers below this many free bytes")
     p.add_argument("--memory-high-watermark", type=int, default=1 << 30, help="bytes of queued messages before publishers are blocked")
+    p.add_argument(
+        "--flow-cpu",
+        type=float,
+        default=0.6,
+        help="flow control slows publishers into backlogged queues while the broker uses this share "
+        "of a core or more (0: always; above 1: never)",
+    )
     return p.parse_args(argv)
 
 
@@ -58,6 +65,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
         frame_max=a.frame_max,
         channel_max=a.channel_max,
         memory_high_watermark=a.memory_high_watermark,
+        flow_cpu=a.flow_cpu,
         data_dir=None if a.in_memory else a.data_dir,
         fsync_interval=a.fsync_interval,
         segment_size=a.segment_size,

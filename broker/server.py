@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from leveret.broker.config import Config
-from leveret.broker.core.flow import CREDIT_INITIAL
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
@@ -89,7 +88,7 @@ class Broker:
                 if self._idle_samples >= 2:
                     self.busy = False
                     for c in list(self.in_flow):
-                        c.flow_granted(None, CREDIT_INITIAL)
+                        c.flow_granted(None, None)
                     self.flush_all()
         self._load_timer = self.loop.call_later(LOAD_INTERVAL, self._sample_load)
 

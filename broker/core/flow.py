@@ -34,7 +34,8 @@ CREDIT_MORE = 200  # credit given back per this many messages delivered
 class FlowWaiter(Protocol):
     """A publisher waiting for credit (the wire layer's connection)."""
 
-    def flow_granted(self, gate: FlowGate, credit: int) -> None: ...
+    def flow_granted(self, gate: FlowGate, credit: int | None) -> None:
+        """``credit`` more publishes (None: the queue left flow, start afresh)."""
 
 
 class FlowGate:
@@ -66,8 +67,8 @@ class FlowGate:
             self.progress = 0
             self.release(credit)
 
-    def release(self, credit: int = CREDIT_INITIAL) -> None:
-        """Give every waiter ``credit`` (the queue left flow: the full initial credit)."""
+    def release(self, credit: int | None = None) -> None:
+        """Give every waiter ``credit`` (None: the queue left flow, start afresh)."""
         waiters, self.waiters = self.waiters, []
         for w in waiters:
             w.flow_granted(self, credit)

@@ -649,13 +649,17 @@ class Connection(asyncio.Protocol):
         self._pause_reading("flow")
         self._flow_timer = self.loop.call_later(FLOW_MAX_PAUSE, self._flow_timeout)
 
-    def flow_granted(self, gate: FlowGate | None, credit: int) -> None:
-        """A queue we wait on delivered (or left flow): take the credit, and read again."""
-        if gate is not None and gate in self.flow_gates:
-            self.flow_gates.remove(gate)
-        self.credit += credit
+    def flow_granted(self, gate: FlowGate | None, credit: int | None) -> None:
+        """A queue we wait on delivered ``credit`` messages (None: it left flow, or the
+        node is no longer busy): take the credit, and read again once it is positive."""
+        if credit is None:
+            self.credit = CREDIT_INITIAL
+        else:
+            self.credit += credit
         if self.credit > 0:
             self._leave_flow()
+        elif gate is not None:
+            gate.wait(self)  # (the gate let us go: wait for its next grant)
 
     def _flow_timeout(self) -> None:
         # never wait for ever: a consumer may be stuck with a full prefetch window
