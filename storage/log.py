@@ -41,7 +41,7 @@ import shutil
 import struct
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from crc32c import crc32c
 
@@ -54,6 +54,7 @@ DELIVERED = 1 << 63  # ack-file entry flag: "delivered", not "acked"
 _MAX_PAYLOAD = _MASK - _HDR.size
 _WBUF_LIMIT = 1 << 20  # flush the message buffer to the OS beyond 1 MiB
 _READ_GUESS = 4096  # first pread size in read(); one syscall for typical records
+_READ_RUN = 4 << 20  # read_many(): bytes read at most with one pread
 _MAX_FDS = 8  # per log: cached read fds of inactive segments, and ack-file fds
 
 
@@ -120,11 +121,16 @@ class QueueLog:
     """The append-only log of one durable queue. Not thread-safe: use it from one thread;
     only the callables returned by sync_job() may run elsewhere."""
 
-    def __init__(self, directory: str | os.PathLike[str], segment_size: int = 8 * 1024 * 1024):
+    def __init__(
+        self, directory: str | os.PathLike[str], segment_size: int = 8 * 1024 * 1024, ephemeral: bool = False
+    ):
+        """``ephemeral``: an overflow log, never recovered (deleted at restart): acks and
+        delivered marks stay in memory, nothing is ever fsynced (no sync_job)."""
         if not 64 <= segment_size <= 1 << 31:
             raise ValueError("segment_size must be within 64 B .. 2 GiB")
         self.path = os.fspath(directory)
         self.segment_size = segment_size
+        self.ephemeral = ephemeral
         os.makedirs(self.path, exist_ok=True)
         self._segs: dict[int, _Segment] = {}  # by number, ascending
         self._active: _Segment | None = None
@@ -389,7 +395,7 @@ class QueueLog:
 
     def _give_or_close(self, fd: int, dirty: bool) -> None:
         """Closing a written fd: hand it to the next sync job, which fsyncs and closes it."""
-        if dirty:
+        if dirty and not self.ephemeral:
             self._sync_fds.append(fd)
         else:
             os.close(fd)
@@ -439,6 +445,65 @@ class QueueLog:
             raise CorruptRecord(f"bad record at {position:#x}")
         return payload
 
+    def read_many(self, positions: Sequence[int]) -> list[bytes | Exception]:
+        """The payloads at ``positions`` (in log order, as a queue's paged-out tail is),
+        each one as :meth:`read` would return it or the exception it would raise.  Runs
+        of records in one segment are read with one ``pread`` of up to ``_READ_RUN``
+        bytes instead of one per record."""
+        out: list[bytes | Exception] = []
+        n = len(positions)
+        i = 0
+        while i < n:
+            pos = positions[i]
+            seg = self._segs.get(pos >> 32)
+            off = pos & _MASK
+            if seg is None or (seg is self._active and off >= self._flushed):
+                out.append(self._read_or_error(pos))
+                i += 1
+                continue
+            # the run: following positions in the same (flushed part of the) segment
+            limit = min(seg.end if seg is not self._active else self._flushed, off + _READ_RUN)
+            j = i + 1
+            while j < n:
+                p = positions[j]
+                if p >> 32 != seg.n or not off <= (p & _MASK) < limit:
+                    break
+                j += 1
+            last = positions[j - 1] & _MASK
+            k = bisect_left(seg.offs, last)
+            end = last + seg.rec_len(k) if k < len(seg.offs) and seg.offs[k] == last else 0
+            if j - i < 2 or end <= last or end - off > _READ_RUN:
+                out.append(self._read_or_error(pos))
+                i += 1
+                continue
+            try:
+                buf = os.pread(self._read_fd(seg), end - off, off)
+            except OSError as exc:
+                out.extend([exc] * (j - i))
+                i = j
+                continue
+            mv = memoryview(buf)
+            for t in range(i, j):
+                p = positions[t]
+                at = (p & _MASK) - off
+                if at + 8 > len(buf):
+                    out.append(CorruptRecord(f"no record header at {p:#x}"))
+                    continue
+                length, crc = _HDR.unpack_from(buf, at)
+                payload = bytes(mv[at + 8 : at + 8 + length])
+                if len(payload) != length or crc32c(payload) != crc:
+                    out.append(CorruptRecord(f"bad record at {p:#x}"))
+                else:
+                    out.append(payload)
+            i = j
+        return out
+
+    def _read_or_error(self, position: int) -> bytes | Exception:
+        try:
+            return self.read(position)
+        except (ValueError, OSError, CorruptRecord) as exc:
+            return exc
+
     def ack(self, position: int) -> bool:
         """Mark a record consumed. Returns False (and changes nothing) if the position is
         unknown or already acked. Deletes the segment once all its records are acked."""
@@ -458,7 +523,7 @@ class QueueLog:
         self._live_bytes -= rec
         if seg.count == 0 and (seg is not self._active or seg.end >= self.segment_size):
             self._delete(seg)
-        else:
+        elif not self.ephemeral:
             seg.abuf += _POS.pack(position)
             self._disk_bytes += 8
             self._ack_pending[seg.n] = seg
@@ -468,7 +533,7 @@ class QueueLog:
         """Record that a live record was handed to a consumer, so that after a crash it
         comes back flagged as redelivered (kept in the segment's ack file, top bit set)."""
         seg = self._segs.get(position >> 32)
-        if seg is None:
+        if seg is None or self.ephemeral:
             return
         seg.abuf += _POS.pack(position | DELIVERED)
         self._disk_bytes += 8
@@ -489,9 +554,10 @@ class QueueLog:
         del self._segs[seg.n]
         self._disk_bytes -= seg.disk + seg.asize + len(seg.abuf)
         self._unlink(_name("msgs", seg.n, seg.gen))
-        # (the acks file may not exist; the job ignores that)
-        self._unlinks.append(os.path.join(self.path, _name("acks", seg.n, seg.gen)))
-        self._dir_dirty = True
+        if not self.ephemeral:
+            # (the acks file may not exist; the job ignores that)
+            self._unlinks.append(os.path.join(self.path, _name("acks", seg.n, seg.gen)))
+            self._dir_dirty = True
 
     def _unlink(self, name: str) -> None:
         try:

@@ -8,10 +8,15 @@ the ready ones in order and in memory or on disk:
 * ready entries ``(seq, message, redelivered, expires_at)`` in a deque (one deque per
   priority level for ``x-max-priority``), with their body bytes counted in
   ``ready_bytes`` and in the node's ``queued_bytes`` (the memory alarm);
-* for a durable queue, its ``storage.QueueLog``: persistent messages get a record, and past
-  ``PAGE_MAX`` ready messages in RAM new ones are only kept as 8-byte log positions
-  (``tail``) and read back ``PAGE_BATCH`` at a time;
-* compaction of that log, moving every seq it holds.
+* for a durable queue, its ``storage.QueueLog`` (``log``): persistent messages get a
+  record;
+* paging: past ``PAGE_MAX`` ready messages in RAM new ones are only kept as 8-byte log
+  positions (``tail``) and read back ``PAGE_BATCH`` at a time.  A durable queue pages to
+  its own log; any other queue to an *overflow log* of its own (an ephemeral
+  ``QueueLog``: no fsync, no ack files, deleted at restart), opened when it first needs
+  one and dropped from use (``plog`` back to None) once every record in it is acked, so
+  that a queue that has drained is back on the fast path;
+* compaction of the durable log, moving every seq it holds.
 
 Seqs.  ``seq`` increases per queue, so a requeued message goes back to its place.  In a
 durable queue a message with a log record has ``seq = position << SEQ_SHIFT``; a message
@@ -107,15 +112,19 @@ def _merge(d: deque[Entry], entries: list[Entry]) -> deque[Entry]:
 
 
 class BackingQueue:
-    def __init__(self, node: Node, max_priority: int | None) -> None:
+    def __init__(self, node: Node, max_priority: int | None, overflow: Callable[[], Any] | None = None) -> None:
         self.node = node
         self.max_priority = max_priority
+        self.open_overflow = overflow  # opens an overflow log (None: this node has no disk)
         #: ready entries in RAM, in delivery order (the queue's fast path appends here)
         self.messages: deque[Entry] | PriorityDeque = PriorityDeque(max_priority) if max_priority else deque()
         self.ready_bytes = 0  # body bytes of the entries in RAM
         self.next_seq = 0
-        # durable queues: the log, and the positions of messages paged out to it
+        # durable queues: the log; every queue: the log it pages to (the durable log, or
+        # the overflow log while it holds records), and the positions paged out to it
         self.log: Any = None
+        self.plog: Any = None
+        self.overflow: Any = None
         self.tail: array[int] = array("Q")
         self.tail_start = 0
         self.tail_bytes = 0  # body bytes of the paged-out messages (x-max-length-bytes)
@@ -151,16 +160,26 @@ class BackingQueue:
         return seq
 
     def wants_page(self) -> bool:
-        """A durable queue this long keeps new ready messages on disk only."""
-        return (
-            self.log is not None
-            and not self.max_priority
-            and (self.tail_start < len(self.tail) or len(self.messages) >= PAGE_MAX)
-        )
+        """A queue this long keeps new ready messages on disk only (opening its overflow
+        log if it needs one; False when it cannot)."""
+        if self.max_priority:
+            return False
+        if self.tail_start >= len(self.tail) and len(self.messages) < PAGE_MAX:
+            return False
+        if self.plog is None:
+            if self.overflow is None and self.open_overflow is not None:
+                try:
+                    self.overflow = self.open_overflow()
+                except OSError as exc:
+                    log.error("cannot open an overflow log, keeping the backlog in memory: %s", exc)
+                    self.open_overflow = None
+            self.plog = self.overflow
+        return self.plog is not None
 
     def write(self, msg: Message, persistent: bool) -> int:
-        """Append ``msg`` to the log (raises OSError); its seq, which follows the record."""
-        pos = self.log.append(to_record(msg, transient=not persistent))
+        """Append ``msg`` to the durable log, or (paging a transient message) to the log
+        it pages to (raises OSError); its seq, which follows the record."""
+        pos = (self.log if persistent else self.plog).append(to_record(msg, transient=not persistent))
         seq = pos << SEQ_SHIFT
         self.next_seq = seq + 1
         return seq
@@ -206,21 +225,23 @@ class BackingQueue:
         tail = self.tail
         start = self.tail_start
         n = len(tail)
-        if start >= n or self.log is None:
+        plog = self.plog
+        if start >= n or plog is None:
             return False
         # a priority queue loads everything: delivery order depends on all of it
         end = n if self.max_priority else min(n, start + PAGE_BATCH)
-        read = self.log.read
         redelivered_set = self.recovered_delivered
         msgs = self.messages
         loaded = 0
-        for i in range(start, end):
-            pos = tail[i]
+        positions = tail[start:end]
+        for pos, payload in zip(positions, plog.read_many(positions), strict=True):
             try:
-                msg = from_record(read(pos))
+                if isinstance(payload, Exception):
+                    raise payload
+                msg = from_record(payload)
             except Exception as exc:  # CorruptRecord, or a record we cannot decode
                 log.error("dropping unreadable record %#x: %s", pos, exc)
-                self.log.ack(pos)
+                plog.ack(pos)
                 continue
             msgs.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, expires_at(msg, msg.ts)))
             loaded += msg.size
@@ -240,8 +261,11 @@ class BackingQueue:
 
     def discard(self, seq: int) -> None:
         """A message left the queue for good: ack its log record, if it has one."""
-        if self.log is not None and not seq & SEQ_MASK:
-            self.log.ack(seq >> SEQ_SHIFT)
+        plog = self.plog
+        if plog is not None and not seq & SEQ_MASK:
+            plog.ack(seq >> SEQ_SHIFT)
+            if plog is self.overflow and not plog.live_count and self.tail_start >= len(self.tail):
+                self.plog = None  # drained: back to RAM only (the fast path)
 
     def mark_delivered(self, seq: int) -> None:
         """A message with a log record was handed out for the first time: a crash now
@@ -252,11 +276,17 @@ class BackingQueue:
     def purge(self) -> int:
         """Drop every ready message (acking their records); return how many there were."""
         n = self.total()
-        if self.log is not None:
+        plog = self.plog
+        if plog is not None:
+            tail, start = self.tail, self.tail_start
+            self.tail = array("Q")
+            self.tail_start = 0
             for e in self.messages:
                 self.discard(e[0])
-            for i in range(self.tail_start, len(self.tail)):
-                self.log.ack(self.tail[i])
+            for i in range(start, len(tail)):
+                plog.ack(tail[i])
+            if plog is self.overflow and not plog.live_count:
+                self.plog = None
         self.tail = array("Q")
         self.tail_start = 0
         self.tail_bytes = 0
@@ -270,7 +300,7 @@ class BackingQueue:
     def attach_log(self, qlog: Any, positions: array[int], nbytes: int) -> None:
         """Durable queue: its log, and the positions (and body bytes) of the messages
         recovered from it, all ready (paged out) at first."""
-        self.log = qlog
+        self.log = self.plog = qlog
         self.recovered_delivered = qlog.delivered
         self.tail = positions
         self.tail_start = 0
@@ -280,7 +310,13 @@ class BackingQueue:
 
     def detach_log(self) -> None:
         """The queue was deleted: its log goes (the caller deletes the files)."""
-        self.log = None
+        self.log = self.plog = None
+
+    def drop_overflow(self) -> None:
+        """The queue was deleted: remove its overflow log, if it had one."""
+        if self.overflow is not None:
+            self.overflow.destroy()
+            self.overflow = self.plog = None
 
     def compact(self) -> Callable[[int], int] | None:
         """Compact the log when it holds much more than the live data (for example one

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pamqp import decode as pdecode
 
 from leveret.protocol import properties as P
-from leveret.storage import MessageStore, MetadataStore, record
+from leveret.storage import MessageStore, MetadataStore, QueueLog, record
 
 if TYPE_CHECKING:
     from leveret.broker.core.node import Node
@@ -141,6 +141,10 @@ class Persistence:
         os.makedirs(data_dir, exist_ok=True)
         self.meta = MetadataStore(os.path.join(data_dir, "definitions.json"))
         self.store = MessageStore(os.path.join(data_dir, "queues"), segment_size=node.config.segment_size)
+        # overflow logs of transient backlogs: never recovered, so wiped at every start
+        self.overflow_root = os.path.join(data_dir, "overflow")
+        shutil.rmtree(self.overflow_root, ignore_errors=True)
+        self._overflows = 0
         self.syncer: Syncer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._disk_timer: asyncio.TimerHandle | None = None
@@ -189,6 +193,19 @@ class Persistence:
             self.store.close()
         except OSError as exc:  # e.g. still no space: what was fsynced is safe
             log.error("closing the message store failed: %s", exc)
+        for v in self.node.vhosts.values():
+            for q in v.queues.values():
+                q.store.drop_overflow()
+        shutil.rmtree(self.overflow_root, ignore_errors=True)
+
+    def open_overflow(self) -> QueueLog:
+        """A new overflow log (see ``leveret.broker.core.backing``): an ephemeral
+        ``QueueLog`` in its own directory under ``overflow/``."""
+        self._overflows += 1
+        path = os.path.join(self.overflow_root, str(self._overflows))
+        qlog = QueueLog(path, self.node.config.segment_size, ephemeral=True)
+        qlog.recover()
+        return qlog
 
     # ------------------------------------------------------------------ definitions
 

@@ -22,7 +22,7 @@ from array import array
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from leveret.broker.core.backing import BackingQueue, Entry
+from leveret.broker.core.backing import PAGE_MAX, BackingQueue, Entry
 from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.flow import FLOW_LEN, FlowGate
 from leveret.broker.core.message import Message
@@ -98,7 +98,10 @@ class Queue:
         self.single_active = args.get("x-single-active-consumer") is True
         expires = _int_arg(args, "x-expires")
         self.expires: float | None = expires / 1000.0 if expires is not None else None
-        self.store = BackingQueue(self.node, self.max_priority)
+        persistence = self.node.persistence
+        self.store = BackingQueue(
+            self.node, self.max_priority, persistence.open_overflow if persistence is not None else None
+        )
         # the fast path skips every feature check when none is configured
         self.plain = (
             self.ttl is None and self.max_length is None and self.max_bytes is None and not self.max_priority
@@ -129,16 +132,21 @@ class Queue:
         """Enqueue a routed message, delivering it at once if a consumer is ready.
         Returns an :class:`Enqueued` value."""
         store = self.store
-        if self.plain and store.log is None and not msg.header[FLAGS_HI] & HI_EXPIRATION:
-            # no limits, no TTL, nothing to persist: the hot path
+        msgs = store.messages
+        if (
+            self.plain
+            and store.plog is None
+            and not msg.header[FLAGS_HI] & HI_EXPIRATION
+            and (len(msgs) < PAGE_MAX or store.open_overflow is None)
+        ):
+            # no limits, no TTL, nothing to persist or page out: the hot path
             seq = store.next_seq
             store.next_seq = seq + 1
-            if self.consumers and not store.messages:
+            if self.consumers and not msgs:
                 c = self._next_ready()
                 if c is not None:
                     c.sink.deliver(c, self, seq, msg, False)
                     return ACCEPTED
-            msgs = store.messages
             msgs.append((seq, msg, False, 0.0))
             size = msg.size
             store.ready_bytes += size
@@ -358,7 +366,7 @@ class Queue:
         """A delivery was acked (or rejected without requeue: dead-lettered)."""
         self.unacked_count -= 1
         store = self.store
-        if store.log is not None:
+        if store.plog is not None:
             store.discard(seq)
         if reject and self.dlx is not None and not self.deleted:
             self.dead_letter(msg, "rejected")

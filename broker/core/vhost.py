@@ -280,6 +280,7 @@ class VHost:
             c.channel.consumer_cancelled_by_server(c)
         q.consumers.clear()
         count = q.purge()
+        q.store.drop_overflow()
         self.node.queue_deleted(q)
         return count
 

@@ -46,9 +46,9 @@ class UnackedTracker:
                 consumer.unacked += 1
                 self.global_unacked += 1
             queue.unacked_count += 1
-            if not redelivered and queue.store.log is not None:
+            if not redelivered and queue.store.log is not None:  # (durable: recovery marks)
                 queue.store.mark_delivered(seq)
-        elif queue.store.log is not None:
+        elif queue.store.plog is not None:
             queue.store.discard(seq)
         return tag
 

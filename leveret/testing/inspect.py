@@ -744,11 +744,11 @@ def _channel_of(consumer: Consumer) -> Any:
 
 def _ready_entries(q: Queue) -> Iterable[tuple[Any, ...]]:
     """``(seq or log position, message, redelivered, ...)`` of the ready messages in
-    delivery order: those in memory, then (durable queues) those paged out to the
-    queue's log."""
+    delivery order: those in memory, then those paged out to the queue's log (or
+    overflow log)."""
     yield from q.entries()
     store = q.store
-    qlog = store.log
+    qlog = store.plog
     if qlog is None or store.tail_start >= len(store.tail):
         return
     from leveret.broker.core.message import from_record

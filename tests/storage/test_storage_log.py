@@ -412,3 +412,33 @@ def test_append_without_recover_on_fresh_dir(tmp_path: Path) -> None:
     q2, out, payloads = recover(tmp_path / "fresh")
     assert out == p and payloads == [b"a", b"bb"]
     q2.close()
+
+
+def test_read_many_matches_read_across_segments_buffer_and_errors(tmp_path: Path) -> None:
+    import random
+
+    rnd = random.Random(7)
+    qlog = QueueLog(tmp_path / "q", segment_size=64 * 1024)
+    qlog.recover()
+    positions = [qlog.append(bytes([i % 251]) * rnd.randint(1, 3000)) for i in range(400)]
+    qlog.flush()
+    positions += [qlog.append(b"tail%d" % i) for i in range(20)]  # still in the write buffer
+    for p in positions[::7]:
+        qlog.ack(p)
+    live = [p for i, p in enumerate(positions) if i % 7]
+    assert qlog.read_many(live) == [qlog.read(p) for p in live]
+    assert qlog.read_many(live[5:9]) == [qlog.read(p) for p in live[5:9]]
+    # an unknown position and a corrupt record come back as errors, the rest still read
+    bad = (999 << 32) | 0
+    out = qlog.read_many([live[0], bad, live[1]])
+    assert out[0] == qlog.read(live[0]) and out[2] == qlog.read(live[1])
+    assert isinstance(out[1], ValueError)
+    seg_no = live[1] >> 32
+    seg_path = tmp_path / "q" / _name("msgs", seg_no, 0)
+    data = bytearray(seg_path.read_bytes())
+    data[(live[1] & 0xFFFFFFFF) + 8] ^= 0xFF
+    seg_path.write_bytes(bytes(data))
+    out = qlog.read_many(live[1:4])
+    assert isinstance(out[0], CorruptRecord)
+    assert out[1:] == [qlog.read(p) for p in live[2:4]]
+    qlog.close()

@@ -1,0 +1,102 @@
+"""Transient backlogs page out to a per-queue overflow log (leveret.broker.core.backing):
+memory stays bounded, order and bytes are kept, and nothing of it survives a restart."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pika
+import pytest
+
+from leveret.broker import Config
+from leveret.broker.core import backing, queue
+from leveret.testing import BrokerThread
+
+
+@pytest.fixture
+def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backing, "PAGE_MAX", 200)
+    monkeypatch.setattr(queue, "PAGE_MAX", 200)
+    monkeypatch.setattr(backing, "PAGE_BATCH", 50)
+
+
+def _overflow_files(data_dir: Path) -> list[str]:
+    root = data_dir / "overflow"
+    return [f for _, _, fs in os.walk(root) for f in fs] if root.exists() else []
+
+
+def test_transient_backlog_pages_to_an_overflow_log_and_comes_back_in_order(small_pages: None, tmp_path: Path) -> None:
+    n = 2000
+    with BrokerThread(Config(port=0, data_dir=str(tmp_path), segment_size=64 * 1024)) as b:
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = conn.channel()
+        ch.queue_declare("backlog")  # not durable: only the overflow log can page it
+        bodies = [b"%06d:" % i + os.urandom(i % 700) for i in range(n)]
+        for i, body in enumerate(bodies):
+            ch.basic_publish("", "backlog", body, pika.BasicProperties(message_id=str(i)))
+        assert ch.queue_declare("backlog", passive=True).method.message_count == n
+        assert b.broker is not None
+        q = b.broker.vhosts["/"].queues["backlog"]
+        assert len(q.store.messages) <= 200  # the rest is on disk only
+        assert _overflow_files(tmp_path)
+        # a requeue in the middle puts messages back at their place
+        got = []
+        for _ in range(300):
+            m, props, body = ch.basic_get("backlog")
+            got.append((m.delivery_tag, body))
+        ch.basic_nack(got[99][0], multiple=True, requeue=True)
+        received = [body for _, body in got[100:]]
+        ch.basic_ack(got[-1][0], multiple=True)
+        first = []
+        for _ in range(100):
+            m, props, body = ch.basic_get("backlog", auto_ack=True)
+            assert m.redelivered
+            first.append(body)
+        assert first == bodies[:100]
+        assert received == bodies[100:300]
+        rest = []
+        while True:
+            m, props, body = ch.basic_get("backlog")
+            if m is None:
+                break
+            rest.append(body)
+            ch.basic_ack(m.delivery_tag)
+        assert rest == bodies[300:]
+        # drained and acked: the queue is back in memory only, its segments are gone
+        assert q.store.plog is None
+        assert len([f for f in _overflow_files(tmp_path) if f.startswith("msgs.")]) <= 1
+        # another backlog reuses the log; deleting the queue removes it
+        for body in bodies[:500]:
+            ch.basic_publish("", "backlog", body)
+        assert q.store.plog is not None
+        assert [ch.basic_get("backlog", auto_ack=True)[2] for _ in range(500)] == bodies[:500]
+        ch.queue_delete("backlog")
+        assert _overflow_files(tmp_path) == []
+        conn.close()
+
+
+def test_overflow_logs_do_not_survive_a_restart_and_purge_empties_them(small_pages: None, tmp_path: Path) -> None:
+    with BrokerThread(Config(port=0, data_dir=str(tmp_path), segment_size=64 * 1024)) as b:
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = conn.channel()
+        ch.queue_declare("p")
+        ch.queue_declare("keep")
+        for _ in range(1000):
+            ch.basic_publish("", "p", b"x" * 100)
+            ch.basic_publish("", "keep", b"y" * 100)
+        assert ch.queue_purge("p").method.message_count == 1000
+        assert b.broker is not None
+        assert b.broker.vhosts["/"].queues["p"].store.plog is None
+        assert ch.queue_declare("p", passive=True).method.message_count == 0
+        assert _overflow_files(tmp_path)  # (the "keep" queue's)
+        conn.close()
+    assert _overflow_files(tmp_path) == []  # stopped: removed
+    os.makedirs(tmp_path / "overflow" / "7")
+    (tmp_path / "overflow" / "7" / "msgs.0000000001").write_bytes(b"junk")  # as after a crash
+    with BrokerThread(Config(port=0, data_dir=str(tmp_path))) as b:
+        assert _overflow_files(tmp_path) == []
+        with pika.BlockingConnection(pika.URLParameters(b.url)) as conn:
+            ch = conn.channel()
+            ch.queue_declare("keep")
+            assert ch.queue_declare("keep", passive=True).method.message_count == 0
