@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pamqp import commands as C
@@ -262,3 +263,80 @@ def test_start_ok_with_a_mechanism_not_offered_or_a_malformed_response_closes_th
             ),
         )
         assert c.expect_socket_closed(timeout=8) == []  # RabbitMQ waits 3 s first
+
+
+# ---------------------------------------------------------------------- 5. x-match
+
+
+@pytest.mark.parametrize(
+    "x_match,text",
+    [
+        ("bogus", 'Invalid x-match field value <<"bogus">>; expected all, any, all-with-x, or any-with-x'),
+        ("ALL", 'Invalid x-match field value <<"ALL">>; expected all, any, all-with-x, or any-with-x'),
+        ("", "Invalid x-match field value <<>>; expected all, any, all-with-x, or any-with-x"),
+        ("\x01x", "Invalid x-match field value <<1,120>>; expected all, any, all-with-x, or any-with-x"),
+        (1, "Invalid x-match field type byte (value 1); expected longstr"),
+        (70000, "Invalid x-match field type signedint (value 70000); expected longstr"),
+        (True, "Invalid x-match field type bool (value true); expected longstr"),
+    ],
+    ids=["bogus", "uppercase", "empty", "unprintable", "byte", "signedint", "bool"],
+)
+def test_headers_binding_with_an_invalid_x_match_is_refused(client: RawClient, x_match: Any, text: str) -> None:
+    q = client.declare_queue(1, exclusive=True).queue
+    client.send_method(1, C.Queue.Bind(queue=q, exchange="amq.headers", routing_key="", arguments={"x-match": x_match, "a": "b"}))
+    m = client.expect_channel_close(1, 406, 50, 20)
+    assert m.reply_text == f"PRECONDITION_FAILED - {text}"
+    client.open_channel(1)
+    for mode in ("all", "any", "all-with-x", "any-with-x"):  # the four valid ones
+        client.rpc(1, C.Queue.Bind(queue=q, exchange="amq.headers", routing_key="", arguments={"x-match": mode}), C.Queue.BindOk)
+    client.rpc(1, C.Queue.Bind(queue=q, exchange="amq.headers", routing_key="", arguments={"a": "b"}), C.Queue.BindOk)
+    # not checked for other exchange types
+    client.rpc(1, C.Queue.Bind(queue=q, exchange="amq.direct", routing_key="", arguments={"x-match": "bogus"}), C.Queue.BindOk)
+
+
+def test_exchange_to_exchange_headers_binding_with_an_invalid_x_match(client: RawClient) -> None:
+    client.rpc(1, C.Exchange.Declare(exchange="issue11.hx", exchange_type="fanout", auto_delete=True), C.Exchange.DeclareOk)
+    client.send_method(1, C.Exchange.Bind(destination="issue11.hx", source="amq.headers", arguments={"x-match": "bogus"}))
+    m = client.expect_channel_close(1, 406, 40, 30)
+    assert m.reply_text.startswith('PRECONDITION_FAILED - Invalid x-match field value <<"bogus">>')
+    client.open_channel(1)
+    client.rpc(1, C.Exchange.Delete(exchange="issue11.hx"), C.Exchange.DeleteOk)
+
+
+# ---------------------------------------------------------------------- 5. basic.get message_count
+
+
+def test_basic_get_message_count_leaves_out_expired_messages_now_at_the_head(client: RawClient) -> None:
+    q = client.declare_queue(1, exclusive=True).queue
+    client.publish(1, "", q, b"long", expiration="100000")
+    client.publish(1, "", q, b"short", expiration="1")
+    client.publish(1, "", q, b"long2", expiration="100000")
+    client.publish(1, "", q, b"short2", expiration="1")
+    time.sleep(0.1)
+    client.send_method(1, C.Basic.Get(queue=q, no_ack=True))
+    ok = client.expect(C.Basic.GetOk, 1)
+    assert client.read_content(1)[2] == b"long"
+    assert ok.message_count == 2  # "short" went too; "short2" is not at the head yet
+    assert client.declare_queue(1, q, passive=True).message_count == 2
+    got = client.get(1, q)
+    assert got is not None and got[2] == b"long2" and got[0].message_count == 0
+    assert client.get(1, q) is None
+
+
+# ---------------------------------------------------------------------- 5. amq.rabbitmq.reply-to
+
+
+@pytest.mark.parametrize("passive", [True, False], ids=["passive", "not-passive"])
+def test_declare_of_the_direct_reply_to_pseudo_queue(client: RawClient, passive: bool) -> None:
+    ok = client.rpc(1, C.Queue.Declare(queue="amq.rabbitmq.reply-to", passive=passive), C.Queue.DeclareOk)
+    assert (ok.queue, ok.message_count, ok.consumer_count) == ("amq.rabbitmq.reply-to", 0, 1)
+    # nowait: no declare-ok
+    client.send_method(1, C.Queue.Declare(queue="amq.rabbitmq.reply-to", passive=passive, nowait=True))
+    client.rpc(1, C.Basic.Qos(prefetch_count=1), C.Basic.QosOk)
+
+
+@pytest.mark.parametrize("passive", [True, False], ids=["passive", "not-passive"])
+def test_declare_of_an_unknown_reply_to_name_is_not_found(client: RawClient, passive: bool) -> None:
+    client.send_method(1, C.Queue.Declare(queue="amq.rabbitmq.reply-to.abc", passive=passive))
+    m = client.expect_channel_close(1, 404, 50, 10)
+    assert m.reply_text == "NOT_FOUND - no queue 'amq.rabbitmq.reply-to.abc' in vhost '/'"

@@ -22,7 +22,7 @@ from pamqp import commands as C
 
 from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.deadletter import cc_keys
-from leveret.broker.core.errors import AMQPError
+from leveret.broker.core.errors import AMQPError, rs
 from leveret.broker.core.message import Message
 from leveret.broker.core.queue import ACCEPTED, PERSISTED, Queue
 from leveret.broker.core.vhost import generated_name
@@ -386,8 +386,13 @@ class Channel:
 
     # queue class
     def _queue_declare(self, m: C.Queue.Declare) -> None:
-        if m.passive and (m.queue == REPLY_TO or m.queue.startswith(REPLY_TO_PREFIX)):
-            self.send(C.Queue.DeclareOk(queue=m.queue, message_count=0, consumer_count=0))
+        if m.queue == REPLY_TO or m.queue.startswith(REPLY_TO_PREFIX):
+            # RabbitMQ: the pseudo-queue is always there, with its one consumer (passive
+            # or not); a reply-to name of a channel that is gone (or never was) is not found
+            if m.queue != REPLY_TO and m.queue[len(REPLY_TO_PREFIX) :] not in self.node.reply_channels:
+                raise AMQPError(NOT_FOUND, f"no {rs('queue', m.queue, self.vhost.name)}")
+            if not m.nowait:
+                self.send(C.Queue.DeclareOk(queue=m.queue, message_count=0, consumer_count=1))
             return
         q = self.vhost.declare_queue(
             m.queue, m.passive, m.durable, m.exclusive, m.auto_delete, m.arguments or {}, self.conn
