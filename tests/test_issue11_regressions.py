@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -340,3 +341,174 @@ def test_declare_of_an_unknown_reply_to_name_is_not_found(client: RawClient, pas
     client.send_method(1, C.Queue.Declare(queue="amq.rabbitmq.reply-to.abc", passive=passive))
     m = client.expect_channel_close(1, 404, 50, 10)
     assert m.reply_text == "NOT_FOUND - no queue 'amq.rabbitmq.reply-to.abc' in vhost '/'"
+
+
+# ---------------------------------------------------------------------- 4. x-death field types
+
+
+_FIXED = {"t": ">B", "b": ">b", "B": ">B", "s": ">h", "u": ">H", "I": ">i", "i": ">I", "l": ">q", "f": ">f", "d": ">d", "T": ">Q"}
+
+
+def _typed_value(buf: bytes, pos: int) -> tuple[tuple[str, Any], int]:
+    """One field value as (type letter, value), read straight from the bytes."""
+    t = chr(buf[pos])
+    pos += 1
+    if t in _FIXED:
+        f = struct.Struct(_FIXED[t])
+        return (t, f.unpack_from(buf, pos)[0]), pos + f.size
+    if t == "V":
+        return (t, None), pos
+    n = struct.unpack_from(">I", buf, pos)[0]
+    data, end = buf[pos + 4 : pos + 4 + n], pos + 4 + n
+    if t == "S":
+        return (t, data), end
+    if t == "F":
+        return (t, _typed_table(data)), end
+    if t == "A":
+        items, p = [], 0
+        while p < len(data):
+            v, p = _typed_value(data, p)
+            items.append(v)
+        return (t, items), end
+    raise AssertionError(f"unexpected field type {t!r}")
+
+
+def _typed_table(buf: bytes) -> list[tuple[str, tuple[str, Any]]]:
+    """A field table (without its size) as [(key, (type letter, value))] in wire order."""
+    out, pos = [], 0
+    while pos < len(buf):
+        n = buf[pos]
+        key = buf[pos + 1 : pos + 1 + n].decode()
+        value, pos = _typed_value(buf, pos + 1 + n)
+        out.append((key, value))
+    return out
+
+
+def _header_table(raw_header: bytes) -> list[tuple[str, tuple[str, Any]]]:
+    """The headers table of a raw content header payload (after content-type/-encoding)."""
+    flags = struct.unpack_from(">H", raw_header, 12)[0]
+    pos = 14
+    for bit in (0x8000, 0x4000):
+        if flags & bit:
+            pos += 1 + raw_header[pos]
+    assert flags & 0x2000, "no headers"
+    n = struct.unpack_from(">I", raw_header, pos)[0]
+    return _typed_table(raw_header[pos + 4 : pos + 4 + n])
+
+
+def _publish_raw_headers(c: RawClient, queue: str, table: bytes, body: bytes = b"hi", expiration: str | None = None) -> None:
+    """basic.publish whose headers table is exactly ``table`` (field types and order as given)."""
+    flags, props = 0x2000, struct.pack(">I", len(table)) + table
+    if expiration is not None:
+        flags |= 0x0100
+        props += bytes((len(expiration),)) + expiration.encode()
+    c.send(method_frame(1, C.Basic.Publish(exchange="", routing_key=queue)))
+    c.send(build_frame(2, 1, struct.pack(">HHQH", 60, 0, len(body), flags) + props) + build_frame(3, 1, body))
+
+
+def _longstr_array(*items: bytes) -> bytes:
+    body = b"".join(b"S" + struct.pack(">I", len(i)) + i for i in items)
+    return b"A" + struct.pack(">I", len(body)) + body
+
+
+# unsorted, with field types pamqp would not choose: they must come back as they are
+_CLIENT_TABLE = (
+    b"\x02zz" + b"l" + struct.pack(">q", 5)
+    + b"\x02CC" + _longstr_array(b"cc-key")
+    + b"\x02aa" + b"S" + struct.pack(">I", 1) + b"x"
+    + b"\x02mm" + b"I" + struct.pack(">i", 7)
+)
+
+
+def _get_raw(c: RawClient, queue: str, no_ack: bool = True) -> tuple[Any, bytes]:
+    """basic.get (waiting for the message to get there): (get-ok, raw content header)."""
+    deadline = time.monotonic() + 5
+    while True:
+        c.send_method(1, C.Basic.Get(queue=queue, no_ack=no_ack))
+        ok = c.expect(C.Basic.GetOk | C.Basic.GetEmpty, 1)
+        if isinstance(ok, C.Basic.GetOk):
+            _, raw, _ = c.read_content(1)
+            return ok, raw
+        assert time.monotonic() < deadline, f"nothing in {queue}"
+        time.sleep(0.02)
+
+
+def _dl_pair(c: RawClient, stamp: str) -> tuple[str, str]:
+    """Queues a and b, each dead-lettering into the other."""
+    a, b = f"issue11.dl.{stamp}.a", f"issue11.dl.{stamp}.b"
+    c.declare_queue(1, a, exclusive=True, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": b})
+    c.declare_queue(1, b, exclusive=True, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": a})
+    return a, b
+
+
+def test_x_death_field_types_and_the_first_death_headers(client: RawClient) -> None:
+    a, b = _dl_pair(client, str(time.monotonic_ns()))
+    t0 = int(time.time())
+    _publish_raw_headers(client, a, _CLIENT_TABLE, expiration="1")
+    _, raw = _get_raw(client, b)
+    table = _header_table(raw)
+    # the whole table sorted by key (RabbitMQ's set_table_value); CC gone (dead-letter
+    # routing key given); the publisher's fields with their own types
+    assert [k for k, _ in table] == [
+        "aa", "mm", "x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason", "zz",
+    ]
+    t = dict(table)
+    assert t["aa"] == ("S", b"x") and t["mm"] == ("I", 7) and t["zz"] == ("l", 5)
+    assert t["x-first-death-exchange"] == ("S", b"")
+    assert t["x-first-death-queue"] == ("S", a.encode())
+    assert t["x-first-death-reason"] == ("S", b"expired")
+    kind, deaths = t["x-death"]
+    assert kind == "A" and len(deaths) == 1 and deaths[0][0] == "F"
+    entry = deaths[0][1]
+    # the first entry in RabbitMQ's own order, not sorted
+    assert [k for k, _ in entry] == ["count", "reason", "queue", "time", "exchange", "routing-keys", "original-expiration"]
+    e = dict(entry)
+    assert e["count"] == ("l", 1)
+    assert e["reason"] == ("S", b"expired")
+    assert e["queue"] == ("S", a.encode())
+    assert e["time"][0] == "T" and t0 - 1 <= e["time"][1] <= time.time() + 1
+    assert e["exchange"] == ("S", b"")
+    assert e["routing-keys"] == ("A", [("S", a.encode()), ("S", b"cc-key")])
+    assert e["original-expiration"] == ("S", b"1")
+    assert raw[12] & 0x01 == 0  # the expiration property is gone
+
+
+def test_x_death_repeated_deaths_count_as_long_in_rabbitmqs_order(client: RawClient) -> None:
+    """Expired from a, then rejected back and forth between b and a: count is an ``l``
+    each time, an updated or added entry has its keys sorted, and (RabbitMQ 3.10's
+    regrouping of an array of two or more entries by queue and reason) the entries
+    other than the updated one come out in reverse order."""
+    a, b = _dl_pair(client, str(time.monotonic_ns()))
+    client.publish(1, "", a, b"hello", expiration="1")
+    seen = []
+    queue = b
+    for _ in range(5):
+        ok, raw = _get_raw(client, queue, no_ack=False)
+        deaths = dict(_header_table(raw))["x-death"]
+        assert deaths[0] == "A"
+        summary = []
+        for kind, entry in deaths[1]:
+            assert kind == "F"
+            e = dict(entry)
+            summary.append((e["queue"][1][-1:].decode() + "-" + e["reason"][1].decode(), e["count"]))
+            if len(seen) > 0 and e["reason"] == ("S", b"rejected"):
+                assert [k for k, _ in entry] == sorted(k for k, _ in entry)
+        seen.append(summary)
+        client.send_method(1, C.Basic.Reject(delivery_tag=ok.delivery_tag, requeue=False))
+        queue = b if queue == a else a
+    one, two = ("l", 1), ("l", 2)
+    assert seen == [
+        [("a-expired", one)],
+        [("b-rejected", one), ("a-expired", one)],
+        [("a-rejected", one), ("a-expired", one), ("b-rejected", one)],
+        [("b-rejected", two), ("a-expired", one), ("a-rejected", one)],
+        [("a-rejected", two), ("a-expired", one), ("b-rejected", two)],
+    ]
+
+
+def test_bcc_removal_keeps_the_other_header_fields_as_published(client: RawClient) -> None:
+    q = client.declare_queue(1, exclusive=True).queue
+    table = b"\x02zz" + b"l" + struct.pack(">q", 5) + b"\x03BCC" + _longstr_array(b"nowhere") + b"\x02mm" + b"I" + struct.pack(">i", 7)
+    _publish_raw_headers(client, q, table)
+    _, raw = _get_raw(client, q)
+    assert _header_table(raw) == [("zz", ("l", 5)), ("mm", ("I", 7))]

@@ -193,11 +193,11 @@ class Channel:
         exp = props.get("expiration")
         if exp is not None:
             _validate_expiration(exp)
-        rewrite: dict[str, Any] = {}
+        rewrite: dict[int, bytes | None] = {}
         if props.get("reply_to") == REPLY_TO:
             if self.reply_consumer is None:
                 raise AMQPError(PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40)
-            rewrite["reply_to"] = f"{REPLY_TO}.{self.reply_key}"
+            rewrite[P.F_REPLY_TO] = P.shortstr_property(f"{REPLY_TO}.{self.reply_key}")
         extra: list[str] | None = None
         if msg.has_headers:
             headers = msg.headers
@@ -208,14 +208,12 @@ class Channel:
             if bcc:
                 msg.bcc = bcc  # dead lettering routes by them again, as RabbitMQ does
             if "BCC" in headers:
-                headers = dict(headers)
-                del headers["BCC"]
-                rewrite["headers"] = headers
+                # only the BCC field goes: the others keep their bytes (and field types)
+                fields = P.table_fields(msg.header, props["_headers_at"])
+                del fields[b"BCC"]
+                rewrite[P.F_HEADERS] = P.table_bytes(fields)
         if rewrite:
-            p = P.decode_properties(msg.header)
-            for k, v in rewrite.items():
-                setattr(p, k, v)
-            msg.set_header(P.encode_properties(p, msg.size))
+            msg.set_header(P.rewrite(msg.header, rewrite))
         return extra
 
     def _route(self, x: Any, msg: Message, mandatory: bool, extra_keys: list[str] | None = None) -> int:
