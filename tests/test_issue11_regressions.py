@@ -12,6 +12,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,9 @@ from typing import Any
 import pytest
 from pamqp import commands as C
 
+from leveret.broker import Config
+from leveret.storage import DataDirLocked
+from leveret.testing import BrokerProcess, BrokerThread, free_port
 from tests.rawamqp import (
     PROTOCOL_HEADER,
     RawClient,
@@ -512,3 +516,134 @@ def test_bcc_removal_keeps_the_other_header_fields_as_published(client: RawClien
     _publish_raw_headers(client, q, table)
     _, raw = _get_raw(client, q)
     assert _header_table(raw) == [("zz", ("l", 5)), ("mm", ("I", 7))]
+
+
+# ---------------------------------------------------------------------- 2. the data directory lock
+
+
+def _leveret_cmd(port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "leveret", "--port", str(port), "--log-level", "info", *args]
+
+
+@leveret_only
+def test_a_second_broker_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    with BrokerProcess(args=["--data-dir", data]) as first:
+        assert first.proc is not None
+        r = subprocess.run(
+            _leveret_cmd(free_port(), "--host", "127.0.0.1", "--data-dir", data),
+            capture_output=True, text=True, timeout=30, cwd=ROOT,
+        )
+        assert r.returncode != 0
+        assert f"data directory {data} is in use by another Leveret broker (PID {first.proc.pid}" in r.stderr, r.stderr
+        assert "listening on" not in r.stdout + r.stderr
+        # in-process too
+        with pytest.raises(DataDirLocked) as exc:
+            BrokerThread(Config(port=0, data_dir=data)).start()
+        assert exc.value.pid == first.proc.pid
+        _still_works(first.port)  # the first one carries on
+    # stopped: the directory is free again, for a restart in the same directory
+    with BrokerProcess(args=["--data-dir", data]) as again:
+        _still_works(again.port)
+        again.kill()  # kill -9 leaves no stale lock
+    with BrokerThread(Config(port=0, data_dir=data)) as b:
+        _still_works(b.port)
+        with pytest.raises(DataDirLocked):
+            BrokerThread(Config(port=0, data_dir=data)).start()
+    with BrokerThread(Config(port=0, data_dir=data)) as b:
+        _still_works(b.port)
+
+
+@leveret_only
+def test_a_broker_that_fails_to_listen_frees_its_data_dir(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            BrokerThread(Config(port=taken.getsockname()[1], data_dir=data)).start()
+    with BrokerThread(Config(port=0, data_dir=data)) as b:
+        _still_works(b.port)
+
+
+# ---------------------------------------------------------------------- 7. the command line
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _run_cli(port: int, *args: str) -> tuple[list[str], str, str]:
+    """Start ``python -m leveret`` with ``args``; once it accepts AMQP handshakes on each
+    listed host, SIGTERM it.  Returns (the hosts that accepted, stdout, stderr)."""
+    hosts = [a for i, a in enumerate(args) if i and args[i - 1] == "--host"] or ["127.0.0.1"]
+    proc = subprocess.Popen(
+        _leveret_cmd(port, "--in-memory", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    accepted = []
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                socket.create_connection((hosts[0], port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the broker did not start"
+                time.sleep(0.05)
+        for host in ("127.0.0.1", "127.0.0.2", "::1"):
+            try:
+                with RawClient.connect(port, host=host, timeout=2) as c:
+                    c.handshake()
+                accepted.append(host)
+            except OSError:
+                pass
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    return accepted, out, err
+
+
+def _startup_lines(out: str, err: str) -> list[str]:
+    return [line for line in (out + err).splitlines() if "listening on" in line]
+
+
+@leveret_only
+def test_startup_line_printed_once_and_the_default_hosts() -> None:
+    port = free_port()
+    accepted, out, err = _run_cli(port)
+    lines = _startup_lines(out, err)
+    assert len(lines) == 1, (out, err)
+    assert lines == [ln for ln in out.splitlines() if "listening on" in ln]  # on stdout
+    expected = ["127.0.0.1", "::1"] if _has_ipv6_loopback() else ["127.0.0.1"]
+    assert accepted == expected
+    assert f"127.0.0.1:{port}" in lines[0]
+    if _has_ipv6_loopback():
+        assert f"[::1]:{port}" in lines[0]
+
+
+@leveret_only
+def test_host_given_more_than_once_listens_on_each() -> None:
+    port = free_port()
+    hosts = ["127.0.0.1", "127.0.0.2"] + (["::1"] if _has_ipv6_loopback() else [])
+    args = [x for h in hosts for x in ("--host", h)]
+    accepted, out, err = _run_cli(port, *args)
+    assert accepted == hosts
+    lines = _startup_lines(out, err)
+    assert len(lines) == 1
+    for h in hosts:
+        assert (f"[{h}]:{port}" if ":" in h else f"{h}:{port}") in lines[0]
+
+
+@leveret_only
+def test_a_single_host_listens_there_only() -> None:
+    port = free_port()
+    accepted, out, err = _run_cli(port, "--host", "127.0.0.2")
+    assert accepted == ["127.0.0.2"]
+    assert len(_startup_lines(out, err)) == 1
