@@ -10,8 +10,9 @@ import os
 import signal
 import sys
 
-from leveret.broker.config import Config
-from leveret.broker.server import Broker
+from leveret.broker.config import DEFAULT_HOSTS, Config
+from leveret.broker.server import VERSION, Broker
+from leveret.storage import DataDirLocked
 
 
 def default_data_dir() -> str:
@@ -22,7 +23,12 @@ def default_data_dir() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="leveret", description="Leveret AMQP 0-9-1 broker")
-    p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1 and ::1)")
+    p.add_argument(
+        "--host",
+        action="append",
+        default=None,
+        help="address to listen on; give it more than once to listen on each (default: 127.0.0.1 and ::1)",
+    )
     p.add_argument("--port", type=int, default=5672, help="TCP port (default 5672; 0 picks a free one)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio event loop")
@@ -57,7 +63,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
         name, _, pw = u.partition(":")
         users[name] = pw
     return Config(
-        host=a.host if a.host else ["127.0.0.1", "::1"],
+        host=(a.host[0] if len(a.host) == 1 else list(a.host)) if a.host else list(DEFAULT_HOSTS),
         port=a.port,
         users=users,
         vhosts=["/", *a.vhost],
@@ -81,7 +87,8 @@ async def serve(config: Config) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-    print(f"Leveret listening on {', '.join(broker.addresses)}", flush=True)
+    # the one startup line (the broker's own record of it is at debug level)
+    print(f"Leveret {VERSION} listening on {', '.join(broker.addresses)}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -108,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(serve(config))
         except KeyboardInterrupt:  # pragma: no cover
             pass
+        except DataDirLocked as exc:
+            print(f"leveret: error: {exc}", file=sys.stderr, flush=True)
+            return 1
     return 0
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: where the command line listens without --host: both loopbacks (IPv4 alone where there
+#: is no IPv6 loopback)
+DEFAULT_HOSTS = ("127.0.0.1", "::1")
+
 
 @dataclass
 class Config:
-    host: str | list[str] = "127.0.0.1"
+    host: str | list[str] = "127.0.0.1"  # one address, or several to listen on each
     port: int = 5672
     users: dict[str, str] = field(default_factory=lambda: {"guest": "guest"})
     vhosts: list[str] = field(default_factory=lambda: ["/"])

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from leveret.broker.config import Config
+from leveret.broker.config import DEFAULT_HOSTS, Config
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
@@ -65,12 +65,24 @@ class Broker:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         if self.config.data_dir and self.persistence is None:
+            # raises storage.DataDirLocked when another broker uses the directory
             self.persistence = Persistence(self, self.config.data_dir)
-            self.persistence.recover()
-            self.persistence.start()
+            try:
+                self.persistence.recover()
+                self.persistence.start()
+            except BaseException:
+                self.persistence.close()
+                self.persistence = None
+                raise
+        try:
+            await self.listen()
+        except BaseException:
+            if self.persistence is not None:  # (port in use, ...): free the data directory
+                self.persistence.close()
+                self.persistence = None
+            raise
         self._load_mark = (self.loop.time(), time.process_time())
         self._load_timer = self.loop.call_later(LOAD_INTERVAL, self._sample_load)
-        await self.listen()
 
     def _sample_load(self) -> None:
         """Busy or not: the share of a core used since the last sample, with hysteresis
@@ -102,15 +114,16 @@ class Broker:
                 lambda: Connection(self), host, port, reuse_address=True, backlog=1024
             )
         except OSError:
-            if not isinstance(host, list) or len(host) < 2:
-                raise
-            # e.g. no IPv6 loopback: fall back to the first address alone
+            if not isinstance(host, list) or tuple(host) != DEFAULT_HOSTS:
+                raise  # addresses asked for explicitly must all work
+            # the default, on a machine without an IPv6 loopback: IPv4 alone
             self.server = await self.loop.create_server(
                 lambda: Connection(self), host[0], port, reuse_address=True, backlog=1024
             )
         for sock in self.server.sockets:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        log.info("Leveret %s listening on %s", VERSION, ", ".join(self.addresses))
+        # (debug: the command line prints the startup line itself, once)
+        log.debug("Leveret %s listening on %s", VERSION, ", ".join(self.addresses))
 
     @property
     def addresses(self) -> list[str]:

@@ -3,7 +3,8 @@
 A content header payload is ``class(2) weight(2) body_size(8) flags(2..) properties``.
 The broker passes the property bytes through untouched; when it needs a field
 (delivery_mode, priority, expiration, headers, ...) it reads it here, lazily, without
-decoding the rest.  Rewriting (direct reply-to, BCC, x-death) goes through pamqp.
+decoding the rest.  Rewriting (direct reply-to, BCC, x-death) splices raw bytes
+(:func:`rewrite`): what the broker does not change keeps its exact wire form.
 """
 
 from __future__ import annotations
@@ -154,30 +155,174 @@ def field_table(table: dict[str, Any]) -> bytes:
     return _U32.pack(len(fields)) + fields
 
 
-def encode_properties(props: Basic.Properties, body_size_: int) -> bytes:
-    """A content header payload for pamqp properties (slow path)."""
-    headers = props.headers
-    if headers is None:
-        return _HEADER.pack(60, 0, body_size_) + props.marshal()
-    # the headers table (third property) is encoded here, exactly
-    props.headers = None
-    try:
-        raw = props.marshal()
-    finally:
-        props.headers = headers
-    at = 2
-    flags = _U16.unpack_from(raw)[0]
-    for bit in (F_CONTENT_TYPE, F_CONTENT_ENCODING):
-        if flags & bit:
-            at += 1 + raw[at]
-    return (
-        _HEADER.pack(60, 0, body_size_)
-        + _U16.pack(flags | F_HEADERS)
-        + raw[2:at]
-        + field_table(headers)
-        + raw[at:]
-    )
-
-
 def with_body_size(header_payload: bytes, size: int) -> bytes:
     return _HEADER.pack(60, 0, size) + header_payload[12:]
+
+
+# ---------------------------------------------------------------------- raw rewriting
+#
+# What the broker writes into a content header itself (x-death, the x-first-death-*
+# headers, BCC removal, direct reply-to) is spliced into the raw bytes: every other
+# property and every header field keeps its exact wire form (field types included:
+# decoding with pamqp and encoding back would turn a 64-bit ``l`` 5 into an 8-bit ``b``).
+
+_FIXED_SIZE = {
+    0x74: 1, 0x62: 1, 0x42: 1,  # t b B
+    0x73: 2, 0x75: 2,  # s u
+    0x49: 4, 0x69: 4, 0x66: 4,  # I i f
+    0x6C: 8, 0x4C: 8, 0x64: 8, 0x54: 8,  # l L d T
+    0x44: 5,  # D
+    0x56: 0,  # V
+    0x00: 0,  # (a void pamqp accepts too)
+}
+_SIZED = frozenset(b"SxFA")
+_I64 = Struct(">q")
+_U64 = Struct(">Q")
+_I32 = Struct(">i")
+
+
+def _value_end(data: bytes, pos: int) -> int:
+    """The end of the field value (type octet first) that starts at ``pos``."""
+    t = data[pos]
+    n = _FIXED_SIZE.get(t)
+    if n is not None:
+        end = pos + 1 + n
+    elif t in _SIZED:
+        end = pos + 5 + _U32.unpack_from(data, pos + 1)[0]
+    else:
+        raise PropertyError(f"unknown field type {chr(t)!r}")
+    if end > len(data):
+        raise PropertyError("field value runs past its table")
+    return end
+
+
+def table_fields(data: bytes, at: int = 0) -> dict[bytes, bytes]:
+    """The field table at ``at`` (its u32 size first) as raw key -> raw value (type octet
+    and data), in wire order."""
+    try:
+        end = at + 4 + _U32.unpack_from(data, at)[0]
+        if end > len(data):
+            raise PropertyError("field table runs past its data")
+        pos = at + 4
+        out: dict[bytes, bytes] = {}
+        while pos < end:
+            n = data[pos]
+            key = bytes(data[pos + 1 : pos + 1 + n])
+            vend = _value_end(data, pos + 1 + n)
+            out[key] = bytes(data[pos + 1 + n : vend])
+            pos = vend
+        if pos != end:
+            raise PropertyError("field table size mismatch")
+        return out
+    except (IndexError, ValueError) as exc:  # struct.error is a ValueError
+        raise PropertyError(f"malformed field table: {exc}") from None
+
+
+def array_items(value: bytes) -> list[bytes]:
+    """The raw items of a raw array value (``A``)."""
+    if value[:1] != b"A":
+        raise PropertyError("not a field array")
+    try:
+        end = 5 + _U32.unpack_from(value, 1)[0]
+        pos, out = 5, []
+        while pos < end:
+            vend = _value_end(value, pos)
+            out.append(value[pos:vend])
+            pos = vend
+        return out
+    except (IndexError, ValueError) as exc:
+        raise PropertyError(f"malformed field array: {exc}") from None
+
+
+def field_value(value: bytes) -> Any:
+    """A raw field value decoded (pamqp's types: ints lose their width)."""
+    try:
+        return decode.embedded_value(value)[1]
+    except Exception as exc:
+        raise PropertyError(f"malformed field value: {exc}") from None
+
+
+def table_bytes(fields: dict[bytes, bytes] | list[tuple[bytes, bytes]]) -> bytes:
+    """A field table (u32 size first) from raw key -> raw value pairs."""
+    items = fields.items() if isinstance(fields, dict) else fields
+    body = b"".join(bytes((len(k),)) + k + v for k, v in items)
+    return _U32.pack(len(body)) + body
+
+
+def longstr_value(s: str | bytes) -> bytes:
+    """``S``: a long string."""
+    raw = s.encode("utf-8", "surrogateescape") if isinstance(s, str) else s
+    return b"S" + _U32.pack(len(raw)) + raw
+
+
+def long_value(n: int) -> bytes:
+    """``l``: a 64-bit signed integer (RabbitMQ's ``long``)."""
+    return b"l" + _I64.pack(n)
+
+
+def signedint_value(n: int) -> bytes:
+    """``I``: a 32-bit signed integer (RabbitMQ's ``signedint``)."""
+    return b"I" + _I32.pack(n)
+
+
+def timestamp_value(seconds: int) -> bytes:
+    """``T``: a timestamp, seconds since the epoch."""
+    return b"T" + _U64.pack(seconds)
+
+
+def array_value(items: list[bytes]) -> bytes:
+    """``A``: an array of raw values."""
+    body = b"".join(items)
+    return b"A" + _U32.pack(len(body)) + body
+
+
+def table_value(fields: dict[bytes, bytes] | list[tuple[bytes, bytes]]) -> bytes:
+    """``F``: a nested table of raw values."""
+    return b"F" + table_bytes(fields)
+
+
+def shortstr_property(s: str) -> bytes:
+    """A shortstr property's raw bytes (for :func:`rewrite`)."""
+    raw = s.encode("utf-8", "surrogateescape")
+    if len(raw) > 255:
+        raise PropertyError("short string longer than 255 bytes")
+    return bytes((len(raw),)) + raw
+
+
+def rewrite(header_payload: bytes, changes: dict[int, bytes | None]) -> bytes:
+    """The content header with the properties of ``changes`` (flag bit -> the property's
+    raw bytes, e.g. :func:`table_bytes` or :func:`shortstr_property`; None removes it)
+    replaced, added or removed; every other byte as it was."""
+    data = header_payload
+    try:
+        flags = _U16.unpack_from(data, 12)[0]
+        pos = 14
+        parts: dict[int, bytes] = {}
+        for bit, _name, kind in _FIELDS:
+            if not flags & bit:
+                continue
+            if kind == "s":
+                end = pos + 1 + data[pos]
+            elif kind == "o":
+                end = pos + 1
+            elif kind == "q":
+                end = pos + 8
+            else:
+                end = pos + 4 + _U32.unpack_from(data, pos)[0]
+            parts[bit] = data[pos:end]
+            pos = end
+    except (IndexError, ValueError) as exc:
+        raise PropertyError(f"malformed properties: {exc}") from None
+    for bit, raw in changes.items():
+        if raw is None:
+            parts.pop(bit, None)
+        else:
+            parts[bit] = raw
+    new_flags = 0
+    out = []
+    for bit, _name, _kind in _FIELDS:
+        raw = parts.get(bit)
+        if raw is not None:
+            new_flags |= bit
+            out.append(raw)
+    return data[:12] + _U16.pack(new_flags) + b"".join(out)

@@ -13,7 +13,12 @@ type keeps an index built for its match rule:
 
 from __future__ import annotations
 
+import datetime
+import decimal
 from typing import Any
+
+from leveret.broker.core.errors import AMQPError
+from leveret.protocol.constants import PRECONDITION_FAILED
 
 Args = dict[str, Any]
 
@@ -222,12 +227,81 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+_X_MATCH = frozenset({"all", "any", "all-with-x", "any-with-x"})
+_ERL_ESCAPES = {
+    0x0A: b"\\n", 0x0D: b"\\r", 0x09: b"\\t", 0x0B: b"\\v", 0x08: b"\\b", 0x0C: b"\\f", 0x1B: b"\\e",
+    0x22: b'\\"', 0x5C: b"\\\\",
+}
+
+
+def erl_binary(data: bytes) -> str:
+    """A binary as Erlang's ``~p`` prints it: ``<<"text">>`` when every byte is printable
+    Latin-1 (the bytes go out as they are: UTF-8 text stays UTF-8), else ``<<1,2,3>>``."""
+    if not data:
+        return "<<>>"
+    if all(32 <= b <= 126 or 160 <= b or b in _ERL_ESCAPES for b in data):
+        text = b"".join(_ERL_ESCAPES.get(b) or bytes((b,)) for b in data)
+        return '<<"' + text.decode("utf-8", "replace") + '">>'
+    return "<<" + ",".join(str(b) for b in data) + ">>"
+
+
+def _erl_typed(value: Any) -> tuple[str, str]:
+    """RabbitMQ's field type name and ``~p`` of a decoded table value.  The wire type of
+    an integer is gone once decoded: this names the smallest that holds it, as clients
+    encoding Python ints (pamqp) choose."""
+    if isinstance(value, bool):
+        return "bool", "true" if value else "false"
+    if isinstance(value, int):
+        for name, lo, hi in (("byte", -(1 << 7), 1 << 7), ("short", -(1 << 15), 1 << 15), ("signedint", -(1 << 31), 1 << 31)):
+            if lo <= value < hi:
+                return name, str(value)
+        return "long", str(value)
+    if isinstance(value, float):
+        return "float", repr(value)  # (pamqp sends every float as a 32-bit 'f')
+    if isinstance(value, decimal.Decimal):
+        return "decimal", str(value)
+    if isinstance(value, datetime.datetime):
+        return "timestamp", str(int(value.replace(tzinfo=value.tzinfo or datetime.UTC).timestamp()))
+    if isinstance(value, dict):
+        return "table", repr(value)
+    if isinstance(value, list):
+        return "array", repr(value)
+    if isinstance(value, bytearray):
+        return "binary", erl_binary(bytes(value))
+    if value is None:
+        return "void", "undefined"
+    return type(value).__name__, repr(value)
+
+
+def check_x_match(args: Args) -> None:
+    """RabbitMQ's validation of a headers binding: x-match, when given, is a long string
+    all, any, all-with-x or any-with-x (406 otherwise)."""
+    if "x-match" not in args:
+        return
+    mode = args["x-match"]
+    if isinstance(mode, str):
+        mode = mode.encode("utf-8", "surrogateescape")
+    if isinstance(mode, bytes):
+        if mode.decode("utf-8", "replace") in _X_MATCH:
+            return
+        raise AMQPError(
+            PRECONDITION_FAILED,
+            f"Invalid x-match field value {erl_binary(mode)}; expected all, any, all-with-x, or any-with-x",
+        )
+    type_name, shown = _erl_typed(mode)
+    raise AMQPError(PRECONDITION_FAILED, f"Invalid x-match field type {type_name} (value {shown}); expected longstr")
+
+
 class HeadersExchange(Exchange):
     type = "headers"
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         self._rules: list[tuple[Any, bool, bool, list[tuple[str, Any]]]] = []
         super().__init__(*a, **kw)
+
+    def bind(self, dest: Any, routing_key: str, args: Args) -> bool:
+        check_x_match(args)
+        return super().bind(dest, routing_key, args)
 
     def _clear(self) -> None:
         self._rules = []

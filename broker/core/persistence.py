@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pamqp import decode as pdecode
 
 from leveret.protocol import properties as P
-from leveret.storage import MessageStore, MetadataStore, QueueLog, record
+from leveret.storage import DataDirLock, MessageStore, MetadataStore, QueueLog, record
 
 if TYPE_CHECKING:
     from leveret.broker.core.node import Node
@@ -138,9 +138,15 @@ class Persistence:
     def __init__(self, node: Node, data_dir: str) -> None:
         self.node = node
         self.data_dir = data_dir
-        os.makedirs(data_dir, exist_ok=True)
-        self.meta = MetadataStore(os.path.join(data_dir, "definitions.json"))
-        self.store = MessageStore(os.path.join(data_dir, "queues"), segment_size=node.config.segment_size)
+        # one broker per data directory: DataDirLocked (naming the holder's PID) otherwise
+        self.lock = DataDirLock(data_dir)
+        self.lock.acquire()
+        try:
+            self.meta = MetadataStore(os.path.join(data_dir, "definitions.json"))
+            self.store = MessageStore(os.path.join(data_dir, "queues"), segment_size=node.config.segment_size)
+        except BaseException:
+            self.lock.release()
+            raise
         # overflow logs of transient backlogs: never recovered, so wiped at every start
         self.overflow_root = os.path.join(data_dir, "overflow")
         shutil.rmtree(self.overflow_root, ignore_errors=True)
@@ -190,13 +196,16 @@ class Persistence:
                 log.error("final fsync failed: %s", exc)
             self.syncer.close()
         try:
-            self.store.close()
-        except OSError as exc:  # e.g. still no space: what was fsynced is safe
-            log.error("closing the message store failed: %s", exc)
-        for v in self.node.vhosts.values():
-            for q in v.queues.values():
-                q.store.drop_overflow()
-        shutil.rmtree(self.overflow_root, ignore_errors=True)
+            try:
+                self.store.close()
+            except OSError as exc:  # e.g. still no space: what was fsynced is safe
+                log.error("closing the message store failed: %s", exc)
+            for v in self.node.vhosts.values():
+                for q in v.queues.values():
+                    q.store.drop_overflow()
+            shutil.rmtree(self.overflow_root, ignore_errors=True)
+        finally:
+            self.lock.release()
 
     def open_overflow(self) -> QueueLog:
         """A new overflow log (see ``leveret.broker.core.backing``): an ephemeral

@@ -342,7 +342,12 @@ class Queue:
             self.drop_expired()
         if not store.messages:
             return None
-        return store.pop()
+        entry = store.pop()
+        if self.has_ttl_msgs:
+            # as RabbitMQ: expired messages now at the head go too, so get-ok's
+            # message_count does not count them
+            self.drop_expired()
+        return entry
 
     def requeue(self, entries: list[tuple[int, Message]]) -> None:
         """Put unacked messages back at their original place, marked redelivered."""

@@ -22,7 +22,7 @@ from pamqp import commands as C
 
 from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.deadletter import cc_keys
-from leveret.broker.core.errors import AMQPError
+from leveret.broker.core.errors import AMQPError, rs
 from leveret.broker.core.message import Message
 from leveret.broker.core.queue import ACCEPTED, FLOW, PERSISTED, Queue
 from leveret.broker.core.vhost import generated_name
@@ -193,11 +193,11 @@ class Channel:
         exp = props.get("expiration")
         if exp is not None:
             _validate_expiration(exp)
-        rewrite: dict[str, Any] = {}
+        rewrite: dict[int, bytes | None] = {}
         if props.get("reply_to") == REPLY_TO:
             if self.reply_consumer is None:
                 raise AMQPError(PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40)
-            rewrite["reply_to"] = f"{REPLY_TO}.{self.reply_key}"
+            rewrite[P.F_REPLY_TO] = P.shortstr_property(f"{REPLY_TO}.{self.reply_key}")
         extra: list[str] | None = None
         if msg.has_headers:
             headers = msg.headers
@@ -208,14 +208,12 @@ class Channel:
             if bcc:
                 msg.bcc = bcc  # dead lettering routes by them again, as RabbitMQ does
             if "BCC" in headers:
-                headers = dict(headers)
-                del headers["BCC"]
-                rewrite["headers"] = headers
+                # only the BCC field goes: the others keep their bytes (and field types)
+                fields = P.table_fields(msg.header, props["_headers_at"])
+                del fields[b"BCC"]
+                rewrite[P.F_HEADERS] = P.table_bytes(fields)
         if rewrite:
-            p = P.decode_properties(msg.header)
-            for k, v in rewrite.items():
-                setattr(p, k, v)
-            msg.set_header(P.encode_properties(p, msg.size))
+            msg.set_header(P.rewrite(msg.header, rewrite))
         return extra
 
     def _route(self, x: Any, msg: Message, mandatory: bool, extra_keys: list[str] | None = None) -> int:
@@ -389,8 +387,13 @@ class Channel:
 
     # queue class
     def _queue_declare(self, m: C.Queue.Declare) -> None:
-        if m.passive and (m.queue == REPLY_TO or m.queue.startswith(REPLY_TO_PREFIX)):
-            self.send(C.Queue.DeclareOk(queue=m.queue, message_count=0, consumer_count=0))
+        if m.queue == REPLY_TO or m.queue.startswith(REPLY_TO_PREFIX):
+            # RabbitMQ: the pseudo-queue is always there, with its one consumer (passive
+            # or not); a reply-to name of a channel that is gone (or never was) is not found
+            if m.queue != REPLY_TO and m.queue[len(REPLY_TO_PREFIX) :] not in self.node.reply_channels:
+                raise AMQPError(NOT_FOUND, f"no {rs('queue', m.queue, self.vhost.name)}")
+            if not m.nowait:
+                self.send(C.Queue.DeclareOk(queue=m.queue, message_count=0, consumer_count=1))
             return
         q = self.vhost.declare_queue(
             m.queue, m.passive, m.durable, m.exclusive, m.auto_delete, m.arguments or {}, self.conn

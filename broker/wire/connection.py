@@ -79,6 +79,7 @@ _FAST = frozenset({BASIC_PUBLISH, BASIC_ACK, BASIC_NACK, BASIC_REJECT})
 _CHANNEL_OPEN = (20 << 16) | 10
 _CHANNEL_CLOSE = (20 << 16) | 40
 _CHANNEL_CLOSE_OK = (20 << 16) | 41
+_DRAIN_MAX = 30.0  # RabbitMQ's CLOSING_TIMEOUT: the longest wait for the client's EOF after close-ok
 
 
 class Connection(asyncio.Protocol):
@@ -121,6 +122,7 @@ class Connection(asyncio.Protocol):
         self.last_send = 0.0
         self._timers: list[asyncio.TimerHandle] = []
         self._hb_handle: asyncio.TimerHandle | None = None
+        self.draining = False  # close handshake done: reading and discarding until EOF
 
     # ------------------------------------------------------------------ transport
 
@@ -268,6 +270,8 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ input
 
     def data_received(self, data: bytes) -> None:
+        if self.draining:
+            return  # after close-ok: what the peer still sends is read and dropped
         self.last_recv = self.loop.time()
         if self.state == S_HEADER:
             data = self._protocol_header(data)
@@ -319,7 +323,8 @@ class Connection(asyncio.Protocol):
                             continue
                         if ch == 0:
                             raise AMQPError(UNEXPECTED_FRAME, "content frame on channel 0")
-                        raise AMQPError(CHANNEL_ERROR, "expected 'channel.open'")
+                        # RabbitMQ: a channel never opened expects a method frame first
+                        raise AMQPError(UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
                     channel.handle_content(ftype, payload)
                 elif ftype == FRAME_HEARTBEAT:
                     if ch != 0:
@@ -391,11 +396,15 @@ class Connection(asyncio.Protocol):
         method = self._decode(payload)
         if channel is None:
             if ch in self.closing_channels:
+                # we sent channel.close: as RabbitMQ, only its close-ok ends the channel; a
+                # channel.close of the client's own (the two crossed) gets its close-ok and
+                # the channel stays closing; anything else is dropped, but channel.open
                 if isinstance(method, C.Channel.CloseOk):
                     self.closing_channels.discard(ch)
                 elif isinstance(method, C.Channel.Close):
-                    self.closing_channels.discard(ch)
                     self.send(M.encode_method(ch, C.Channel.CloseOk()))
+                elif isinstance(method, C.Channel.Open):
+                    raise AMQPError(CHANNEL_ERROR, "second 'channel.open' seen", 20, 10)
                 return
             if self.state != S_OPENED:
                 # RabbitMQ: any frame on a channel before connection.open-ok
@@ -474,8 +483,25 @@ class Connection(asyncio.Protocol):
         if self.state == S_OPENED:
             self._fatal(AMQPError(code, text))
             self.flush()
-        elif self.state < S_CLOSING:
+        elif self.state < S_CLOSING or self.draining:
             self._close_transport()
+
+    def _drain(self) -> None:
+        """The client closed the connection and close-ok is on its way: as RabbitMQ, keep
+        reading (and dropping) whatever the client still sends until it closes the
+        socket, for at most its heartbeat interval (30 s without heartbeats).  Closing
+        with unread input would reset the connection, and the client could see
+        ECONNRESET / EPIPE instead of its close-ok (amqplib's channel frames can follow
+        its connection.close)."""
+        self.draining = True
+        self.flush()
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._read_pause:
+            self._read_pause.clear()
+            self.transport.resume_reading()
+        hb = self.heartbeat
+        self._timers.append(self.loop.call_later(hb if 0 < hb < _DRAIN_MAX else _DRAIN_MAX, self._close_transport))
 
     def _close_transport(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -519,7 +545,7 @@ class Connection(asyncio.Protocol):
             self.send(M.encode_method(0, C.Connection.CloseOk()))
             self.state = S_CLOSING
             self._cleanup()
-            self._close_transport()
+            self._drain()
             return
         if isinstance(method, C.Connection.CloseOk):
             self._close_transport()
@@ -546,7 +572,15 @@ class Connection(asyncio.Protocol):
         caps = self.client_properties.get("capabilities")
         self.capabilities = caps if isinstance(caps, dict) else {}
         user, password = _credentials(m.mechanism, m.response)
-        if user is None or not self.broker.authenticate(user, password or ""):
+        if user is None:
+            # RabbitMQ: a mechanism it did not offer or a malformed response is a protocol
+            # error before the connection is open: the socket is closed, no connection.close
+            # (that is only for wrong credentials)
+            log.info("closing connection %s: invalid start-ok (mechanism %r)", self.peer, m.mechanism)
+            self.state = S_CLOSING
+            self._close_transport()
+            return
+        if not self.broker.authenticate(user, password or ""):
             log.info("login refused for user %r from %s (%s)", user, self.peer, m.mechanism)
             if self.capabilities.get("authentication_failure_close"):
                 self.send(
@@ -705,8 +739,9 @@ def _credentials(mechanism: str, response: Any) -> tuple[str | None, str | None]
     if isinstance(response, str):
         response = response.encode("utf-8", "surrogateescape")
     if mechanism == "PLAIN":
+        # RabbitMQ's PLAIN: exactly NUL user NUL password (no authorization identity)
         parts = bytes(response).split(b"\x00")
-        if len(parts) != 3:
+        if len(parts) != 3 or parts[0]:
             return None, None
         return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
     if mechanism == "AMQPLAIN":

@@ -504,7 +504,8 @@ class Inspector:
         return out
 
     def _connections(self, vhost: str | None) -> list[Any]:
-        conns = list(self.broker.connections)
+        # not those the client closed, whose socket the broker only drains until EOF
+        conns = [c for c in self.broker.connections if not c.draining]
         if vhost is None:
             return conns
         return [c for c in conns if c.vhost is not None and c.vhost.name == vhost]
