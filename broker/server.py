@@ -21,6 +21,7 @@ from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHost
+from leveret.broker.listener import Listener, open_listener
 from leveret.broker.wire.connection import Connection
 
 log = logging.getLogger("leveret")
@@ -34,7 +35,7 @@ class Broker:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.vhosts: dict[str, VHost] = {}
         self.connections: set[Connection] = set()
-        self.server: asyncio.base_events.Server | None = None
+        self.server: Listener | None = None
         self.dirty: list[Connection] = []
         self._flush_scheduled = False
         self.queued_bytes = 0
@@ -67,19 +68,19 @@ class Broker:
         host = self.config.host if host is None else host
         port = self.config.port if port is None else port
         try:
-            self.server = await self.loop.create_server(
-                lambda: Connection(self), host, port, reuse_address=True, backlog=1024
-            )
+            self.server = await open_listener(self.loop, self._new_connection, host, port, 1024, self._count)
         except OSError:
             if not isinstance(host, list) or len(host) < 2:
                 raise
             # e.g. no IPv6 loopback: fall back to the first address alone
-            self.server = await self.loop.create_server(
-                lambda: Connection(self), host[0], port, reuse_address=True, backlog=1024
-            )
-        for sock in self.server.sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.server = await open_listener(self.loop, self._new_connection, host[0], port, 1024, self._count)
         log.info("Leveret %s listening on %s", VERSION, ", ".join(self.addresses))
+
+    def _new_connection(self) -> Connection:
+        return Connection(self)
+
+    def _count(self) -> int:
+        return len(self.connections)
 
     @property
     def addresses(self) -> list[str]:
