@@ -41,6 +41,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--segment-size", type=int, default=8 * 1024 * 1024, help="bytes per log segment file")
     p.add_argument("--disk-free-limit", type=int, default=50 * 1024 * 1024, help="block publishers below this many free bytes")
     p.add_argument("--memory-high-watermark", type=int, default=1 << 30, help="bytes of queued messages before publishers are blocked")
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has from connecting to connection.open before it is dropped (default 10)",
+    )
+    p.add_argument(
+        "--max-message-size",
+        type=int,
+        default=128 * 1024 * 1024,
+        help="largest message body accepted, in bytes (default 128 MiB; at most 512 MiB, as RabbitMQ)",
+    )
     return p.parse_args(argv)
 
 
@@ -58,11 +70,31 @@ def config_from_args(a: argparse.Namespace) -> Config:
         frame_max=a.frame_max,
         channel_max=a.channel_max,
         memory_high_watermark=a.memory_high_watermark,
+        handshake_timeout=a.handshake_timeout,
+        max_message_size=a.max_message_size,
         data_dir=None if a.in_memory else a.data_dir,
         fsync_interval=a.fsync_interval,
         segment_size=a.segment_size,
         disk_free_limit=a.disk_free_limit,
     )
+
+
+def raise_fd_limit() -> int | None:
+    """Raise the soft limit on open file descriptors to the hard one (each client
+    connection holds one); return the limit now in force (None where unknown)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 async def serve(config: Config) -> None:
@@ -87,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(a)
+    limit = raise_fd_limit()
+    if limit is not None:
+        logging.getLogger("leveret").info("file descriptor limit: %d (one per client connection)", limit)
     loop_factory = None
     if not a.no_uvloop:
         try:
