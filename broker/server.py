@@ -28,6 +28,25 @@ log = logging.getLogger("leveret")
 
 VERSION = "0.1.0"
 
+SWEEP_INTERVAL = 1.0  # during an alarm: seconds between looks for blocked peers that left
+# TCP states (linux/tcp_states.h) of a socket whose peer closed or reset it
+_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
+
+
+def peer_gone(transport: Any) -> bool:
+    """The peer closed or reset the connection, even if unread bytes are still queued
+    before its end of file (Linux TCP_INFO state); False where that cannot be told."""
+    if transport is None or not hasattr(socket, "TCP_INFO"):
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:
+        return True
+    return state in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
+
 
 class Broker:
     def __init__(self, config: Config | None = None) -> None:
@@ -43,6 +62,7 @@ class Broker:
         self.memory_alarm = False
         self.disk_alarm = False
         self.write_failed = False  # the last write to the log failed (ENOSPC, EIO)
+        self._sweep: asyncio.TimerHandle | None = None
         self.persistence: Persistence | None = None
         self.stats_published = 0
         self.stats_delivered = 0
@@ -117,6 +137,9 @@ class Broker:
     async def stop(self, timeout: float = 1.0) -> None:
         """Close the listener, send connection.close 320 to every client, then stop."""
         await self.stop_listening(timeout)
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         if self.persistence is not None:
             self.persistence.close()
             self.persistence = None
@@ -186,6 +209,8 @@ class Broker:
         if alarm == self.alarm:
             return
         self.alarm = alarm
+        if alarm and self._sweep is None:
+            self._sweep = self.loop.call_later(SWEEP_INTERVAL, self._sweep_blocked)
         for c in list(self.connections):
             if alarm:
                 if c.is_publisher:
@@ -193,6 +218,20 @@ class Broker:
             else:
                 c.unblock()
         self.flush_all()
+
+    def _sweep_blocked(self) -> None:
+        """During an alarm, drop the blocked publishers whose peer has gone.  A blocked
+        connection is not read from, so its end of file is never seen; what it holds
+        (parts of bodies) would keep the alarm up, and every publisher blocked, for good."""
+        self._sweep = None
+        self.check_alarm()  # bytes released by the connections dropped last time
+        if not self.alarm:
+            return
+        for c in list(self.connections):
+            if c.blocked and peer_gone(c.transport):
+                log.info("blocked connection %s: the peer has gone, dropping it", c.peer)
+                c.drop()
+        self._sweep = self.loop.call_later(SWEEP_INTERVAL, self._sweep_blocked)
 
     # ------------------------------------------------------------------ vhosts / auth
 
