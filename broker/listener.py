@@ -221,7 +221,7 @@ class Listener:
             self._burst_refused = n
             self._burst_timer = self.loop.call_later(QUIET, self._check_burst)
             limit = fd_limit()
-            held = None if self.open_connections is None else self.open_connections() + len(self._pending)
+            held = None if self.open_connections is None else self.open_connections()
             log.error(
                 "cannot accept connections: %s (%s client connections open, file descriptor "
                 "limit %s); refusing new connections until descriptors are freed",
