@@ -494,7 +494,7 @@ def progress(t: float, st: Stats) -> str:
         served = sum(b[0] for b in st.bursts)
         refused = sum(b[1] for b in st.bursts)
         return (
-            f"{t:5.0f} s  RSS {rss if rss is None else f'{rss:.0f} MB'}  fds {fds}  "
+            f"{t:5.0f} s  RSS {'-' if rss is None else f'{rss:.0f} MB'}  fds {'-' if fds is None else fds}  "
             f"storms {len(st.bursts)} (served {served}, refused {refused})  "
             f"slowloris dropped {len(st.slow_dropped)}  huge {st.huge_bytes >> 20} MB  "
             f"frames {st.frames_bytes >> 20} MB  round trips {len(st.rt_ok)} ok / {len(st.rt_errors)} failed "
