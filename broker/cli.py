@@ -54,6 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="flow control slows publishers into backlogged queues while the broker uses this share "
         "of a core or more (0: always; above 1: never)",
     )
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has from connecting to connection.open before it is dropped (default 10)",
+    )
+    p.add_argument(
+        "--max-message-size",
+        type=int,
+        default=128 * 1024 * 1024,
+        help="largest message body accepted, in bytes (default 128 MiB; at most 512 MiB, as RabbitMQ)",
+    )
     return p.parse_args(argv)
 
 
@@ -72,11 +84,31 @@ def config_from_args(a: argparse.Namespace) -> Config:
         channel_max=a.channel_max,
         memory_high_watermark=a.memory_high_watermark,
         flow_cpu=a.flow_cpu,
+        handshake_timeout=a.handshake_timeout,
+        max_message_size=a.max_message_size,
         data_dir=None if a.in_memory else a.data_dir,
         fsync_interval=a.fsync_interval,
         segment_size=a.segment_size,
         disk_free_limit=a.disk_free_limit,
     )
+
+
+def raise_fd_limit() -> int | None:
+    """Raise the soft limit on open file descriptors to the hard one (each client
+    connection holds one); return the limit now in force (None where unknown)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 async def serve(config: Config) -> None:
@@ -102,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(a)
+    limit = raise_fd_limit()
+    if limit is not None:
+        logging.getLogger("leveret").info("file descriptor limit: %d (one per client connection)", limit)
     loop_factory = None
     if not a.no_uvloop:
         try:

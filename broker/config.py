@@ -18,10 +18,12 @@ class Config:
     channel_max: int = 2047
     frame_max: int = 131072
     heartbeat: int = 60
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 10.0  # seconds from accept to connection.open
     close_timeout: float = 3.0
     # memory alarm: block publishers while queued message bytes exceed this
     memory_high_watermark: int = 1 << 30
+    # largest body accepted (RabbitMQ's max_message_size, capped at 512 MiB like RabbitMQ's)
+    max_message_size: int = 128 * 1024 * 1024
     data_dir: str | None = None  # None: everything in memory (the CLI defaults to a dir)
     fsync_interval: float = 0.2  # seconds between fsyncs when nobody waits for one
     segment_size: int = 8 * 1024 * 1024

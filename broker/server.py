@@ -22,12 +22,32 @@ from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHost
+from leveret.broker.listener import Listener, open_listener
 from leveret.broker.wire.connection import Connection
 
 log = logging.getLogger("leveret")
 
 VERSION = "0.1.0"
 LOAD_INTERVAL = 0.1  # seconds between samples of the loop's CPU use (flow control)
+
+SWEEP_INTERVAL = 1.0  # during an alarm: seconds between looks for blocked peers that left
+# TCP states (linux/tcp_states.h) of a socket whose peer closed or reset it
+_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
+
+
+def peer_gone(transport: Any) -> bool:
+    """The peer closed or reset the connection, even if unread bytes are still queued
+    before its end of file (Linux TCP_INFO state); False where that cannot be told."""
+    if transport is None or not hasattr(socket, "TCP_INFO"):
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:
+        return True
+    return state in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
 
 
 class Broker:
@@ -36,7 +56,7 @@ class Broker:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.vhosts: dict[str, VHost] = {}
         self.connections: set[Connection] = set()
-        self.server: asyncio.base_events.Server | None = None
+        self.server: Listener | None = None
         self.dirty: list[Connection] = []
         self._flush_scheduled = False
         self.queued_bytes = 0
@@ -44,6 +64,7 @@ class Broker:
         self.memory_alarm = False
         self.disk_alarm = False
         self.write_failed = False  # the last write to the log failed (ENOSPC, EIO)
+        self._sweep: asyncio.TimerHandle | None = None
         self.persistence: Persistence | None = None
         self.stats_published = 0
         self.stats_delivered = 0
@@ -110,20 +131,20 @@ class Broker:
         host = self.config.host if host is None else host
         port = self.config.port if port is None else port
         try:
-            self.server = await self.loop.create_server(
-                lambda: Connection(self), host, port, reuse_address=True, backlog=1024
-            )
+            self.server = await open_listener(self.loop, self._new_connection, host, port, 1024, self._count)
         except OSError:
             if not isinstance(host, list) or tuple(host) != DEFAULT_HOSTS:
                 raise  # addresses asked for explicitly must all work
             # the default, on a machine without an IPv6 loopback: IPv4 alone
-            self.server = await self.loop.create_server(
-                lambda: Connection(self), host[0], port, reuse_address=True, backlog=1024
-            )
-        for sock in self.server.sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.server = await open_listener(self.loop, self._new_connection, host[0], port, 1024, self._count)
         # (debug: the command line prints the startup line itself, once)
         log.debug("Leveret %s listening on %s", VERSION, ", ".join(self.addresses))
+
+    def _new_connection(self) -> Connection:
+        return Connection(self)
+
+    def _count(self) -> int:
+        return len(self.connections)
 
     @property
     def addresses(self) -> list[str]:
@@ -163,6 +184,9 @@ class Broker:
         if self._load_timer is not None:
             self._load_timer.cancel()
             self._load_timer = None
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         if self.persistence is not None:
             self.persistence.close()
             self.persistence = None
@@ -232,6 +256,8 @@ class Broker:
         if alarm == self.alarm:
             return
         self.alarm = alarm
+        if alarm and self._sweep is None:
+            self._sweep = self.loop.call_later(SWEEP_INTERVAL, self._sweep_blocked)
         for c in list(self.connections):
             if alarm:
                 if c.is_publisher:
@@ -239,6 +265,20 @@ class Broker:
             else:
                 c.unblock()
         self.flush_all()
+
+    def _sweep_blocked(self) -> None:
+        """During an alarm, drop the blocked publishers whose peer has gone.  A blocked
+        connection is not read from, so its end of file is never seen; what it holds
+        (parts of bodies) would keep the alarm up, and every publisher blocked, for good."""
+        self._sweep = None
+        self.check_alarm()  # bytes released by the connections dropped last time
+        if not self.alarm:
+            return
+        for c in list(self.connections):
+            if c.blocked and peer_gone(c.transport):
+                log.info("blocked connection %s: the peer has gone, dropping it", c.peer)
+                c.drop()
+        self._sweep = self.loop.call_later(SWEEP_INTERVAL, self._sweep_blocked)
 
     # ------------------------------------------------------------------ vhosts / auth
 

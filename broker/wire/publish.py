@@ -5,6 +5,15 @@ One :class:`PublishAssembly` per channel.  basic.publish arrives as a raw payloa
 is complete the finished :class:`~leveret.broker.core.message.Message` is returned with the
 publish's mandatory flag.  Errors are RabbitMQ's (505 for a frame out of order, 501 for a
 bad header, 406 for a message over the size limit).
+
+A body is kept as the list of the body frames received so far, joined once complete: nothing
+is allocated ahead of the bytes that arrived, whatever size the content header announces.
+A message over ``max_message_size`` is refused as RabbitMQ 3.10 refuses it: its header is
+taken, the whole body is awaited (frames in between are the usual 505), and only then is the
+channel closed with 406 "message size N is larger than configured max size M".  Its body
+bytes are counted down and dropped as they arrive, so a peer announcing 2^62 bytes and
+sending them forever holds no memory; the parts of a body within the limit count towards the
+memory alarm (``node.queued_bytes``) until the message is complete.
 """
 
 from __future__ import annotations
@@ -27,11 +36,33 @@ from leveret.protocol.constants import (
 if TYPE_CHECKING:
     from leveret.broker.core.node import Node
 
-MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+MAX_MESSAGE_SIZE = 128 * 1024 * 1024  # the default of Config.max_message_size
+HARD_MAX_MESSAGE_SIZE = 512 * 1024 * 1024  # RabbitMQ's ?MAX_MSG_SIZE: the setting's ceiling
+
+
+def max_message_size(configured: int) -> int:
+    """The limit in force: the setting, capped at 512 MiB as RabbitMQ caps it."""
+    return min(configured, HARD_MAX_MESSAGE_SIZE)
+
+
+def too_large(size: int, limit: int) -> AMQPError:
+    """RabbitMQ's 406 for a message body over the limit (``check_msg_size``)."""
+    what = "max size" if limit == HARD_MAX_MESSAGE_SIZE else "configured max size"
+    return AMQPError(PRECONDITION_FAILED, f"message size {size} is larger than {what} {limit}", 60, 40)
 
 
 class PublishAssembly:
-    __slots__ = ("node", "pending", "mandatory", "_header", "_body", "_body_held", "_body_left")
+    __slots__ = (
+        "node",
+        "pending",
+        "mandatory",
+        "max_size",
+        "_header",
+        "_body",
+        "_body_held",
+        "_body_left",
+        "_oversize",
+    )
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -39,10 +70,12 @@ class PublishAssembly:
         #: None when no content is expected
         self.pending: tuple[bytes, str, str] | None = None
         self.mandatory = False  # of the pending publish (and of the message just completed)
+        self.max_size = max_message_size(node.config.max_message_size)
         self._header: bytes | None = None
         self._body: list[bytes] = []
         self._body_held = 0  # bytes of _body counted in node.queued_bytes
         self._body_left = 0
+        self._oversize = 0  # the announced size of a body over max_size (kept: none of it)
 
     def content_expected(self) -> AMQPError:
         """The error for a method frame that arrived while content is expected."""
@@ -88,14 +121,9 @@ class PublishAssembly:
                     60,
                     40,
                 )
-            if size > MAX_MESSAGE_SIZE:
-                self.pending = None
-                raise AMQPError(
-                    PRECONDITION_FAILED,
-                    f"message size {size} is larger than configured max size {MAX_MESSAGE_SIZE}",
-                    60,
-                    40,
-                )
+            if size > self.max_size:
+                # RabbitMQ reads the whole body before refusing it; drop it as it comes
+                self._oversize = size
             self._header = payload
             self._body_left = size
             if size == 0:
@@ -115,6 +143,8 @@ class PublishAssembly:
                 self._body.append(payload)
                 body = b"".join(self._body)
                 self.release()
+            elif self._oversize:
+                raise self._refuse()
             else:
                 body = payload
             # (the last body frame, inline: this is the hot path)
@@ -123,13 +153,21 @@ class PublishAssembly:
             self.pending = None
             self._header = None
             return Message(ex_rk, exchange, rk, header, body)
+        self._body_left = left
+        if self._oversize:
+            return None  # to be refused once complete: nothing kept
         # a body arriving in pieces counts towards the memory alarm, so many channels
         # each holding a part of a large message cannot grow memory without bound
         self._body.append(payload)
         self._body_held += len(payload)
         self.node.queued_bytes += len(payload)
-        self._body_left = left
         return None
+
+    def _refuse(self) -> AMQPError:
+        """The body over the limit is complete: RabbitMQ's 406 (the channel closes)."""
+        error = too_large(self._oversize, self.max_size)
+        self.reset()
+        return error
 
     def _complete(self, body: bytes) -> Message:
         assert self.pending is not None and self._header is not None
@@ -150,4 +188,5 @@ class PublishAssembly:
         """The channel is closing: drop the publish in progress."""
         self.pending = None
         self._header = None
+        self._oversize = 0
         self.release()

@@ -693,10 +693,20 @@ def free_port() -> int:
 
 
 class BrokerProcess:
-    """``python -m leveret`` in a subprocess (for kill -9 and restart tests)."""
+    """``python -m leveret`` in a subprocess (for kill -9 and restart tests).  ``stderr``
+    (a file, or ``subprocess.PIPE``/``DEVNULL``) takes its log; ``preexec_fn`` runs in the
+    child before it starts (e.g. ``resource.setrlimit`` to give it few file descriptors)."""
 
-    def __init__(self, port: int | None = None, args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        args: list[str] | None = None,
+        stderr: IO[Any] | int | None = None,
+        preexec_fn: Callable[[], Any] | None = None,
+    ) -> None:
         self.port = port or free_port()
+        self.stderr = stderr
+        self.preexec_fn = preexec_fn
         self.args = list(args or [])
         if "--data-dir" not in self.args and "--in-memory" not in self.args:
             self.args.append("--in-memory")
@@ -723,6 +733,8 @@ class BrokerProcess:
                 *self.args,
             ],
             env=env,
+            stderr=self.stderr,
+            preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

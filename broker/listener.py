@@ -1,0 +1,302 @@
+"""Listening sockets and their accept loop.
+
+The event loops' own accept loops misbehave once the process runs out of file
+descriptors: asyncio's selector loop logs every failed ``accept`` (up to a backlog's worth
+per wake-up) and schedules as many retries; uvloop (libuv) silently accepts and closes
+what waits in the backlog and, should that fail, closes the listening socket for good.
+:class:`Listener` accepts connections itself (``add_reader`` + ``accept``, each socket
+handed to ``loop.connect_accepted_socket``), the same way on both loops:
+
+* Out of descriptors (EMFILE, ENFILE) or kernel memory (ENOBUFS, ENOMEM), it closes a
+  spare descriptor it keeps for this, accepts and at once closes every connection waiting
+  in the backlog (so those clients fail now instead of hanging), and takes the spare back.
+  If it cannot take it back, it stops accepting for ``RETRY_DELAY`` and tries again.
+* It logs one error when such a burst starts and one warning when it is over (nothing
+  refused for ``QUIET`` seconds), with how many connections were refused; a burst that
+  lasts gets a reminder every ``REMIND_EVERY`` seconds, not a line per connection.
+* The connections already open are not touched, and new ones are accepted as soon as
+  descriptors are free again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not POSIX
+    resource = None  # type: ignore[assignment]
+
+log = logging.getLogger("leveret")
+
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_BATCH = 256  # connections accepted per wake-up of a listening socket
+REFUSE_BATCH = 4096  # connections refused per wake-up, out of descriptors
+RETRY_DELAY = 0.1  # without a spare descriptor: seconds between accept attempts
+QUIET = 1.0  # a burst is over after this many seconds without a refused connection
+REMIND_EVERY = 60.0  # a burst that lasts is logged again this often
+
+
+def fd_limit() -> int | None:
+    """The process's soft RLIMIT_NOFILE (None where unknown).  (``resource`` is imported
+    up front: an import needs a descriptor, which is what is missing when this is asked.)"""
+    if resource is None:  # pragma: no cover - not POSIX
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _open_spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+
+
+class Listener:
+    """Accepts connections on ``sockets`` (bound, listening, non-blocking) and gives each
+    to a new protocol from ``factory``.  Duck-types what the broker used of
+    ``asyncio.Server``: ``sockets``, :meth:`close`, :meth:`wait_closed`."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        factory: Callable[[], asyncio.Protocol],
+        sockets: list[socket.socket],
+        open_connections: Callable[[], int] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.factory = factory
+        self.sockets = sockets
+        self.open_connections = open_connections  # for the log line: how many are open
+        self.accepted = 0  # connections handed to a protocol, in total
+        self.refused = 0  # connections closed unserved for want of descriptors, in total
+        self.bursts = 0  # bursts of refusals so far
+        self._spare = _open_spare()
+        self._closed = False
+        self._reading = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._burst_timer: asyncio.TimerHandle | None = None
+        self._burst_start = 0.0
+        self._burst_refused = 0
+        self._last_refusal = 0.0
+        self._last_log = 0.0
+        self._pending: set[asyncio.Task[object]] = set()
+
+    @property
+    def in_burst(self) -> bool:
+        """Connections were refused within the last ``QUIET`` seconds."""
+        return self._burst_timer is not None
+
+    def start(self) -> None:
+        if self._closed or self._reading:
+            return
+        for sock in self.sockets:
+            self.loop.add_reader(sock.fileno(), self._on_readable, sock)
+        self._reading = True
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            for sock in self.sockets:
+                self.loop.remove_reader(sock.fileno())
+            self._reading = False
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets (open connections stay)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_reading()
+        for sock in self.sockets:
+            sock.close()
+        for handle in (self._retry, self._burst_timer):
+            if handle is not None:
+                handle.cancel()
+        self._retry = None
+        if self._burst_timer is not None:
+            self._burst_timer = None
+            self._log_burst_over()
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+        for task in self._pending:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait for connections accepted before :meth:`close` to be set up or dropped."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    # ------------------------------------------------------------------ accepting
+
+    def _on_readable(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in RESOURCE_ERRORS:
+                    self._out_of_descriptors(sock, exc)
+                    return
+                # ECONNABORTED and the network errors Linux passes on from the new
+                # connection concern that connection only
+                log.debug("accept on %s: %s", sock.getsockname(), exc)
+                continue
+            self._serve(conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        self.accepted += 1
+        try:
+            conn.setblocking(False)
+        except OSError:  # pragma: no cover - the peer is already gone
+            conn.close()
+            return
+        task = self.loop.create_task(self._connect(conn))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.factory, conn)
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        except Exception as exc:  # e.g. out of memory for the transport: drop this one
+            log.debug("could not set up an accepted connection: %s", exc)
+            conn.close()
+
+    # ------------------------------------------------------------------ out of descriptors
+
+    def _out_of_descriptors(self, sock: socket.socket, exc: OSError) -> None:
+        refused = 0
+        if self._spare is not None:
+            # free one descriptor, refuse with it everything that waits in the backlog
+            os.close(self._spare)
+            self._spare = None
+            refused = self._refuse_backlog(sock)
+            self._spare = _open_spare()
+        self._note_refused(refused, exc)
+        if self._spare is None:
+            # no spare (another thread took the descriptor): leave the backlog waiting
+            self._stop_reading()
+            if self._retry is None:
+                self._retry = self.loop.call_later(RETRY_DELAY, self._retry_accept)
+
+    def _refuse_backlog(self, sock: socket.socket) -> int:
+        n = 0
+        for _ in range(REFUSE_BATCH):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in RESOURCE_ERRORS:
+                    break
+                continue
+            conn.close()
+            n += 1
+        return n
+
+    def _retry_accept(self) -> None:
+        self._retry = None
+        if self._closed:
+            return
+        if self._spare is None:
+            self._spare = _open_spare()
+        self.start()
+
+    def _note_refused(self, n: int, exc: OSError) -> None:
+        now = self.loop.time()
+        self.refused += n
+        self._last_refusal = now
+        if self._burst_timer is None:
+            self.bursts += 1
+            self._burst_start = self._last_log = now
+            self._burst_refused = n
+            self._burst_timer = self.loop.call_later(QUIET, self._check_burst)
+            limit = fd_limit()
+            held = None if self.open_connections is None else self.open_connections()
+            log.error(
+                "cannot accept connections: %s (%s client connections open, file descriptor "
+                "limit %s); refusing new connections until descriptors are freed",
+                exc.strerror or exc,
+                "?" if held is None else held,
+                "unknown" if limit is None else limit,
+            )
+            return
+        self._burst_refused += n
+        if now - self._last_log >= REMIND_EVERY:
+            self._last_log = now
+            log.error(
+                "still cannot accept connections (%s): %d refused in the last %.0f s",
+                exc.strerror or exc,
+                self._burst_refused,
+                now - self._burst_start,
+            )
+
+    def _check_burst(self) -> None:
+        now = self.loop.time()
+        if now - self._last_refusal < QUIET:
+            self._burst_timer = self.loop.call_later(self._last_refusal + QUIET - now, self._check_burst)
+            return
+        self._burst_timer = None
+        self._log_burst_over()
+
+    def _log_burst_over(self) -> None:
+        log.warning(
+            "accepting connections again: %d refused in %.1f s for want of file descriptors",
+            self._burst_refused,
+            self._last_refusal - self._burst_start,
+        )
+
+
+async def open_listener(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[], asyncio.Protocol],
+    host: str | list[str] | None,
+    port: int,
+    backlog: int = 1024,
+    open_connections: Callable[[], int] | None = None,
+) -> Listener:
+    """Bind and listen on every address of ``host`` (one name or a list; None: all
+    interfaces) at ``port``, as ``loop.create_server`` does (SO_REUSEADDR, IPv6 sockets
+    v6-only, TCP_NODELAY inherited by accepted sockets), and start accepting."""
+    hosts: list[str | None] = [host] if host is None or isinstance(host, str) else list(host)
+    infos: list[tuple[int, int, int, tuple[str, int] | tuple[str, int, int, int]]] = []
+    for h in hosts:
+        for family, type_, proto, _canon, addr in await loop.getaddrinfo(
+            h, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            info = (family, type_, proto, addr)
+            if info not in infos:
+                infos.append(info)  # type: ignore[arg-type]
+    sockets: list[socket.socket] = []
+    try:
+        for family, type_, proto, addr in infos:
+            sock = socket.socket(family, type_, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                raise OSError(exc.errno, f"error while attempting to bind on address {addr!r}: {exc.strerror}") from None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    if not sockets:
+        raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {host!r}")
+    listener = Listener(loop, factory, sockets, open_connections)
+    listener.start()
+    return listener
