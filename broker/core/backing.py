@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from leveret.broker.core.message import Message, from_record, to_record
+from leveret.protocol.properties import FLAGS_HI, HI_EXPIRATION
 
 if TYPE_CHECKING:
     from leveret.broker.core.node import Node
@@ -219,9 +220,10 @@ class BackingQueue:
         self.node.queued_bytes -= size
         return e
 
-    def refill(self, expires_at: Callable[[Message, float], float]) -> bool:
+    def refill(self, expires_at: Callable[[Message, float], float], queue_ttl: bool = True) -> bool:
         """Load the next batch of paged-out messages from the log into RAM; False when
-        there is none.  ``expires_at(msg, now)`` gives each one's expiry (0: none)."""
+        there is none.  ``expires_at(msg, now)`` gives each one's expiry (0: none); it
+        is only asked for messages with an expiration when not ``queue_ttl``."""
         tail = self.tail
         start = self.tail_start
         n = len(tail)
@@ -243,7 +245,8 @@ class BackingQueue:
                 log.error("dropping unreadable record %#x: %s", pos, exc)
                 plog.ack(pos)
                 continue
-            msgs.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, expires_at(msg, msg.ts)))
+            exp = expires_at(msg, msg.ts) if queue_ttl or msg.header[FLAGS_HI] & HI_EXPIRATION else 0.0
+            msgs.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, exp))
             loaded += msg.size
         self.ready_bytes += loaded
         self.tail_bytes -= loaded

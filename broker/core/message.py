@@ -92,11 +92,18 @@ def to_record(msg: Message, transient: bool = False) -> bytes:
     return record.encode(record.F_TRANSIENT if transient else 0, msg.ts, msg.ex_rk, msg.header, msg.body)
 
 
+_names: dict[bytes, tuple[str, str]] = {}  # ex_rk -> (exchange, routing key), recent ones
+
+
 def from_record(payload: bytes) -> Message:
     _, ts, ex_rk, header, body = record.decode(payload)
-    xl = ex_rk[0]
-    exchange = ex_rk[1 : 1 + xl].decode("utf-8", "surrogateescape")
-    rk = ex_rk[2 + xl :].decode("utf-8", "surrogateescape")
-    msg = Message(ex_rk, exchange, rk, header, body)
+    names = _names.get(ex_rk)
+    if names is None:
+        xl = ex_rk[0]
+        names = (ex_rk[1 : 1 + xl].decode("utf-8", "surrogateescape"), ex_rk[2 + xl :].decode("utf-8", "surrogateescape"))
+        if len(_names) >= 256:
+            _names.clear()
+        _names[ex_rk] = names
+    msg = Message(ex_rk, names[0], names[1], header, body)
     msg.ts = ts
     return msg

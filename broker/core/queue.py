@@ -258,7 +258,7 @@ class Queue:
             self.node.loop.call_soon(self._on_expiry_timer)
 
     def _refill(self) -> bool:
-        if not self.store.refill(self.expires_at):
+        if not self.store.refill(self.expires_at, self.ttl is not None):
             return False
         if self.has_ttl_msgs:
             self._schedule_expiry()

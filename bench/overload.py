@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Open-loop overload scenarios: Leveret against RabbitMQ, in the same run.
+
+Built on ``leveret-perf`` (``leveret/perf``): producers publish as fast as the broker
+takes messages, so queues grow whenever the consumers cannot keep up.  Scenarios:
+
+* ``firehose``: 1 producer, 1 manual-ack consumer (prefetch 100), 1 KiB, ``--duration`` s;
+* ``drain``: publish ``--drain-messages`` (1,000,000) 1 KiB messages, then drain them
+  with a manual-ack consumer; the drain rate is compared with the drain of a short queue
+  (``--short-messages``, 20,000) on the same broker, and the broker's RSS is read once
+  the backlog is gone (memory coming back);
+* ``big``: 1 MiB messages, 1 producer, 1 manual-ack consumer (prefetch 10).
+
+Brokers alternate between repetitions; a fresh Leveret (its own data directory) is
+started for every run, RabbitMQ is the one at ``--rabbitmq-url`` (its RSS is read from
+the ``beam.smp`` process).  Prints a Markdown table of medians, writes ``--json`` and,
+with matplotlib installed, ``--plot`` (queue depth and rates over time of the last
+repetition).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+LEVERET, RABBITMQ = "Leveret", "RabbitMQ"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rabbitmq_pid() -> int | None:
+    out = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
+class LeveretProcess:
+    def __init__(self, tree: Path, python: str, extra: list[str]) -> None:
+        self.port = free_port()
+        self.data = Path(tempfile.mkdtemp(prefix="leveret-overload-"))
+        self.log = self.data.with_suffix(".log")
+        cmd = [python, "-m", "leveret", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data / "d"), "--log-level", "warning", *extra]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=tree, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Leveret exited: {self.log.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("Leveret did not start") from None
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.data, ignore_errors=True)
+        self.log.unlink(missing_ok=True)
+
+
+def perf(url: str, pid: int | None, args: list[str], timeout: float) -> dict[str, Any]:
+    """One leveret-perf run; its JSON summary."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = Path(f.name)
+    cmd = [sys.executable, "-m", "leveret.perf", "--uri", url, "--quiet", "--json", str(out), *args]
+    if pid:
+        cmd += ["--broker-pid", str(pid)]
+    try:
+        subprocess.run(cmd, check=True, timeout=timeout, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def drain_rate(summary: dict[str, Any]) -> float:
+    received = summary["totals"]["received"]
+    return received / max(1e-9, summary["duration_s"] - (summary.get("publish_duration_s") or 0.0))
+
+
+def figures(name: str, s: dict[str, Any]) -> dict[str, Any]:
+    """The columns of the table from one leveret-perf summary."""
+    series = s.get("seconds") or []
+    sent = s["totals"]["sent"]
+    received = s["totals"]["received"]
+    rss = s.get("rss_kib") or {}
+    depth = s.get("queue_depth") or {}
+    return {
+        "sent_rate": s["rates"].get("sent_mean", 0.0) if isinstance(s.get("rates"), dict) else 0.0,
+        "received_rate": s["rates"].get("received_mean", 0.0) if isinstance(s.get("rates"), dict) else 0.0,
+        "received_over_sent": received / sent if sent else 0.0,
+        "peak_depth": depth.get("peak", 0) if isinstance(depth, dict) else 0,
+        "p99_ms": (s.get("latency_ms") or {}).get("p99"),
+        "peak_rss_mb": (rss.get("peak") or 0) / 1024 if isinstance(rss, dict) else 0.0,
+        "series": series,
+    }
+
+
+def run_one(scenario: str, broker: str, args: argparse.Namespace) -> dict[str, Any]:
+    lev = None
+    if broker == LEVERET:
+        lev = LeveretProcess(Path(args.leveret_dir), args.leveret_python, args.leveret_arg)
+        url, pid = lev.url, lev.proc.pid
+    else:
+        url, pid = args.rabbitmq_url, rabbitmq_pid()
+    try:
+        if scenario == "firehose":
+            s = perf(url, pid, ["-x", "1", "-y", "1", "-q", "100", "-s", "1024", "-z", str(args.duration)], args.duration + 120)
+            return figures(broker, s)
+        if scenario == "big":
+            s = perf(url, pid, ["-x", "1", "-y", "1", "-q", "10", "-s", str(1 << 20), "-z", str(args.duration)], args.duration + 120)
+            return figures(broker, s)
+        if scenario == "drain":
+            short = perf(url, pid, ["-q", "100", "-s", "1024", "-C", str(args.short_messages), "--drain-after-publish"], 300)
+            s = perf(url, pid, ["-q", "100", "-s", "1024", "-C", str(args.drain_messages), "--drain-after-publish"], 900)
+            time.sleep(args.settle)
+            out = figures(broker, s)
+            out["publish_rate"] = s["totals"]["sent"] / max(1e-9, s.get("publish_duration_s") or 1.0)
+            out["drain_rate"] = drain_rate(s)
+            out["short_drain_rate"] = drain_rate(short)
+            out["drain_ratio"] = out["drain_rate"] / out["short_drain_rate"] if out["short_drain_rate"] else 0.0
+            out["rss_after_mb"] = rss_kib(pid) / 1024 if pid else 0.0
+            return out
+        raise ValueError(scenario)
+    finally:
+        if lev is not None:
+            lev.stop()
+
+
+def med(runs: list[dict[str, Any]], key: str) -> float:
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    lines = []
+    for scenario, by_broker in results.items():
+        if scenario == "drain":
+            lines += [
+                f"\n### {scenario}",
+                "| broker | publish msg/s | drain msg/s | short-queue drain msg/s | drain / short | peak depth | peak RSS MB | RSS after drain MB |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for b, runs in by_broker.items():
+                lines.append(
+                    f"| {b} | {med(runs, 'publish_rate'):,.0f} | {med(runs, 'drain_rate'):,.0f} | "
+                    f"{med(runs, 'short_drain_rate'):,.0f} | {med(runs, 'drain_ratio'):.2f} | {med(runs, 'peak_depth'):,.0f} | "
+                    f"{med(runs, 'peak_rss_mb'):,.0f} | {med(runs, 'rss_after_mb'):,.0f} |"
+                )
+        else:
+            lines += [
+                f"\n### {scenario}",
+                "| broker | sent msg/s | received msg/s | received / sent | peak depth | latency p99 ms | peak RSS MB |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for b, runs in by_broker.items():
+                lines.append(
+                    f"| {b} | {med(runs, 'sent_rate'):,.0f} | {med(runs, 'received_rate'):,.0f} | "
+                    f"{med(runs, 'received_over_sent'):.2f} | {med(runs, 'peak_depth'):,.0f} | {med(runs, 'p99_ms'):,.0f} | "
+                    f"{med(runs, 'peak_rss_mb'):,.0f} |"
+                )
+        if LEVERET in by_broker and RABBITMQ in by_broker:
+            key = "drain_rate" if scenario == "drain" else "received_rate"
+            r = med(by_broker[LEVERET], key) / med(by_broker[RABBITMQ], key)
+            lines.append(f"\nLeveret / RabbitMQ ({key.replace('_', ' ')}): {r:.2f}")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    scenarios = [s for s in ("firehose", "drain", "big") if s in results]
+    fig, axes = plt.subplots(2, len(scenarios), figsize=(5 * len(scenarios), 6), squeeze=False)
+    for col, scenario in enumerate(scenarios):
+        for broker, runs in results[scenario].items():
+            series = runs[-1].get("series") or []
+            t = [p.get("t", i + 1) for i, p in enumerate(series)]
+            axes[0][col].plot(t, [p.get("depth", 0) for p in series], label=broker)
+            axes[1][col].plot(t, [p.get("received", 0) for p in series], label=f"{broker} received")
+            axes[1][col].plot(t, [p.get("sent", 0) for p in series], "--", label=f"{broker} sent")
+        axes[0][col].set_title(f"{scenario}: queue depth")
+        axes[1][col].set_title(f"{scenario}: msg/s")
+        axes[1][col].set_xlabel("s")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenarios", default="firehose,drain,big")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--duration", type=int, default=20, help="seconds of the firehose and big runs")
+    p.add_argument("--drain-messages", type=int, default=1_000_000)
+    p.add_argument("--short-messages", type=int, default=20_000)
+    p.add_argument("--settle", type=float, default=3.0, help="seconds before reading RSS after the drain")
+    p.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
+    p.add_argument("--no-rabbitmq", action="store_true")
+    p.add_argument("--leveret-dir", default=str(REPO), help="source tree to run Leveret from")
+    p.add_argument("--leveret-python", default=sys.executable)
+    p.add_argument("--leveret-arg", action="append", default=[])
+    p.add_argument("--json", default="", help="write all runs here")
+    p.add_argument("--plot", default="", help="write a PNG of depth and rates over time here")
+    args = p.parse_args(argv)
+    brokers = [LEVERET] if args.no_rabbitmq else [LEVERET, RABBITMQ]
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for scenario in args.scenarios.split(","):
+        results[scenario] = {b: [] for b in brokers}
+        for rep in range(args.repeat):
+            for b in brokers if rep % 2 == 0 else reversed(brokers):
+                r = run_one(scenario, b, args)
+                results[scenario][b].append(r)
+                print(
+                    f"{scenario} {b} #{rep + 1}: "
+                    + ", ".join(f"{k} {v:,.2f}" for k, v in r.items() if isinstance(v, int | float)),
+                    flush=True,
+                )
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.plot and plot(results, Path(args.plot)):
+        print(f"plot written to {args.plot}")
+    os.environ.pop("_", None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
