@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--flow-cpu",
         type=float,
         default=0.6,
-        help="flow control slows publishers into backlogged queues while the broker uses this share "
+        help="flow control slows publishers into backlogged queues while the broker uses (or waits for) this share "
         "of a core or more (0: always; above 1: never)",
     )
     p.add_argument(

@@ -27,7 +27,7 @@ class Config:
     data_dir: str | None = None  # None: everything in memory (the CLI defaults to a dir)
     fsync_interval: float = 0.2  # seconds between fsyncs when nobody waits for one
     segment_size: int = 8 * 1024 * 1024
-    # flow control engages while the broker uses at least this share of a core
+    # flow control engages while the broker uses (or waits for) at least this share of a core
     # (0: always, as in tests of the mechanism; above 1: never)
     flow_cpu: float = 0.6
     disk_free_limit: int = 50 * 1024 * 1024  # block publishers below this many free bytes

@@ -44,8 +44,10 @@ Entry = tuple[int, Message, bool, float]
 
 SEQ_SHIFT = 32
 SEQ_MASK = (1 << SEQ_SHIFT) - 1
-PAGE_MAX = 20000  # ready messages kept in RAM before a durable queue pages to its log
+PAGE_MAX = 20000  # ready messages kept in RAM before a queue pages to its log
+PAGE_MAX_BYTES = 64 << 20  # ... or body bytes (large messages)
 PAGE_BATCH = 2000  # messages loaded back from the log at a time
+PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes
 
 
 class PriorityDeque:
@@ -165,7 +167,7 @@ class BackingQueue:
         log if it needs one; False when it cannot)."""
         if self.max_priority:
             return False
-        if self.tail_start >= len(self.tail) and len(self.messages) < PAGE_MAX:
+        if self.tail_start >= len(self.tail) and len(self.messages) < PAGE_MAX and self.ready_bytes < PAGE_MAX_BYTES:
             return False
         if self.plog is None:
             if self.overflow is None and self.open_overflow is not None:
@@ -231,23 +233,27 @@ class BackingQueue:
         if start >= n or plog is None:
             return False
         # a priority queue loads everything: delivery order depends on all of it
-        end = n if self.max_priority else min(n, start + PAGE_BATCH)
+        last = n if self.max_priority else min(n, start + PAGE_BATCH)
         redelivered_set = self.recovered_delivered
         msgs = self.messages
         loaded = 0
-        positions = tail[start:end]
-        for pos, payload in zip(positions, plog.read_many(positions), strict=True):
-            try:
-                if isinstance(payload, Exception):
-                    raise payload
-                msg = from_record(payload)
-            except Exception as exc:  # CorruptRecord, or a record we cannot decode
-                log.error("dropping unreadable record %#x: %s", pos, exc)
-                plog.ack(pos)
-                continue
-            exp = expires_at(msg, msg.ts) if queue_ttl or msg.header[FLAGS_HI] & HI_EXPIRATION else 0.0
-            msgs.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, exp))
-            loaded += msg.size
+        end = start
+        while end < last and (loaded < PAGE_BATCH_BYTES or self.max_priority):
+            # (in chunks, so that a batch of large messages stops near PAGE_BATCH_BYTES)
+            positions = tail[end : min(last, end + 256)]
+            end += len(positions)
+            for pos, payload in zip(positions, plog.read_many(positions), strict=True):
+                try:
+                    if isinstance(payload, Exception):
+                        raise payload
+                    msg = from_record(payload)
+                except Exception as exc:  # CorruptRecord, or a record we cannot decode
+                    log.error("dropping unreadable record %#x: %s", pos, exc)
+                    plog.ack(pos)
+                    continue
+                exp = expires_at(msg, msg.ts) if queue_ttl or msg.header[FLAGS_HI] & HI_EXPIRATION else 0.0
+                msgs.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, exp))
+                loaded += msg.size
         self.ready_bytes += loaded
         self.tail_bytes -= loaded
         self.node.queued_bytes += loaded

@@ -8,11 +8,11 @@ input handled per iteration while a manual-ack consumer got one round trip of ac
 The rule is split in two homes:
 
 * the queue (here) says when it is *in flow*: it has consumers and a backlog of at least
-  ``FLOW_LEN`` ready messages.  :meth:`Queue.publish` then returns the ``FLOW`` bit of
+  ``FLOW_LEN`` ready messages (or ``FLOW_BYTES`` of bodies).  :meth:`Queue.publish` then returns the ``FLOW`` bit of
   its outcome, and a :class:`FlowGate` per queue counts the messages it hands to
   consumers and gives credit back to the publishers that wait on it;
 * the publishing connection (``leveret.broker.wire.connection``) holds the credit: each
-  publish into a queue in flow costs one, and at zero it stops reading its socket and
+  publish into a queue in flow costs one (and one more per 64 KiB of body), and at zero it stops reading its socket and
   waits on the gates of those queues.  A gate grants ``CREDIT_MORE`` per ``CREDIT_MORE``
   messages delivered (RabbitMQ's ``{400, 200}``), and everything at once when the queue
   leaves flow (backlog below ``FLOW_LEN``, no consumer, deleted, purged).
@@ -27,8 +27,11 @@ from __future__ import annotations
 from typing import Protocol
 
 FLOW_LEN = 2000  # ready messages: a queue with consumers and this backlog is in flow
+FLOW_BYTES = 16 << 20  # ... or this many bytes of ready message bodies
 CREDIT_INITIAL = 400  # publishes into queues in flow before a connection must wait
 CREDIT_MORE = 200  # credit given back per this many messages delivered
+#: a message costs 1 + size >> CREDIT_SHIFT credits (large messages: one per 64 KiB)
+CREDIT_SHIFT = 16
 
 
 class FlowWaiter(Protocol):
@@ -60,7 +63,7 @@ class FlowGate:
             pass
 
     def delivered(self, n: int) -> None:
-        """The queue handed ``n`` messages to consumers."""
+        """The queue handed messages worth ``n`` credits to consumers."""
         self.progress += n
         if self.progress >= CREDIT_MORE:
             credit = self.progress

@@ -22,9 +22,9 @@ from array import array
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from leveret.broker.core.backing import PAGE_MAX, BackingQueue, Entry
+from leveret.broker.core.backing import PAGE_MAX, PAGE_MAX_BYTES, BackingQueue, Entry
 from leveret.broker.core.consumer import Consumer
-from leveret.broker.core.flow import FLOW_LEN, FlowGate
+from leveret.broker.core.flow import CREDIT_SHIFT, FLOW_BYTES, FLOW_LEN, FlowGate
 from leveret.broker.core.message import Message
 from leveret.protocol.properties import FLAGS_HI, HI_DELIVERY_MODE, HI_EXPIRATION
 
@@ -137,7 +137,7 @@ class Queue:
             self.plain
             and store.plog is None
             and not msg.header[FLAGS_HI] & HI_EXPIRATION
-            and (len(msgs) < PAGE_MAX or store.open_overflow is None)
+            and ((len(msgs) < PAGE_MAX and store.ready_bytes < PAGE_MAX_BYTES) or store.open_overflow is None)
         ):
             # no limits, no TTL, nothing to persist or page out: the hot path
             seq = store.next_seq
@@ -151,14 +151,15 @@ class Queue:
             size = msg.size
             store.ready_bytes += size
             self.node.queued_bytes += size
-            if len(msgs) >= FLOW_LEN and self.consumers:
+            if (len(msgs) >= FLOW_LEN or store.ready_bytes >= FLOW_BYTES) and self.consumers:
                 return FLOW
             return ACCEPTED
         return self._publish_slow(msg)
 
     def in_flow(self) -> bool:
         """Consumers and a backlog: publishers into this queue are held to their pace."""
-        return bool(self.consumers) and self.store.total() >= FLOW_LEN
+        store = self.store
+        return bool(self.consumers) and (store.total() >= FLOW_LEN or store.total_bytes() >= FLOW_BYTES)
 
     def _publish_slow(self, msg: Message) -> int:
         store = self.store
@@ -202,7 +203,7 @@ class Queue:
             self._enforce_limits()
         if expires_at:
             self._schedule_expiry()
-        if self.consumers and store.total() >= FLOW_LEN:
+        if self.consumers and (store.total() >= FLOW_LEN or store.total_bytes() >= FLOW_BYTES):
             return outcome | FLOW
         return outcome
 
@@ -325,9 +326,9 @@ class Queue:
                 self.dead_letter(msg, "expired")
                 continue
             c.sink.deliver(c, self, seq, msg, redelivered)
-            n += 1
+            n += 1 + (msg.size >> CREDIT_SHIFT)
         if self.flow.waiters:
-            if self.store.total() < FLOW_LEN:
+            if not self.in_flow():
                 self.flow.release()
             elif n:
                 self.flow.delivered(n)

@@ -230,7 +230,7 @@ class Channel:
             # (one queue, the common case, without the loop of VHost.enqueue)
             outcome = queues[0].publish(msg) if len(queues) == 1 else vhost.enqueue(queues, msg)
             if outcome & FLOW:
-                self.conn.spend_credit(queues)
+                self.conn.spend_credit(queues, msg.size)
             return outcome
         if mandatory:
             self._send_return(msg, NO_ROUTE, "NO_ROUTE")

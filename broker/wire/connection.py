@@ -21,7 +21,7 @@ from pamqp import commands as C
 from pamqp import decode as pdecode
 
 from leveret.broker.core.errors import AMQPError
-from leveret.broker.core.flow import CREDIT_INITIAL, CREDIT_MORE, FlowGate
+from leveret.broker.core.flow import CREDIT_INITIAL, CREDIT_MORE, CREDIT_SHIFT, FlowGate
 from leveret.broker.wire.channel import CLOSING, Channel
 from leveret.protocol import methods as M
 from leveret.protocol.constants import (
@@ -661,14 +661,15 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ flow control
 
-    def spend_credit(self, queues: Any) -> None:
-        """A publish went into a queue in flow (one of ``queues``).  While the broker is
-        busy this costs credit; at zero we stop reading the socket until the queues'
-        consumers have caught up (their gates give credit back)."""
+    def spend_credit(self, queues: Any, size: int) -> None:
+        """A publish of ``size`` body bytes went into a queue in flow (one of
+        ``queues``).  While the broker is busy this costs credit (one, and one more per
+        64 KiB); at zero we stop reading the socket until the queues' consumers have
+        caught up (their gates give credit back)."""
         broker = self.broker
         if not broker.busy:
             return
-        self.credit -= 1
+        self.credit -= 1 + (size >> CREDIT_SHIFT)
         if self.credit > 0 or self.flow_gates:
             return
         for q in queues:
