@@ -12,11 +12,13 @@ import threading
 import time
 
 import pika
+import pytest
 from pamqp import commands as C
 from rawamqp import RawClient, publish_frames
 
 from leveret.broker import Config
 from leveret.broker.core.flow import CREDIT_INITIAL, FLOW_LEN
+from leveret.broker.wire import connection
 from leveret.testing import BrokerThread
 
 N = 30_000
@@ -151,4 +153,29 @@ def test_purge_or_cancel_releases_a_waiting_publisher_and_others_are_unaffected(
         publisher.join(5)
         assert not b.broker.in_flow
         assert sch.queue_declare("stuck", passive=True).method.message_count == N - 10
+        stuck.close()
+
+
+def test_a_broker_that_is_no_longer_busy_releases_waiting_publishers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # flow engages (flow_cpu 0: always busy) against a consumer stuck with a full
+    # prefetch window; then the node stops counting as busy (a threshold no loop can
+    # reach): the next load samples release the publisher, which gets everything through
+    monkeypatch.setattr(connection, "FLOW_MAX_PAUSE", 120.0)  # no release by timeout here
+    with BrokerThread(Config(port=0, flow_cpu=0)) as b:
+        stuck = pika.BlockingConnection(pika.URLParameters(b.url))
+        sch = stuck.channel()
+        sch.queue_declare("idle")
+        sch.basic_qos(prefetch_count=10)
+        sch.basic_consume("idle", lambda *a: None)
+        stuck.process_data_events(0.1)
+        done = threading.Event()
+        publisher = _raw_publisher(b.port, "idle", N, done)
+        deadline = time.monotonic() + 10
+        while not (b.broker and b.broker.in_flow) and time.monotonic() < deadline:
+            stuck.process_data_events(0.01)
+        assert b.broker is not None and b.broker.in_flow, "flow never engaged"
+        b.broker.config.flow_cpu = 1000.0
+        assert done.wait(20), "the publisher was not released when the node went idle"
+        publisher.join(5)
+        assert not b.broker.busy and not b.broker.in_flow
         stuck.close()
