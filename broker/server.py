@@ -23,6 +23,7 @@ from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHost
+from leveret.broker.definitions import apply_access_definitions, apply_definitions, read_definitions
 from leveret.broker.listener import Listener, open_listener
 from leveret.broker.wire.connection import Connection
 
@@ -83,6 +84,10 @@ class Broker:
         self._access_loading = True  # (no per-change work while the config is applied)
         self.access.on_change = self._access_changed
         self.default_users: list[str] = []  # full permissions on every vhost (Config.users)
+        # load_definitions: read (and checked) now, applied in start() after recovery;
+        # raises definitions.DefinitionsError
+        path = self.config.load_definitions
+        self._definitions = read_definitions(path) if path else None
         for name in self.config.vhosts:
             self.add_vhost(name)
         self.apply_access_config()
@@ -103,10 +108,8 @@ class Broker:
                 self.persistence = None
                 raise
         try:
-            if self.config.load_definitions:
-                from leveret.broker.definitions import apply_definitions, read_definitions
-
-                apply_definitions(self, read_definitions(self.config.load_definitions))
+            if self._definitions is not None:
+                apply_definitions(self, self._definitions, self.config.load_definitions or "")
             if self.persistence is not None and self.persistence.recovered_access:
                 # the config is applied again over what was saved (the config wins)
                 self.apply_access_config()
@@ -345,6 +348,8 @@ class Broker:
         loading, self._access_loading = self._access_loading, True
         try:
             acc.loopback_users = list(cfg.loopback_users)
+            if self._definitions is not None:
+                apply_access_definitions(self, self._definitions, cfg.load_definitions or "")
             for u in cfg.hashed_users:
                 acc.add_user(
                     u["name"],
