@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from leveret.broker.config import DEFAULT_HOSTS, Config
+from leveret.broker.configfile import LOG_LEVELS, ConfigError, load_config_file, render_config
+from leveret.broker.definitions import DefinitionsError, read_definitions
 from leveret.broker.server import VERSION, Broker
 from leveret.storage import DataDirLocked
 
@@ -22,75 +26,127 @@ def default_data_dir() -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    # every flag defaults to None: a flag given overrides the config file, one not given
+    # leaves the file's value (or the built-in default, shown in the help)
     p = argparse.ArgumentParser(prog="leveret", description="Leveret AMQP 0-9-1 broker")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        default=os.environ.get("LEVERET_CONFIG") or None,
+        help="TOML config file (default: $LEVERET_CONFIG; see docs/leveret.example.toml)",
+    )
+    p.add_argument("--print-config", action="store_true", help="print the settings in force (secrets masked) and exit")
     p.add_argument(
         "--host",
         action="append",
         default=None,
         help="address to listen on; give it more than once to listen on each (default: 127.0.0.1 and ::1)",
     )
-    p.add_argument("--port", type=int, default=5672, help="TCP port (default 5672; 0 picks a free one)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio event loop")
-    p.add_argument("--heartbeat", type=int, default=60, help="heartbeat interval offered to clients (s)")
-    p.add_argument("--frame-max", type=int, default=131072)
-    p.add_argument("--channel-max", type=int, default=2047)
-    p.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD", help="add a user (default guest:guest)")
-    p.add_argument("--vhost", action="append", default=[], help="extra vhosts besides '/'")
+    p.add_argument("--port", type=int, help="TCP port (default 5672; 0 picks a free one)")
+    p.add_argument("--log-level", choices=list(LOG_LEVELS), help="default: info")
+    p.add_argument("--no-uvloop", action="store_true", default=None, help="use the default asyncio event loop")
+    p.add_argument("--heartbeat", type=int, help="heartbeat interval offered to clients (s, default 60)")
+    p.add_argument("--frame-max", type=int, help="default 131072")
+    p.add_argument("--channel-max", type=int, help="default 2047")
+    p.add_argument(
+        "--user",
+        action="append",
+        default=None,
+        metavar="NAME:PASSWORD",
+        help="a default user with full permissions on every vhost (instead of guest:guest); "
+        "the password is visible to other local users in the process list: prefer the config file",
+    )
+    p.add_argument("--vhost", action="append", default=None, help="extra vhosts besides '/'")
     p.add_argument(
         "--data-dir",
-        default=os.environ.get("LEVERET_DATA_DIR") or default_data_dir(),
-        help="where durable queues and definitions live (default: %(default)s)",
+        default=None,
+        help=f"where durable queues and definitions live (default: $LEVERET_DATA_DIR or {default_data_dir()})",
     )
-    p.add_argument("--in-memory", action="store_true", help="keep nothing on disk (for tests)")
-    p.add_argument("--fsync-interval", type=float, default=0.2, help="seconds between fsyncs when no publisher waits for a confirm")
-    p.add_argument("--segment-size", type=int, default=8 * 1024 * 1024, help="bytes per log segment file")
-    p.add_argument("--disk-free-limit", type=int, default=50 * 1024 * 1024, help="block publishers below this many free bytes")
-    p.add_argument("--memory-high-watermark", type=int, default=1 << 30, help="bytes of queued messages before publishers are blocked")
+    p.add_argument("--in-memory", action="store_true", default=None, help="keep nothing on disk (for tests)")
+    p.add_argument("--fsync-interval", type=float, help="seconds between fsyncs when no publisher waits for a confirm")
+    p.add_argument("--segment-size", type=int, help="bytes per log segment file")
+    p.add_argument("--disk-free-limit", type=int, help="block publishers below this many free bytes")
+    p.add_argument("--memory-high-watermark", type=int, help="bytes of queued messages before publishers are blocked")
     p.add_argument(
         "--flow-cpu",
         type=float,
-        default=0.6,
-        help="flow control slows publishers into backlogged queues while the broker uses (or waits for) this share "
-        "of a core or more (0: always; above 1: never)",
+        help="flow control slows publishers into backlogged queues while the broker uses (or waits for) this "
+        "share of a core or more (0: always; above 1: never; default 0.6)",
     )
     p.add_argument(
         "--handshake-timeout",
         type=float,
-        default=10.0,
         help="seconds a client has from connecting to connection.open before it is dropped (default 10)",
     )
     p.add_argument(
         "--max-message-size",
         type=int,
-        default=128 * 1024 * 1024,
         help="largest message body accepted, in bytes (default 128 MiB; at most 512 MiB, as RabbitMQ)",
     )
+    p.add_argument("--max-connections", type=int, help="client connections open at once (default 0: no limit)")
+    p.add_argument("--load-definitions", metavar="PATH", help="a RabbitMQ definitions JSON applied at boot")
     return p.parse_args(argv)
 
 
+#: flags that map one to one onto a Config field of the same name
+_DIRECT = (
+    "port",
+    "heartbeat",
+    "frame_max",
+    "channel_max",
+    "memory_high_watermark",
+    "flow_cpu",
+    "handshake_timeout",
+    "max_message_size",
+    "fsync_interval",
+    "segment_size",
+    "disk_free_limit",
+    "max_connections",
+    "load_definitions",
+)
+
+
+def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
+    """Built-in defaults, then the config file, then the flags given.  Also returns the
+    command-line settings (log_level, no_uvloop).  Raises ConfigError / DefinitionsError."""
+    base = Config(host=list(DEFAULT_HOSTS), data_dir=os.environ.get("LEVERET_DATA_DIR") or default_data_dir())
+    extras: dict[str, Any] = {}
+    cfg = base
+    if a.config:
+        cfg, extras = load_config_file(a.config, base)
+    over: dict[str, Any] = {k: getattr(a, k) for k in _DIRECT if getattr(a, k) is not None}
+    if a.host:
+        over["host"] = a.host[0] if len(a.host) == 1 else list(a.host)
+    if a.data_dir is not None:
+        over["data_dir"] = a.data_dir
+    if a.in_memory:
+        over["data_dir"] = None
+    if a.vhost:
+        over["vhosts"] = cfg.vhosts + [v for v in a.vhost if v not in cfg.vhosts]
+    if a.user:
+        logging.getLogger("leveret").warning(
+            "--user: passwords on the command line are visible to other local users; "
+            "prefer users in the config file (password_env, password_file or password_hash)"
+        )
+        users = {}
+        for u in a.user:
+            name, _, pw = u.partition(":")
+            users[name] = pw
+        over["users"] = users
+    if over.get("max_message_size") is not None and not 0 < over["max_message_size"] <= 512 * 1024 * 1024:
+        raise ConfigError("--max-message-size", "", "must be between 1 and 536870912 (512 MiB)")
+    cfg = dataclasses.replace(cfg, **over)
+    if a.log_level is not None:
+        extras["log_level"] = a.log_level
+    if a.no_uvloop:
+        extras["no_uvloop"] = True
+    if cfg.load_definitions and a.load_definitions is not None:
+        read_definitions(cfg.load_definitions)  # (checked now: refuse to start)
+    return cfg, extras
+
+
 def config_from_args(a: argparse.Namespace) -> Config:
-    users = {"guest": "guest"}
-    for u in a.user:
-        name, _, pw = u.partition(":")
-        users[name] = pw
-    return Config(
-        host=(a.host[0] if len(a.host) == 1 else list(a.host)) if a.host else list(DEFAULT_HOSTS),
-        port=a.port,
-        users=users,
-        vhosts=["/", *a.vhost],
-        heartbeat=a.heartbeat,
-        frame_max=a.frame_max,
-        channel_max=a.channel_max,
-        memory_high_watermark=a.memory_high_watermark,
-        flow_cpu=a.flow_cpu,
-        handshake_timeout=a.handshake_timeout,
-        max_message_size=a.max_message_size,
-        data_dir=None if a.in_memory else a.data_dir,
-        fsync_interval=a.fsync_interval,
-        segment_size=a.segment_size,
-        disk_free_limit=a.disk_free_limit,
-    )
+    return build_config(a)[0]
 
 
 def raise_fd_limit() -> int | None:
@@ -132,13 +188,21 @@ async def serve(config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = config_from_args(a)
+    logging.basicConfig(level=(a.log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config, extras = build_config(a)
+    except (ConfigError, DefinitionsError) as exc:
+        print(f"leveret: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    logging.getLogger().setLevel(extras.get("log_level", "info").upper())
+    if a.print_config:
+        sys.stdout.write(render_config(config, extras))
+        return 0
     limit = raise_fd_limit()
     if limit is not None:
         logging.getLogger("leveret").info("file descriptor limit: %d (one per client connection)", limit)
     loop_factory = None
-    if not a.no_uvloop:
+    if not extras.get("no_uvloop"):
         try:
             import uvloop
 
@@ -150,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(serve(config))
         except KeyboardInterrupt:  # pragma: no cover
             pass
-        except DataDirLocked as exc:
+        except (DataDirLocked, DefinitionsError) as exc:
             print(f"leveret: error: {exc}", file=sys.stderr, flush=True)
             return 1
     return 0

@@ -1,20 +1,37 @@
-"""Broker settings (CLI flags map onto these)."""
+"""Broker settings (CLI flags and the config file map onto these; see ``configfile.py``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 #: where the command line listens without --host: both loopbacks (IPv4 alone where there
 #: is no IPv6 loopback)
 DEFAULT_HOSTS = ("127.0.0.1", "::1")
+DEFAULT_USERS = {"guest": "guest"}
 
 
 @dataclass
 class Config:
     host: str | list[str] = "127.0.0.1"  # one address, or several to listen on each
     port: int = 5672
-    users: dict[str, str] = field(default_factory=lambda: {"guest": "guest"})
+    # the default users, name -> password: full permissions on every vhost, also on the
+    # vhosts added later (--user; the test tooling).  The default, guest/guest, is only
+    # created while no other user exists (configured, recovered or imported).
+    users: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
     vhosts: list[str] = field(default_factory=lambda: ["/"])
+    # users by RabbitMQ password hash (config file): {"name", "password_hash",
+    # "hashing_algorithm", "tags"}, with only the permissions given below
+    hashed_users: list[dict[str, Any]] = field(default_factory=list)
+    # {"user", "vhost", "configure", "write", "read"} (regular expressions)
+    permissions: list[dict[str, str]] = field(default_factory=list)
+    # {"user", "vhost", "exchange", "write", "read"}
+    topic_permissions: list[dict[str, str]] = field(default_factory=list)
+    # vhost -> {"max-connections": n, "max-queues": n}
+    vhost_limits: dict[str, dict[str, int]] = field(default_factory=dict)
+    loopback_users: list[str] = field(default_factory=lambda: ["guest"])  # may log in over loopback only
+    max_connections: int = 0  # client connections open at once (0: no limit)
+    load_definitions: str | None = None  # RabbitMQ definitions JSON applied at boot
     channel_max: int = 2047
     frame_max: int = 131072
     heartbeat: int = 60

@@ -17,11 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from leveret.broker.config import DEFAULT_HOSTS, Config
+from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, Config
+from leveret.broker.core import access as A
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHost
+from leveret.broker.definitions import apply_access_definitions, apply_definitions, read_definitions
 from leveret.broker.listener import Listener, open_listener
 from leveret.broker.wire.connection import Connection
 
@@ -90,8 +92,18 @@ class Broker:
         self._load_timer: asyncio.TimerHandle | None = None
         self._load_mark = (0.0, 0.0)
         self._idle_samples = 0
+        self.access = A.AccessControl()
+        self._access_loading = True  # (no per-change work while the config is applied)
+        self.access.on_change = self._access_changed
+        self.default_users: list[str] = []  # full permissions on every vhost (Config.users)
+        # load_definitions: read (and checked) now, applied in start() after recovery;
+        # raises definitions.DefinitionsError
+        path = self.config.load_definitions
+        self._definitions = read_definitions(path) if path else None
         for name in self.config.vhosts:
             self.add_vhost(name)
+        self.apply_access_config()
+        self._access_loading = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -107,6 +119,19 @@ class Broker:
                 self.persistence.close()
                 self.persistence = None
                 raise
+        try:
+            if self._definitions is not None:
+                apply_definitions(self, self._definitions, self.config.load_definitions or "")
+            if self.persistence is not None and self.persistence.recovered_access:
+                # the config is applied again over what was saved (the config wins)
+                self.apply_access_config()
+            if self.persistence is not None:
+                self.persistence.save_definitions()
+        except BaseException:
+            if self.persistence is not None:
+                self.persistence.close()
+                self.persistence = None
+            raise
         try:
             await self.listen()
         except BaseException:
@@ -295,12 +320,19 @@ class Broker:
     # ------------------------------------------------------------------ vhosts / auth
 
     def add_vhost(self, name: str) -> VHost:
+        """Create a vhost (if new: the default users get full permissions on it)."""
         v = self.vhosts.get(name)
         if v is None:
             v = self.vhosts[name] = VHost(self, name)
+            for user in self.default_users:
+                if user in self.access.users:
+                    self.access.set_permissions(user, name)
+            self._save_definitions()
         return v
 
     def delete_vhost(self, name: str) -> None:
+        """Delete a vhost: its connections are closed (320), its queues, permissions
+        and limits deleted."""
         v = self.vhosts.pop(name, None)
         if v is None:
             return
@@ -309,11 +341,115 @@ class Broker:
                 c.close_forced(320, f"vhost '{name}' is deleted")
         for q in list(v.queues.values()):
             v.delete_queue(q)
-        if self.persistence is not None:
+        self.access.forget_vhost(name)
+        self._save_definitions()
+
+    def _save_definitions(self) -> None:
+        if self.persistence is not None and not self._access_loading:
             self.persistence.save_definitions()
 
+    # ------------------------------------------------------------------ users and permissions
+    #
+    # The runtime admin API (the HTTP API of the operations issue builds on it).  Every
+    # change is saved with the definitions and drops the decisions channels have cached.
+
+    def apply_access_config(self) -> None:
+        """Apply the users, permissions and limits of the config (at boot, and again
+        over what the data directory had saved)."""
+        cfg, acc = self.config, self.access
+        loading, self._access_loading = self._access_loading, True
+        try:
+            acc.loopback_users = list(cfg.loopback_users)
+            if self._definitions is not None:
+                apply_access_definitions(self, self._definitions, cfg.load_definitions or "")
+            for u in cfg.hashed_users:
+                acc.add_user(
+                    u["name"],
+                    password_hash=u["password_hash"],
+                    hashing_algorithm=u.get("hashing_algorithm", A.SHA256),
+                    tags=u.get("tags", ()),
+                )
+            users = dict(cfg.users)
+            if users == DEFAULT_USERS and any(n not in users for n in acc.users):
+                users = {}  # the default guest only while no other user exists
+            self.default_users = list(users)
+            for name, password in users.items():
+                acc.add_user(name, password, tags=["administrator"])
+                for vhost in self.vhosts:
+                    acc.set_permissions(name, vhost)
+            for p in cfg.permissions:
+                self.add_vhost(p["vhost"])
+                acc.set_permissions(p["user"], p["vhost"], p["configure"], p["write"], p["read"])
+            for t in cfg.topic_permissions:
+                self.add_vhost(t["vhost"])
+                acc.set_topic_permissions(t["user"], t["vhost"], t["exchange"], t["write"], t["read"])
+            for vhost, limits in cfg.vhost_limits.items():
+                self.add_vhost(vhost)
+                acc.set_vhost_limits(vhost, limits)
+        finally:
+            self._access_loading = loading
+        self._access_changed()
+
+    def _access_changed(self) -> None:
+        for c in self.connections:
+            for ch in c.channels.values():
+                ch.forget_decisions()
+        self._save_definitions()
+
+    def add_user(
+        self,
+        name: str,
+        password: str | None = None,
+        *,
+        password_hash: str | None = None,
+        hashing_algorithm: str = A.SHA256,
+        tags: list[str] | str = (),  # type: ignore[assignment]
+    ) -> A.User:
+        """Create or replace a user (a password is hashed with SHA-256 here; a hash is
+        taken as RabbitMQ's, with its algorithm)."""
+        return self.access.add_user(
+            name, password, password_hash=password_hash, hashing_algorithm=hashing_algorithm, tags=tags
+        )
+
+    def delete_user(self, name: str) -> bool:
+        """Delete a user and its permissions and close its connections, as RabbitMQ
+        (320 CONNECTION_FORCED - user 'x' is deleted)."""
+        if not self.access.delete_user(name):
+            return False
+        if name in self.default_users:
+            self.default_users.remove(name)
+        for c in list(self.connections):
+            if c.user == name:
+                c.close_forced(320, f"user '{name}' is deleted")
+        return True
+
+    def _need_vhost(self, vhost: str) -> None:
+        if vhost not in self.vhosts:
+            raise KeyError(f"no vhost '{vhost}'")
+
+    def set_permissions(self, user: str, vhost: str, configure: str = ".*", write: str = ".*", read: str = ".*") -> None:
+        """Set a user's configure/write/read expressions on a vhost (ValueError for an
+        expression that does not compile, KeyError for an unknown user or vhost)."""
+        self._need_vhost(vhost)
+        self.access.set_permissions(user, vhost, configure, write, read)
+
+    def clear_permissions(self, user: str, vhost: str) -> None:
+        self.access.clear_permissions(user, vhost)
+
+    def set_topic_permissions(self, user: str, vhost: str, exchange: str, write: str = ".*", read: str = ".*") -> None:
+        self._need_vhost(vhost)
+        self.access.set_topic_permissions(user, vhost, exchange, write, read)
+
+    def clear_topic_permissions(self, user: str, vhost: str, exchange: str | None = None) -> None:
+        self.access.clear_topic_permissions(user, vhost, exchange)
+
+    def set_vhost_limits(self, vhost: str, limits: dict[str, int]) -> None:
+        """``{"max-connections": n, "max-queues": n}`` (negative: no limit)."""
+        self._need_vhost(vhost)
+        self.access.set_vhost_limits(vhost, limits)
+
     def authenticate(self, user: str, password: str) -> bool:
-        return self.config.users.get(user) == password
+        return self.access.authenticate(user, password) is not None
 
     def server_properties(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from leveret.broker.config import Config
+    from leveret.broker.core.access import AccessControl
     from leveret.broker.core.consumer import Consumer, DeliverySink
     from leveret.broker.core.persistence import Persistence
     from leveret.broker.core.queue import Queue
@@ -26,6 +27,7 @@ class Node(Protocol):
     config: Config
     loop: asyncio.AbstractEventLoop
     vhosts: dict[str, VHost]
+    access: AccessControl
     persistence: Persistence | None
     #: bytes of message bodies held in RAM (ready messages, partly received bodies):
     #: the memory alarm compares it with the high watermark

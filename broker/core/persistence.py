@@ -1,7 +1,7 @@
 """Durability: the broker's side of ``storage/``.
 
-* Definitions (vhosts, durable exchanges, durable queues, bindings between durable
-  objects) are saved as one JSON document through ``leveret.storage.MetadataStore`` whenever one
+* Definitions (vhosts, users, permissions, vhost limits, durable exchanges, durable
+  queues, bindings between durable objects) are saved as one JSON document through ``leveret.storage.MetadataStore`` whenever one
   changes; argument tables are stored as base64 of their AMQP encoding so every type
   survives.
 * Persistent messages (delivery_mode 2) routed to durable queues are appended to the
@@ -156,6 +156,7 @@ class Persistence:
         self._disk_timer: asyncio.TimerHandle | None = None
         self._dirty_since_sync = False
         self._loading = False
+        self.recovered_access = False  # recover() found saved users and permissions
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -263,6 +264,7 @@ class Persistence:
         data = {
             "version": 1,
             "vhosts": sorted(b.vhosts),
+            "access": b.access.to_json(),
             "exchanges": exchanges,
             "queues": queues,
             "bindings": bindings,
@@ -278,6 +280,9 @@ class Persistence:
             data = self.meta.load()
             for name in data.get("vhosts", []):
                 b.add_vhost(name)
+            if "access" in data:  # users, permissions, limits (older data dirs: none)
+                b.access.restore(data["access"])
+                self.recovered_access = True
             for e in data.get("exchanges", []):
                 v = b.vhosts.get(e["vhost"])
                 if v is None or e["name"] in v.exchanges:

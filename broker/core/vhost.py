@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from leveret.broker.core.arguments import (
@@ -239,7 +239,11 @@ class VHost:
         arguments: dict[str, Any],
         owner: Any,
         recovering: bool = False,
+        authorize: Callable[[str, dict[str, Any], bool], None] | None = None,
     ) -> Queue:
+        """Declare (or, ``passive``, look up) a queue.  ``authorize(name, arguments,
+        new)`` is the caller's permission check, called once the name is known (a
+        server-generated one too) and before the equivalence checks."""
         if passive:
             return self.get_queue(name, owner)
         durable = durable and not exclusive  # RabbitMQ: exclusive queues are never durable
@@ -248,6 +252,8 @@ class VHost:
         elif name.startswith("amq.") and not recovering:  # (a durable server-named queue)
             raise AMQPError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         q = self.queues.get(name)
+        if authorize is not None:
+            authorize(name, arguments, q is None)
         if q is not None:
             self.check_exclusive(q, owner if exclusive else None, strict=True)
             where = rs("queue", name, self.name)

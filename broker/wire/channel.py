@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
 
+from leveret.broker.core.access import CONFIGURE, READ, WRITE
 from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.deadletter import cc_keys
 from leveret.broker.core.errors import AMQPError, rs
+from leveret.broker.core.exchange import EXCHANGE_CLASSES
 from leveret.broker.core.message import Message
 from leveret.broker.core.queue import ACCEPTED, FLOW, PERSISTED, Queue
-from leveret.broker.core.vhost import generated_name
+from leveret.broker.core.vhost import generated_name, not_default
 from leveret.broker.wire.confirms import Confirms
 from leveret.broker.wire.publish import PublishAssembly
 from leveret.broker.wire.tx import Transaction
@@ -100,6 +102,13 @@ class Channel:
         self.reply_consumer: Consumer | None = None
         self.reply_queue: Queue | None = None
         self.reply_key = ""
+        # permission decisions (see _authz): allowed (perm, kind, name) triples, and the
+        # exchanges this channel may publish to without a topic check (name -> the
+        # exchange object, so that a redeclared exchange is checked again); both are
+        # dropped when permissions change (forget_decisions)
+        self.access = conn.broker.access
+        self.authz_ok: set[tuple[str, str, str]] = set()
+        self.write_ok: dict[str, Any] = {}
 
     @property
     def global_unacked(self) -> int:
@@ -112,6 +121,46 @@ class Channel:
 
     def send(self, method: Any) -> None:
         self.conn.send(M.encode_method(self.number, method))
+
+    # ------------------------------------------------------------------ permissions
+
+    def forget_decisions(self) -> None:
+        """Permissions changed: decide everything again."""
+        self.authz_ok.clear()
+        self.write_ok.clear()
+
+    def _authz(self, perm: str, kind: str, name: str) -> None:
+        """403 unless the user has ``perm`` on the resource (cached per channel)."""
+        key = (perm, kind, name)
+        if key in self.authz_ok:
+            return
+        self.access.check(self.conn.user, self.vhost.name, perm, kind, name)
+        if len(self.authz_ok) >= 4096:
+            self.authz_ok.clear()
+        self.authz_ok.add(key)
+
+    def _topic_authz(self, perm: str, x: Any, routing_key: str) -> bool:
+        """403 unless the routing key is allowed on topic exchange ``x``; False when
+        the exchange has no topic permission for this user (nothing to check)."""
+        if x is None or x.type != "topic":
+            return False
+        access, user, vhost = self.access, self.conn.user, self.vhost.name
+        if access.topic_rule(user, vhost, x.name) is None:
+            return False
+        access.check_topic(user, vhost, perm, x.name, routing_key)
+        return True
+
+    def _check_publish(self, name: str, x: Any, routing_key: str) -> Any:
+        """The slow path of the publish permission check: write on the exchange (before
+        looking it up, as RabbitMQ), then the topic permission on the routing key."""
+        self._authz(WRITE, "exchange", name)
+        if x is None:
+            raise AMQPError(NOT_FOUND, f"no exchange '{name}' in vhost '{self.vhost.name}'", 60, 40)
+        if not self._topic_authz(WRITE, x, routing_key):
+            if len(self.write_ok) >= 1024:
+                self.write_ok.clear()
+            self.write_ok[name] = x  # the next publishes to it skip all of this
+        return x
 
     def _queue_name(self, name: str) -> str:
         if name == "":
@@ -155,8 +204,8 @@ class Channel:
             confirms.publish_seq += 1
         vhost = self.vhost
         x = vhost.exchanges.get(msg.exchange)
-        if x is None:
-            raise AMQPError(NOT_FOUND, f"no exchange '{msg.exchange}' in vhost '{vhost.name}'", 60, 40)
+        if x is None or self.write_ok.get(msg.exchange) is not x:
+            x = self._check_publish(msg.exchange, x, msg.routing_key)
         if x.internal:
             raise AMQPError(
                 ACCESS_REFUSED, f"cannot publish to internal exchange '{msg.exchange}' in vhost '{vhost.name}'", 60, 40
@@ -364,6 +413,13 @@ class Channel:
 
     # exchange class
     def _exchange_declare(self, m: C.Exchange.Declare) -> None:
+        if not m.passive and m.exchange and m.exchange_type in EXCHANGE_CLASSES:
+            # (an unknown type and the default exchange are refused first, as RabbitMQ)
+            self._authz(CONFIGURE, "exchange", m.exchange)
+            ae = (m.arguments or {}).get("alternate-exchange")
+            if isinstance(ae, str) and m.exchange not in self.vhost.exchanges and not m.exchange.startswith("amq."):
+                self._authz(READ, "exchange", m.exchange)
+                self._authz(WRITE, "exchange", ae)
         self.vhost.declare_exchange(
             m.exchange, m.exchange_type, m.passive, m.durable, m.auto_delete, m.internal, m.arguments or {}
         )
@@ -371,16 +427,28 @@ class Channel:
             self.send(C.Exchange.DeclareOk())
 
     def _exchange_delete(self, m: C.Exchange.Delete) -> None:
+        if m.exchange and not m.exchange.startswith("amq."):
+            self._authz(CONFIGURE, "exchange", m.exchange)
         self.vhost.delete_exchange(m.exchange, m.if_unused)
         if not m.nowait:
             self.send(C.Exchange.DeleteOk())
 
+    def _binding_authz(self, kind: str, dest: str, source: str, routing_key: str) -> None:
+        """RabbitMQ's binding_action: write on the destination, then (the default
+        exchange refused) read on the source and the topic read permission."""
+        self._authz(WRITE, kind, dest)
+        not_default(source, *([dest] if kind == "exchange" else []))
+        self._authz(READ, "exchange", source)
+        self._topic_authz(READ, self.vhost.exchanges.get(source), routing_key)
+
     def _exchange_bind(self, m: C.Exchange.Bind) -> None:
+        self._binding_authz("exchange", m.destination, m.source, m.routing_key)
         self.vhost.bind_exchange(m.destination, m.source, m.routing_key, m.arguments or {})
         if not m.nowait:
             self.send(C.Exchange.BindOk())
 
     def _exchange_unbind(self, m: C.Exchange.Unbind) -> None:
+        self._binding_authz("exchange", m.destination, m.source, m.routing_key)
         self.vhost.unbind_exchange(m.destination, m.source, m.routing_key, m.arguments or {})
         if not m.nowait:
             self.send(C.Exchange.UnbindOk())
@@ -396,23 +464,51 @@ class Channel:
                 self.send(C.Queue.DeclareOk(queue=m.queue, message_count=0, consumer_count=1))
             return
         q = self.vhost.declare_queue(
-            m.queue, m.passive, m.durable, m.exclusive, m.auto_delete, m.arguments or {}, self.conn
+            m.queue,
+            m.passive,
+            m.durable,
+            m.exclusive,
+            m.auto_delete,
+            m.arguments or {},
+            self.conn,
+            authorize=None if m.passive else self._queue_declare_authz,
         )
         self.last_queue = q.name
         if not m.nowait:
             self.send(C.Queue.DeclareOk(queue=q.name, message_count=q.message_count, consumer_count=q.consumer_count))
 
+    def _queue_declare_authz(self, name: str, arguments: dict[str, Any], new: bool) -> None:
+        """queue.declare (not passive), once the name is known: configure on the queue;
+        for a new queue the vhost's max-queues and, with a dead-letter exchange, read
+        on the queue and write on the DLX (RabbitMQ 3.10's order)."""
+        self._authz(CONFIGURE, "queue", name)
+        if not new:
+            return
+        vhost = self.vhost
+        limit = self.access.limit(vhost.name, "max-queues")
+        if limit is not None and len(vhost.queues) >= limit:
+            raise AMQPError(
+                PRECONDITION_FAILED, f"cannot declare queue '{name}': queue limit in vhost '{vhost.name}' ({limit}) is reached"
+            )
+        dlx = arguments.get("x-dead-letter-exchange")
+        if isinstance(dlx, str):
+            self._authz(READ, "queue", name)
+            self._authz(WRITE, "exchange", dlx)
+
     def _queue_bind(self, m: C.Queue.Bind) -> None:
+        self._binding_authz("queue", self._queue_name(m.queue), m.exchange, m.routing_key)
         q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
         self.vhost.bind_queue(q, m.exchange, m.routing_key, m.arguments or {})
         if not m.nowait:
             self.send(C.Queue.BindOk())
 
     def _queue_unbind(self, m: C.Queue.Unbind) -> None:
+        self._binding_authz("queue", self._queue_name(m.queue), m.exchange, m.routing_key)
         self.vhost.unbind_queue(self._queue_name(m.queue), m.exchange, m.routing_key, m.arguments or {}, self.conn)
         self.send(C.Queue.UnbindOk())
 
     def _queue_purge(self, m: C.Queue.Purge) -> None:
+        self._authz(READ, "queue", self._queue_name(m.queue))
         q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
         n = q.purge()
         if not m.nowait:
@@ -420,6 +516,7 @@ class Channel:
 
     def _queue_delete(self, m: C.Queue.Delete) -> None:
         name = self._queue_name(m.queue)
+        self._authz(CONFIGURE, "queue", name)
         q = self.vhost.queues.get(name)
         if q is None:
             if not m.nowait:
@@ -454,6 +551,7 @@ class Channel:
             self._reply_consume(m)
             return
         name = self._queue_name(m.queue)
+        self._authz(READ, "queue", name)
         q = self.vhost.get_queue(name, self.conn)
         tag = m.consumer_tag or generated_name("amq.ctag-")
         if tag in self.consumers:
@@ -508,6 +606,7 @@ class Channel:
             c.queue.remove_consumer(c)
 
     def _basic_get(self, m: C.Basic.Get) -> None:
+        self._authz(READ, "queue", self._queue_name(m.queue))
         q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
         entry = q.get()
         if entry is None:

@@ -580,8 +580,11 @@ class Connection(asyncio.Protocol):
             self.state = S_CLOSING
             self._close_transport()
             return
-        if not self.broker.authenticate(user, password or ""):
-            log.info("login refused for user %r from %s (%s)", user, self.peer, m.mechanism)
+        reason = self._login_refused(user, password or "")
+        if reason is not None:
+            # RabbitMQ's words in its log: "PLAIN login refused: user 'guest' can only
+            # connect via localhost"
+            log.warning("%s login refused: %s (from %s)", m.mechanism, reason, self.peer)
             if self.capabilities.get("authentication_failure_close"):
                 self.send(
                     M.encode_method(
@@ -606,6 +609,22 @@ class Connection(asyncio.Protocol):
             )
         )
 
+    def _login_refused(self, user: str, password: str) -> str | None:
+        """Why this login is refused (None: it is not): a wrong user or password, or a
+        loopback-only user (``loopback_users``) on a connection that did not arrive on a
+        loopback address (RabbitMQ looks at the local address of the socket)."""
+        access = self.broker.access
+        if access.authenticate(user, password) is None:
+            return f"user '{user}' - invalid credentials"
+        if not access.loopback_allowed(user, self.local_address):
+            return f"user '{user}' can only connect via localhost"
+        return None
+
+    @property
+    def local_address(self) -> str | None:
+        sockname = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        return sockname[0] if isinstance(sockname, tuple) else None
+
     def _tune_ok(self, m: C.Connection.TuneOk) -> None:
         cfg = self.broker.config
         # RabbitMQ's negotiation check: a value above the server's, or 0 ("no limit")
@@ -628,9 +647,23 @@ class Connection(asyncio.Protocol):
             self._hb_handle = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
 
     def _open(self, m: C.Connection.Open) -> None:
-        vhost = self.broker.vhosts.get(m.virtual_host)
+        # RabbitMQ 3.10's order: node and vhost connection limits, then the vhost, then
+        # the user's permissions on it
+        broker, name, user = self.broker, m.virtual_host, self.user
+        opened = [c for c in broker.connections if c.state == S_OPENED]
+        limit = broker.config.max_connections
+        if limit and len(opened) >= limit:
+            raise AMQPError(NOT_ALLOWED, f"connection refused: node connection limit ({limit}) is reached", 10, 40)
+        limit = broker.access.limit(name, "max-connections")
+        if limit is not None and sum(1 for c in opened if c.vhost.name == name) >= limit:
+            raise AMQPError(
+                NOT_ALLOWED, f"access to vhost '{name}' refused for user '{user}': connection limit ({limit}) is reached", 10, 40
+            )
+        vhost = broker.vhosts.get(name)
         if vhost is None:
-            raise AMQPError(NOT_ALLOWED, f"vhost {m.virtual_host} not found", 10, 40)
+            raise AMQPError(NOT_ALLOWED, f"vhost {name} not found", 10, 40)
+        if not broker.access.can_open(user, name):
+            raise AMQPError(NOT_ALLOWED, f"access to vhost '{name}' refused for user '{user}'", 10, 40)
         self.vhost = vhost
         self.state = S_OPENED
         for t in self._timers:

@@ -1,0 +1,222 @@
+"""RabbitMQ-format definitions (``rabbitmqctl export_definitions``, the HTTP API's
+``GET /api/definitions``), applied at boot with ``load_definitions``.
+
+:func:`read_definitions` reads and checks a file and raises :class:`DefinitionsError`
+naming the file, the key and the reason; :func:`apply_definitions` applies it to a broker
+in RabbitMQ's import order: users, vhosts, permissions, topic permissions, exchanges,
+queues, bindings, and the vhost limits (the "vhost-limits" parameters).  Policies, other
+parameters and global parameters are logged and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from leveret.broker.core import access as A
+from leveret.broker.core.errors import AMQPError
+from leveret.broker.core.exchange import EXCHANGE_CLASSES
+
+if TYPE_CHECKING:
+    from leveret.broker.server import Broker
+
+log = logging.getLogger("leveret")
+
+#: what a definitions file may hold and Leveret applies
+APPLIED = ("users", "vhosts", "permissions", "topic_permissions", "exchanges", "queues", "bindings")
+#: read and ignored (what RabbitMQ writes about itself)
+IGNORED = ("rabbit_version", "rabbitmq_version", "product_name", "product_version")
+#: not supported yet: logged and skipped
+SKIPPED = ("policies", "parameters", "global_parameters", "operator_policies")
+
+
+class DefinitionsError(ValueError):
+    """A definitions file that cannot be applied: the file, the key and the reason."""
+
+    def __init__(self, path: str, key: str, reason: str) -> None:
+        self.path, self.key, self.reason = path, key, reason
+        super().__init__(f"{path}: {key}: {reason}" if key else f"{path}: {reason}")
+
+
+_STR, _BOOL, _DICT = str, bool, dict
+_FIELDS: dict[str, dict[str, tuple[type, Any]]] = {
+    # section -> field -> (type, default; ... = required)
+    "users": {"name": (_STR, ...), "password_hash": (_STR, None), "password": (_STR, None),
+              "hashing_algorithm": (_STR, None), "tags": (object, []), "limits": (_DICT, {})},
+    "vhosts": {"name": (_STR, ...), "description": (_STR, ""), "tags": (object, []),
+               "default_queue_type": (_STR, None), "metadata": (_DICT, {}), "limits": (object, None)},
+    "permissions": {"user": (_STR, ...), "vhost": (_STR, ...), "configure": (_STR, ...), "write": (_STR, ...), "read": (_STR, ...)},
+    "topic_permissions": {"user": (_STR, ...), "vhost": (_STR, ...), "exchange": (_STR, ...), "write": (_STR, ...), "read": (_STR, ...)},
+    "exchanges": {"name": (_STR, ...), "vhost": (_STR, ...), "type": (_STR, ...), "durable": (_BOOL, True),
+                  "auto_delete": (_BOOL, False), "internal": (_BOOL, False), "arguments": (_DICT, {})},
+    "queues": {"name": (_STR, ...), "vhost": (_STR, ...), "durable": (_BOOL, True), "auto_delete": (_BOOL, False),
+               "arguments": (_DICT, {}), "type": (_STR, None), "node": (_STR, None)},
+    "bindings": {"source": (_STR, ...), "vhost": (_STR, ...), "destination": (_STR, ...),
+                 "destination_type": (_STR, ...), "routing_key": (_STR, ""), "arguments": (_DICT, {})},
+}
+
+
+def read_definitions(path: str) -> dict[str, list[dict[str, Any]]]:
+    """Read and check a definitions file; the entries of each applied section with
+    their defaults filled in."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise DefinitionsError(path, "", f"cannot read it: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DefinitionsError(path, "", f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise DefinitionsError(path, "", "expected a JSON object at the top")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key, value in data.items():
+        if key in IGNORED:
+            continue
+        if key == "parameters" and isinstance(value, list):
+            # vhost limits are runtime parameters of component "vhost-limits": applied
+            limits = [p for p in value if isinstance(p, dict) and p.get("component") == "vhost-limits"]
+            for p in limits:
+                if not isinstance(p.get("vhost"), str) or not isinstance(p.get("value"), dict):
+                    raise DefinitionsError(path, f"parameters[{value.index(p)}]", "expected vhost and value")
+                try:
+                    A.AccessControl().set_vhost_limits(p["vhost"], p["value"])
+                except ValueError as exc:
+                    raise DefinitionsError(path, f"parameters[{value.index(p)}].value", str(exc)) from None
+            out["vhost_limits"] = [{"vhost": p["vhost"], "value": p["value"]} for p in limits]
+            value = [p for p in value if p not in limits]
+        if key in SKIPPED:
+            if value:
+                log.warning("%s: %s: not supported yet, skipped (%d entries)", path, key, len(value))
+            continue
+        if key not in APPLIED:
+            raise DefinitionsError(path, key, "unknown key")
+        if not isinstance(value, list):
+            raise DefinitionsError(path, key, "expected a list")
+        out[key] = [_entry(path, key, i, e) for i, e in enumerate(value)]
+    return out
+
+
+def _entry(path: str, section: str, i: int, e: Any) -> dict[str, Any]:
+    where = f"{section}[{i}]"
+    if not isinstance(e, dict):
+        raise DefinitionsError(path, where, "expected an object")
+    spec = _FIELDS[section]
+    out: dict[str, Any] = {}
+    for name, (typ, default) in spec.items():
+        if name not in e:
+            if default is ...:
+                raise DefinitionsError(path, f"{where}.{name}", "missing")
+            out[name] = default
+            continue
+        v = e[name]
+        if typ is not object and (not isinstance(v, typ) or (typ is not bool and isinstance(v, bool))):
+            raise DefinitionsError(path, f"{where}.{name}", f"expected {typ.__name__}, got {json.dumps(v)}")
+        out[name] = v
+    for name in e:
+        if name not in spec:
+            raise DefinitionsError(path, f"{where}.{name}", "unknown key")
+    try:
+        _check(section, out)
+    except ValueError as exc:
+        key, _, reason = str(exc).partition(": ")
+        raise DefinitionsError(path, f"{where}.{key}", reason) from None
+    return out
+
+
+def _check(section: str, e: dict[str, Any]) -> None:
+    """ValueError("field: reason") for a value RabbitMQ would not import."""
+    if section == "users":
+        if e["password"] is not None and e["password_hash"] is not None:
+            raise ValueError("password: give a password or a password_hash, not both")
+        if e["password_hash"] is None and e["password"] is None:
+            raise ValueError("password_hash: missing")
+        try:
+            A.algorithm(e["hashing_algorithm"])
+        except ValueError as exc:
+            raise ValueError(f"hashing_algorithm: {exc}") from None
+        tags = e["tags"]
+        if isinstance(tags, str):
+            e["tags"] = [t.strip() for t in tags.split(",") if t.strip()]
+        elif not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError("tags: expected a list of strings or a comma-separated string")
+        if e["password_hash"]:
+            import base64
+
+            try:
+                base64.b64decode(e["password_hash"], validate=True)
+            except ValueError:
+                raise ValueError("password_hash: not base64") from None
+    elif section in ("permissions", "topic_permissions"):
+        for p in ("configure", "write", "read"):
+            if p in e:
+                try:
+                    A.compile_regex(e[p])
+                except ValueError as exc:
+                    raise ValueError(f"{p}: {exc}") from None
+    elif section == "exchanges":
+        if e["type"] not in EXCHANGE_CLASSES:
+            raise ValueError(f"type: unknown exchange type '{e['type']}'")
+    elif section == "bindings":
+        if e["destination_type"] not in ("queue", "exchange"):
+            raise ValueError("destination_type: expected 'queue' or 'exchange'")
+
+
+def apply_definitions(broker: Broker, defs: dict[str, list[dict[str, Any]]], path: str = "definitions") -> None:
+    """Apply checked definitions (:func:`read_definitions`) in RabbitMQ's order; a
+    declaration the broker refuses raises :class:`DefinitionsError`."""
+    apply_access_definitions(broker, defs, path)
+    for i, x in enumerate(defs.get("exchanges", [])):
+        if x["name"] == "" or x["name"].startswith("amq."):
+            continue  # (RabbitMQ does not export them)
+        try:
+            broker.add_vhost(x["vhost"]).declare_exchange(
+                x["name"], x["type"], False, x["durable"], x["auto_delete"], x["internal"], x["arguments"]
+            )
+        except AMQPError as exc:
+            raise DefinitionsError(path, f"exchanges[{i}]", exc.reply_text) from None
+    for i, q in enumerate(defs.get("queues", [])):
+        args = dict(q["arguments"])
+        if q["type"] and "x-queue-type" not in args:
+            args["x-queue-type"] = q["type"]
+        try:
+            broker.add_vhost(q["vhost"]).declare_queue(q["name"], False, q["durable"], False, q["auto_delete"], args, None)
+        except AMQPError as exc:
+            raise DefinitionsError(path, f"queues[{i}]", exc.reply_text) from None
+    for i, b in enumerate(defs.get("bindings", [])):
+        v = broker.add_vhost(b["vhost"])
+        try:
+            if b["destination_type"] == "queue":
+                v.bind_queue(v.get_queue(b["destination"], None), b["source"], b["routing_key"], b["arguments"])
+            else:
+                v.bind_exchange(b["destination"], b["source"], b["routing_key"], b["arguments"])
+        except AMQPError as exc:
+            raise DefinitionsError(path, f"bindings[{i}]", exc.reply_text) from None
+
+
+def apply_access_definitions(broker: Broker, defs: dict[str, list[dict[str, Any]]], path: str = "definitions") -> None:
+    """The users, vhosts, permissions and topic permissions of the definitions."""
+    acc = broker.access
+    known = set(acc.users) | {u["name"] for u in defs.get("users", [])}
+    for section in ("permissions", "topic_permissions"):
+        for i, p in enumerate(defs.get(section, [])):
+            if p["user"] not in known:
+                raise DefinitionsError(path, f"{section}[{i}].user", f"no user '{p['user']}'")
+    for u in defs.get("users", []):
+        if u["password_hash"] is not None:
+            acc.add_user(u["name"], password_hash=u["password_hash"], hashing_algorithm=u["hashing_algorithm"], tags=u["tags"])
+        else:
+            acc.add_user(u["name"], u["password"], tags=u["tags"])
+    for v in defs.get("vhosts", []):
+        broker.add_vhost(v["name"])
+    for p in defs.get("permissions", []):
+        broker.add_vhost(p["vhost"])
+        acc.set_permissions(p["user"], p["vhost"], p["configure"], p["write"], p["read"])
+    for t in defs.get("topic_permissions", []):
+        broker.add_vhost(t["vhost"])
+        acc.set_topic_permissions(t["user"], t["vhost"], t["exchange"], t["write"], t["read"])
+    for lim in defs.get("vhost_limits", []):
+        broker.add_vhost(lim["vhost"])
+        acc.set_vhost_limits(lim["vhost"], lim["value"])
