@@ -12,6 +12,7 @@ import sys
 
 from leveret.broker.config import DEFAULT_HOSTS, Config
 from leveret.broker.server import VERSION, Broker
+from leveret.broker.tls import TLSConfigError
 from leveret.storage import DataDirLocked
 
 
@@ -66,7 +67,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=128 * 1024 * 1024,
         help="largest message body accepted, in bytes (default 128 MiB; at most 512 MiB, as RabbitMQ)",
     )
-    return p.parse_args(argv)
+    tls = p.add_argument_group("TLS (amqps)")
+    tls.add_argument(
+        "--tls-port",
+        type=int,
+        default=None,
+        help="also listen for AMQP over TLS on this port, on the same hosts (off unless given; "
+        "5671 is the usual port; 0 picks a free one)",
+    )
+    tls.add_argument("--tls-cert", default=None, metavar="PEM", help="the server's certificate (chain)")
+    tls.add_argument("--tls-key", default=None, metavar="PEM", help="its private key (default: in --tls-cert)")
+    tls.add_argument("--tls-ca", default=None, metavar="PEM", help="CA certificates that client certificates are checked against")
+    tls.add_argument(
+        "--tls-verify-peer",
+        action="store_true",
+        help="ask clients for a certificate and refuse an untrusted one; offers the EXTERNAL mechanism",
+    )
+    tls.add_argument(
+        "--tls-fail-if-no-peer-cert",
+        action="store_true",
+        help="with --tls-verify-peer: refuse clients that give no certificate",
+    )
+    a = p.parse_args(argv)
+    if a.tls_port is not None and not a.tls_cert:
+        p.error("--tls-port needs --tls-cert (and --tls-key unless the key is in that file)")
+    return a
 
 
 def config_from_args(a: argparse.Namespace) -> Config:
@@ -90,6 +115,12 @@ def config_from_args(a: argparse.Namespace) -> Config:
         fsync_interval=a.fsync_interval,
         segment_size=a.segment_size,
         disk_free_limit=a.disk_free_limit,
+        tls_port=a.tls_port,
+        tls_cert=a.tls_cert,
+        tls_key=a.tls_key,
+        tls_ca=a.tls_ca,
+        tls_verify_peer=a.tls_verify_peer,
+        tls_fail_if_no_peer_cert=a.tls_fail_if_no_peer_cert,
     )
 
 
@@ -150,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(serve(config))
         except KeyboardInterrupt:  # pragma: no cover
             pass
-        except DataDirLocked as exc:
+        except (DataDirLocked, TLSConfigError) as exc:
             print(f"leveret: error: {exc}", file=sys.stderr, flush=True)
             return 1
     return 0
