@@ -551,3 +551,32 @@ def test_asyncio_loop_unaffected_by_failed_handshakes(pki: PKI) -> None:
 
     asyncio.run(main())
     assert errors == []
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_deliveries_go_out_in_full_tls_records(
+    pki: PKI, start_broker: Callable[..., BrokerThread], use_uvloop: bool
+) -> None:
+    """Frames written together go into one TLS record (up to 16 KiB), not a record per
+    frame: the client decrypts (and its recv returns) a record at a time, so a record per
+    frame cost TLS clients most of their throughput (bench.py --tls, 1 KiB bodies)."""
+    b = start_broker(tls_config(pki), use_uvloop)
+    assert b.tls_port is not None
+    n, body = 200, b"x" * 1024
+    with RawClient(tls_socket(b.tls_port, pki.client_context()), 5.0) as c:
+        c.handshake()
+        c.open_channel(1)
+        c.declare_queue(1, "records")
+        for _ in range(n):
+            c.publish(1, "", "records", body)
+        deadline = time.monotonic() + 5
+        while b.message_count("records") < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        c.send_method(1, C.Basic.Consume(queue="records", consumer_tag="t", no_ack=True))
+        sizes, total = [], 0
+        while total < n * len(body):  # SSLSocket.recv returns one record at most
+            data = c.sock.recv(1 << 20)
+            assert data, "closed by the broker"
+            sizes.append(len(data))
+            total += len(data)
+    assert total / len(sizes) > 8192, f"{len(sizes)} records for {total} bytes"

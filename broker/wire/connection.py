@@ -254,9 +254,11 @@ class Connection(asyncio.Protocol):
         n = len(out)
         if n == 1:
             self.transport.write(out[0])
-        elif self.out_bytes >= 128 * n:
+        elif self.out_bytes >= 128 * n and not self.tls:
             # large parts (message bodies): hand them over as they are (writev under
-            # uvloop) instead of copying them all into one buffer
+            # uvloop) instead of copying them all into one buffer.  (Not on TLS: there
+            # each part would become a TLS record of its own, and the peer would decrypt
+            # a record per frame; one buffer gives full 16 KiB records.)
             self.transport.writelines(out)
         else:
             self.transport.write(b"".join(out))
