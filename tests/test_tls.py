@@ -180,6 +180,20 @@ def test_pika_round_trip_over_tls(pki: PKI, start_broker: Callable[..., BrokerTh
     assert f"127.0.0.1:{b.tls_port} (amqps)" in b.call(lambda: b.broker.addresses)  # type: ignore[union-attr]
 
 
+def test_isolated_vhost_amqps_url(pki: PKI, start_broker: Callable[..., BrokerThread]) -> None:
+    b = start_broker(tls_config(pki))
+    with b.isolated_vhost("tls") as v:
+        assert v.amqps_url.startswith(f"amqps://guest:guest@127.0.0.1:{b.tls_port}/tls-")
+        params = pika.URLParameters(v.amqps_url)
+        params.ssl_options = pika.SSLOptions(pki.client_context(), "127.0.0.1")
+        conn = pika.BlockingConnection(params)
+        try:
+            conn.channel().queue_declare("in-the-vhost")
+            assert [q.name for q in v.queues()] == ["in-the-vhost"]
+        finally:
+            conn.close()
+
+
 def test_no_tls_listener_unless_tls_port_given(start_broker: Callable[..., BrokerThread]) -> None:
     b = start_broker(Config(port=0))
     assert b.tls_port is None

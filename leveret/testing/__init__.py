@@ -380,6 +380,15 @@ class VhostView:
     def url(self) -> str:
         return self.handle.url_for(self.vhost)
 
+    @property
+    def tls_port(self) -> int | None:
+        return self.handle.tls_port
+
+    @property
+    def amqps_url(self) -> str:
+        """This vhost's ``amqps://`` URL (the broker needs ``tls_port``)."""
+        return self.handle.amqps_url_for(self.vhost)
+
     # inspection
     def stats(self) -> Stats:
         return self.handle.stats() - self._stats0
