@@ -57,6 +57,14 @@ def fd_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
+def _peer(sock: socket.socket) -> str:
+    try:
+        addr = sock.getpeername()
+    except OSError:
+        return "?"
+    return f"[{addr[0]}]:{addr[1]}" if sock.family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}"
+
+
 def _open_spare() -> int | None:
     try:
         return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -172,10 +180,12 @@ class Listener:
         task.add_done_callback(self._pending.discard)
 
     async def _connect(self, conn: socket.socket) -> None:
+        peer = ""
         try:
             if self.ssl_context is None:
                 await self.loop.connect_accepted_socket(self.factory, conn)
             else:
+                peer = _peer(conn)  # (for the log: the transport closes the socket on failure)
                 await self.loop.connect_accepted_socket(
                     self.factory, conn, ssl=self.ssl_context, ssl_handshake_timeout=self.handshake_timeout
                 )
@@ -183,7 +193,12 @@ class Listener:
             conn.close()
             raise
         except Exception as exc:  # a failed TLS handshake; out of memory for the transport
-            log.debug("could not set up an accepted connection: %s", exc)
+            if self.ssl_context is not None and isinstance(exc, OSError):  # (ssl.SSLError too)
+                # a plain-TCP client, an untrusted/expired/missing client certificate, an
+                # old TLS version, or the handshake timeout: worth a line for whoever set it up
+                log.info("TLS handshake failed with %s: %s", peer, exc)
+            else:
+                log.debug("could not set up an accepted connection: %s", exc)
             conn.close()
 
     # ------------------------------------------------------------------ out of descriptors

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import os
 import shutil
 import socket
@@ -157,6 +158,13 @@ def start_mechanisms(sock: socket.socket) -> str:
         start = c.expect(C.Connection.Start, 0)
     mech = start.mechanisms
     return mech.decode() if isinstance(mech, bytes) else mech
+
+
+def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert text in caplog.text
 
 
 def wait_no_connections(b: BrokerThread, timeout: float = 5.0) -> None:
@@ -402,8 +410,9 @@ def test_external_where_not_offered_is_an_invalid_start_ok(
 
 @pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
 def test_plain_tcp_client_on_the_tls_port_gets_a_clean_close(
-    pki: PKI, start_broker: Callable[..., BrokerThread], use_uvloop: bool
+    pki: PKI, start_broker: Callable[..., BrokerThread], use_uvloop: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="leveret")
     b = start_broker(tls_config(pki, handshake_timeout=30.0), use_uvloop)
     assert b.tls_port is not None
     with socket.create_connection(("127.0.0.1", b.tls_port), timeout=5) as s:
@@ -418,6 +427,7 @@ def test_plain_tcp_client_on_the_tls_port_gets_a_clean_close(
     assert not data.startswith(b"AMQP") and b"\x01\x00\x00" not in data[:3]
     assert elapsed < 3.0
     wait_no_connections(b)
+    wait_for_log(caplog, "TLS handshake failed with 127.0.0.1:")
     # and the listener still serves TLS clients
     assert pika_round_trip(pika_params(b, pki.client_context()), b"still") == b"still"
 
@@ -459,8 +469,9 @@ def test_handshake_timeout_counts_from_accept_not_from_the_end_of_tls(
 
 @pytest.mark.parametrize("case", ["expired", "untrusted", "none"])
 def test_bad_client_certificate_is_refused(
-    pki: PKI, start_broker: Callable[..., BrokerThread], case: str
+    pki: PKI, start_broker: Callable[..., BrokerThread], case: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="leveret")
     b = start_broker(tls_config(pki, verify=True, fail=True))
     assert b.tls_port is not None
     client = {
@@ -482,6 +493,8 @@ def test_bad_client_certificate_is_refused(
         pass
     assert got == b"", f"the broker answered a client with a {case} certificate: {got!r}"
     wait_no_connections(b)
+    reason = {"expired": "certificate has expired", "untrusted": "unable to get local issuer", "none": "did not return a certificate"}
+    wait_for_log(caplog, reason[case])
 
 
 def _tls11_client_context(pki: PKI) -> ssl.SSLContext | None:
