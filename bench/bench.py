@@ -14,8 +14,11 @@ The producer never runs more than ``--max-in-flight`` messages ahead of the cons
 (a shared counter), so queues stay bounded; the latency scenario is rate-limited and the
 persistent one keeps at most 1000 unconfirmed publishes.  Brokers alternate between
 repetitions; the table gives medians.  ``--baseline-dir`` adds a second Leveret from an older
-source tree, for a before/after comparison in the same run.  Run ``bench.py --help`` for the
-options.
+source tree, for a before/after comparison in the same run.  ``--tls`` makes the Leveret it
+starts listen on TLS as well (a certificate made for the run with ``trustme``) and adds
+``Leveret-TLS``: the same broker process, the clients connecting with ``ssl`` (TLS 1.3,
+the server certificate checked); TLS/TCP = Leveret-TLS / Leveret.  Run ``bench.py --help``
+for the options.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import struct
 import subprocess
@@ -51,6 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 # broker names in the results (and the keys of the JSON summary)
 LEVERET, BASELINE, RABBITMQ = "Leveret", "Leveret-baseline", "RabbitMQ"
+LEVERET_TLS = "Leveret-TLS"  # the same Leveret process, clients on its amqps listener
 SLOWDOWN_LIMIT = 0.05  # after/before worse than this is pointed out under the table
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
@@ -70,6 +75,8 @@ CONSUMER_TAG = "bench"
 RECV_SIZE = 1 << 18
 
 WARMUP, MEASURING, STOP = 0, 1, 2  # values of the shared ``phase``
+# "would block" on a non-blocking socket, plain or TLS
+WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 # ----------------------------------------------------------------------------- config
@@ -124,6 +131,7 @@ class BrokerURL:
     user: str
     password: str
     vhost: str
+    tls_ca: str | None = None  # TLS: the CA file the server certificate is checked against
 
     @classmethod
     def parse(cls, url: str) -> BrokerURL:
@@ -138,6 +146,19 @@ class BrokerURL:
             password=unquote(u.password or "guest"),
             vhost=unquote(path) if path else "/",
         )
+
+    def connect(self, timeout: float) -> socket.socket:
+        """A TCP connection, with TLS on top when ``tls_ca`` is set."""
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls_ca is None:
+            return sock
+        try:
+            ctx = ssl.create_default_context(cafile=self.tls_ca)
+            return ctx.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
 
 
 @dataclass
@@ -185,8 +206,7 @@ class RawConnection:
 
     @classmethod
     def open(cls, url: BrokerURL, timeout: float = 10.0) -> RawConnection:
-        sock = socket.create_connection((url.host, url.port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = url.connect(timeout)
         conn = cls(sock)
         try:
             sock.sendall(PROTOCOL_HEADER)
@@ -434,7 +454,7 @@ def _send_all(conn: RawConnection, data: bytes, tracker: ConfirmTracker, shared:
         try:
             view = view[sock.send(view) :]
             continue
-        except BlockingIOError:
+        except WOULD_BLOCK:
             pass
         readable, _, _ = select.select([sock], [sock], [], 0.1)
         if readable:
@@ -448,7 +468,7 @@ def _poll_incoming(conn: RawConnection, tracker: ConfirmTracker) -> None:
     """Read whatever the broker sent the producer (confirms, errors) without blocking."""
     try:
         data = conn.sock.recv(RECV_SIZE)
-    except BlockingIOError:
+    except WOULD_BLOCK:
         return
     if not data:
         raise ConnectionError("connection closed by the broker")
@@ -756,10 +776,39 @@ def is_leveret_tree(tree: Path | str) -> bool:
     return (tree / "leveret" / "__main__.py").exists() or (tree / "broker" / "__main__.py").exists()
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 (PEM files)."""
+
+    ca: str
+    cert: str
+    key: str
+
+
+def make_tls_files(folder: Path) -> TLSFiles:
+    try:
+        import trustme
+    except ImportError:
+        raise SystemExit("--tls needs trustme (pip install trustme, or the [test] extra)") from None
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    files = TLSFiles(str(folder / "ca.pem"), str(folder / "server.pem"), str(folder / "server.key"))
+    ca.cert_pem.write_to_path(files.ca)
+    server.private_key_pem.write_to_path(files.key)
+    for i, blob in enumerate(server.cert_chain_pems):
+        blob.write_to_path(files.cert, append=i > 0)
+    return files
+
+
 def start_leveret(
-    args: argparse.Namespace, tree: Path, data_dir: Path, name: str = LEVERET
-) -> tuple[subprocess.Popen[bytes], BrokerURL, Path]:
-    """Leveret from source ``tree`` on a free port, its data (if it keeps any) in data_dir."""
+    args: argparse.Namespace,
+    tree: Path,
+    data_dir: Path,
+    name: str = LEVERET,
+    tls: TLSFiles | None = None,
+) -> tuple[subprocess.Popen[bytes], BrokerURL, Path, BrokerURL | None]:
+    """Leveret from source ``tree`` on a free port, its data (if it keeps any) in data_dir;
+    with ``tls``, also an amqps listener on another free port (its URL is returned too)."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="leveret-bench-", suffix=".log")[1])
     cmd = [
@@ -774,6 +823,11 @@ def start_leveret(
         "warning",
         *args.leveret_arg,
     ]
+    tls_url = None
+    if tls is not None:
+        tls_port = free_port()
+        cmd += ["--tls-port", str(tls_port), "--tls-cert", tls.cert, "--tls-key", tls.key]
+        tls_url = BrokerURL("127.0.0.1", tls_port, "guest", "guest", "/", tls_ca=tls.ca)
     env = dict(os.environ, LEVERET_DATA_DIR=str(data_dir))
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -790,7 +844,7 @@ def start_leveret(
                 msg = f"{name} did not listen on {port}:\n{log.read_text()}"
                 raise RuntimeError(msg) from None
             time.sleep(0.05)
-    return proc, BrokerURL("127.0.0.1", port, "guest", "guest", "/"), log
+    return proc, BrokerURL("127.0.0.1", port, "guest", "guest", "/"), log, tls_url
 
 
 def source_version(path: Path) -> str:
@@ -827,7 +881,7 @@ def reachable(url: BrokerURL) -> str | None:
     """None if a connection and channel open work, else why not."""
     try:
         RawConnection.open(url, timeout=5).close()
-    except (OSError, BrokerClosed) as exc:
+    except (OSError, BrokerClosed) as exc:  # (ssl.SSLError is an OSError)
         return f"{exc.__class__.__name__}: {exc}"
     return None
 
@@ -890,7 +944,11 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 # (label, numerator broker, denominator broker) of the ratio columns, when both ran
-RATIOS = (("after/before", LEVERET, BASELINE), ("L/R", LEVERET, RABBITMQ))
+RATIOS = (
+    ("after/before", LEVERET, BASELINE),
+    ("L/R", LEVERET, RABBITMQ),
+    ("TLS/TCP", LEVERET_TLS, LEVERET),
+)
 
 
 def add_ratios(rows: list[dict[str, Any]], brokers: list[str]) -> None:
@@ -905,8 +963,20 @@ def add_ratios(rows: list[dict[str, Any]], brokers: list[str]) -> None:
 
 def print_report(rows: list[dict[str, Any]], brokers: list[str], args: argparse.Namespace) -> None:
     lev = brokers[0]
-    others = brokers[1:]  # Leveret-baseline and/or RabbitMQ, in this order
-    ratio_of = {den: label for label, num, den in RATIOS if num == lev and den in others}
+    others = brokers[1:]  # Leveret-TLS, Leveret-baseline and/or RabbitMQ, in this order
+    # per other broker: (label, numerator, denominator) of its ratio column against Leveret
+    pair = {
+        other: (label, num, den)
+        for label, num, den in RATIOS
+        for other in others
+        if {num, den} == {lev, other}
+    }
+    ratio_of = {b: pair[b][0] for b in others}
+
+    def rate_ratio(row: dict[str, Any], b: str, key: str = "rate") -> str:
+        _label, num, den = pair[b]
+        return _ratio(row[num][key], row[den][key])
+
     print()
     print(
         f"median of {args.repeat} run(s) x {args.duration:g} s (after {args.warmup:g} s warm-up); "
@@ -923,7 +993,7 @@ def print_report(rows: list[dict[str, Any]], brokers: list[str], args: argparse.
         cells = [row["scenario"], row["description"], _fmt(a["rate"], ",.0f"), _pct(a["spread"])]
         for b in others:
             o = row[b]
-            cells += [_fmt(o["rate"], ",.0f"), _pct(o["spread"]), _ratio(a["rate"], o["rate"])]
+            cells += [_fmt(o["rate"], ",.0f"), _pct(o["spread"]), rate_ratio(row, b)]
         cells += [
             _joined([row[b]["rss_mb"] for b in brokers], ".0f"),
             _joined([row[b]["broker_cpu"] for b in brokers], ".2f"),
@@ -933,7 +1003,7 @@ def print_report(rows: list[dict[str, Any]], brokers: list[str], args: argparse.
     _print_table(table, right_from=2)
     if others:
         legend = [f"RSS / CPU columns: {' / '.join(brokers)}; CPU in cores"]
-        legend += [f"{ratio_of[b]} = {lev} / {b} msg/s" for b in others]
+        legend += [f"{pair[b][0]} = {pair[b][1]} / {pair[b][2]} msg/s" for b in others]
         print(f"({'; '.join(legend)})")
     lat = [r for r in rows if any(r[b]["p50_ms"] is not None for b in brokers)]
     if lat:
@@ -962,8 +1032,8 @@ def print_report(rows: list[dict[str, Any]], brokers: list[str], args: argparse.
                     _fmt(o["p50_ms"], ".3f"),
                     _fmt(o["p99_ms"], ".3f"),
                     _fmt(o["p999_ms"], ".3f"),
-                    _ratio(a["p50_ms"], o["p50_ms"]),
-                    _ratio(a["p99_ms"], o["p99_ms"]),
+                    rate_ratio(row, b, "p50_ms"),
+                    rate_ratio(row, b, "p99_ms"),
                 ]
             table.append(cells)
         _print_table(table, right_from=1)
@@ -1066,6 +1136,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="ARG",
         help="extra argument for the Leveret command line(s), e.g. --leveret-arg=--no-uvloop",
     )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="the Leveret this starts also listens on TLS (a certificate made for the run); "
+        "adds Leveret-TLS, the same broker with the clients on TLS, and TLS/TCP = "
+        "Leveret-TLS / Leveret (needs trustme)",
+    )
     p.add_argument("--rabbitmq-url", default=DEFAULT_RABBITMQ_URL)
     p.add_argument("--no-rabbitmq", action="store_true", help="benchmark Leveret alone")
     p.add_argument(
@@ -1101,6 +1178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("need 1 <= --batch <= --max-in-flight")
     if args.confirm_window < args.batch:
         p.error("--confirm-window must be at least --batch")
+    if args.tls and args.leveret_url:
+        p.error("--tls needs a Leveret started by the benchmark (not --leveret-url)")
     for option, tree in (
         ("--leveret-dir", args.leveret_dir),
         ("--baseline-dir", args.baseline_dir),
@@ -1127,12 +1206,18 @@ def main(argv: list[str] | None = None) -> int:
     version = "external"
     baseline_version: str | None = None
 
+    tls: TLSFiles | None = None
+    tls_target: Target | None = None
+
     def start(name: str, tree: Path) -> Target:
+        nonlocal tls_target
         prefix = "leveret-bench-" if name == LEVERET else "leveret-bench-baseline-"
         data_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=args.leveret_data_dir))
         data_dirs.append(data_dir)
-        proc, url, log = start_leveret(args, tree, data_dir, name)
+        proc, url, log, tls_url = start_leveret(args, tree, data_dir, name, tls if name == LEVERET else None)
         started.append((name, proc, log))
+        if tls_url is not None:
+            tls_target = Target(LEVERET_TLS, tls_url, proc.pid)
         return Target(name, url, proc.pid)
 
     try:
@@ -1142,11 +1227,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             version = source_version(args.leveret_dir)
             print(f"{LEVERET} from {version} (python -m {leveret_module(args.leveret_dir)})")
+            if args.tls:
+                tls_dir = Path(tempfile.mkdtemp(prefix="leveret-bench-tls-", dir=args.leveret_data_dir))
+                data_dirs.append(tls_dir)
+                tls = make_tls_files(tls_dir)
             targets.append(start(LEVERET, args.leveret_dir))
         why = reachable(targets[0].url)
         if why:
             print(f"Leveret is not reachable: {why}", file=sys.stderr)
             return 1
+        if tls_target is not None:
+            why = reachable(tls_target.url)
+            if why:
+                print(f"{LEVERET_TLS} is not reachable: {why}", file=sys.stderr)
+                return 1
+            targets.append(tls_target)
         if args.baseline_dir is not None:
             baseline_version = source_version(args.baseline_dir)
             module = leveret_module(args.baseline_dir)

@@ -16,6 +16,7 @@ from leveret.broker.config import DEFAULT_HOSTS, Config
 from leveret.broker.configfile import LOG_LEVELS, ConfigError, load_config_file, render_config
 from leveret.broker.definitions import DefinitionsError, read_definitions
 from leveret.broker.server import VERSION, Broker
+from leveret.broker.tls import TLSConfigError
 from leveret.storage import DataDirLocked
 
 
@@ -85,6 +86,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-connections", type=int, help="client connections open at once (default 0: no limit)")
     p.add_argument("--load-definitions", metavar="PATH", help="a RabbitMQ definitions JSON applied at boot")
+    tls = p.add_argument_group("TLS (amqps)")
+    tls.add_argument(
+        "--tls-port",
+        type=int,
+        default=None,
+        help="also listen for AMQP over TLS on this port, on the same hosts (off unless given; "
+        "5671 is the usual port; 0 picks a free one)",
+    )
+    tls.add_argument("--tls-cert", default=None, metavar="PEM", help="the server's certificate (chain)")
+    tls.add_argument("--tls-key", default=None, metavar="PEM", help="its private key (default: in --tls-cert)")
+    tls.add_argument("--tls-ca", default=None, metavar="PEM", help="CA certificates that client certificates are checked against")
+    tls.add_argument(
+        "--tls-verify-peer",
+        action="store_true",
+        default=None,
+        help="ask clients for a certificate and refuse an untrusted one; offers the EXTERNAL mechanism",
+    )
+    tls.add_argument(
+        "--tls-fail-if-no-peer-cert",
+        action="store_true",
+        default=None,
+        help="with --tls-verify-peer: refuse clients that give no certificate",
+    )
     return p.parse_args(argv)
 
 
@@ -103,6 +127,12 @@ _DIRECT = (
     "disk_free_limit",
     "max_connections",
     "load_definitions",
+    "tls_port",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_verify_peer",
+    "tls_fail_if_no_peer_cert",
 )
 
 
@@ -136,6 +166,8 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     if over.get("max_message_size") is not None and not 0 < over["max_message_size"] <= 512 * 1024 * 1024:
         raise ConfigError("--max-message-size", "", "must be between 1 and 536870912 (512 MiB)")
     cfg = dataclasses.replace(cfg, **over)
+    if cfg.tls_port is not None and not cfg.tls_cert:
+        raise ConfigError("--tls-port", "", "needs --tls-cert (and --tls-key unless the key is in that file)")
     if a.log_level is not None:
         extras["log_level"] = a.log_level
     if a.no_uvloop:
@@ -214,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(serve(config))
         except KeyboardInterrupt:  # pragma: no cover
             pass
-        except (DataDirLocked, DefinitionsError) as exc:
+        except (DataDirLocked, DefinitionsError, TLSConfigError) as exc:
             print(f"leveret: error: {exc}", file=sys.stderr, flush=True)
             return 1
     return 0

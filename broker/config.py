@@ -48,3 +48,11 @@ class Config:
     # (0: always, as in tests of the mechanism; above 1: never)
     flow_cpu: float = 0.6
     disk_free_limit: int = 50 * 1024 * 1024  # block publishers below this many free bytes
+    # TLS (amqps): a second listener on the same hosts, off unless tls_port is given
+    # (0 picks a free port); see leveret.broker.tls
+    tls_port: int | None = None
+    tls_cert: str | None = None  # PEM certificate chain of the server
+    tls_key: str | None = None  # PEM private key (None: it is in tls_cert)
+    tls_ca: str | None = None  # PEM CA bundle that client certificates are checked against
+    tls_verify_peer: bool = False  # ask clients for a certificate, check the one given
+    tls_fail_if_no_peer_cert: bool = False  # with tls_verify_peer: refuse clients without one

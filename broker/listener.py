@@ -16,6 +16,11 @@ handed to ``loop.connect_accepted_socket``), the same way on both loops:
   lasts gets a reminder every ``REMIND_EVERY`` seconds, not a line per connection.
 * The connections already open are not touched, and new ones are accepted as soon as
   descriptors are free again.
+
+A listener given an ``ssl.SSLContext`` (the amqps listener) wraps each accepted socket
+with it (``connect_accepted_socket(..., ssl=...)``); a TLS handshake that does not finish
+within ``handshake_timeout`` seconds, or fails (a plain-TCP client, an untrusted or
+expired client certificate, TLS older than the context allows), closes the socket.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable
 
 try:
@@ -51,6 +57,14 @@ def fd_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
+def _peer(sock: socket.socket) -> str:
+    try:
+        addr = sock.getpeername()
+    except OSError:
+        return "?"
+    return f"[{addr[0]}]:{addr[1]}" if sock.family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}"
+
+
 def _open_spare() -> int | None:
     try:
         return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -69,10 +83,14 @@ class Listener:
         factory: Callable[[], asyncio.Protocol],
         sockets: list[socket.socket],
         open_connections: Callable[[], int] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
     ) -> None:
         self.loop = loop
         self.factory = factory
         self.sockets = sockets
+        self.ssl_context = ssl_context  # None: plain TCP
+        self.handshake_timeout = handshake_timeout  # for the TLS handshake
         self.open_connections = open_connections  # for the log line: how many are open
         self.accepted = 0  # connections handed to a protocol, in total
         self.refused = 0  # connections closed unserved for want of descriptors, in total
@@ -162,13 +180,25 @@ class Listener:
         task.add_done_callback(self._pending.discard)
 
     async def _connect(self, conn: socket.socket) -> None:
+        peer = ""
         try:
-            await self.loop.connect_accepted_socket(self.factory, conn)
+            if self.ssl_context is None:
+                await self.loop.connect_accepted_socket(self.factory, conn)
+            else:
+                peer = _peer(conn)  # (for the log: the transport closes the socket on failure)
+                await self.loop.connect_accepted_socket(
+                    self.factory, conn, ssl=self.ssl_context, ssl_handshake_timeout=self.handshake_timeout
+                )
         except asyncio.CancelledError:
             conn.close()
             raise
-        except Exception as exc:  # e.g. out of memory for the transport: drop this one
-            log.debug("could not set up an accepted connection: %s", exc)
+        except Exception as exc:  # a failed TLS handshake; out of memory for the transport
+            if self.ssl_context is not None and isinstance(exc, OSError):  # (ssl.SSLError too)
+                # a plain-TCP client, an untrusted/expired/missing client certificate, an
+                # old TLS version, or the handshake timeout: worth a line for whoever set it up
+                log.info("TLS handshake failed with %s: %s", peer, exc)
+            else:
+                log.debug("could not set up an accepted connection: %s", exc)
             conn.close()
 
     # ------------------------------------------------------------------ out of descriptors
@@ -263,10 +293,13 @@ async def open_listener(
     port: int,
     backlog: int = 1024,
     open_connections: Callable[[], int] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    handshake_timeout: float = 10.0,
 ) -> Listener:
     """Bind and listen on every address of ``host`` (one name or a list; None: all
     interfaces) at ``port``, as ``loop.create_server`` does (SO_REUSEADDR, IPv6 sockets
-    v6-only, TCP_NODELAY inherited by accepted sockets), and start accepting."""
+    v6-only, TCP_NODELAY inherited by accepted sockets), and start accepting (with TLS
+    if ``ssl_context`` is given, the handshake bounded by ``handshake_timeout``)."""
     hosts: list[str | None] = [host] if host is None or isinstance(host, str) else list(host)
     infos: list[tuple[int, int, int, tuple[str, int] | tuple[str, int, int, int]]] = []
     for h in hosts:
@@ -297,6 +330,6 @@ async def open_listener(
         raise
     if not sockets:
         raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {host!r}")
-    listener = Listener(loop, factory, sockets, open_connections)
+    listener = Listener(loop, factory, sockets, open_connections, ssl_context, handshake_timeout)
     listener.start()
     return listener

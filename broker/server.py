@@ -13,6 +13,7 @@ import asyncio
 import logging
 import platform
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHost
 from leveret.broker.definitions import apply_access_definitions, apply_definitions, read_definitions
 from leveret.broker.listener import Listener, open_listener
+from leveret.broker.tls import server_context
 from leveret.broker.wire.connection import Connection
 
 log = logging.getLogger("leveret")
@@ -71,6 +73,9 @@ class Broker:
         self.vhosts: dict[str, VHost] = {}
         self.connections: set[Connection] = set()
         self.server: Listener | None = None
+        self.tls_server: Listener | None = None  # the amqps listener (config.tls_port)
+        self.ssl_context: ssl.SSLContext | None = None
+        self._tls_bound: int | None = None  # the port the amqps listener got (listen again there)
         self.dirty: list[Connection] = []
         self._flush_scheduled = False
         self.queued_bytes = 0
@@ -162,33 +167,57 @@ class Broker:
                     self.flush_all()
         self._load_timer = self.loop.call_later(LOAD_INTERVAL, self._sample_load)
 
-    async def listen(self, host: str | list[str] | None = None, port: int | None = None) -> None:
+    async def listen(
+        self, host: str | list[str] | None = None, port: int | None = None, tls_port: int | None = None
+    ) -> None:
         """Open the listening socket(s): the configured ones, or ``host``/``port`` (again,
-        after :meth:`stop_listening`)."""
+        after :meth:`stop_listening`).  With ``config.tls_port`` set, an amqps listener on
+        the same hosts too: at ``tls_port``, else the port it had before, else the
+        configured one."""
         host = self.config.host if host is None else host
         port = self.config.port if port is None else port
+        if tls_port is None:
+            tls_port = self._tls_bound if self._tls_bound is not None else self.config.tls_port
+        self.server = await self._open_listener(host, port, None)
+        if tls_port is not None:
+            try:
+                if self.ssl_context is None:
+                    self.ssl_context = server_context(self.config)
+                self.tls_server = await self._open_listener(host, tls_port, self.ssl_context)
+            except BaseException:
+                self.server.close()
+                self.server = None
+                raise
+            self._tls_bound = self.tls_server.sockets[0].getsockname()[1]
+        # (debug: the command line prints the startup line itself, once)
+        log.debug("Leveret %s listening on %s", VERSION, ", ".join(self.addresses))
+
+    async def _open_listener(self, host: str | list[str], port: int, ctx: ssl.SSLContext | None) -> Listener:
+        def factory() -> Connection:
+            return Connection(self, tls=ctx)
+
+        timeout = self.config.handshake_timeout
         try:
-            self.server = await open_listener(self.loop, self._new_connection, host, port, 1024, self._count)
+            return await open_listener(self.loop, factory, host, port, 1024, self._count, ctx, timeout)
         except OSError:
             if not isinstance(host, list) or tuple(host) != DEFAULT_HOSTS:
                 raise  # addresses asked for explicitly must all work
             # the default, on a machine without an IPv6 loopback: IPv4 alone
-            self.server = await open_listener(self.loop, self._new_connection, host[0], port, 1024, self._count)
-        # (debug: the command line prints the startup line itself, once)
-        log.debug("Leveret %s listening on %s", VERSION, ", ".join(self.addresses))
-
-    def _new_connection(self) -> Connection:
-        return Connection(self)
+            return await open_listener(self.loop, factory, host[0], port, 1024, self._count, ctx, timeout)
 
     def _count(self) -> int:
         return len(self.connections)
 
     @property
     def addresses(self) -> list[str]:
+        """Where it listens: ``127.0.0.1:5672``, ``[::1]:5672``, then the amqps listener's
+        as ``127.0.0.1:5671 (amqps)``."""
         out = []
-        for s in self.server.sockets if self.server else []:
-            addr = s.getsockname()
-            out.append(f"[{addr[0]}]:{addr[1]}" if s.family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}")
+        for server, suffix in ((self.server, ""), (self.tls_server, " (amqps)")):
+            for s in server.sockets if server else []:
+                addr = s.getsockname()
+                where = f"[{addr[0]}]:{addr[1]}" if s.family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}"
+                out.append(where + suffix)
         return out
 
     @property
@@ -196,14 +225,23 @@ class Broker:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]
 
+    @property
+    def tls_port(self) -> int | None:
+        """The port of the amqps listener (None: no TLS)."""
+        if self.tls_server is None:
+            return None
+        return self.tls_server.sockets[0].getsockname()[1]
+
     async def stop_listening(self, grace: float = 1.0, abort: bool = True) -> tuple[list[str], int]:
         """Close the listener and send connection.close 320 to every client; after
         ``grace`` seconds drop those that did not answer (``abort``: reset; else close
         after what is queued for them).  Returns the hosts and port it listened on."""
         server, self.server = self.server, None
+        tls_server, self.tls_server = self.tls_server, None
         addrs = [s.getsockname() for s in server.sockets] if server is not None else []
-        if server is not None:
-            server.close()
+        for listener in (server, tls_server):
+            if listener is not None:
+                listener.close()
         for c in list(self.connections):
             c.close_forced()
         deadline = self.loop.time() + grace
@@ -211,8 +249,9 @@ class Broker:
             await asyncio.sleep(0.005)
         for c in list(self.connections):
             c.drop(abort)
-        if server is not None:
-            await server.wait_closed()
+        for listener in (server, tls_server):
+            if listener is not None:
+                await listener.wait_closed()
         return [a[0] for a in addrs], addrs[0][1] if addrs else 0
 
     async def stop(self, timeout: float = 1.0) -> None:
@@ -450,6 +489,10 @@ class Broker:
 
     def authenticate(self, user: str, password: str) -> bool:
         return self.access.authenticate(user, password) is not None
+
+    def user_exists(self, user: str) -> bool:
+        """The user is known (EXTERNAL logs in by client certificate, without a password)."""
+        return user in self.access.users
 
     def server_properties(self) -> dict[str, Any]:
         return {

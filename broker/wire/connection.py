@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
@@ -22,6 +23,7 @@ from pamqp import decode as pdecode
 
 from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.flow import CREDIT_INITIAL, CREDIT_MORE, CREDIT_SHIFT, FlowGate
+from leveret.broker.tls import peer_common_name
 from leveret.broker.wire.channel import CLOSING, Channel
 from leveret.protocol import methods as M
 from leveret.protocol.constants import (
@@ -83,9 +85,14 @@ _DRAIN_MAX = 30.0  # RabbitMQ's CLOSING_TIMEOUT: the longest wait for the client
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, tls: ssl.SSLContext | None = None) -> None:
         self.broker = broker
         self.loop = broker.loop
+        # made at accept, before a TLS handshake: the handshake timeout counts from here
+        self.accepted_at = self.loop.time()
+        self.tls = tls is not None  # accepted by the amqps listener
+        # EXTERNAL (user = client certificate CN) is offered only where peers are verified
+        self.external = tls is not None and tls.verify_mode != ssl.CERT_NONE
         self.transport: asyncio.Transport | None = None
         self.state: State = S_HEADER
         self.parser = FrameParser(FRAME_MIN_SIZE)
@@ -134,8 +141,9 @@ class Connection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.broker.connections.add(self)
         self.last_recv = self.loop.time()
-        self._timers.append(self.loop.call_later(self.broker.config.handshake_timeout, self._handshake_timeout))
-        log.debug("accepted %s", self.peer)
+        deadline = self.accepted_at + self.broker.config.handshake_timeout
+        self._timers.append(self.loop.call_at(deadline, self._handshake_timeout))
+        log.debug("accepted %s%s", self.peer, " (TLS)" if self.tls else "")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = S_CLOSED
@@ -246,9 +254,11 @@ class Connection(asyncio.Protocol):
         n = len(out)
         if n == 1:
             self.transport.write(out[0])
-        elif self.out_bytes >= 128 * n:
+        elif self.out_bytes >= 128 * n and not self.tls:
             # large parts (message bodies): hand them over as they are (writev under
-            # uvloop) instead of copying them all into one buffer
+            # uvloop) instead of copying them all into one buffer.  (Not on TLS: there
+            # each part would become a TLS record of its own, and the peer would decrypt
+            # a record per frame; one buffer gives full 16 KiB records.)
             self.transport.writelines(out)
         else:
             self.transport.write(b"".join(out))
@@ -357,7 +367,7 @@ class Connection(asyncio.Protocol):
                     version_major=0,
                     version_minor=9,
                     server_properties=self.broker.server_properties(),
-                    mechanisms="PLAIN AMQPLAIN",
+                    mechanisms="PLAIN AMQPLAIN EXTERNAL" if self.external else "PLAIN AMQPLAIN",
                     locales="en_US",
                 ),
             )
@@ -571,16 +581,27 @@ class Connection(asyncio.Protocol):
         self.client_properties = m.client_properties or {}
         caps = self.client_properties.get("capabilities")
         self.capabilities = caps if isinstance(caps, dict) else {}
-        user, password = _credentials(m.mechanism, m.response)
-        if user is None:
-            # RabbitMQ: a mechanism it did not offer or a malformed response is a protocol
-            # error before the connection is open: the socket is closed, no connection.close
-            # (that is only for wrong credentials)
-            log.info("closing connection %s: invalid start-ok (mechanism %r)", self.peer, m.mechanism)
-            self.state = S_CLOSING
-            self._close_transport()
-            return
-        reason = self._login_refused(user, password or "")
+        external = m.mechanism == "EXTERNAL" and self.external
+        if external:
+            # the response is not used: the user is the verified certificate's CN
+            user = peer_common_name(self.transport)
+            if user is None or not self.broker.user_exists(user):
+                reason: str | None = f"user '{user}' - invalid credentials"
+            elif not self.broker.access.loopback_allowed(user, self.local_address):
+                reason = f"user '{user}' can only connect via localhost"
+            else:
+                reason = None
+        else:
+            user, password = _credentials(m.mechanism, m.response)
+            if user is None:
+                # RabbitMQ: a mechanism it did not offer or a malformed response is a
+                # protocol error before the connection is open: the socket is closed, no
+                # connection.close (that is only for wrong credentials)
+                log.info("closing connection %s: invalid start-ok (mechanism %r)", self.peer, m.mechanism)
+                self.state = S_CLOSING
+                self._close_transport()
+                return
+            reason = self._login_refused(user, password or "")
         if reason is not None:
             # RabbitMQ's words in its log: "PLAIN login refused: user 'guest' can only
             # connect via localhost"
@@ -600,6 +621,7 @@ class Connection(asyncio.Protocol):
             self.state = S_CLOSING
             self._close_transport()
             return
+        assert user is not None
         self.user = user
         cfg = self.broker.config
         self.state = S_TUNE_OK

@@ -98,11 +98,16 @@ def _child_path(env: dict[str, str]) -> None:
 
 
 def _amqp_url(
-    host: str, port: int, vhost: str, user: str = "guest", password: str = "guest"
+    host: str,
+    port: int,
+    vhost: str,
+    user: str = "guest",
+    password: str = "guest",
+    scheme: str = "amqp",
 ) -> str:
     # the default vhost as an empty path ("/"), which every client reads as "/"
     path = "" if vhost == "/" else quote(vhost, safe="")
-    return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{path}"
+    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{path}"
 
 
 def _guest(config: Config) -> tuple[str, str]:
@@ -141,6 +146,22 @@ class BrokerHandle:
     def url_for(self, vhost: str) -> str:
         user, password = _guest(self.config)
         return _amqp_url(self.host, self.port, vhost, user, password)
+
+    @property
+    def tls_port(self) -> int | None:
+        """The amqps listener's port (None: the broker was not given ``tls_port``)."""
+        return None
+
+    @property
+    def amqps_url(self) -> str:
+        """``amqps://guest:guest@127.0.0.1:TLS_PORT/`` (the default vhost)."""
+        return self.amqps_url_for("/")
+
+    def amqps_url_for(self, vhost: str) -> str:
+        if self.tls_port is None:
+            raise RuntimeError("the broker has no TLS listener (give Config(tls_port=0, tls_cert=...))")
+        user, password = _guest(self.config)
+        return _amqp_url(self.host, self.tls_port, vhost, user, password, "amqps")
 
     def start(self, timeout: float = 15.0) -> BrokerHandle:
         raise NotImplementedError
@@ -359,6 +380,15 @@ class VhostView:
     def url(self) -> str:
         return self.handle.url_for(self.vhost)
 
+    @property
+    def tls_port(self) -> int | None:
+        return self.handle.tls_port
+
+    @property
+    def amqps_url(self) -> str:
+        """This vhost's ``amqps://`` URL (the broker needs ``tls_port``)."""
+        return self.handle.amqps_url_for(self.vhost)
+
     # inspection
     def stats(self) -> Stats:
         return self.handle.stats() - self._stats0
@@ -518,6 +548,7 @@ class BrokerThread(BrokerHandle):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.startup_seconds: float | None = None
         self._port: int | None = None
+        self._tls_port: int | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopped: asyncio.Event | None = None
@@ -529,6 +560,12 @@ class BrokerThread(BrokerHandle):
             return self._port
         assert self.broker is not None
         return self.broker.port
+
+    @property
+    def tls_port(self) -> int | None:
+        if self._tls_port is not None:
+            return self._tls_port
+        return None if self.broker is None else self.broker.tls_port
 
     def start(self, timeout: float = 10.0) -> BrokerThread:
         t0 = time.perf_counter()
@@ -565,6 +602,7 @@ class BrokerThread(BrokerHandle):
             self.broker = Broker(self.config)
             await self.broker.start()
             self._port = self.broker.port
+            self._tls_port = self.broker.tls_port
             self.inspector = Inspector(self.broker)
         except BaseException as exc:  # noqa: BLE001
             self._error = exc
@@ -649,6 +687,21 @@ class AsyncBroker(Inspector):
     def url_for(self, vhost: str) -> str:
         user, password = _guest(self.config)
         return _amqp_url(self.host, self.port, vhost, user, password)
+
+    @property
+    def tls_port(self) -> int | None:
+        """The amqps listener's port (None: the broker was not given ``tls_port``)."""
+        return self.broker.tls_port
+
+    @property
+    def amqps_url(self) -> str:
+        return self.amqps_url_for("/")
+
+    def amqps_url_for(self, vhost: str) -> str:
+        if self.tls_port is None:
+            raise RuntimeError("the broker has no TLS listener (give Config(tls_port=0, tls_cert=...))")
+        user, password = _guest(self.config)
+        return _amqp_url(self.host, self.tls_port, vhost, user, password, "amqps")
 
     async def start(self) -> AsyncBroker:
         t0 = time.perf_counter()
