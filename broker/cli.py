@@ -167,7 +167,7 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
         raise ConfigError("--max-message-size", "", "must be between 1 and 536870912 (512 MiB)")
     cfg = dataclasses.replace(cfg, **over)
     if cfg.tls_port is not None and not cfg.tls_cert:
-        raise ConfigError("--tls-port", "", "needs --tls-cert (and --tls-key unless the key is in that file)")
+        raise ConfigError("command line", "", "--tls-port needs --tls-cert (and --tls-key unless the key is in that file)")
     if a.log_level is not None:
         extras["log_level"] = a.log_level
     if a.no_uvloop:

@@ -119,14 +119,18 @@ async def s_ack_nack() -> None:
 @scenario("reconnect", timeout=60)
 async def s_reconnect() -> None:
     await asyncio.get_running_loop().run_in_executor(None, control, "restart 1")
+    # the queue is auto-delete: the restart removed it, and the publisher's connection
+    # may be back before the subscriber has declared it again (then the message is
+    # unroutable and dropped, with RabbitMQ too): publish until it arrives
     for attempt in range(60):
         try:
             await broker.publish({"id": "after"}, queue=f"{P}.orders")
-            break
         except Exception:  # noqa: BLE001 - still reconnecting
             if attempt == 59:
                 raise
-            await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)
+        if {"id": "after"} in inbox.get("orders", []):
+            break
     items = await wait_for("orders", 6, timeout=30)
     check({"id": "after"} in items, f"message after the restart: {items}")
 
