@@ -18,6 +18,11 @@ from leveret.broker.definitions import DefinitionsError, read_definitions
 from leveret.broker.server import VERSION, Broker
 from leveret.storage import DataDirLocked
 
+#: the command line's ports for the management API and Prometheus (RabbitMQ's); the
+#: library and the test brokers open neither unless asked (Config's default, None)
+CLI_HTTP_PORT = 15672
+CLI_PROMETHEUS_PORT = 15692
+
 
 def default_data_dir() -> str:
     """$XDG_DATA_HOME/leveret, i.e. ~/.local/share/leveret by default."""
@@ -84,6 +89,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="largest message body accepted, in bytes (default 128 MiB; at most 512 MiB, as RabbitMQ)",
     )
     p.add_argument("--max-connections", type=int, help="client connections open at once (default 0: no limit)")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        help="port of the management HTTP API (RabbitMQ's /api; default 15672; 0 turns it off)",
+    )
+    p.add_argument(
+        "--http-host",
+        action="append",
+        default=None,
+        help="address of the management HTTP API; give it more than once for several (default: the AMQP hosts)",
+    )
+    p.add_argument(
+        "--prometheus-port",
+        type=int,
+        help="port of the Prometheus endpoint (/metrics; default 15692; 0 turns it off)",
+    )
     p.add_argument("--load-definitions", metavar="PATH", help="a RabbitMQ definitions JSON applied at boot")
     return p.parse_args(argv)
 
@@ -109,7 +130,12 @@ _DIRECT = (
 def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     """Built-in defaults, then the config file, then the flags given.  Also returns the
     command-line settings (log_level, no_uvloop).  Raises ConfigError / DefinitionsError."""
-    base = Config(host=list(DEFAULT_HOSTS), data_dir=os.environ.get("LEVERET_DATA_DIR") or default_data_dir())
+    base = Config(
+        host=list(DEFAULT_HOSTS),
+        data_dir=os.environ.get("LEVERET_DATA_DIR") or default_data_dir(),
+        http_port=CLI_HTTP_PORT,
+        prometheus_port=CLI_PROMETHEUS_PORT,
+    )
     extras: dict[str, Any] = {}
     cfg = base
     if a.config:
@@ -117,6 +143,12 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     over: dict[str, Any] = {k: getattr(a, k) for k in _DIRECT if getattr(a, k) is not None}
     if a.host:
         over["host"] = a.host[0] if len(a.host) == 1 else list(a.host)
+    if a.http_port is not None:
+        over["http_port"] = a.http_port
+    if a.prometheus_port is not None:
+        over["prometheus_port"] = a.prometheus_port
+    if a.http_host:
+        over["http_host"] = a.http_host[0] if len(a.http_host) == 1 else list(a.http_host)
     if a.data_dir is not None:
         over["data_dir"] = a.data_dir
     if a.in_memory:
@@ -136,6 +168,11 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     if over.get("max_message_size") is not None and not 0 < over["max_message_size"] <= 512 * 1024 * 1024:
         raise ConfigError("--max-message-size", "", "must be between 1 and 536870912 (512 MiB)")
     cfg = dataclasses.replace(cfg, **over)
+    # on the command line and in the config file, port 0 turns the endpoint off
+    if cfg.http_port == 0:
+        cfg = dataclasses.replace(cfg, http_port=None)
+    if cfg.prometheus_port == 0:
+        cfg = dataclasses.replace(cfg, prometheus_port=None)
     if a.log_level is not None:
         extras["log_level"] = a.log_level
     if a.no_uvloop:
@@ -176,7 +213,12 @@ async def serve(config: Config) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     # the one startup line (the broker's own record of it is at debug level)
-    print(f"Leveret {VERSION} listening on {', '.join(broker.addresses)}", flush=True)
+    extra = ""
+    if broker.http is not None:
+        extra += f"; HTTP API on {', '.join(broker.http.addresses)}"
+    if broker.prometheus is not None:
+        extra += f"; Prometheus on {', '.join(broker.prometheus.addresses)}"
+    print(f"Leveret {VERSION} listening on {', '.join(broker.addresses)}{extra}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

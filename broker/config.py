@@ -48,3 +48,11 @@ class Config:
     # (0: always, as in tests of the mechanism; above 1: never)
     flow_cpu: float = 0.6
     disk_free_limit: int = 50 * 1024 * 1024  # block publishers below this many free bytes
+    # the management HTTP API (RabbitMQ's /api) and the Prometheus endpoint: None = off
+    # (the library and test default; the command line defaults to 15672 and 15692), 0 = a
+    # free port (``Broker.http_port`` / ``Broker.prometheus_port`` tell which)
+    http_port: int | None = None
+    http_host: str | list[str] | None = None  # None: the AMQP host(s)
+    http_max_body: int = 20 * 1024 * 1024  # larger request bodies get 413
+    prometheus_port: int | None = None
+    prometheus_host: str | list[str] | None = None  # None: the AMQP host(s)
