@@ -97,6 +97,15 @@ def test_test_brokers_open_no_http_listener_and_the_cli_does() -> None:
     assert (cfg.http_port, cfg.prometheus_port) == (None, None)
 
 
+def test_config_file_http_and_prometheus_sections(tmp_path: Any) -> None:
+    path = tmp_path / "leveret.toml"
+    path.write_text('[http]\nport = 15999\nhost = "127.0.0.1"\nmax_body = 1000\n[prometheus]\nport = 0\n')
+    cfg, _ = build_config(parse_args(["--in-memory", "--config", str(path)]))
+    assert (cfg.http_port, cfg.http_host, cfg.http_max_body, cfg.prometheus_port) == (15999, "127.0.0.1", 1000, None)
+    cfg, _ = build_config(parse_args(["--in-memory", "--config", str(path), "--http-port", "16000"]))
+    assert cfg.http_port == 16000  # the flag wins
+
+
 # ---------------------------------------------------------------------- node
 
 
