@@ -787,7 +787,8 @@ class Api:
             "backing_queue_status": {"mode": "default", "len": ready},
         }
         if not q.consumers:
-            info["idle_since"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+            now = time.time()
+            info["idle_since"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}+00:00"
         return info
 
     async def queues(self, ctx: Ctx) -> web.Response:
@@ -969,7 +970,7 @@ class Api:
             v.bind_exchange(dst, src, rk, args)
         loc = properties_key(rk, _jsonable(args))
         resp = no_content(201)
-        resp.headers["Location"] = loc
+        resp.headers["Location"] = f"{quote(dst, safe='')}/{quote(loc, safe='')}"
         return resp
 
     async def binding_show(self, ctx: Ctx) -> web.Response:
