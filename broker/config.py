@@ -54,5 +54,6 @@ class Config:
     http_port: int | None = None
     http_host: str | list[str] | None = None  # None: the AMQP host(s)
     http_max_body: int = 20 * 1024 * 1024  # larger request bodies get 413
+    http_rate_interval: float = 5.0  # seconds between samples of the message rates (RabbitMQ's 5 s)
     prometheus_port: int | None = None
     prometheus_host: str | list[str] | None = None  # None: the AMQP host(s)

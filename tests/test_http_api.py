@@ -535,3 +535,41 @@ def test_definitions_import_refuses_bad_files_without_changing_anything(api: Api
         assert (set(b.vhosts), set(b.access.users), set(b.vhosts["/"].queues)) == before
     finally:
         api.call("DELETE", "/queues/%2F/dconf.q")
+
+
+# ---------------------------------------------------------------------- message rates
+
+
+def test_message_stats_and_rates_per_queue_vhost_and_node() -> None:
+    cfg = Config(port=0, host="127.0.0.1", http_port=0, http_rate_interval=0.2, vhosts=["/", "rv"])
+    with BrokerThread(cfg) as b:
+        api = Api("127.0.0.1", b.broker.http_port)  # type: ignore[union-attr]
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.port, "rv",
+                                                                 pika.PlainCredentials("guest", "guest")))
+        try:
+            ch = conn.channel()
+            ch.queue_declare("rate.q")
+            ch.queue_declare("rate.other")
+            for _ in range(40):
+                ch.basic_publish("", "rate.q", b"x")
+            ch.basic_publish("", "rate.other", b"y")
+            assert wait_for(lambda: api.get("/queues/rv/rate.q")["message_stats"]["publish_details"]["rate"] > 0)
+            stats = api.get("/queues/rv/rate.q")["message_stats"]
+            assert stats["publish"] == 40 and stats["deliver_get"] == 0 and stats["ack"] == 0
+            for _ in range(10):
+                method, _, _ = ch.basic_get("rate.q")
+                ch.basic_ack(method.delivery_tag)
+            method, _, _ = ch.basic_get("rate.q")
+            ch.basic_nack(method.delivery_tag, requeue=True)
+            ch.basic_get("rate.q", auto_ack=True)  # the redelivery
+            assert wait_for(lambda: api.get("/queues/rv/rate.q")["message_stats"]["ack_details"]["rate"] > 0)
+            stats = api.get("/queues/rv/rate.q")["message_stats"]
+            assert (stats["publish"], stats["deliver_get"], stats["ack"], stats["redeliver"]) == (40, 12, 10, 1)
+            vstats = api.get("/vhosts/rv")["message_stats"]
+            assert (vstats["publish"], vstats["deliver_get"]) == (41, 12)
+            node = api.get("/overview")["message_stats"]
+            assert node["publish"] == 41 and node["deliver_get"] == 12 and node["ack"] == 10
+            # idle again: the rates fall back to 0
+            assert wait_for(lambda: api.get("/queues/rv/rate.q")["message_stats"]["publish_details"]["rate"] == 0.0)
+        finally:
+            conn.close()

@@ -86,6 +86,11 @@ class Queue:
         self.had_consumers = False
         self.deleted = False
         self.unacked_count = 0
+        # message counters for the management API's rates (sampled by a timer there)
+        self.stats_publish = 0
+        self.stats_deliver = 0
+        self.stats_redeliver = 0
+        self.stats_ack = 0
         args = self.arguments
         ttl = _int_arg(args, "x-message-ttl")
         self.ttl: float | None = ttl / 1000.0 if ttl is not None else None
@@ -131,6 +136,7 @@ class Queue:
     def publish(self, msg: Message) -> int:
         """Enqueue a routed message, delivering it at once if a consumer is ready.
         Returns an :class:`Enqueued` value."""
+        self.stats_publish += 1
         store = self.store
         msgs = store.messages
         if (
@@ -371,6 +377,8 @@ class Queue:
     def settle(self, seq: int, msg: Message, reject: bool) -> None:
         """A delivery was acked (or rejected without requeue: dead-lettered)."""
         self.unacked_count -= 1
+        if not reject:
+            self.stats_ack += 1
         store = self.store
         if store.plog is not None:
             store.discard(seq)

@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 RABBIT_VERSION = "3.10.8"  # the RabbitMQ whose API this follows (tools check the version)
 MGMT_TAGS = {"administrator", "monitoring", "management", "policymaker"}
-RATE_INTERVAL = 5.0  # seconds between samples of the message counters (as RabbitMQ)
 
 Handler = Callable[["Ctx"], Awaitable[web.StreamResponse]]
 V, N = object(), object()  # route placeholders: a vhost segment, a name segment
@@ -107,23 +106,33 @@ def rate(n: float) -> dict[str, float]:
 
 
 class Rates:
-    """The node's message counters sampled every RATE_INTERVAL s into rates per
+    """The node's and the queues' message counters sampled every ``http_rate_interval`` s into rates per
     second (``*_details.rate``); the hot path only increments integers."""
 
     COUNTERS = ("publish", "deliver_get", "ack")
+
+    QUEUE_COUNTERS = ("publish", "deliver_get", "redeliver", "ack")
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.last = (time.monotonic(), self._counts())
         self.rates = dict.fromkeys(self.COUNTERS, 0.0)
         self.timer: Any = None
+        self.interval = broker.config.http_rate_interval
+        # per queue: the counts at the last sample and the rates since the one before
+        self.queue_last: dict[Queue, tuple[int, ...]] = {}
+        self.queue_rates: dict[Queue, tuple[float, ...]] = {}
+
+    @staticmethod
+    def queue_counts(q: Queue) -> tuple[int, ...]:
+        return (q.stats_publish, q.stats_deliver, q.stats_redeliver, q.stats_ack)
 
     def _counts(self) -> tuple[int, ...]:
         b = self.broker
         return (b.stats_published, b.stats_delivered, b.stats_acked)
 
     def start(self) -> None:
-        self.timer = self.broker.loop.call_later(RATE_INTERVAL, self.sample)
+        self.timer = self.broker.loop.call_later(self.interval, self.sample)
 
     def sample(self) -> None:
         now, counts = time.monotonic(), self._counts()
@@ -131,7 +140,32 @@ class Rates:
         dt = max(now - t0, 1e-6)
         self.rates = {k: (c - p) / dt for k, c, p in zip(self.COUNTERS, counts, c0, strict=True)}
         self.last = (now, counts)
-        self.timer = self.broker.loop.call_later(RATE_INTERVAL, self.sample)
+        last, rates = {}, {}
+        for v in self.broker.vhosts.values():
+            for q in v.queues.values():
+                c = last[q] = self.queue_counts(q)
+                before = self.queue_last.get(q, (0, 0, 0, 0))  # (new since the last sample)
+                if c != before:
+                    rates[q] = tuple((a - b) / dt for a, b in zip(c, before, strict=True))
+        self.queue_last, self.queue_rates = last, rates
+        self.timer = self.broker.loop.call_later(self.interval, self.sample)
+
+    def queue_stats(self, queues: list[Queue]) -> dict[str, Any]:
+        """``message_stats`` of some queues (one queue, or a vhost's)."""
+        counts = [0] * len(self.QUEUE_COUNTERS)
+        rates = [0.0] * len(self.QUEUE_COUNTERS)
+        for q in queues:
+            for i, c in enumerate(self.queue_counts(q)):
+                counts[i] += c
+            for i, r in enumerate(self.queue_rates.get(q, ())):
+                rates[i] += r
+        out: dict[str, Any] = {}
+        for i, k in enumerate(self.QUEUE_COUNTERS):
+            out[k] = counts[i]
+            out[k + "_details"] = rate(rates[i])
+        out["deliver"] = out["deliver_get"]
+        out["deliver_details"] = out["deliver_get_details"]
+        return out
 
     def stop(self) -> None:
         if self.timer is not None:
@@ -499,7 +533,8 @@ class Api:
     def vhost_info(self, name: str) -> dict[str, Any]:
         return {"name": name, "description": "", "tags": [], "default_queue_type": "classic",
                 "metadata": {"description": "", "tags": []}, "tracing": False,
-                "cluster_state": {self.node: "running"}, **self.queue_totals([name])}
+                "cluster_state": {self.node: "running"}, **self.queue_totals([name]),
+                "message_stats": self.rates.queue_stats(list(self.broker.vhosts[name].queues.values()))}
 
     async def vhosts(self, ctx: Ctx) -> web.Response:
         return json_ok(columns(ctx.request, [self.vhost_info(v) for v in ctx.visible_vhosts()]))
@@ -785,6 +820,7 @@ class Api:
             "operator_policy": "", "slave_nodes": [], "synchronised_slave_nodes": [], "recoverable_slaves": [],
             "head_message_timestamp": "", "reductions": 0, "garbage_collection": {},
             "backing_queue_status": {"mode": "default", "len": ready},
+            "message_stats": self.rates.queue_stats([q]),
         }
         if not q.consumers:
             now = time.time()

@@ -40,6 +40,9 @@ class UnackedTracker:
     ) -> int:
         """Give a message a delivery tag: track it as unacked, or let it go (no-ack)."""
         tag = self.delivery_tag = self.delivery_tag + 1
+        queue.stats_deliver += 1
+        if redelivered:
+            queue.stats_redeliver += 1
         if not no_ack:
             self.entries[tag] = (queue, seq, msg, consumer)
             if consumer is not None:
