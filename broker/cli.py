@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         except (DataDirLocked, DefinitionsError) as exc:
             print(f"leveret: error: {exc}", file=sys.stderr, flush=True)
             return 1
+        except OSError as exc:  # a port in use, an address not on this machine
+            print(f"leveret: error: {exc.strerror or exc}", file=sys.stderr, flush=True)
+            return 1
     return 0
 
 

@@ -167,7 +167,13 @@ class Broker:
         if cfg.http_port is not None:
             self.http = await start_http(self, cfg.http_host or cfg.host, cfg.http_port)
         if cfg.prometheus_port is not None:
-            self.prometheus = await start_prometheus(self, cfg.prometheus_host or cfg.host, cfg.prometheus_port)
+            try:
+                self.prometheus = await start_prometheus(self, cfg.prometheus_host or cfg.host, cfg.prometheus_port)
+            except BaseException:
+                if self.http is not None:
+                    await self.http.stop()
+                    self.http = None
+                raise
 
     @property
     def http_port(self) -> int | None:

@@ -573,3 +573,19 @@ def test_message_stats_and_rates_per_queue_vhost_and_node() -> None:
             assert wait_for(lambda: api.get("/queues/rv/rate.q")["message_stats"]["publish_details"]["rate"] == 0.0)
         finally:
             conn.close()
+
+
+def test_cli_refuses_to_start_when_the_http_port_is_taken() -> None:
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "leveret", "--in-memory", "--host", "127.0.0.1", "--port", "0",
+                            "--http-port", str(port), "--prometheus-port", "0"],
+                           capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"management HTTP API (--http-port): cannot listen on 127.0.0.1 port {port}" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -39,7 +39,7 @@ async def start_http(broker: Broker, host: str | list[str], port: int) -> HttpSe
     app.router.add_get("/", index)
     app.router.add_route("*", "/api/{tail:.*}", api.handle)
     srv = ApiServer(app, api)
-    await srv.start(host, port)
+    await srv.start(host, port, "management HTTP API (--http-port)")
     api.rates.start()
     return srv
 
@@ -47,5 +47,5 @@ async def start_http(broker: Broker, host: str | list[str], port: int) -> HttpSe
 async def start_prometheus(broker: Broker, host: str | list[str], port: int) -> HttpServer:
     """The Prometheus endpoint on ``host``:``port`` (0: a free port)."""
     srv = HttpServer(make_app(broker))
-    await srv.start(host, port)
+    await srv.start(host, port, "Prometheus endpoint (--prometheus-port)")
     return srv

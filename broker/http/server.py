@@ -21,7 +21,15 @@ class HttpServer:
         self.sites: list[web.TCPSite] = []
         self.port = 0
 
-    async def start(self, host: str | list[str], port: int) -> None:
+    async def start(self, host: str | list[str], port: int, what: str = "HTTP") -> None:
+        """Listen; an OSError names ``what``, the address and the reason."""
+        try:
+            await self._start(host, port)
+        except OSError as exc:
+            where = host if isinstance(host, str) else ", ".join(host)
+            raise OSError(exc.errno, f"{what}: cannot listen on {where} port {port}: {exc.strerror or exc}") from None
+
+    async def _start(self, host: str | list[str], port: int) -> None:
         await self.runner.setup()
         hosts = [host] if isinstance(host, str) else list(host)
         try:
