@@ -538,6 +538,10 @@ class Broker:
         if v is None:
             raise AMQPError(NOT_FOUND, f"no vhost '{vhost}'")
         x = v.get_exchange(exchange)
+        if x.internal:
+            from leveret.protocol.constants import ACCESS_REFUSED
+
+            raise AMQPError(ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange}' in vhost '{vhost}'")
         msg = Message(shortstr(exchange) + shortstr(routing_key), exchange, routing_key, header, body)
         self.stats_published += 1
         queues = v.route(x, routing_key, msg)

@@ -436,6 +436,12 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(api: Api, broker: Brok
         assert status == 400 and "payload" in body["reason"]
         status, body = api.call("POST", "/queues/%2F/bad.q/get", {"count": 1, "ackmode": "sometimes"})
         assert status == 400 and "ackmode" in body["reason"]
+        api.call("PUT", "/exchanges/%2F/bad.internal", {"type": "fanout", "internal": "true", "durable": False})
+        api.call("POST", "/bindings/%2F/e/bad.internal/q/bad.q", {"routing_key": ""})
+        status, body = api.call("POST", "/exchanges/%2F/bad.internal/publish",
+                                {"routing_key": "", "payload": "x", "payload_encoding": "string", "properties": {}})
+        assert status == 400 and "internal exchange" in body["reason"]
+        api.call("DELETE", "/exchanges/%2F/bad.internal")
         assert (set(v.queues), set(v.exchanges)) == before
         assert v.queues["bad.q"].message_count == 0
         # and AMQP is unaffected
