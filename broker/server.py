@@ -569,9 +569,9 @@ class Broker:
                 break
             seq, msg, redelivered, _ = entry
             self.stats_delivered += 1
-            q.stats_deliver += 1
+            q.store.stats_deliver += 1
             if redelivered:
-                q.stats_redeliver += 1
+                q.store.stats_redeliver += 1
             if requeue:
                 back.append((seq, msg))
             else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +21,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from leveret.broker import Config
+from leveret.broker import Broker, Config
 from leveret.broker.cli import build_config, parse_args
 from leveret.broker.core import access as A
 from leveret.testing import BrokerThread
@@ -595,3 +596,17 @@ def test_cli_refuses_to_start_when_the_http_port_is_taken() -> None:
     assert r.returncode == 1
     assert f"management HTTP API (--http-port): cannot listen on 127.0.0.1 port {port}" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="CPython's instance dicts")
+async def test_queue_instances_keep_a_compact_attribute_dict() -> None:
+    """The rate counters live on the backing store: a Queue with more than 30 attributes
+    loses CPython's compact (split-keys) instance dict and every attribute access on the
+    hot path gets slower (measured here: route + enqueue ~15% slower with 33)."""
+    b = Broker(Config(port=0, host="127.0.0.1"))
+    await b.start()
+    try:
+        q = b.vhosts["/"].declare_queue("compact", False, False, False, False, {"x-max-length": 5}, None)
+        assert len(vars(q)) <= 30, sorted(vars(q))
+    finally:
+        await b.stop()

@@ -125,7 +125,8 @@ class Rates:
 
     @staticmethod
     def queue_counts(q: Queue) -> tuple[int, ...]:
-        return (q.stats_publish, q.stats_deliver, q.stats_redeliver, q.stats_ack)
+        s = q.store
+        return (s.stats_publish, s.stats_deliver, s.stats_redeliver, s.stats_ack)
 
     def _counts(self) -> tuple[int, ...]:
         b = self.broker
