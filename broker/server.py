@@ -19,6 +19,8 @@ from typing import Any
 
 from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, Config
 from leveret.broker.core import access as A
+from leveret.broker.core.errors import AMQPError
+from leveret.broker.core.message import Message
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
@@ -26,6 +28,8 @@ from leveret.broker.core.vhost import VHost
 from leveret.broker.definitions import apply_access_definitions, apply_definitions, read_definitions
 from leveret.broker.listener import Listener, open_listener
 from leveret.broker.wire.connection import Connection
+from leveret.protocol.constants import ACCESS_REFUSED, NOT_FOUND
+from leveret.protocol.methods import shortstr
 
 log = logging.getLogger("leveret")
 
@@ -529,18 +533,11 @@ class Broker:
         """Publish as basic.publish would (no mandatory, no confirm); ``header`` is a
         content-header payload (class, weight, body size, flags, properties).  True if
         the message reached a queue.  AMQPError 404 for a missing vhost or exchange."""
-        from leveret.broker.core.errors import AMQPError
-        from leveret.broker.core.message import Message
-        from leveret.protocol.constants import NOT_FOUND
-        from leveret.protocol.methods import shortstr
-
         v = self.vhosts.get(vhost)
         if v is None:
             raise AMQPError(NOT_FOUND, f"no vhost '{vhost}'")
         x = v.get_exchange(exchange)
         if x.internal:
-            from leveret.protocol.constants import ACCESS_REFUSED
-
             raise AMQPError(ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange}' in vhost '{vhost}'")
         msg = Message(shortstr(exchange) + shortstr(routing_key), exchange, routing_key, header, body)
         self.stats_published += 1
@@ -554,9 +551,6 @@ class Broker:
         """basic.get up to ``count`` messages, then requeue them (``requeue``),
         dead-letter them (``reject``) or drop them (acked).  Returns (message,
         redelivered, messages left) for each."""
-        from leveret.broker.core.errors import AMQPError
-        from leveret.protocol.constants import NOT_FOUND
-
         v = self.vhosts.get(vhost)
         if v is None:
             raise AMQPError(NOT_FOUND, f"no vhost '{vhost}'")
@@ -577,7 +571,8 @@ class Broker:
             else:
                 q.unacked_count += 1
                 q.settle(seq, msg, reject)
-                self.stats_acked += 1
+                if not reject:
+                    self.stats_acked += 1
             out.append((msg, redelivered, q.store.total()))
         if back:
             q.requeue(back)
