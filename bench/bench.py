@@ -829,6 +829,12 @@ def start_leveret(
         cmd += ["--tls-port", str(tls_port), "--tls-cert", tls.cert, "--tls-key", tls.key]
         tls_url = BrokerURL("127.0.0.1", tls_port, "guest", "guest", "/", tls_ca=tls.ca)
     env = dict(os.environ, LEVERET_DATA_DIR=str(data_dir))
+    # trees that serve the HTTP API and Prometheus by default: not here (two trees under
+    # benchmark at once would fight over the ports)
+    help_text = subprocess.run(cmd[:3] + ["--help"], cwd=tree, env=env, capture_output=True, text=True).stdout
+    for flag in ("--http-port", "--prometheus-port"):
+        if flag in help_text and flag not in args.leveret_arg:
+            cmd += [flag, "0"]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20

@@ -19,6 +19,11 @@ from leveret.broker.server import VERSION, Broker
 from leveret.broker.tls import TLSConfigError
 from leveret.storage import DataDirLocked
 
+#: the command line's ports for the management API and Prometheus (RabbitMQ's); the
+#: library and the test brokers open neither unless asked (Config's default, None)
+CLI_HTTP_PORT = 15672
+CLI_PROMETHEUS_PORT = 15692
+
 
 def default_data_dir() -> str:
     """$XDG_DATA_HOME/leveret, i.e. ~/.local/share/leveret by default."""
@@ -85,6 +90,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="largest message body accepted, in bytes (default 128 MiB; at most 512 MiB, as RabbitMQ)",
     )
     p.add_argument("--max-connections", type=int, help="client connections open at once (default 0: no limit)")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        help="port of the management HTTP API (RabbitMQ's /api; default 15672; 0 turns it off)",
+    )
+    p.add_argument(
+        "--http-host",
+        action="append",
+        default=None,
+        help="address of the management HTTP API; give it more than once for several (default: the AMQP hosts)",
+    )
+    p.add_argument(
+        "--prometheus-port",
+        type=int,
+        help="port of the Prometheus endpoint (/metrics; default 15692; 0 turns it off)",
+    )
     p.add_argument("--load-definitions", metavar="PATH", help="a RabbitMQ definitions JSON applied at boot")
     tls = p.add_argument_group("TLS (amqps)")
     tls.add_argument(
@@ -139,7 +160,12 @@ _DIRECT = (
 def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     """Built-in defaults, then the config file, then the flags given.  Also returns the
     command-line settings (log_level, no_uvloop).  Raises ConfigError / DefinitionsError."""
-    base = Config(host=list(DEFAULT_HOSTS), data_dir=os.environ.get("LEVERET_DATA_DIR") or default_data_dir())
+    base = Config(
+        host=list(DEFAULT_HOSTS),
+        data_dir=os.environ.get("LEVERET_DATA_DIR") or default_data_dir(),
+        http_port=CLI_HTTP_PORT,
+        prometheus_port=CLI_PROMETHEUS_PORT,
+    )
     extras: dict[str, Any] = {}
     cfg = base
     if a.config:
@@ -147,6 +173,12 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     over: dict[str, Any] = {k: getattr(a, k) for k in _DIRECT if getattr(a, k) is not None}
     if a.host:
         over["host"] = a.host[0] if len(a.host) == 1 else list(a.host)
+    if a.http_port is not None:
+        over["http_port"] = a.http_port
+    if a.prometheus_port is not None:
+        over["prometheus_port"] = a.prometheus_port
+    if a.http_host:
+        over["http_host"] = a.http_host[0] if len(a.http_host) == 1 else list(a.http_host)
     if a.data_dir is not None:
         over["data_dir"] = a.data_dir
     if a.in_memory:
@@ -168,6 +200,11 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     cfg = dataclasses.replace(cfg, **over)
     if cfg.tls_port is not None and not cfg.tls_cert:
         raise ConfigError("command line", "", "--tls-port needs --tls-cert (and --tls-key unless the key is in that file)")
+    # on the command line and in the config file, port 0 turns the endpoint off
+    if cfg.http_port == 0:
+        cfg = dataclasses.replace(cfg, http_port=None)
+    if cfg.prometheus_port == 0:
+        cfg = dataclasses.replace(cfg, prometheus_port=None)
     if a.log_level is not None:
         extras["log_level"] = a.log_level
     if a.no_uvloop:
@@ -208,7 +245,12 @@ async def serve(config: Config) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     # the one startup line (the broker's own record of it is at debug level)
-    print(f"Leveret {VERSION} listening on {', '.join(broker.addresses)}", flush=True)
+    extra = ""
+    if broker.http is not None:
+        extra += f"; HTTP API on {', '.join(broker.http.addresses)}"
+    if broker.prometheus is not None:
+        extra += f"; Prometheus on {', '.join(broker.prometheus.addresses)}"
+    print(f"Leveret {VERSION} listening on {', '.join(broker.addresses)}{extra}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -248,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             pass
         except (DataDirLocked, DefinitionsError, TLSConfigError) as exc:
             print(f"leveret: error: {exc}", file=sys.stderr, flush=True)
+            return 1
+        except OSError as exc:  # a port in use, an address not on this machine
+            print(f"leveret: error: {exc.strerror or exc}", file=sys.stderr, flush=True)
             return 1
     return 0
 

@@ -56,3 +56,12 @@ class Config:
     tls_ca: str | None = None  # PEM CA bundle that client certificates are checked against
     tls_verify_peer: bool = False  # ask clients for a certificate, check the one given
     tls_fail_if_no_peer_cert: bool = False  # with tls_verify_peer: refuse clients without one
+    # the management HTTP API (RabbitMQ's /api) and the Prometheus endpoint: None = off
+    # (the library and test default; the command line defaults to 15672 and 15692), 0 = a
+    # free port (``Broker.http_port`` / ``Broker.prometheus_port`` tell which)
+    http_port: int | None = None
+    http_host: str | list[str] | None = None  # None: the AMQP host(s)
+    http_max_body: int = 20 * 1024 * 1024  # larger request bodies get 413
+    http_rate_interval: float = 5.0  # seconds between samples of the message rates (RabbitMQ's 5 s)
+    prometheus_port: int | None = None
+    prometheus_host: str | list[str] | None = None  # None: the AMQP host(s)

@@ -69,6 +69,11 @@ def read_definitions(path: str) -> dict[str, list[dict[str, Any]]]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DefinitionsError(path, "", f"not valid JSON: {exc}") from None
+    return check_definitions(data, path)
+
+
+def check_definitions(data: Any, path: str = "definitions") -> dict[str, list[dict[str, Any]]]:
+    """Check decoded definitions (as :func:`read_definitions`)."""
     if not isinstance(data, dict):
         raise DefinitionsError(path, "", "expected a JSON object at the top")
     out: dict[str, list[dict[str, Any]]] = {}
@@ -220,3 +225,71 @@ def apply_access_definitions(broker: Broker, defs: dict[str, list[dict[str, Any]
     for lim in defs.get("vhost_limits", []):
         broker.add_vhost(lim["vhost"])
         acc.set_vhost_limits(lim["vhost"], lim["value"])
+
+
+def export_definitions(broker: Broker, vhost: str | None = None) -> dict[str, Any]:
+    """The node's definitions as RabbitMQ exports them (``GET /api/definitions``): not
+    the exclusive queues, the default and ``amq.*`` exchanges or the default
+    exchange's bindings.  With ``vhost``: that vhost's queues, exchanges and bindings,
+    without a "vhost" field (``GET /api/definitions/{vhost}``)."""
+    from leveret.broker.core.queue import Queue
+
+    acc = broker.access.to_json()
+    names = [vhost] if vhost is not None else list(broker.vhosts)
+    queues: list[dict[str, Any]] = []
+    exchanges: list[dict[str, Any]] = []
+    bindings: list[dict[str, Any]] = []
+    for vn in names:
+        v = broker.vhosts[vn]
+        for q in v.queues.values():
+            if q.exclusive:
+                continue
+            queues.append({"name": q.name, "vhost": vn, "durable": q.durable, "auto_delete": q.auto_delete,
+                           "arguments": _jsonable(q.arguments)})
+        for x in v.exchanges.values():
+            if x.name == "" or x.name.startswith("amq."):
+                continue
+            exchanges.append({"name": x.name, "vhost": vn, "type": x.type, "durable": x.durable,
+                              "auto_delete": x.auto_delete, "internal": x.internal, "arguments": _jsonable(x.arguments)})
+        for x in v.exchanges.values():
+            if x.name == "":
+                continue
+            for (dest, rk, _), args in x.bindings.items():
+                if isinstance(dest, Queue) and dest.exclusive:
+                    continue
+                bindings.append({"source": x.name, "vhost": vn, "destination": dest.name,
+                                 "destination_type": "queue" if isinstance(dest, Queue) else "exchange",
+                                 "routing_key": rk, "arguments": _jsonable(args or {})})
+    head = {"rabbit_version": "3.10.8", "rabbitmq_version": "3.10.8", "product_name": "Leveret", "product_version": broker.server_properties()["version"]}
+    limits = [{"vhost": vn, "component": "vhost-limits", "name": "limits", "value": lim}
+              for vn, lim in acc["vhost_limits"].items() if vn in names]
+    if vhost is not None:
+        for e in (*queues, *exchanges, *bindings):
+            del e["vhost"]
+        return {**head, "parameters": limits, "policies": [], "queues": queues, "exchanges": exchanges, "bindings": bindings}
+    return {
+        **head,
+        "users": [{**u, "limits": {}} for u in acc["users"]],
+        "vhosts": [{"name": vn, "description": "", "tags": [], "metadata": {"description": "", "tags": []}} for vn in names],
+        "permissions": acc["permissions"],
+        "topic_permissions": acc["topic_permissions"],
+        "parameters": limits,
+        "global_parameters": [],
+        "policies": [],
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    }
+
+
+def _jsonable(v: Any) -> Any:
+    """AMQP field values as JSON (bytes as text, as RabbitMQ shows longstr arguments)."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, bytes | bytearray):
+        return bytes(v).decode("utf-8", "replace")
+    if isinstance(v, str | int | float | bool) or v is None:
+        return v
+    return str(v)

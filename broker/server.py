@@ -20,6 +20,8 @@ from typing import Any
 
 from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, Config
 from leveret.broker.core import access as A
+from leveret.broker.core.errors import AMQPError
+from leveret.broker.core.message import Message
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
@@ -28,6 +30,8 @@ from leveret.broker.definitions import apply_access_definitions, apply_definitio
 from leveret.broker.listener import Listener, open_listener
 from leveret.broker.tls import server_context
 from leveret.broker.wire.connection import Connection
+from leveret.protocol.constants import ACCESS_REFUSED, NOT_FOUND
+from leveret.protocol.methods import shortstr
 
 log = logging.getLogger("leveret")
 
@@ -88,6 +92,13 @@ class Broker:
         self.stats_published = 0
         self.stats_delivered = 0
         self.stats_acked = 0
+        self.started_at = time.time()
+        # churn, for the Prometheus endpoint (counted off the hot path)
+        self.stats_connections_opened = 0
+        self.stats_queues_created = 0
+        self.stats_queues_deleted = 0
+        self.http: Any = None  # the management HTTP API (leveret.broker.http), when on
+        self.prometheus: Any = None  # the Prometheus endpoint, when on
         self.delivery_hook: DeliveryHook | None = None  # see intercept_deliveries (tests only)
         self.reply_channels: dict[str, Any] = {}  # direct reply-to key -> channel
         # flow control: the node is *busy* while its loop uses most of a core (sampled
@@ -144,8 +155,43 @@ class Broker:
                 self.persistence.close()
                 self.persistence = None
             raise
+        try:
+            await self._start_http()
+        except BaseException:
+            await self.stop_listening(0)
+            if self.persistence is not None:
+                self.persistence.close()
+                self.persistence = None
+            raise
         self._load_mark = (self.loop.time(), _cpu_demand())
         self._load_timer = self.loop.call_later(LOAD_INTERVAL, self._sample_load)
+
+    async def _start_http(self) -> None:
+        """The management HTTP API and the Prometheus endpoint, if configured."""
+        cfg = self.config
+        if cfg.http_port is None and cfg.prometheus_port is None:
+            return
+        from leveret.broker.http import start_http, start_prometheus
+
+        if cfg.http_port is not None:
+            self.http = await start_http(self, cfg.http_host or cfg.host, cfg.http_port)
+        if cfg.prometheus_port is not None:
+            try:
+                self.prometheus = await start_prometheus(self, cfg.prometheus_host or cfg.host, cfg.prometheus_port)
+            except BaseException:
+                if self.http is not None:
+                    await self.http.stop()
+                    self.http = None
+                raise
+
+    @property
+    def http_port(self) -> int | None:
+        """The port the HTTP API listens on (None: off)."""
+        return self.http.port if self.http is not None else None
+
+    @property
+    def prometheus_port(self) -> int | None:
+        return self.prometheus.port if self.prometheus is not None else None
 
     def _sample_load(self) -> None:
         """Busy or not: the share of a core the loop's thread used or waited for since
@@ -194,6 +240,7 @@ class Broker:
 
     async def _open_listener(self, host: str | list[str], port: int, ctx: ssl.SSLContext | None) -> Listener:
         def factory() -> Connection:
+            self.stats_connections_opened += 1
             return Connection(self, tls=ctx)
 
         timeout = self.config.handshake_timeout
@@ -256,6 +303,10 @@ class Broker:
 
     async def stop(self, timeout: float = 1.0) -> None:
         """Close the listener, send connection.close 320 to every client, then stop."""
+        for srv in (self.http, self.prometheus):
+            if srv is not None:
+                await srv.stop()
+        self.http = self.prometheus = None
         await self.stop_listening(timeout)
         if self._load_timer is not None:
             self._load_timer.cancel()
@@ -515,6 +566,62 @@ class Broker:
             },
         }
 
+    # ------------------------------------------------------------------ management
+    #
+    # What the HTTP API does besides listing: publish into and get from a vhost's
+    # queues without an AMQP connection (RabbitMQ's /api/exchanges/.../publish and
+    # /api/queues/.../get).
+
+    def publish(self, vhost: str, exchange: str, routing_key: str, body: bytes, header: bytes) -> bool:
+        """Publish as basic.publish would (no mandatory, no confirm); ``header`` is a
+        content-header payload (class, weight, body size, flags, properties).  True if
+        the message reached a queue.  AMQPError 404 for a missing vhost or exchange."""
+        v = self.vhosts.get(vhost)
+        if v is None:
+            raise AMQPError(NOT_FOUND, f"no vhost '{vhost}'")
+        x = v.get_exchange(exchange)
+        if x.internal:
+            raise AMQPError(ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange}' in vhost '{vhost}'")
+        msg = Message(shortstr(exchange) + shortstr(routing_key), exchange, routing_key, header, body)
+        self.stats_published += 1
+        queues = v.route(x, routing_key, msg)
+        if queues:
+            v.enqueue(queues, msg)
+            self.flush_all()
+        return bool(queues)
+
+    def get_messages(self, vhost: str, queue: str, count: int, requeue: bool, reject: bool = False) -> list[tuple[Any, bool, int]]:
+        """basic.get up to ``count`` messages, then requeue them (``requeue``),
+        dead-letter them (``reject``) or drop them (acked).  Returns (message,
+        redelivered, messages left) for each."""
+        v = self.vhosts.get(vhost)
+        if v is None:
+            raise AMQPError(NOT_FOUND, f"no vhost '{vhost}'")
+        q = v.get_queue(queue, None)
+        out: list[tuple[Any, bool, int]] = []
+        back: list[tuple[int, Any]] = []
+        for _ in range(count):
+            entry = q.get()
+            if entry is None:
+                break
+            seq, msg, redelivered, _ = entry
+            self.stats_delivered += 1
+            q.store.stats_deliver += 1
+            if redelivered:
+                q.store.stats_redeliver += 1
+            if requeue:
+                back.append((seq, msg))
+            else:
+                q.unacked_count += 1
+                q.settle(seq, msg, reject)
+                if not reject:
+                    self.stats_acked += 1
+            out.append((msg, redelivered, q.store.total()))
+        if back:
+            q.requeue(back)
+        self.flush_all()
+        return out
+
     # ------------------------------------------------------------------ storage hooks
 
     def definitions_changed(self, obj: Any) -> None:
@@ -523,11 +630,13 @@ class Broker:
             self.persistence.save_definitions()
 
     def queue_created(self, q: Any) -> None:
+        self.stats_queues_created += 1
         if q.durable and self.persistence is not None:
             self.persistence.attach(q)
             self.persistence.save_definitions()
 
     def queue_deleted(self, q: Any) -> None:
+        self.stats_queues_deleted += 1
         if q.durable and self.persistence is not None:
             self.persistence.detach(q)
             self.persistence.save_definitions()

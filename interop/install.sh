@@ -4,6 +4,9 @@
 #
 #   - Debian packages: amqp-tools (rabbitmq-c CLI), php-cli + php-amqplib, ruby + ruby-bunny,
 #     and Node.js + npm unless a `node` is already on PATH (e.g. from NodeSource)
+#   - rabbitmqadmin (the v1 script of RabbitMQ 3.x, for tests/test_rabbitmqadmin.py), taken
+#     from Debian's rabbitmq-server package without installing it (apt-get download +
+#     dpkg-deb -x) into /usr/local/bin, unless one is already on PATH
 #   - npm ci in interop/clients/node (amqplib and amqp-connection-manager, pinned by
 #     package-lock.json)
 #   - the Python clients/frameworks from interop/requirements.txt, with $PYTHON (default:
@@ -27,6 +30,19 @@ elif ! command -v npm > /dev/null 2>&1; then
 fi
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+
+if ! command -v rabbitmqadmin > /dev/null 2>&1; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -q rabbitmq-server)
+  dpkg-deb -x "$tmp"/rabbitmq-server_*.deb "$tmp/x"
+  script=$(find "$tmp/x" -name rabbitmqadmin -type f | head -n 1)
+  if [ -z "$script" ]; then
+    echo "interop/install.sh: no rabbitmqadmin in the rabbitmq-server package" >&2
+    exit 1
+  fi
+  install -m 0755 "$script" /usr/local/bin/rabbitmqadmin
+  rm -rf "$tmp"
+fi
 
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 if [ "$node_major" -lt 18 ]; then

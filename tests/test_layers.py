@@ -46,6 +46,7 @@ class Rule:
 
 TESTING = "leveret.testing"
 SERVER, CLI, WIRE = "leveret.broker.server", "leveret.broker.cli", "leveret.broker.wire"
+HTTP = "leveret.broker.http"
 
 # fmt: off
 RULES = [
@@ -59,17 +60,23 @@ RULES = [
          why="the message log and metadata store know no AMQP and no event loop"),
     Rule("core-is-below-the-wire",
          applies_to=("leveret.broker.core",),
-         forbidden=(WIRE, SERVER, CLI, TESTING, "leveret.protocol.frames"),
+         forbidden=(WIRE, SERVER, CLI, TESTING, HTTP, "leveret.protocol.frames"),
          allowed_leveret=("leveret.broker.core", "leveret.broker.config",
                           "leveret.protocol", "leveret.storage"),
          why="the messaging core reaches consumers and the node through interfaces "
              "(core.consumer.DeliverySink, core.node.Node); framing belongs to the wire layer"),
     Rule("wire-is-below-the-server",
          applies_to=(WIRE,),
-         forbidden=(SERVER, CLI, TESTING),
+         forbidden=(SERVER, CLI, TESTING, HTTP),
          type_only=(SERVER,),
          why="connections and channels sit on the core and the codec, under the server "
              "(which they name in annotations only)"),
+    Rule("http-is-above-the-server",
+         applies_to=(HTTP,),
+         forbidden=(CLI, TESTING, WIRE),
+         type_only=(SERVER,),
+         why="the management API and Prometheus endpoint use the Broker and the core's public "
+             "objects (the server, which starts them, is named in annotations only)"),
     Rule("server-never-imports-test-tooling",
          applies_to=("leveret.broker", "leveret.protocol", "leveret.storage"),
          forbidden=(TESTING,),

@@ -132,6 +132,11 @@ class BackingQueue:
         self.tail_start = 0
         self.tail_bytes = 0  # body bytes of the paged-out messages (x-max-length-bytes)
         self.recovered_delivered: set[int] | frozenset[int] = frozenset()
+        # the queue's message counters (the management API samples them into rates)
+        self.stats_publish = 0
+        self.stats_deliver = 0
+        self.stats_redeliver = 0
+        self.stats_ack = 0
 
     # ---------------------------------------------------------------- counts
 

@@ -86,6 +86,8 @@ class Queue:
         self.had_consumers = False
         self.deleted = False
         self.unacked_count = 0
+        # (CPython keeps an instance's attributes in a compact, fast dict only up to 30
+        # of them: new per-queue state goes to the backing store, as its counters did)
         args = self.arguments
         ttl = _int_arg(args, "x-message-ttl")
         self.ttl: float | None = ttl / 1000.0 if ttl is not None else None
@@ -132,6 +134,7 @@ class Queue:
         """Enqueue a routed message, delivering it at once if a consumer is ready.
         Returns an :class:`Enqueued` value."""
         store = self.store
+        store.stats_publish += 1
         msgs = store.messages
         if (
             self.plain
@@ -372,6 +375,8 @@ class Queue:
         """A delivery was acked (or rejected without requeue: dead-lettered)."""
         self.unacked_count -= 1
         store = self.store
+        if not reject:
+            store.stats_ack += 1
         if store.plog is not None:
             store.discard(seq)
         if reject and self.dlx is not None and not self.deleted:

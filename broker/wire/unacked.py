@@ -40,16 +40,20 @@ class UnackedTracker:
     ) -> int:
         """Give a message a delivery tag: track it as unacked, or let it go (no-ack)."""
         tag = self.delivery_tag = self.delivery_tag + 1
+        store = queue.store
+        store.stats_deliver += 1
+        if redelivered:
+            store.stats_redeliver += 1
         if not no_ack:
             self.entries[tag] = (queue, seq, msg, consumer)
             if consumer is not None:
                 consumer.unacked += 1
                 self.global_unacked += 1
             queue.unacked_count += 1
-            if not redelivered and queue.store.log is not None:  # (durable: recovery marks)
-                queue.store.mark_delivered(seq)
-        elif queue.store.plog is not None:
-            queue.store.discard(seq)
+            if not redelivered and store.log is not None:  # (durable: recovery marks)
+                store.mark_delivered(seq)
+        elif store.plog is not None:
+            store.discard(seq)
         return tag
 
     def ack_one(self, tag: int) -> bool:

@@ -763,6 +763,10 @@ class BrokerProcess:
         self.args = list(args or [])
         if "--data-dir" not in self.args and "--in-memory" not in self.args:
             self.args.append("--in-memory")
+        # a test broker opens no HTTP API or Prometheus listener unless asked
+        for flag in ("--http-port", "--prometheus-port"):
+            if flag not in self.args:
+                self.args += [flag, "0"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

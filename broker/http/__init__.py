@@ -1,0 +1,51 @@
+"""The operations surface: RabbitMQ's management HTTP API and its Prometheus endpoint,
+served by aiohttp on the broker's own event loop.  Built on the ``Broker`` and the
+core's public objects; nothing below the server imports this package."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from leveret.broker.http.api import Api
+from leveret.broker.http.prometheus import make_app
+from leveret.broker.http.server import HttpServer
+
+if TYPE_CHECKING:
+    from leveret.broker.server import Broker
+
+__all__ = ["HttpServer", "start_http", "start_prometheus"]
+
+
+class ApiServer(HttpServer):
+    def __init__(self, app: web.Application, api: Api) -> None:
+        super().__init__(app)
+        self.api = api
+
+    async def stop(self) -> None:
+        self.api.rates.stop()
+        await super().stop()
+
+
+async def start_http(broker: Broker, host: str | list[str], port: int) -> HttpServer:
+    """The management API on ``host``:``port`` (0: a free port)."""
+    api = Api(broker)
+    app = web.Application(client_max_size=broker.config.http_max_body)
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text="Leveret management API: see /api/overview\n")
+
+    app.router.add_get("/", index)
+    app.router.add_route("*", "/api/{tail:.*}", api.handle)
+    srv = ApiServer(app, api)
+    await srv.start(host, port, "management HTTP API (--http-port)")
+    api.rates.start()
+    return srv
+
+
+async def start_prometheus(broker: Broker, host: str | list[str], port: int) -> HttpServer:
+    """The Prometheus endpoint on ``host``:``port`` (0: a free port)."""
+    srv = HttpServer(make_app(broker))
+    await srv.start(host, port, "Prometheus endpoint (--prometheus-port)")
+    return srv
