@@ -9,8 +9,11 @@ bad header, 406 for a message over the size limit).
 A body is kept as the list of the body frames received so far, joined once complete: nothing
 is allocated ahead of the bytes that arrived, whatever size the content header announces.
 The parts are the frame parser's memoryviews of the reads (a body frame cut by the end of a
-read comes as FRAME_BODY_PART pieces), so the join is the one copy of the body bytes; a
-part much smaller than its read is copied out rather than keeping the read alive.
+read comes as FRAME_BODY_PART pieces); a part much smaller than its read is copied out rather
+than keeping the read alive.  A complete body is kept as those parts, a
+:class:`~leveret.protocol.body.Body`, so its bytes are not copied between the socket and the
+consumers' sockets; only if the reads it would keep alive are more than twice its size is it
+joined into ``bytes`` instead.
 A message over ``max_message_size`` is refused as RabbitMQ 3.10 refuses it: its header is
 taken, the whole body is awaited (frames in between are the usual 505), and only then is the
 channel closed with 406 "message size N is larger than configured max size M".  Its body
@@ -27,6 +30,7 @@ from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.message import Message
 from leveret.protocol import methods as M
 from leveret.protocol import properties as P
+from leveret.protocol.body import Body
 from leveret.protocol.constants import (
     FRAME_BODY,
     FRAME_BODY_PART,
@@ -148,16 +152,13 @@ class PublishAssembly:
             return None
         if left == 0:
             if self._body:
-                # one copy of the body: the parts are the parser's views of the reads
-                self._body.append(payload)
-                body = b"".join(self._body)
-                self.release()
+                body = self._whole(payload)
             elif self._oversize:
                 raise self._refuse()
             elif payload.__class__ is bytes:
                 body = payload  # type: ignore[assignment]
             else:
-                body = bytes(payload)  # a large single frame: copied out of the read
+                body = self._keep_view(payload)  # type: ignore[arg-type]
             # (the last body frame, inline: this is the hot path)
             ex_rk, exchange, rk = self.pending  # type: ignore[misc]
             header = self._header
@@ -182,6 +183,36 @@ class PublishAssembly:
         if not self._oversize:
             self._keep(payload)
         return None
+
+    def _whole(self, last: bytes | memoryview) -> bytes | Body:
+        """The body from its parts: kept as they are (views of the reads: no copy) unless
+        the reads they keep alive hold more than twice the body; else joined."""
+        parts = self._body
+        if last:
+            parts.append(last)
+        self.release()
+        size = 0
+        pinned = 0
+        base = None
+        for p in parts:
+            size += len(p)
+            if p.__class__ is memoryview:
+                if p.obj is not base:  # type: ignore[union-attr]
+                    base = p.obj  # type: ignore[union-attr]
+                    pinned += len(base)
+            else:
+                pinned += len(p)
+        if pinned <= 2 * size:
+            return Body(tuple(parts), size)
+        return b"".join(parts)
+
+    @staticmethod
+    def _keep_view(view: memoryview) -> bytes | Body:
+        """A body in one frame, a view of a read: kept as it is unless the read is more than
+        twice its size."""
+        if 2 * len(view) >= len(view.obj):  # type: ignore[arg-type]
+            return Body((view,), len(view))
+        return bytes(view)
 
     def _keep(self, payload: bytes | memoryview) -> None:
         """Hold a part of a body arriving in pieces until the last one."""
