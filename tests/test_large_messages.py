@@ -178,10 +178,10 @@ def test_persistent_large_body_survives_restart(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- units
 
 
-def _publish_stream(body: bytes, frame_max: int) -> bytes:
+def _publish_stream(body: bytes, frame_max: int, queue: str = "q") -> bytes:
     header = struct.pack(">HHQH", 60, 0, len(body), 0)
     out = content_frames(1, header, body, frame_max)
-    return method_frame(1, C.Basic.Publish(exchange="", routing_key="q")) + b"".join(bytes(p) for p in out)
+    return method_frame(1, C.Basic.Publish(exchange="", routing_key=queue)) + b"".join(bytes(p) for p in out)
 
 
 def test_content_frames_of_a_body_in_pieces_match_the_bytes() -> None:
@@ -209,3 +209,80 @@ def test_parser_pieces_of_a_large_body_are_views() -> None:
     # (the last frame, 64 bytes, is small enough to be copied)
     assert all(isinstance(f[2], memoryview) for f in pieces if len(f[2]) >= 4096 or f[0] == FRAME_BODY_PART)
     assert b"".join(bytes(f[2]) for f in pieces) == body
+
+
+# ---------------------------------------------------------------------- flow control
+
+
+def test_large_messages_engage_flow_control_by_bytes() -> None:
+    """A publisher of 256 KiB messages outrunning a lagging consumer is held once the
+    backlog passes FLOW_BYTES, long before FLOW_LEN messages (or the memory alarm), and
+    gets everything through once the consumer catches up."""
+    import threading
+    import time
+
+    from leveret.broker.core.flow import CREDIT_INITIAL, FLOW_BYTES, FLOW_LEN
+
+    size, n = 256 * 1024, 1000  # 250 MiB in all
+    assert FLOW_BYTES // size + CREDIT_INITIAL < n < FLOW_LEN
+    with BrokerThread(Config(port=0, flow_cpu=0)) as b:
+        assert b.broker is not None
+        broker = b.broker
+        pace, got, stop, done = [0.02], [0], threading.Event(), threading.Event()
+
+        def consume() -> None:
+            conn = _connect(b.port, 131072)
+            ch = conn.channel()
+            ch.queue_declare("big-flow")
+            ch.basic_qos(prefetch_count=2)
+
+            def on_msg(ch: object, method: object, props: object, body: bytes) -> None:
+                assert len(body) == size
+                got[0] += 1
+                if pace[0]:
+                    time.sleep(pace[0])
+                ch.basic_ack(method.delivery_tag)  # type: ignore[attr-defined]
+
+            ch.basic_consume("big-flow", on_msg)
+            while not stop.is_set():
+                conn.process_data_events(0.05)
+            conn.close()
+
+        def publish() -> None:
+            with RawClient.connect(b.port, timeout=60) as raw:
+                raw.handshake()
+                raw.open_channel(1)
+                one = _publish_stream(b"b" * size, raw.frame_max, "big-flow")
+                for _ in range(n):
+                    raw.send(one)
+                raw.rpc(1, C.Queue.Declare(queue="big-flow", passive=True), C.Queue.DeclareOk)
+            done.set()
+
+        consumer = threading.Thread(target=consume, daemon=True)
+        consumer.start()
+        deadline = time.monotonic() + 10
+        while not broker.vhosts["/"].queues.get("big-flow") or not broker.vhosts["/"].queues["big-flow"].consumers:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        publisher = threading.Thread(target=publish, daemon=True)
+        publisher.start()
+        q = broker.vhosts["/"].queues["big-flow"]
+        saw_flow, peak = False, 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not done.is_set():
+            saw_flow = saw_flow or bool(broker.in_flow)
+            peak = max(peak, q.store.ready_bytes)
+            time.sleep(0.005)
+        assert saw_flow, "the publisher never waited for credit"
+        assert not done.is_set(), "the publisher was not slowed"
+        assert peak <= FLOW_BYTES + 2 * CREDIT_INITIAL * size, peak
+        assert not broker.memory_alarm
+        pace[0] = 0
+        assert done.wait(60), "the publisher was held for ever"
+        publisher.join(5)
+        deadline = time.monotonic() + 60
+        while got[0] < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert got[0] == n
+        stop.set()
+        consumer.join(5)

@@ -8,7 +8,8 @@ input handled per iteration while a manual-ack consumer got one round trip of ac
 The rule is split in two homes:
 
 * the queue (here) says when it is *in flow*: it has consumers and a backlog of at least
-  ``FLOW_LEN`` ready messages.  :meth:`Queue.publish` then returns the ``FLOW`` bit of
+  ``FLOW_LEN`` ready messages or ``FLOW_BYTES`` of ready bodies (so large messages engage it
+  too: 2000 bodies of 1 MiB are past the memory alarm).  :meth:`Queue.publish` then returns the ``FLOW`` bit of
   its outcome, and a :class:`FlowGate` per queue counts the messages it hands to
   consumers and gives credit back to the publishers that wait on it;
 * the publishing connection (``leveret.broker.wire.connection``) holds the credit: each
@@ -27,6 +28,7 @@ from __future__ import annotations
 from typing import Protocol
 
 FLOW_LEN = 2000  # ready messages: a queue with consumers and this backlog is in flow
+FLOW_BYTES = 32 << 20  # ... or this many bytes of ready bodies
 CREDIT_INITIAL = 400  # publishes into queues in flow before a connection must wait
 CREDIT_MORE = 200  # credit given back per this many messages delivered
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from leveret.broker.core.backing import PAGE_MAX, BackingQueue, Entry
 from leveret.broker.core.consumer import Consumer
-from leveret.broker.core.flow import FLOW_LEN, FlowGate
+from leveret.broker.core.flow import FLOW_BYTES, FLOW_LEN, FlowGate
 from leveret.broker.core.message import Message
 from leveret.protocol.properties import FLAGS_HI, HI_DELIVERY_MODE, HI_EXPIRATION
 
@@ -151,14 +151,15 @@ class Queue:
             size = msg.size
             store.ready_bytes += size
             self.node.queued_bytes += size
-            if len(msgs) >= FLOW_LEN and self.consumers:
+            if (len(msgs) >= FLOW_LEN or store.ready_bytes >= FLOW_BYTES) and self.consumers:
                 return FLOW
             return ACCEPTED
         return self._publish_slow(msg)
 
     def in_flow(self) -> bool:
         """Consumers and a backlog: publishers into this queue are held to their pace."""
-        return bool(self.consumers) and self.store.total() >= FLOW_LEN
+        store = self.store
+        return bool(self.consumers) and (store.total() >= FLOW_LEN or store.ready_bytes >= FLOW_BYTES)
 
     def _publish_slow(self, msg: Message) -> int:
         store = self.store
@@ -202,7 +203,7 @@ class Queue:
             self._enforce_limits()
         if expires_at:
             self._schedule_expiry()
-        if self.consumers and store.total() >= FLOW_LEN:
+        if self.consumers and (store.total() >= FLOW_LEN or store.ready_bytes >= FLOW_BYTES):
             return outcome | FLOW
         return outcome
 
@@ -327,7 +328,7 @@ class Queue:
             c.sink.deliver(c, self, seq, msg, redelivered)
             n += 1
         if self.flow.waiters:
-            if self.store.total() < FLOW_LEN:
+            if self.store.total() < FLOW_LEN and self.store.ready_bytes < FLOW_BYTES:
                 self.flow.release()
             elif n:
                 self.flow.delivered(n)
