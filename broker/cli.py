@@ -23,6 +23,8 @@ from leveret.storage import DataDirLocked
 #: library and the test brokers open neither unless asked (Config's default, None)
 CLI_HTTP_PORT = 15672
 CLI_PROMETHEUS_PORT = 15692
+MALLOC_MMAP_THRESHOLD = 32 << 20  # allocations below this come from the heap (see tune_malloc)
+MALLOC_TRIM_THRESHOLD = 64 << 20  # free bytes kept at the heap's top (see tune_malloc)
 
 
 def default_data_dir() -> str:
@@ -51,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, help="TCP port (default 5672; 0 picks a free one)")
     p.add_argument("--log-level", choices=list(LOG_LEVELS), help="default: info")
     p.add_argument("--no-uvloop", action="store_true", default=None, help="use the default asyncio event loop")
+    p.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="keep glibc's dynamic malloc thresholds (default: fixed ones, see leveret.broker.cli.tune_malloc)",
+    )
     p.add_argument("--heartbeat", type=int, help="heartbeat interval offered to clients (s, default 60)")
     p.add_argument("--frame-max", type=int, help="default 131072")
     p.add_argument("--channel-max", type=int, help="default 2047")
@@ -236,6 +243,31 @@ def raise_fd_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
+def tune_malloc(mmap_threshold: int = MALLOC_MMAP_THRESHOLD, trim_threshold: int = MALLOC_TRIM_THRESHOLD) -> bool:
+    """Fixed glibc malloc thresholds for a process that allocates large bodies.
+
+    By default glibc serves a large allocation with its own mmap (fresh pages: a page
+    fault per 4 KiB) until one is freed, then moves its threshold up; and it gives the top
+    of the heap back to the system (``brk`` down) as soon as 2x that threshold is free
+    there.  A broker passing 1 MiB bodies through hits both: each body freed at the top of
+    the heap was given back only to be asked for again for the next one — a shrink, a grow
+    and 256 page faults on zeroed pages per message, over half of the broker's CPU time at
+    a steady 200 msg/s of 1 MiB (measured with ``perf``).  With fixed thresholds, bodies up
+    to ``mmap_threshold`` come from the heap and up to ``trim_threshold`` bytes of free
+    memory stay at its top for reuse.  Returns whether the settings took (glibc only;
+    elsewhere this does nothing)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, trim_threshold))
+
+
 async def serve(config: Config) -> None:
     broker = Broker(config)
     await broker.start()
@@ -272,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.print_config:
         sys.stdout.write(render_config(config, extras))
         return 0
+    if not a.no_malloc_tuning:
+        tune_malloc()
     limit = raise_fd_limit()
     if limit is not None:
         logging.getLogger("leveret").info("file descriptor limit: %d (one per client connection)", limit)

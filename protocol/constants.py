@@ -5,6 +5,8 @@ PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_METHOD = 1
 FRAME_HEADER = 2
 FRAME_BODY = 3
+#: not a wire type: the parser's piece of a body frame cut by the end of a read (more follows)
+FRAME_BODY_PART = 0x103
 FRAME_HEARTBEAT = 8
 FRAME_END = 0xCE
 FRAME_END_BYTE = b"\xce"

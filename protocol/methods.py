@@ -14,6 +14,7 @@ from struct import Struct
 from pamqp import commands, decode, encode
 from pamqp.base import Frame as PamqpMethod
 
+from leveret.protocol.body import Body
 from leveret.protocol.constants import FRAME_BODY, FRAME_END_BYTE, FRAME_HEADER, FRAME_METHOD
 from leveret.protocol.frames import pack_head
 
@@ -88,24 +89,64 @@ def shortstr(value: str | bytes) -> bytes:
     return bytes((len(raw),)) + raw
 
 
-def content_frames(channel: int, header_payload: bytes, body: bytes, frame_max: int) -> list[bytes]:
-    """Content header frame plus as many body frames as frame_max requires."""
-    out = [pack_head(FRAME_HEADER, channel, len(header_payload)), header_payload, FRAME_END_BYTE]
+def content_frames(
+    channel: int, header_payload: bytes, body: bytes | Body, frame_max: int
+) -> list[bytes | memoryview]:
+    """Content header frame plus as many body frames as frame_max requires (the body's
+    bytes are not copied: large ones go out as memoryview slices, for writev)."""
+    out: list[bytes | memoryview] = [pack_head(FRAME_HEADER, channel, len(header_payload)), header_payload, FRAME_END_BYTE]
     blen = len(body)
     chunk = frame_max - 8
     if blen <= chunk:
         if blen:
             out.append(pack_head(FRAME_BODY, channel, blen))
-            out.append(body)
+            if body.__class__ is Body:
+                out.extend(body.parts)  # type: ignore[union-attr]
+            else:
+                out.append(body)  # type: ignore[arg-type]
             out.append(FRAME_END_BYTE)
+    elif body.__class__ is Body:
+        _cut_parts(out, channel, body.parts, blen, chunk)  # type: ignore[union-attr]
     else:
-        view = memoryview(body)
+        view = memoryview(body)  # type: ignore[arg-type]
         for start in range(0, blen, chunk):
             part = view[start : start + chunk]
             out.append(pack_head(FRAME_BODY, channel, len(part)))
-            out.append(part)  # type: ignore[arg-type]
+            out.append(part)
             out.append(FRAME_END_BYTE)
     return out
+
+
+def _cut_parts(
+    out: list[bytes | memoryview], channel: int, parts: tuple[bytes | memoryview, ...], blen: int, chunk: int
+) -> None:
+    """Body frames of at most ``chunk`` payload bytes over the pieces of a body: a frame's
+    payload may be several pieces (or slices of them), a piece may span frames."""
+    room = 0  # payload bytes still to put into the frame being written
+    first = True
+    for part in parts:
+        n = len(part)
+        if n <= room:
+            out.append(part)
+            room -= n
+            blen -= n
+            continue
+        view = part if part.__class__ is memoryview else memoryview(part)
+        pos = 0
+        while pos < n:
+            if not room:
+                if first:
+                    first = False
+                else:
+                    out.append(FRAME_END_BYTE)
+                room = chunk if blen > chunk else blen
+                out.append(pack_head(FRAME_BODY, channel, room))
+            take = n - pos if n - pos < room else room
+            out.append(part if take == n else view[pos : pos + take])
+            pos += take
+            room -= take
+            blen -= take
+    out.append(FRAME_END_BYTE)
 
 
 def deliver_frame(channel: int, ctag: bytes, tag: int, redelivered: bool, ex_rk: bytes) -> bytes:

@@ -349,14 +349,25 @@ def test_partial_bodies_on_many_channels_count_towards_the_memory_alarm() -> Non
 
 
 def test_frame_parser_holds_no_more_than_was_received() -> None:
-    """A frame header announcing a large frame costs nothing until its bytes arrive."""
+    """A frame header announcing a large frame costs nothing until its bytes arrive; a
+    body frame's bytes are handed on as they arrive (the publish assembly counts them
+    towards the memory alarm), other frames are held as received."""
+    from leveret.protocol.constants import FRAME_BODY_PART
     from leveret.protocol.frames import FrameParser
 
     p = FrameParser(131072)
     head = struct.pack(">BHI", 3, 1, 131064)
     assert p.feed(head) == []
+    assert p.buffered == 0
+    assert p.feed(b"a" * 1000) == [(FRAME_BODY_PART, 1, b"a" * 1000)]
+    assert p.buffered == 0
+    frames = p.feed(b"a" * 130064 + b"\xce")
+    assert frames == [(3, 1, b"a" * 130064)] and p.buffered == 0
+
+    head = struct.pack(">BHI", 2, 1, 131064)  # a content header frame
+    assert p.feed(head) == []
     assert p.buffered == len(head)
     assert p.feed(b"a" * 1000) == []
     assert p.buffered == len(head) + 1000
     frames = p.feed(b"a" * 130064 + b"\xce")
-    assert frames == [(3, 1, b"a" * 131064)] and p.buffered == 0
+    assert frames == [(2, 1, b"a" * 131064)] and p.buffered == 0

@@ -22,6 +22,7 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
 from leveret.broker import Config
+from leveret.protocol.constants import FRAME_BODY_PART
 from leveret.protocol.frames import FrameError, FrameParser
 from leveret.testing import BrokerProcess, BrokerThread
 from tests.rawamqp import (
@@ -553,27 +554,76 @@ def _stream(body_size: int) -> tuple[bytes, list[tuple[int, int, bytes]]]:
     return b"".join(build_frame(*f) for f in frames), frames
 
 
+def _whole(frames: list[tuple[int, int, bytes | memoryview]]) -> list[tuple[int, int, bytes]]:
+    """The parser's output with each body frame returned in pieces put back together:
+    pieces (FRAME_BODY_PART) of one frame come in a row, ending with its FRAME_BODY."""
+    out: list[tuple[int, int, bytes]] = []
+    part: list[bytes] = []
+    part_ch = None
+    for ftype, ch, payload in frames:
+        if part_ch is not None:
+            assert ch == part_ch and ftype in (FRAME_BODY_PART, 3), "a body frame's pieces are interrupted"
+        if ftype == FRAME_BODY_PART:
+            assert len(payload) > 0
+            part.append(bytes(payload))
+            part_ch = ch
+            continue
+        if part_ch is not None:
+            out.append((3, ch, b"".join(part) + bytes(payload)))
+            part, part_ch = [], None
+            continue
+        out.append((ftype, ch, bytes(payload)))
+    assert part_ch is None, "a body frame's pieces are not finished"
+    return out
+
+
 def test_frame_parser_every_split_position() -> None:
     data, frames = _stream(700)
-    assert FrameParser(131072).feed(data) == frames
+    assert _whole(FrameParser(131072).feed(data)) == frames
     for i in range(len(data) + 1):
         p = FrameParser(131072)
-        assert p.feed(data[:i]) + p.feed(data[i:]) == frames, f"split at {i}"
+        assert _whole(p.feed(data[:i]) + p.feed(data[i:])) == frames, f"split at {i}"
         assert p.buffered == 0
     p = FrameParser(131072)
-    assert [f for i in range(len(data)) for f in p.feed(data[i : i + 1])] == frames
+    assert _whole([f for i in range(len(data)) for f in p.feed(data[i : i + 1])]) == frames
 
 
 def test_frame_parser_large_frame_in_pieces() -> None:
     data, frames = _stream(120_000)  # bigger than the parser's chunk-gathering threshold
     for i in (1, 6, 7, 8, 100, 65_536, 70_000, len(data) - 9, len(data) - 1):
         p = FrameParser(131072)
-        assert p.feed(data[:i]) + p.feed(data[i:]) == frames, f"split at {i}"
+        assert _whole(p.feed(data[:i]) + p.feed(data[i:])) == frames, f"split at {i}"
     p = FrameParser(131072)
     out = []
     for i in range(0, len(data), 1000):
         out += p.feed(data[i : i + 1000])
-    assert out == frames and p.buffered == 0
+    assert _whole(out) == frames and p.buffered == 0
+
+
+def test_frame_parser_body_frames_are_views_of_the_read() -> None:
+    """Large body frames are not copied out of the read, whole or cut by its end."""
+    data, frames = _stream(120_000)
+    got = FrameParser(131072).feed(data)
+    assert [type(f[2]) for f in got if f[0] == 3] == [memoryview, bytes]  # (the empty one is bytes)
+    at = data.index(frames[3][2][:64])  # a cut inside the body frame's payload
+    p = FrameParser(131072)
+    first, second = p.feed(data[: at + 5000]), p.feed(data[at + 5000 :])
+    assert first[-1][0] == FRAME_BODY_PART and isinstance(first[-1][2], memoryview)
+    assert second[0][0] == 3 and isinstance(second[0][2], memoryview)
+    assert _whole(first + second) == frames
+
+
+def test_frame_parser_whole_stream_every_split_of_large_body() -> None:
+    """Three reads cutting a multi-frame body anywhere give the same frames."""
+    body_frames = [(3, 1, bytes([i]) * 5000) for i in range(3)]
+    frames = [(2, 1, struct.pack(">HHQH", 60, 0, 15000, 0))] + body_frames + [(8, 0, b"")]
+    data = b"".join(build_frame(*f) for f in frames)
+    for i in range(0, len(data) + 1, 7):
+        for j in (i, i + 1, i + 2, i + 4999, i + 5008, len(data)):
+            j = min(j, len(data))
+            p = FrameParser(8192)
+            got = p.feed(data[:i]) + p.feed(data[i:j]) + p.feed(data[j:])
+            assert _whole(got) == frames, (i, j)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@
 One ``Message`` per published message, shared by every queue it is routed to.  The
 content header is kept exactly as the publisher sent it (``header``: class, weight,
 body size, property flags and property bytes) and written back verbatim on delivery;
+``body`` is ``bytes``, or for a large body received in several pieces a
+:class:`~leveret.protocol.body.Body` of them (``len()`` and ``bytes()`` work on both);
 ``ex_rk`` is the exchange and routing key as the two short strings from basic.publish,
 reused verbatim in basic.deliver / basic.get-ok / basic.return.  Properties are only
 decoded when the broker needs one (``props``).  :func:`to_record` / :func:`from_record`
@@ -14,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from leveret.protocol import properties as P
+from leveret.protocol.body import Body
 from leveret.storage import record
 
 FLAGS_HI = P.FLAGS_HI
@@ -22,7 +25,7 @@ FLAGS_HI = P.FLAGS_HI
 class Message:
     __slots__ = ("ex_rk", "exchange", "routing_key", "header", "body", "_props", "size", "ts", "bcc")
 
-    def __init__(self, ex_rk: bytes, exchange: str, routing_key: str, header: bytes, body: bytes) -> None:
+    def __init__(self, ex_rk: bytes, exchange: str, routing_key: str, header: bytes, body: bytes | Body) -> None:
         self.ex_rk = ex_rk
         self.exchange = exchange
         self.routing_key = routing_key
@@ -89,7 +92,11 @@ class Message:
 
 def to_record(msg: Message, transient: bool = False) -> bytes:
     """The queue-log record of ``msg`` (``transient``: kept only for paging, not recovered)."""
-    return record.encode(record.F_TRANSIENT if transient else 0, msg.ts, msg.ex_rk, msg.header, msg.body)
+    flags = record.F_TRANSIENT if transient else 0
+    body = msg.body
+    if body.__class__ is Body:
+        return record.encode_parts(flags, msg.ts, msg.ex_rk, msg.header, body)  # type: ignore[arg-type]
+    return record.encode(flags, msg.ts, msg.ex_rk, msg.header, body)  # type: ignore[arg-type]
 
 
 _names: dict[bytes, tuple[str, str]] = {}  # ex_rk -> (exchange, routing key), recent ones

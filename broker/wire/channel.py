@@ -190,7 +190,7 @@ class Channel:
         else:  # BASIC_REJECT
             self._ack(tag, False, "reject", bool(bits & 1))
 
-    def handle_content(self, ftype: int, payload: bytes) -> None:
+    def handle_content(self, ftype: int, payload: bytes | memoryview) -> None:
         msg = self.assembly.content(ftype, payload)
         if msg is not None:
             self._publish(msg, self.assembly.mandatory)

@@ -36,6 +36,7 @@ from leveret.protocol.constants import (
     COMMAND_INVALID,
     CONNECTION_FORCED,
     FRAME_BODY,
+    FRAME_BODY_PART,
     FRAME_ERROR,
     FRAME_HEADER,
     FRAME_HEARTBEAT,
@@ -326,7 +327,7 @@ class Connection(asyncio.Protocol):
                             channel.handle_raw_method(idx, payload)
                             continue
                     self._channel_method(ch, channel, payload)
-                elif ftype == FRAME_HEADER or ftype == FRAME_BODY:
+                elif ftype == FRAME_HEADER or ftype == FRAME_BODY or ftype == FRAME_BODY_PART:
                     channel = self.channels.get(ch)
                     if channel is None:
                         if ch in self.closing_channels:

@@ -8,6 +8,12 @@ bad header, 406 for a message over the size limit).
 
 A body is kept as the list of the body frames received so far, joined once complete: nothing
 is allocated ahead of the bytes that arrived, whatever size the content header announces.
+The parts are the frame parser's memoryviews of the reads (a body frame cut by the end of a
+read comes as FRAME_BODY_PART pieces); a part much smaller than its read is copied out rather
+than keeping the read alive.  A complete body is kept as those parts, a
+:class:`~leveret.protocol.body.Body`, so its bytes are not copied between the socket and the
+consumers' sockets; only if the reads it would keep alive are more than twice its size is it
+joined into ``bytes`` instead.
 A message over ``max_message_size`` is refused as RabbitMQ 3.10 refuses it: its header is
 taken, the whole body is awaited (frames in between are the usual 505), and only then is the
 channel closed with 406 "message size N is larger than configured max size M".  Its body
@@ -24,8 +30,10 @@ from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.message import Message
 from leveret.protocol import methods as M
 from leveret.protocol import properties as P
+from leveret.protocol.body import Body
 from leveret.protocol.constants import (
     FRAME_BODY,
+    FRAME_BODY_PART,
     FRAME_ERROR,
     FRAME_HEADER,
     NOT_IMPLEMENTED,
@@ -72,7 +80,9 @@ class PublishAssembly:
         self.mandatory = False  # of the pending publish (and of the message just completed)
         self.max_size = max_message_size(node.config.max_message_size)
         self._header: bytes | None = None
-        self._body: list[bytes] = []
+        #: the parts of a body arriving in several frames: the parser's memoryviews of the
+        #: reads (or copies, for a small part of a large read), joined once at the end
+        self._body: list[bytes | memoryview] = []
         self._body_held = 0  # bytes of _body counted in node.queued_bytes
         self._body_left = 0
         self._oversize = 0  # the announced size of a body over max_size (kept: none of it)
@@ -97,7 +107,7 @@ class PublishAssembly:
         self.pending = (ex_rk, exchange, rk)
         self.mandatory = mandatory
 
-    def content(self, ftype: int, payload: bytes) -> Message | None:
+    def content(self, ftype: int, payload: bytes | memoryview) -> Message | None:
         """A content header or body frame; the message once complete (its publish's
         mandatory flag is then in ``self.mandatory``)."""
         if self.pending is None:
@@ -124,12 +134,14 @@ class PublishAssembly:
             if size > self.max_size:
                 # RabbitMQ reads the whole body before refusing it; drop it as it comes
                 self._oversize = size
-            self._header = payload
+            self._header = payload  # type: ignore[assignment]  (header frames are bytes)
             self._body_left = size
             if size == 0:
                 return self._complete(b"")
             return None
         if ftype != FRAME_BODY:
+            if ftype == FRAME_BODY_PART:
+                return self._part(payload)
             raise AMQPError(UNEXPECTED_FRAME, "expected content body, got non content body frame instead", 60, 40)
         left = self._body_left - len(payload)
         if left < 0:
@@ -140,13 +152,13 @@ class PublishAssembly:
             return None
         if left == 0:
             if self._body:
-                self._body.append(payload)
-                body = b"".join(self._body)
-                self.release()
+                body = self._whole(payload)
             elif self._oversize:
                 raise self._refuse()
+            elif payload.__class__ is bytes:
+                body = payload  # type: ignore[assignment]
             else:
-                body = payload
+                body = self._keep_view(payload)  # type: ignore[arg-type]
             # (the last body frame, inline: this is the hot path)
             ex_rk, exchange, rk = self.pending  # type: ignore[misc]
             header = self._header
@@ -154,14 +166,64 @@ class PublishAssembly:
             self._header = None
             return Message(ex_rk, exchange, rk, header, body)
         self._body_left = left
-        if self._oversize:
-            return None  # to be refused once complete: nothing kept
+        if not self._oversize:  # (a body to be refused once complete: nothing kept)
+            self._keep(payload)
+        return None
+
+    def _part(self, payload: bytes | memoryview) -> None:
+        """A piece of a body frame cut by the end of a read (the frame's last piece, which
+        ends the message if any, comes as FRAME_BODY)."""
+        left = self._body_left - len(payload)
+        if left < 0:
+            self.release()
+            self._body_left = -1
+            return None
+        # (left == 0: the body is complete unless the frame goes on; its last piece decides)
+        self._body_left = left
+        if not self._oversize:
+            self._keep(payload)
+        return None
+
+    def _whole(self, last: bytes | memoryview) -> bytes | Body:
+        """The body from its parts: kept as they are (views of the reads: no copy) unless
+        the reads they keep alive hold more than twice the body; else joined."""
+        parts = self._body
+        if last:
+            parts.append(last)
+        self.release()
+        size = 0
+        pinned = 0
+        base = None
+        for p in parts:
+            size += len(p)
+            if p.__class__ is memoryview:
+                if p.obj is not base:  # type: ignore[union-attr]
+                    base = p.obj  # type: ignore[union-attr]
+                    pinned += len(base)
+            else:
+                pinned += len(p)
+        if pinned <= 2 * size:
+            return Body(tuple(parts), size)
+        return b"".join(parts)
+
+    @staticmethod
+    def _keep_view(view: memoryview) -> bytes | Body:
+        """A body in one frame, a view of a read: kept as it is unless the read is more than
+        twice its size."""
+        if 2 * len(view) >= len(view.obj):  # type: ignore[arg-type]
+            return Body((view,), len(view))
+        return bytes(view)
+
+    def _keep(self, payload: bytes | memoryview) -> None:
+        """Hold a part of a body arriving in pieces until the last one."""
+        if payload.__class__ is memoryview and len(payload) * 4 < len(payload.obj):  # type: ignore[union-attr]
+            # a small view would keep a much larger read alive: copy it
+            payload = bytes(payload)
+        self._body.append(payload)
         # a body arriving in pieces counts towards the memory alarm, so many channels
         # each holding a part of a large message cannot grow memory without bound
-        self._body.append(payload)
         self._body_held += len(payload)
         self.node.queued_bytes += len(payload)
-        return None
 
     def _refuse(self) -> AMQPError:
         """The body over the limit is complete: RabbitMQ's 406 (the channel closes)."""
