@@ -105,7 +105,9 @@ def perf(url: str, pid: int | None, args: list[str], timeout: float) -> dict[str
     if pid:
         cmd += ["--broker-pid", str(pid)]
     try:
-        subprocess.run(cmd, check=True, timeout=timeout, stdout=subprocess.DEVNULL)
+        r = subprocess.run(cmd, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if r.returncode:
+            raise subprocess.CalledProcessError(r.returncode, cmd, stderr=r.stderr)
         return json.loads(out.read_text())
     finally:
         out.unlink(missing_ok=True)
@@ -254,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         results[scenario] = {b: [] for b in brokers}
         for rep in range(args.repeat):
             for b in brokers if rep % 2 == 0 else reversed(brokers):
-                r = run_one(scenario, b, args)
+                try:
+                    r = run_one(scenario, b, args)
+                except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                    print(f"{scenario} {b} #{rep + 1}: failed: {getattr(exc, 'stderr', '') or exc}", flush=True)
+                    continue
                 results[scenario][b].append(r)
                 print(
                     f"{scenario} {b} #{rep + 1}: "
