@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-FLOW_LEN = 2000  # ready messages: a queue with consumers and this backlog is in flow
+FLOW_LEN = 20000  # ready messages (PAGE_MAX): a queue with consumers and this backlog is in flow
 FLOW_BYTES = 16 << 20  # ... or this many bytes of ready message bodies
 CREDIT_INITIAL = 400  # publishes into queues in flow before a connection must wait
 CREDIT_MORE = 200  # credit given back per this many messages delivered
