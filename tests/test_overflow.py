@@ -10,14 +10,13 @@ import pika
 import pytest
 
 from leveret.broker import Config
-from leveret.broker.core import backing, queue
+from leveret.broker.core import backing
 from leveret.testing import BrokerThread
 
 
 @pytest.fixture
 def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backing, "PAGE_MAX", 200)
-    monkeypatch.setattr(queue, "PAGE_MAX", 200)
     monkeypatch.setattr(backing, "PAGE_BATCH", 50)
 
 

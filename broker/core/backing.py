@@ -167,12 +167,16 @@ class BackingQueue:
         self.next_seq = seq + 1
         return seq
 
+    def backlogged(self) -> bool:
+        """The one rule for a long queue: messages paged out, or PAGE_MAX messages (or
+        PAGE_MAX_BYTES of bodies) in RAM.  Such a queue pages new messages out when it
+        can (:meth:`wants_page`) and, with consumers, is in flow (``Queue.in_flow``)."""
+        return self.tail_start < len(self.tail) or len(self.messages) >= PAGE_MAX or self.ready_bytes >= PAGE_MAX_BYTES
+
     def wants_page(self) -> bool:
         """A queue this long keeps new ready messages on disk only (opening its overflow
         log if it needs one; False when it cannot)."""
-        if self.max_priority:
-            return False
-        if self.tail_start >= len(self.tail) and len(self.messages) < PAGE_MAX and self.ready_bytes < PAGE_MAX_BYTES:
+        if self.max_priority or not self.backlogged():
             return False
         if self.plog is None:
             if self.overflow is None and self.open_overflow is not None:

@@ -8,14 +8,15 @@ input handled per iteration while a manual-ack consumer got one round trip of ac
 The rule is split in two homes:
 
 * the queue (here) says when it is *in flow*: it has consumers and a backlog of at least
-  ``FLOW_LEN`` ready messages (or ``FLOW_BYTES`` of bodies).  :meth:`Queue.publish` then returns the ``FLOW`` bit of
+  ``FLOW_LEN`` ready messages or ``FLOW_BYTES`` of bodies in RAM, or messages paged out:
+  ``BackingQueue.backlogged``, the rule that also pages it out.  :meth:`Queue.publish` then returns the ``FLOW`` bit of
   its outcome, and a :class:`FlowGate` per queue counts the messages it hands to
   consumers and gives credit back to the publishers that wait on it;
 * the publishing connection (``leveret.broker.wire.connection``) holds the credit: each
   publish into a queue in flow costs one (and one more per 64 KiB of body), and at zero it stops reading its socket and
   waits on the gates of those queues.  A gate grants ``CREDIT_MORE`` per ``CREDIT_MORE``
   messages delivered (RabbitMQ's ``{400, 200}``), and everything at once when the queue
-  leaves flow (backlog below ``FLOW_LEN``, no consumer, deleted, purged).
+  leaves flow (no longer backlogged, no consumer, deleted, purged).
 
 So a publisher is held to its consumers' pace, never more than about ``CREDIT_INITIAL``
 messages ahead, and only while a backlog exists: a burst into an empty system runs at
@@ -26,8 +27,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-FLOW_LEN = 20000  # ready messages (PAGE_MAX): a queue with consumers and this backlog is in flow
-FLOW_BYTES = 16 << 20  # ... or this many bytes of ready message bodies
+from leveret.broker.core.backing import PAGE_MAX, PAGE_MAX_BYTES
+
+# a queue with consumers is in flow when it is long: BackingQueue.backlogged, the same rule
+# that pages it out (past PAGE_MAX ready messages or PAGE_MAX_BYTES of bodies in RAM)
+FLOW_LEN, FLOW_BYTES = PAGE_MAX, PAGE_MAX_BYTES
 CREDIT_INITIAL = 400  # publishes into queues in flow before a connection must wait
 CREDIT_MORE = 200  # credit given back per this many messages delivered
 #: a message costs 1 + size >> CREDIT_SHIFT credits (large messages: one per 64 KiB)

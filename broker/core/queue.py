@@ -22,9 +22,9 @@ from array import array
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from leveret.broker.core.backing import PAGE_MAX, PAGE_MAX_BYTES, BackingQueue, Entry
+from leveret.broker.core.backing import BackingQueue, Entry
 from leveret.broker.core.consumer import Consumer
-from leveret.broker.core.flow import CREDIT_SHIFT, FLOW_BYTES, FLOW_LEN, FlowGate
+from leveret.broker.core.flow import CREDIT_SHIFT, FlowGate
 from leveret.broker.core.message import Message
 from leveret.protocol.properties import FLAGS_HI, HI_DELIVERY_MODE, HI_EXPIRATION
 
@@ -136,13 +136,8 @@ class Queue:
         store = self.store
         store.stats_publish += 1
         msgs = store.messages
-        if (
-            self.plain
-            and store.plog is None
-            and not msg.header[FLAGS_HI] & HI_EXPIRATION
-            and ((len(msgs) < PAGE_MAX and store.ready_bytes < PAGE_MAX_BYTES) or store.open_overflow is None)
-        ):
-            # no limits, no TTL, nothing to persist or page out: the hot path
+        if self.plain and store.log is None and not msg.header[FLAGS_HI] & HI_EXPIRATION and not store.backlogged():
+            # no limits, no TTL, nothing to persist, not long (no paging, no flow): the hot path
             seq = store.next_seq
             store.next_seq = seq + 1
             if self.consumers and not msgs:
@@ -154,15 +149,12 @@ class Queue:
             size = msg.size
             store.ready_bytes += size
             self.node.queued_bytes += size
-            if (len(msgs) >= FLOW_LEN or store.ready_bytes >= FLOW_BYTES) and self.consumers:
-                return FLOW
             return ACCEPTED
         return self._publish_slow(msg)
 
     def in_flow(self) -> bool:
         """Consumers and a backlog: publishers into this queue are held to their pace."""
-        store = self.store
-        return bool(self.consumers) and (store.total() >= FLOW_LEN or store.total_bytes() >= FLOW_BYTES)
+        return bool(self.consumers) and self.store.backlogged()
 
     def _publish_slow(self, msg: Message) -> int:
         store = self.store
@@ -206,7 +198,7 @@ class Queue:
             self._enforce_limits()
         if expires_at:
             self._schedule_expiry()
-        if self.consumers and (store.total() >= FLOW_LEN or store.total_bytes() >= FLOW_BYTES):
+        if self.consumers and store.backlogged():
             return outcome | FLOW
         return outcome
 
