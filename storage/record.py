@@ -11,8 +11,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-_REC = struct.Struct(">BdHI")
+#: the head of a payload (big-endian, no padding: it can follow another struct's format)
+HEAD_FORMAT = "BdHI"
+_REC = struct.Struct(">" + HEAD_FORMAT)
 HEAD_SIZE = _REC.size
+
+Decoded = tuple[int, float, bytes, bytes, bytes]
 
 #: the record only keeps a transient message's place in queue order while it is paged
 #: out; recovery drops it
@@ -28,7 +32,7 @@ def encode_parts(flags: int, ts: float, a: bytes, b: bytes, body: Iterable[bytes
     return b"".join((_REC.pack(flags, ts, len(a), len(b)), a, b, *body))
 
 
-def decode(payload: bytes) -> tuple[int, float, bytes, bytes, bytes]:
+def decode(payload: bytes) -> Decoded:
     """``(flags, ts, a, b, body)``."""
     flags, ts, al, bl = _REC.unpack_from(payload)
     o = HEAD_SIZE

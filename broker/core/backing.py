@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from leveret.broker.core.message import Message, from_record, to_record
+from leveret.broker.core.message import NAMES, Message, exchange_rk, to_record
 from leveret.protocol.properties import FLAGS_HI, HI_EXPIRATION
 
 if TYPE_CHECKING:
@@ -245,24 +245,27 @@ class BackingQueue:
         last = n if self.max_priority else min(n, start + PAGE_BATCH)
         redelivered_set = self.recovered_delivered
         msgs = self.messages
+        names_of = NAMES.get
         loaded = 0
         end = start
         while end < last and (loaded < PAGE_BATCH_BYTES or self.max_priority):
             # (in chunks, so that a batch of large messages stops near PAGE_BATCH_BYTES)
             positions = tail[end : min(last, end + 256)]
             end += len(positions)
-            for pos, payload in zip(positions, plog.read_many(positions), strict=True):
-                try:
-                    if isinstance(payload, Exception):
-                        raise payload
-                    msg = from_record(payload)
-                except Exception as exc:  # CorruptRecord, or a record we cannot decode
-                    log.error("dropping unreadable record %#x: %s", pos, exc)
+            for pos, rec in zip(positions, plog.read_records(positions), strict=True):
+                if rec.__class__ is not tuple:  # CorruptRecord, or a record we cannot decode
+                    log.error("dropping unreadable record %#x: %s", pos, rec)
                     plog.ack(pos)
                     continue
-                exp = expires_at(msg, msg.ts) if queue_ttl or msg.header[FLAGS_HI] & HI_EXPIRATION else 0.0
+                _, ts, ex_rk, header, body = rec
+                names = names_of(ex_rk)
+                if names is None:
+                    names = exchange_rk(ex_rk)
+                msg = Message(ex_rk, names[0], names[1], header, body)
+                msg.ts = ts
+                exp = expires_at(msg, ts) if queue_ttl or header[FLAGS_HI] & HI_EXPIRATION else 0.0
                 msgs.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, exp))
-                loaded += msg.size
+                loaded += len(body)
         self.ready_bytes += loaded
         self.tail_bytes -= loaded
         self.node.queued_bytes += loaded
@@ -282,7 +285,7 @@ class BackingQueue:
         plog = self.plog
         if plog is not None and not seq & SEQ_MASK:
             plog.ack(seq >> SEQ_SHIFT)
-            if plog is self.overflow and not plog.live_count and self.tail_start >= len(self.tail):
+            if plog is self.overflow and self.tail_start >= len(self.tail) and not plog.live_count:
                 self.plog = None  # drained: back to RAM only (the fast path)
 
     def mark_delivered(self, seq: int) -> None:

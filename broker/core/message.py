@@ -99,18 +99,24 @@ def to_record(msg: Message, transient: bool = False) -> bytes:
     return record.encode(flags, msg.ts, msg.ex_rk, msg.header, body)  # type: ignore[arg-type]
 
 
-_names: dict[bytes, tuple[str, str]] = {}  # ex_rk -> (exchange, routing key), recent ones
+#: ex_rk -> (exchange, routing key), for the recent ones (paging back in, recovery)
+NAMES: dict[bytes, tuple[str, str]] = {}
+
+
+def exchange_rk(ex_rk: bytes) -> tuple[str, str]:
+    """The exchange and routing key in ``ex_rk`` (two AMQP short strings), remembered in
+    ``NAMES``."""
+    xl = ex_rk[0]
+    names = (ex_rk[1 : 1 + xl].decode("utf-8", "surrogateescape"), ex_rk[2 + xl :].decode("utf-8", "surrogateescape"))
+    if len(NAMES) >= 256:
+        NAMES.clear()
+    NAMES[ex_rk] = names
+    return names
 
 
 def from_record(payload: bytes) -> Message:
     _, ts, ex_rk, header, body = record.decode(payload)
-    names = _names.get(ex_rk)
-    if names is None:
-        xl = ex_rk[0]
-        names = (ex_rk[1 : 1 + xl].decode("utf-8", "surrogateescape"), ex_rk[2 + xl :].decode("utf-8", "surrogateescape"))
-        if len(_names) >= 256:
-            _names.clear()
-        _names[ex_rk] = names
+    names = NAMES.get(ex_rk) or exchange_rk(ex_rk)
     msg = Message(ex_rk, names[0], names[1], header, body)
     msg.ts = ts
     return msg

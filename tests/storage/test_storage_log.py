@@ -442,3 +442,31 @@ def test_read_many_matches_read_across_segments_buffer_and_errors(tmp_path: Path
     assert isinstance(out[0], CorruptRecord)
     assert out[1:] == [qlog.read(p) for p in live[2:4]]
     qlog.close()
+
+
+@pytest.mark.parametrize("ephemeral", [False, True])
+def test_read_records_decodes_as_read_and_decode(tmp_path: Path, ephemeral: bool) -> None:
+    import random
+
+    from leveret.storage import record
+
+    rnd = random.Random(11)
+    qlog = QueueLog(tmp_path / "q", segment_size=64 * 1024, ephemeral=ephemeral)
+    qlog.recover()
+    payloads = [record.encode(i % 2, 1000.5 + i, b"\x01x\x02rk" * (i % 3), b"H" * rnd.randint(0, 40), bytes([i % 251]) * rnd.randint(0, 3000))
+                for i in range(300)]
+    positions = [qlog.append(p) for p in payloads]
+    qlog.flush()
+    positions += [qlog.append(record.encode(0, 1.0, b"a", b"b", b"in the write buffer"))]
+    for p in positions[::5]:
+        qlog.ack(p)
+    live = [p for i, p in enumerate(positions) if i % 5]
+    assert qlog.read_records(live) == [record.decode(qlog.read(p)) for p in live]
+    # errors in place, the rest still decoded: an unknown position, a record too short to
+    # hold a record head, a damaged record (caught by the checksum where there is one)
+    short = qlog.append(b"xy")
+    qlog.flush()
+    out = qlog.read_records([live[0], (999 << 32) | 0, short, live[1]])
+    assert out[0] == record.decode(qlog.read(live[0])) and out[3] == record.decode(qlog.read(live[1]))
+    assert isinstance(out[1], ValueError) and isinstance(out[2], Exception)
+    qlog.close()
