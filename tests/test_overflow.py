@@ -17,6 +17,7 @@ from leveret.testing import BrokerThread
 @pytest.fixture
 def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backing, "PAGE_MAX", 200)
+    monkeypatch.setattr(backing, "FLOW_LEN", 150)
     monkeypatch.setattr(backing, "PAGE_BATCH", 50)
 
 

@@ -113,6 +113,7 @@ async def test_paged_out_messages_expire_and_dead_letter_on_time(
     # a durable TTL queue beyond PAGE_MAX: the expiry timer must go on past the
     # messages held in RAM, into the paged-out tail
     monkeypatch.setattr(broker_queue, "PAGE_MAX", 5)
+    monkeypatch.setattr(broker_queue, "FLOW_LEN", 4)
     monkeypatch.setattr(broker_queue, "PAGE_BATCH", 3)
     async with running_broker(Config(port=0, data_dir=str(tmp_path / "d"))) as b:
         async with await aio_pika.connect(broker_url(b)) as conn:
@@ -140,6 +141,7 @@ async def test_max_length_bytes_counts_paged_out_messages(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overflow: str
 ) -> None:
     monkeypatch.setattr(broker_queue, "PAGE_MAX", 3)
+    monkeypatch.setattr(broker_queue, "FLOW_LEN", 2)
     monkeypatch.setattr(broker_queue, "PAGE_BATCH", 2)
     async with running_broker(Config(port=0, data_dir=str(tmp_path / "d"))) as b:
         async with await aio_pika.connect(broker_url(b)) as conn:

@@ -46,6 +46,11 @@ SEQ_SHIFT = 32
 SEQ_MASK = (1 << SEQ_SHIFT) - 1
 PAGE_MAX = 20000  # ready messages kept in RAM before a queue pages to its log
 PAGE_MAX_BYTES = 64 << 20  # ... or body bytes (large messages)
+#: a queue is *backlogged* (with consumers: in flow) from here on, below the paging
+#: thresholds, so that flow holds a publisher's backlog in RAM rather than at the edge
+#: where every message past it is written out and read back (must be <= the above)
+FLOW_LEN = PAGE_MAX * 3 // 4
+FLOW_BYTES = PAGE_MAX_BYTES // 2
 PAGE_BATCH = 2000  # messages loaded back from the log at a time
 PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes
 
@@ -168,15 +173,19 @@ class BackingQueue:
         return seq
 
     def backlogged(self) -> bool:
-        """The one rule for a long queue: messages paged out, or PAGE_MAX messages (or
-        PAGE_MAX_BYTES of bodies) in RAM.  Such a queue pages new messages out when it
-        can (:meth:`wants_page`) and, with consumers, is in flow (``Queue.in_flow``)."""
-        return self.tail_start < len(self.tail) or len(self.messages) >= PAGE_MAX or self.ready_bytes >= PAGE_MAX_BYTES
+        """The rule for a long queue: messages paged out, or FLOW_LEN messages (or
+        FLOW_BYTES of bodies) in RAM.  With consumers such a queue is in flow
+        (``Queue.in_flow``); from PAGE_MAX messages (PAGE_MAX_BYTES) it also pages new
+        messages out (:meth:`wants_page`).  A queue that is not backlogged never pages:
+        the queue's hot path is only for those."""
+        return self.tail_start < len(self.tail) or len(self.messages) >= FLOW_LEN or self.ready_bytes >= FLOW_BYTES
 
     def wants_page(self) -> bool:
         """A queue this long keeps new ready messages on disk only (opening its overflow
         log if it needs one; False when it cannot)."""
-        if self.max_priority or not self.backlogged():
+        if self.max_priority or not (
+            self.tail_start < len(self.tail) or len(self.messages) >= PAGE_MAX or self.ready_bytes >= PAGE_MAX_BYTES
+        ):
             return False
         if self.plog is None:
             if self.overflow is None and self.open_overflow is not None:

@@ -8,8 +8,9 @@ input handled per iteration while a manual-ack consumer got one round trip of ac
 The rule is split in two homes:
 
 * the queue (here) says when it is *in flow*: it has consumers and a backlog of at least
-  ``FLOW_LEN`` ready messages or ``FLOW_BYTES`` of bodies in RAM, or messages paged out:
-  ``BackingQueue.backlogged``, the rule that also pages it out.  :meth:`Queue.publish` then returns the ``FLOW`` bit of
+  ``FLOW_LEN`` ready messages or ``FLOW_BYTES`` of bodies in RAM, or messages paged out
+  (``BackingQueue.backlogged``; below the thresholds where a queue pages, so that a
+  publisher held to its consumers' pace keeps the backlog in RAM).  :meth:`Queue.publish` then returns the ``FLOW`` bit of
   its outcome, and a :class:`FlowGate` per queue counts the messages it hands to
   consumers and gives credit back to the publishers that wait on it;
 * the publishing connection (``leveret.broker.wire.connection``) holds the credit: each
@@ -27,11 +28,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from leveret.broker.core.backing import PAGE_MAX, PAGE_MAX_BYTES
+# a queue with consumers is in flow when it is backlogged (BackingQueue.backlogged)
+from leveret.broker.core.backing import FLOW_BYTES, FLOW_LEN
 
-# a queue with consumers is in flow when it is long: BackingQueue.backlogged, the same rule
-# that pages it out (past PAGE_MAX ready messages or PAGE_MAX_BYTES of bodies in RAM)
-FLOW_LEN, FLOW_BYTES = PAGE_MAX, PAGE_MAX_BYTES
+__all__ = ["FLOW_BYTES", "FLOW_LEN", "CREDIT_INITIAL", "CREDIT_MORE", "CREDIT_SHIFT", "FlowGate", "FlowWaiter"]
 CREDIT_INITIAL = 400  # publishes into queues in flow before a connection must wait
 CREDIT_MORE = 200  # credit given back per this many messages delivered
 #: a message costs 1 + size >> CREDIT_SHIFT credits (large messages: one per 64 KiB)
