@@ -150,6 +150,8 @@ def test_list_queues_columns_header_and_banner(broker: Broker) -> None:
         r = ctl(broker, "-q", "--no-table-headers", "list_queues", "name,messages")
         assert r.stderr == ""
         assert ["ctl.lq.a", "3"] in table(r.stdout) and ["name", "messages"] not in table(r.stdout)
+        r2 = ctl(broker, "list_queues", "name,messages", "--silent")
+        assert (r2.stdout, r2.stderr) == (r.stdout, "")
     finally:
         conn.close()
         ctl(broker, "delete_queue", "ctl.lq.a")
@@ -520,3 +522,6 @@ def test_error_paths_exit_codes(broker: Broker) -> None:
     assert r.returncode == 77 and "authentication failed" in r.stderr and r.stdout == ""
     r = run(http, "list_queues", env={"LEVERET_CTL_PASSWORD": "wrong"})
     assert r.returncode == 77
+    # https against the plain HTTP listener: the TLS handshake fails, the API is unreachable
+    r = run(http, "--scheme", "https", "--insecure", "list_queues")
+    assert r.returncode == 69 and f"https://127.0.0.1:{http}" in r.stderr

@@ -79,6 +79,7 @@ class Options:
     insecure: bool = False
     vhost: str = "/"
     quiet: bool = False
+    silent: bool = False  # -s: quiet, and no table headers
     formatter: str = "table"
     table_headers: bool = True
     timeout: float = 60.0
@@ -121,7 +122,7 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any] | None]] = {
     "--cacert": ("cacert", str),
     "--insecure": ("insecure", None), "-k": ("insecure", None),
     "-p": ("vhost", str), "--vhost": ("vhost", str),
-    "-q": ("quiet", None), "--quiet": ("quiet", None), "-s": ("quiet", None), "--silent": ("quiet", None),
+    "-q": ("quiet", None), "--quiet": ("quiet", None), "-s": ("silent", None), "--silent": ("silent", None),
     "--formatter": ("formatter", _choice("table", "json")), "-f": ("formatter", _choice("table", "json")),
     "--no-table-headers": ("table_headers", None),
     "-t": ("timeout", _timeout), "--timeout": ("timeout", _timeout),
@@ -165,6 +166,8 @@ def parse_args(argv: list[str]) -> tuple[Options, list[str]]:
             setattr(opts, attr, convert(value))
         except ValueError:
             raise UsageError(f"invalid value for {flag}: {value!r}") from None
+    if opts.silent:
+        opts.quiet, opts.table_headers = True, False
     return opts, rest
 
 
@@ -785,6 +788,7 @@ Options:
       --scheme http|https     (default http); --cacert <file>, --insecure (-k) for https
   -p, --vhost <vhost>         the vhost of vhost-scoped commands (default /)
   -q, --quiet                 no informational lines
+  -s, --silent                -q and --no-table-headers
       --formatter table|json  table: a header and tab-separated rows (default); json: an array of objects
       --no-table-headers      no header row
   -t, --timeout <seconds>     HTTP timeout (default 60)
