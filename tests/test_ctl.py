@@ -377,6 +377,17 @@ def test_purge_and_delete_queue(broker: Broker) -> None:
             conn.channel().queue_declare("ctl.del", passive=True)
         assert exc.value.reply_code == 404
         conn.close()
+
+        # --if-unused with a consumer; then deleted, --formatter json reports the count
+        conn = connect(broker)
+        ch = conn.channel()
+        ch.queue_declare("ctl.used")
+        ch.basic_consume("ctl.used", lambda *a: None)
+        r = run(broker[1], "delete_queue", "ctl.used", "--if-unused")
+        assert r.returncode == 64 and "Queue is in use" in r.stderr
+        r = ctl(broker, "--formatter", "json", "delete_queue", "ctl.used", "--if-empty")
+        assert json.loads(r.stdout) == {"result": "ok", "messages_ready": 0} and r.stderr == ""
+        conn.close()
     finally:
         run(broker[1], "delete_queue", "ctl.purge")
         run(broker[1], "delete_queue", "ctl.del")
