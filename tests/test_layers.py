@@ -81,6 +81,12 @@ RULES = [
          applies_to=("leveret.broker", "leveret.protocol", "leveret.storage"),
          forbidden=(TESTING,),
          why="leveret.testing is built on the server, never the other way round"),
+    Rule("ctl-uses-only-the-http-api",
+         applies_to=("leveret.ctl",),
+         forbidden=("leveret.broker", "leveret.protocol", "leveret.storage", TESTING),
+         allowed_leveret=("leveret.ctl",),
+         why="leveret-ctl drives a node through its management HTTP API only, so it works "
+             "against any node (Leveret's or RabbitMQ's) and installs nothing of the server's"),
     Rule("no-old-top-level-names",
          applies_to=("leveret",),
          forbidden=("broker", "protocol", "storage"),

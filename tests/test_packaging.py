@@ -299,6 +299,9 @@ def test_wheel_installs_only_leveret(wheel: Path) -> None:
     assert sections.get("console_scripts", {}).get("leveret") == "leveret.broker.cli:main", (
         entry_points
     )
+    assert sections.get("console_scripts", {}).get("leveret-ctl") == "leveret.ctl.cli:main", (
+        entry_points
+    )
     assert sections.get("pytest11", {}).get("leveret") == "leveret.testing.pytest_plugin", (
         entry_points
     )
