@@ -71,6 +71,7 @@ def test_large_bodies_round_trip_byte_exact(bt: BrokerThread, publisher_frame_ma
         # basic.get, and the same bodies again on the way back (published by the consumer)
         for body in bodies:
             cch.basic_publish("", q, body)
+        cch.queue_declare(q, passive=True)  # a round trip: the broker has queued them all
         for body in bodies:
             method, _, got_body = pch.basic_get(q, auto_ack=True)
             assert method is not None and got_body == body

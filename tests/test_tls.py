@@ -283,6 +283,10 @@ def test_cli_flags_and_startup_line(pki: PKI) -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
+        if not line:  # it exited: say why (stderr), e.g. a port taken since free_port()
+            proc.wait(timeout=20)
+            assert proc.stderr is not None
+            pytest.fail(f"the broker exited ({proc.returncode}): {proc.stderr.read()}")
         assert f"127.0.0.1:{port}" in line and f"127.0.0.1:{tls_port} (amqps)" in line, line
         ctx = pki.client_context(pki.client("guest"))
         params = pika.ConnectionParameters(
