@@ -25,7 +25,7 @@ from leveret.broker.core.message import Message
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
-from leveret.broker.core.vhost import VHost
+from leveret.broker.core.vhost import VHOST_COUNTERS, VHost
 from leveret.broker.definitions import apply_access_definitions, apply_definitions, read_definitions
 from leveret.broker.listener import Listener, open_listener
 from leveret.broker.tls import server_context
@@ -97,6 +97,8 @@ class Broker:
         self.stats_connections_opened = 0
         self.stats_queues_created = 0
         self.stats_queues_deleted = 0
+        # the message counters of deleted vhosts (VHost.stats_*), kept in the node's totals
+        self.stats_deleted_vhosts = dict.fromkeys(VHOST_COUNTERS, 0)
         self.http: Any = None  # the management HTTP API (leveret.broker.http), when on
         self.prometheus: Any = None  # the Prometheus endpoint, when on
         self.delivery_hook: DeliveryHook | None = None  # see intercept_deliveries (tests only)
@@ -431,6 +433,8 @@ class Broker:
                 c.close_forced(320, f"vhost '{name}' is deleted")
         for q in list(v.queues.values()):
             v.delete_queue(q)
+        for k in VHOST_COUNTERS:
+            self.stats_deleted_vhosts[k] += getattr(v, "stats_" + k)
         self.access.forget_vhost(name)
         self._save_definitions()
 
@@ -584,11 +588,26 @@ class Broker:
             raise AMQPError(ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange}' in vhost '{vhost}'")
         msg = Message(shortstr(exchange) + shortstr(routing_key), exchange, routing_key, header, body)
         self.stats_published += 1
+        x.stats_publish_in += 1
         queues = v.route(x, routing_key, msg)
         if queues:
             v.enqueue(queues, msg)
             self.flush_all()
+        else:
+            # RabbitMQ's management plugin publishes with mandatory set: a return
+            x.stats_unroutable += 1
+            v.stats_return_unroutable += 1
         return bool(queues)
+
+    def message_totals(self) -> dict[str, int]:
+        """The vhosts' message counters (``VHost.stats_*``: ``confirm``,
+        ``return_unroutable``, ``drop_unroutable``) summed over the node, deleted vhosts
+        included."""
+        out = dict(self.stats_deleted_vhosts)
+        for v in self.vhosts.values():
+            for k in VHOST_COUNTERS:
+                out[k] += getattr(v, "stats_" + k)
+        return out
 
     def get_messages(self, vhost: str, queue: str, count: int, requeue: bool, reject: bool = False) -> list[tuple[Any, bool, int]]:
         """basic.get up to ``count`` messages, then requeue them (``requeue``),

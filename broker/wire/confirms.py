@@ -66,6 +66,7 @@ class Confirms:
         upto = self.upto
         if upto > self.sent:
             self.conn.send(M.confirm_frame(self.number, upto, upto - self.sent > 1))
+            self.channel.vhost.stats_confirm += upto - self.sent
             self.sent = upto
 
     # group commit (leveret.broker.core.persistence.Syncer), through the channel
