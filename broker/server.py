@@ -28,7 +28,7 @@ from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHOST_COUNTERS, VHost
 from leveret.broker.definitions import apply_access_definitions, apply_definitions, read_definitions
 from leveret.broker.listener import Listener, open_listener
-from leveret.broker.tls import server_context
+from leveret.broker.tls import http_context, server_context
 from leveret.broker.wire.connection import Connection
 from leveret.protocol.constants import ACCESS_REFUSED, NOT_FOUND
 from leveret.protocol.methods import shortstr
@@ -171,15 +171,19 @@ class Broker:
     async def _start_http(self) -> None:
         """The management HTTP API and the Prometheus endpoint, if configured."""
         cfg = self.config
-        if cfg.http_port is None and cfg.prometheus_port is None:
+        http_on = cfg.http_port is not None or cfg.http_tls_port is not None
+        prometheus_on = cfg.prometheus_port is not None or cfg.prometheus_tls_port is not None
+        if not http_on and not prometheus_on:
             return
         from leveret.broker.http import start_http, start_prometheus
 
-        if cfg.http_port is not None:
-            self.http = await start_http(self, cfg.http_host or cfg.host, cfg.http_port)
-        if cfg.prometheus_port is not None:
+        ctx = http_context(cfg) if cfg.http_tls_port is not None or cfg.prometheus_tls_port is not None else None
+        if http_on:
+            self.http = await start_http(self, cfg.http_host or cfg.host, cfg.http_port, cfg.http_tls_port, ctx)
+        if prometheus_on:
             try:
-                self.prometheus = await start_prometheus(self, cfg.prometheus_host or cfg.host, cfg.prometheus_port)
+                self.prometheus = await start_prometheus(self, cfg.prometheus_host or cfg.host, cfg.prometheus_port,
+                                                         cfg.prometheus_tls_port, ctx)
             except BaseException:
                 if self.http is not None:
                     await self.http.stop()
@@ -189,11 +193,20 @@ class Broker:
     @property
     def http_port(self) -> int | None:
         """The port the HTTP API listens on (None: off)."""
-        return self.http.port if self.http is not None else None
+        return self.http.port or None if self.http is not None else None
+
+    @property
+    def http_tls_port(self) -> int | None:
+        """The port the HTTP API listens on over TLS (None: off)."""
+        return self.http.tls_port or None if self.http is not None else None
 
     @property
     def prometheus_port(self) -> int | None:
-        return self.prometheus.port if self.prometheus is not None else None
+        return self.prometheus.port or None if self.prometheus is not None else None
+
+    @property
+    def prometheus_tls_port(self) -> int | None:
+        return self.prometheus.tls_port or None if self.prometheus is not None else None
 
     def _sample_load(self) -> None:
         """Busy or not: the share of a core the loop's thread used or waited for since

@@ -478,12 +478,16 @@ class Api:
         for s in b.server.sockets if b.server else []:
             a = s.getsockname()
             out.append({"node": self.node, "protocol": "amqp", "ip_address": a[0], "port": a[1], "socket_opts": {}})
+        for s in b.tls_server.sockets if b.tls_server else []:
+            a = s.getsockname()
+            out.append({"node": self.node, "protocol": "amqp/ssl", "ip_address": a[0], "port": a[1], "socket_opts": {}})
         for proto, srv in (("http", b.http), ("http/prometheus", b.prometheus)):
             if srv is not None:
-                for addr in srv.addresses:
-                    ip, _, port = addr.rpartition(":")
-                    out.append({"node": self.node, "protocol": proto, "ip_address": ip.strip("[]"),
-                                "port": int(port), "socket_opts": {}})
+                for tls, addrs in ((False, srv.addresses), (True, srv.tls_addresses)):
+                    for addr in addrs:
+                        ip, _, port = addr.rpartition(":")
+                        out.append({"node": self.node, "protocol": proto.replace("http", "https") if tls else proto,
+                                    "ip_address": ip.strip("[]"), "port": int(port), "socket_opts": {}})
         return out
 
     async def overview(self, ctx: Ctx) -> web.Response:
@@ -519,8 +523,8 @@ class Api:
             "statistics_db_event_queue": 0,
             "node": self.node,
             "listeners": self.listeners(),
-            "contexts": [{"node": self.node, "description": "RabbitMQ Management", "path": "/",
-                          "port": str(b.http_port or "")}],
+            "contexts": [{"node": self.node, "description": "RabbitMQ Management", "path": "/", "port": str(port)}
+                         for port in (b.http_port, b.http_tls_port) if port],
         })
 
     async def whoami(self, ctx: Ctx) -> web.Response:
