@@ -663,6 +663,33 @@ def test_confirm_and_unroutable_stats_per_vhost_node_and_exchange() -> None:
         assert api.get("/exchanges/cv/amq.direct")["message_stats"]["publish_in_details"]["rate"] == 0.0
 
 
+def test_a_nack_behind_a_publish_waiting_for_fsync_is_not_counted_as_confirmed(tmp_path: Any) -> None:
+    """Publish 1 waits for its fsync, publish 2 is refused (nack), publish 3 is accepted:
+    the multiple ack that follows the fsync covers 1..3 (as RabbitMQ's would), but only 1
+    and 3 were confirmed."""
+    from pamqp import commands as C
+
+    from tests.rawamqp import RawClient
+
+    cfg = Config(port=0, host="127.0.0.1", http_port=0, data_dir=str(tmp_path), fsync_interval=5.0)
+    with BrokerThread(cfg) as b:
+        api = Api("127.0.0.1", b.broker.http_port)  # type: ignore[union-attr]
+        with RawClient.connect(b.port) as c:
+            c.handshake()
+            c.open_channel(1)
+            c.declare_queue(1, "nk.durable", durable=True)
+            c.declare_queue(1, "nk.full", arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+            c.rpc(1, C.Confirm.Select(), C.Confirm.SelectOk)
+            c.publish(1, "", "nk.durable", b"p", delivery_mode=2)
+            c.publish(1, "", "nk.full", b"r")
+            c.publish(1, "", "nk.durable", b"t")
+            nack = c.expect(C.Basic.Nack, 1)
+            ack = c.expect(C.Basic.Ack, 1)
+            assert (nack.delivery_tag, ack.delivery_tag, ack.multiple) == (2, 3, True)
+        assert api.get("/vhosts/%2F")["message_stats"]["confirm"] == 2
+        assert api.get("/overview")["message_stats"]["confirm"] == 2
+
+
 def test_cli_refuses_to_start_when_the_http_port_is_taken() -> None:
     import subprocess
     import sys
