@@ -137,6 +137,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="with --tls-verify-peer: refuse clients that give no certificate",
     )
+    https = p.add_argument_group("HTTPS (management API, Prometheus)")
+    https.add_argument(
+        "--http-tls-port",
+        type=int,
+        default=None,
+        help="also serve the management HTTP API over TLS on this port, on the same hosts (off unless given; "
+        "15671 is RabbitMQ's; 0 picks a free one; --http-port 0 leaves only HTTPS)",
+    )
+    https.add_argument("--http-tls-cert", default=None, metavar="PEM",
+                       help="its certificate (chain) (default: --tls-cert's)")
+    https.add_argument("--http-tls-key", default=None, metavar="PEM",
+                       help="its private key (default: in --http-tls-cert; without --http-tls-cert, --tls-key's)")
+    https.add_argument(
+        "--prometheus-tls-port",
+        type=int,
+        default=None,
+        help="also serve the Prometheus endpoint over TLS on this port, with the management API's certificate "
+        "(off unless given; 15691 is RabbitMQ's; 0 picks a free one)",
+    )
     return p.parse_args(argv)
 
 
@@ -161,6 +180,10 @@ _DIRECT = (
     "tls_ca",
     "tls_verify_peer",
     "tls_fail_if_no_peer_cert",
+    "http_tls_port",
+    "http_tls_cert",
+    "http_tls_key",
+    "prometheus_tls_port",
 )
 
 
@@ -207,6 +230,11 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     cfg = dataclasses.replace(cfg, **over)
     if cfg.tls_port is not None and not cfg.tls_cert:
         raise ConfigError("command line", "", "--tls-port needs --tls-cert (and --tls-key unless the key is in that file)")
+    for name in ("http_tls_port", "prometheus_tls_port"):
+        if getattr(cfg, name) is not None and not (cfg.http_tls_cert or cfg.tls_cert):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError("command line", "", f"{flag} ([{name.split('_')[0]}] tls_port) needs a certificate: "
+                              "--http-tls-cert ([http] tls_cert) or --tls-cert ([tls] cert), and its key")
     # on the command line and in the config file, port 0 turns the endpoint off
     if cfg.http_port == 0:
         cfg = dataclasses.replace(cfg, http_port=None)
@@ -278,10 +306,10 @@ async def serve(config: Config) -> None:
     gc.set_threshold(50_000, 20, 20)
     # the one startup line (the broker's own record of it is at debug level)
     extra = ""
-    if broker.http is not None:
-        extra += f"; HTTP API on {', '.join(broker.http.addresses)}"
-    if broker.prometheus is not None:
-        extra += f"; Prometheus on {', '.join(broker.prometheus.addresses)}"
+    for what, srv in (("HTTP API", broker.http), ("Prometheus", broker.prometheus)):
+        if srv is not None:
+            addrs = srv.addresses + [f"{a} (https)" for a in srv.tls_addresses]
+            extra += f"; {what} on {', '.join(addrs)}"
     print(f"Leveret {VERSION} listening on {', '.join(broker.addresses)}{extra}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

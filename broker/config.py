@@ -63,5 +63,15 @@ class Config:
     http_host: str | list[str] | None = None  # None: the AMQP host(s)
     http_max_body: int = 20 * 1024 * 1024  # larger request bodies get 413
     http_rate_interval: float = 5.0  # seconds between samples of the message rates (RabbitMQ's 5 s)
+    # HTTPS for the management API (RabbitMQ's management.ssl.*): a listener beside the
+    # plain one (http_port; off unless given, 0 picks a free port), on the same hosts; the
+    # certificate and key default to the amqps listener's (tls_cert, tls_key); clients are
+    # not asked for a certificate.  See leveret.broker.tls.http_context
+    http_tls_port: int | None = None
+    http_tls_cert: str | None = None
+    http_tls_key: str | None = None  # None: in http_tls_cert (or tls_key, with tls_cert)
     prometheus_port: int | None = None
     prometheus_host: str | list[str] | None = None  # None: the AMQP host(s)
+    # the Prometheus endpoint over HTTPS (prometheus.ssl.port), with the certificate of the
+    # management API's HTTPS listener
+    prometheus_tls_port: int | None = None

@@ -25,10 +25,10 @@ from leveret.broker.core.message import Message
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
-from leveret.broker.core.vhost import VHost
+from leveret.broker.core.vhost import VHOST_COUNTERS, VHost
 from leveret.broker.definitions import apply_access_definitions, apply_definitions, read_definitions
 from leveret.broker.listener import Listener, open_listener
-from leveret.broker.tls import server_context
+from leveret.broker.tls import http_context, server_context
 from leveret.broker.wire.connection import Connection
 from leveret.protocol.constants import ACCESS_REFUSED, NOT_FOUND
 from leveret.protocol.methods import shortstr
@@ -97,6 +97,8 @@ class Broker:
         self.stats_connections_opened = 0
         self.stats_queues_created = 0
         self.stats_queues_deleted = 0
+        # the message counters of deleted vhosts (VHost.stats_*), kept in the node's totals
+        self.stats_deleted_vhosts = dict.fromkeys(VHOST_COUNTERS, 0)
         self.http: Any = None  # the management HTTP API (leveret.broker.http), when on
         self.prometheus: Any = None  # the Prometheus endpoint, when on
         self.delivery_hook: DeliveryHook | None = None  # see intercept_deliveries (tests only)
@@ -169,15 +171,19 @@ class Broker:
     async def _start_http(self) -> None:
         """The management HTTP API and the Prometheus endpoint, if configured."""
         cfg = self.config
-        if cfg.http_port is None and cfg.prometheus_port is None:
+        http_on = cfg.http_port is not None or cfg.http_tls_port is not None
+        prometheus_on = cfg.prometheus_port is not None or cfg.prometheus_tls_port is not None
+        if not http_on and not prometheus_on:
             return
         from leveret.broker.http import start_http, start_prometheus
 
-        if cfg.http_port is not None:
-            self.http = await start_http(self, cfg.http_host or cfg.host, cfg.http_port)
-        if cfg.prometheus_port is not None:
+        ctx = http_context(cfg) if cfg.http_tls_port is not None or cfg.prometheus_tls_port is not None else None
+        if http_on:
+            self.http = await start_http(self, cfg.http_host or cfg.host, cfg.http_port, cfg.http_tls_port, ctx)
+        if prometheus_on:
             try:
-                self.prometheus = await start_prometheus(self, cfg.prometheus_host or cfg.host, cfg.prometheus_port)
+                self.prometheus = await start_prometheus(self, cfg.prometheus_host or cfg.host, cfg.prometheus_port,
+                                                         cfg.prometheus_tls_port, ctx)
             except BaseException:
                 if self.http is not None:
                     await self.http.stop()
@@ -187,11 +193,20 @@ class Broker:
     @property
     def http_port(self) -> int | None:
         """The port the HTTP API listens on (None: off)."""
-        return self.http.port if self.http is not None else None
+        return self.http.port or None if self.http is not None else None
+
+    @property
+    def http_tls_port(self) -> int | None:
+        """The port the HTTP API listens on over TLS (None: off)."""
+        return self.http.tls_port or None if self.http is not None else None
 
     @property
     def prometheus_port(self) -> int | None:
-        return self.prometheus.port if self.prometheus is not None else None
+        return self.prometheus.port or None if self.prometheus is not None else None
+
+    @property
+    def prometheus_tls_port(self) -> int | None:
+        return self.prometheus.tls_port or None if self.prometheus is not None else None
 
     def _sample_load(self) -> None:
         """Busy or not: the share of a core the loop's thread used or waited for since
@@ -431,6 +446,8 @@ class Broker:
                 c.close_forced(320, f"vhost '{name}' is deleted")
         for q in list(v.queues.values()):
             v.delete_queue(q)
+        for k in VHOST_COUNTERS:
+            self.stats_deleted_vhosts[k] += getattr(v, "stats_" + k)
         self.access.forget_vhost(name)
         self._save_definitions()
 
@@ -584,11 +601,26 @@ class Broker:
             raise AMQPError(ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange}' in vhost '{vhost}'")
         msg = Message(shortstr(exchange) + shortstr(routing_key), exchange, routing_key, header, body)
         self.stats_published += 1
+        x.stats_publish_in += 1
         queues = v.route(x, routing_key, msg)
         if queues:
             v.enqueue(queues, msg)
             self.flush_all()
+        else:
+            # RabbitMQ's management plugin publishes with mandatory set: a return
+            x.stats_unroutable += 1
+            v.stats_return_unroutable += 1
         return bool(queues)
+
+    def message_totals(self) -> dict[str, int]:
+        """The vhosts' message counters (``VHost.stats_*``: ``confirm``,
+        ``return_unroutable``, ``drop_unroutable``) summed over the node, deleted vhosts
+        included."""
+        out = dict(self.stats_deleted_vhosts)
+        for v in self.vhosts.values():
+            for k in VHOST_COUNTERS:
+                out[k] += getattr(v, "stats_" + k)
+        return out
 
     def get_messages(self, vhost: str, queue: str, count: int, requeue: bool, reject: bool = False) -> list[tuple[Any, bool, int]]:
         """basic.get up to ``count`` messages, then requeue them (``requeue``),

@@ -1,5 +1,6 @@
 """TLS for the ``amqps`` listener: the server's :class:`ssl.SSLContext` and the user
-name the ``EXTERNAL`` mechanism reads from a client certificate.
+name the ``EXTERNAL`` mechanism reads from a client certificate; and the context of the
+HTTPS listeners (management API, Prometheus: :func:`http_context`), built the same way.
 
 As RabbitMQ's ``ssl_options``: ``tls_verify_peer`` asks every client for a certificate
 and checks the one it gives against ``tls_ca`` (handshake refused if it is untrusted or
@@ -10,6 +11,7 @@ effect (RabbitMQ's ``verify_none``).  TLS 1.2 is the oldest version accepted.
 
 from __future__ import annotations
 
+import os
 import ssl
 from typing import Any
 
@@ -20,16 +22,29 @@ class TLSConfigError(ValueError):
     """The TLS settings are incomplete or a file cannot be used."""
 
 
+def _base_context(cert: str, key: str | None, cert_setting: str, key_setting: str, what: str) -> ssl.SSLContext:
+    """TLS 1.2+ with the server's certificate chain and key; a file that cannot be read
+    is named with the setting that gave it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    for kind, setting, path in (("certificate", cert_setting, cert), ("key", key_setting, key)):
+        if path is not None and not os.access(path, os.R_OK):
+            reason = "no such file" if not os.path.exists(path) else "not readable"
+            raise TLSConfigError(f"{what}: cannot load the TLS {kind} {path!r} ({setting}): {reason}")
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSConfigError(f"{what}: cannot load the TLS certificate {cert!r} ({cert_setting}) / key {key!r} "
+                             f"({key_setting}): {exc}") from None
+    return ctx
+
+
 def server_context(config: Config) -> ssl.SSLContext:
     """The SSLContext of the amqps listener, from ``config.tls_*``."""
     if not config.tls_cert:
         raise TLSConfigError("TLS needs a certificate: give --tls-cert (and --tls-key)")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(config.tls_cert, config.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSConfigError(f"cannot load the TLS certificate {config.tls_cert!r} / key {config.tls_key!r}: {exc}") from None
+    ctx = _base_context(config.tls_cert, config.tls_key, "tls_cert: [tls] cert, --tls-cert", "tls_key: [tls] key, --tls-key",
+                        "amqps")
     if config.tls_verify_peer:
         try:
             if config.tls_ca:
@@ -42,6 +57,32 @@ def server_context(config: Config) -> ssl.SSLContext:
     else:
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def http_settings(config: Config) -> tuple[str | None, str | None, str, str]:
+    """(certificate, key, and the setting that gave each) of the HTTPS listeners:
+    ``http_tls_cert`` / ``http_tls_key``, each defaulting to the amqps listener's
+    ``tls_cert`` / ``tls_key`` (with ``http_tls_cert`` given, its key is ``http_tls_key``
+    or in that file)."""
+    if config.http_tls_cert:
+        cert, cert_setting = config.http_tls_cert, "http_tls_cert: [http] tls_cert, --http-tls-cert"
+    else:
+        cert, cert_setting = config.tls_cert, "tls_cert: [tls] cert, --tls-cert"
+    if config.http_tls_key or config.http_tls_cert:
+        key, key_setting = config.http_tls_key, "http_tls_key: [http] tls_key, --http-tls-key"
+    else:
+        key, key_setting = config.tls_key, "tls_key: [tls] key, --tls-key"
+    return cert, key, cert_setting, key_setting
+
+
+def http_context(config: Config) -> ssl.SSLContext:
+    """The SSLContext of the HTTPS listeners (the management API's ``http_tls_port``,
+    Prometheus' ``prometheus_tls_port``), as RabbitMQ's ``management.ssl.*``: the server
+    authenticates, clients are not asked for a certificate; see :func:`http_settings`."""
+    cert, key, cert_setting, key_setting = http_settings(config)
+    if not cert:
+        raise TLSConfigError("HTTPS needs a certificate: give --http-tls-cert (or --tls-cert) and its key")
+    return _base_context(cert, key, cert_setting, key_setting, "HTTPS (management API, Prometheus)")
 
 
 def peer_common_name(transport: Any) -> str | None:

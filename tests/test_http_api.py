@@ -7,6 +7,7 @@ clients then see.  Bad input must get a clear error and change nothing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
@@ -580,6 +581,113 @@ def test_message_stats_and_rates_per_queue_vhost_and_node() -> None:
             assert wait_for(lambda: api.get("/queues/rv/rate.q")["message_stats"]["publish_details"]["rate"] == 0.0)
         finally:
             conn.close()
+
+
+def confirm_workload(port: int, vhost: str) -> None:
+    """A known workload on ``vhost``: on a confirm-mode channel 6 routed publishes, 2
+    mandatory unroutable ones (returned, then confirmed) and 3 non-mandatory unroutable
+    ones (dropped, confirmed); on a plain channel 4 routed and 1 unroutable.  Through
+    amq.direct (key "k" bound to cw.q) except 2 of the routed ones, on the default exchange."""
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, vhost,
+                                                             pika.PlainCredentials("guest", "guest")))
+    try:
+        ch = conn.channel()
+        ch.queue_declare("cw.q")
+        ch.queue_bind("cw.q", "amq.direct", "k")
+        ch.confirm_delivery()
+        for _ in range(4):
+            ch.basic_publish("amq.direct", "k", b"x")
+        for _ in range(2):
+            ch.basic_publish("", "cw.q", b"x")
+        for _ in range(2):
+            with pytest.raises(pika.exceptions.UnroutableError):
+                ch.basic_publish("amq.direct", "nowhere", b"r", mandatory=True)
+        for _ in range(3):
+            ch.basic_publish("amq.direct", "nowhere", b"d")
+        plain = conn.channel()
+        for _ in range(4):
+            plain.basic_publish("amq.direct", "k", b"p")
+        plain.basic_publish("amq.direct", "nowhere", b"p")
+        plain.queue_declare("cw.q", passive=True)  # a round trip: the publishes are in
+    finally:
+        conn.close()
+
+
+def test_confirm_and_unroutable_stats_per_vhost_node_and_exchange() -> None:
+    # no timer sample during the test (an hour): the test takes the samples itself
+    cfg = Config(port=0, host="127.0.0.1", http_port=0, http_rate_interval=3600, vhosts=["/", "cv", "gone"])
+    with BrokerThread(cfg) as b:
+        broker = b.broker
+        assert broker is not None
+        api = Api("127.0.0.1", broker.http_port)  # type: ignore[arg-type]
+
+        def sample() -> None:
+            async def run() -> None:
+                broker.http.api.rates.sample()
+
+            asyncio.run_coroutine_threadsafe(run(), broker.loop).result(10)
+
+        confirm_workload(b.port, "gone")
+        api.call("DELETE", "/vhosts/gone")  # its counts stay in the node's totals
+        confirm_workload(b.port, "cv")
+        sample()
+
+        v = api.get("/vhosts/cv")["message_stats"]
+        assert (v["confirm"], v["return_unroutable"], v["drop_unroutable"]) == (11, 2, 4)
+        assert all(v[k + "_details"]["rate"] > 0 for k in ("confirm", "return_unroutable", "drop_unroutable"))
+        assert api.get("/vhosts/%2F")["message_stats"]["confirm"] == 0
+
+        node = api.get("/overview")["message_stats"]
+        assert (node["confirm"], node["return_unroutable"], node["drop_unroutable"]) == (22, 4, 8)
+        assert node["publish"] == 32
+        assert node["confirm_details"]["rate"] > 0
+
+        x = api.get("/exchanges/cv/amq.direct")["message_stats"]
+        assert (x["publish_in"], x["publish_out"]) == (4 + 2 + 3 + 4 + 1, 4 + 4)
+        assert x["publish_in_details"]["rate"] > 0 and x["publish_out_details"]["rate"] > 0
+        d = api.get("/exchanges/cv/amq.default")["message_stats"]
+        assert (d["publish_in"], d["publish_out"]) == (2, 2)
+
+        # the management API's publish counts as RabbitMQ's does (a mandatory publish)
+        status, body = api.call("POST", "/exchanges/cv/amq.direct/publish",
+                                {"routing_key": "nowhere", "payload": "z", "properties": {}})
+        assert (status, body) == (200, {"routed": False})
+        assert api.get("/vhosts/cv")["message_stats"]["return_unroutable"] == 3
+        assert api.get("/exchanges/cv/amq.direct")["message_stats"]["publish_in"] == 15
+
+        # nothing since the last sample: the rates fall back to 0
+        sample()
+        sample()
+        assert api.get("/vhosts/cv")["message_stats"]["confirm_details"]["rate"] == 0.0
+        assert api.get("/overview")["message_stats"]["confirm_details"]["rate"] == 0.0
+        assert api.get("/exchanges/cv/amq.direct")["message_stats"]["publish_in_details"]["rate"] == 0.0
+
+
+def test_a_nack_behind_a_publish_waiting_for_fsync_is_not_counted_as_confirmed(tmp_path: Any) -> None:
+    """Publish 1 waits for its fsync, publish 2 is refused (nack), publish 3 is accepted:
+    the multiple ack that follows the fsync covers 1..3 (as RabbitMQ's would), but only 1
+    and 3 were confirmed."""
+    from pamqp import commands as C
+
+    from tests.rawamqp import RawClient
+
+    cfg = Config(port=0, host="127.0.0.1", http_port=0, data_dir=str(tmp_path), fsync_interval=5.0)
+    with BrokerThread(cfg) as b:
+        api = Api("127.0.0.1", b.broker.http_port)  # type: ignore[union-attr]
+        with RawClient.connect(b.port) as c:
+            c.handshake()
+            c.open_channel(1)
+            c.declare_queue(1, "nk.durable", durable=True)
+            c.declare_queue(1, "nk.full", arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+            c.rpc(1, C.Confirm.Select(), C.Confirm.SelectOk)
+            c.publish(1, "", "nk.durable", b"p", delivery_mode=2)
+            c.publish(1, "", "nk.full", b"r")
+            c.publish(1, "", "nk.durable", b"t")
+            nack = c.expect(C.Basic.Nack, 1)
+            ack = c.expect(C.Basic.Ack, 1)
+            assert (nack.delivery_tag, ack.delivery_tag, ack.multiple) == (2, 3, True)
+        assert api.get("/vhosts/%2F")["message_stats"]["confirm"] == 2
+        assert api.get("/overview")["message_stats"]["confirm"] == 2
 
 
 def test_cli_refuses_to_start_when_the_http_port_is_taken() -> None:

@@ -8,6 +8,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pika
+import pika.exceptions
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -116,3 +117,38 @@ def test_metrics_follow_a_known_workload(broker: BrokerThread) -> None:
     assert value(m, "rabbitmq_connections") == 0
     assert value(m, "rabbitmq_connections_opened_total") == 2
     assert value(m, "rabbitmq_connections_closed_total") == 2
+
+
+def test_confirmed_routed_and_unroutable_counters(broker: BrokerThread) -> None:
+    """rabbitmq_global_messages_{confirmed,routed,unroutable_dropped,unroutable_returned}_total
+    against a known workload: on a confirm-mode channel 5 routed publishes, 2 mandatory
+    unroutable ones (returned, then confirmed) and 3 unroutable ones (dropped, confirmed);
+    on a plain channel 4 routed and 1 unroutable."""
+    m = scrape(broker)
+    names = ("received", "routed", "confirmed", "unroutable_dropped", "unroutable_returned")
+    base = {n: value(m, f"rabbitmq_global_messages_{n}_total", protocol="amqp091") for n in names}
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port, "pv",
+                                                             pika.PlainCredentials("guest", "guest")))
+    try:
+        ch = conn.channel()
+        ch.queue_declare("pm.confirm")
+        ch.confirm_delivery()
+        for _ in range(5):
+            ch.basic_publish("", "pm.confirm", b"x")
+        for _ in range(2):
+            with pytest.raises(pika.exceptions.UnroutableError):
+                ch.basic_publish("amq.topic", "no.such.key", b"r", mandatory=True)
+        for _ in range(3):
+            ch.basic_publish("amq.topic", "no.such.key", b"d")
+        plain = conn.channel()
+        for _ in range(4):
+            plain.basic_publish("", "pm.confirm", b"p")
+        plain.basic_publish("amq.fanout", "", b"p")  # no binding: dropped
+        plain.queue_declare("pm.confirm", passive=True)  # a round trip: the publishes are in
+        m = scrape(broker)
+        got = {n: value(m, f"rabbitmq_global_messages_{n}_total", protocol="amqp091") - base[n] for n in names}
+        assert got == {"received": 15, "routed": 9, "confirmed": 10, "unroutable_dropped": 4, "unroutable_returned": 2}
+        assert value(m, "rabbitmq_global_publishers", protocol="amqp091") == 1
+        assert value(m, "rabbitmq_global_consumers", protocol="amqp091") == 0
+    finally:
+        conn.close()

@@ -611,3 +611,140 @@ def test_deliveries_go_out_in_full_tls_records(
             sizes.append(len(data))
             total += len(data)
     assert total / len(sizes) > 8192, f"{len(sizes)} records for {total} bytes"
+
+
+# ---------------------------------------------------------------------- HTTPS: management API, Prometheus
+
+
+def https_get(port: int, path: str, ctx: ssl.SSLContext, auth: bool = True) -> tuple[int, bytes]:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_management_api_and_prometheus_over_https(
+    pki: PKI, start_broker: Callable[..., BrokerThread], use_uvloop: bool
+) -> None:
+    import json
+
+    # HTTPS only (no plain HTTP listener), with the amqps listener's certificate
+    b = start_broker(tls_config(pki, http_tls_port=0, prometheus_tls_port=0, host="127.0.0.1"), use_uvloop)
+    broker = b.broker
+    assert broker is not None and broker.http_tls_port and broker.prometheus_tls_port
+    assert broker.http_port is None and broker.prometheus_port is None
+    ctx = pki.client_context()  # our CA, hostname 127.0.0.1 checked
+    status, body = https_get(broker.http_tls_port, "/api/overview", ctx)
+    assert status == 200
+    overview = json.loads(body)
+    protocols = {(x["protocol"], x["port"]) for x in overview["listeners"]}
+    assert ("https", broker.http_tls_port) in protocols and ("https/prometheus", broker.prometheus_tls_port) in protocols
+    assert ("amqp/ssl", b.tls_port) in protocols
+    assert https_get(broker.http_tls_port, "/api/overview", ctx, auth=False)[0] == 401
+    status, body = https_get(broker.http_tls_port, f"/api/health/checks/port-listener/{broker.http_tls_port}", ctx)
+    assert status == 200, body
+    status, body = https_get(broker.prometheus_tls_port, "/metrics", ctx, auth=False)
+    assert status == 200 and b"rabbitmq_identity_info" in body
+
+    # a client that does not trust our CA is refused by its own check
+    with pytest.raises(OSError):
+        https_get(broker.http_tls_port, "/api/overview", ssl.create_default_context())
+
+    # plain HTTP on the TLS port: closed at once, no HTTP answer, nothing else disturbed
+    with socket.create_connection(("127.0.0.1", broker.http_tls_port), timeout=5) as s:
+        t0 = time.monotonic()
+        s.sendall(b"GET /api/overview HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        try:
+            while chunk := s.recv(4096):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        elapsed = time.monotonic() - t0
+    assert not data.startswith(b"HTTP/"), data[:100]
+    assert elapsed < 3.0
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{broker.http_tls_port}/api/overview", timeout=5)
+    assert https_get(broker.http_tls_port, "/api/whoami", ctx)[0] == 200
+
+
+def test_https_beside_http_with_its_own_certificate(pki: PKI, start_broker: Callable[..., BrokerThread]) -> None:
+    # amqps off; the HTTPS listener's own certificate (chain and key in one file)
+    both = pki.folder / "http-both.pem"
+    both.write_text(Path(pki.key).read_text() + Path(pki.cert).read_text())
+    b = start_broker(Config(port=0, host="127.0.0.1", http_port=0, http_tls_port=0, http_tls_cert=str(both)))
+    broker = b.broker
+    assert broker is not None and broker.http_port and broker.http_tls_port and b.tls_port is None
+    assert https_get(broker.http_tls_port, "/api/whoami", pki.client_context())[0] == 200
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{broker.http_port}/", timeout=5) as r:
+        assert r.status == 200
+
+
+def test_cli_https_from_the_config_file(pki: PKI, tmp_path: Path) -> None:
+    port, https_port = free_port(), free_port()
+    cert, key = Path(pki.cert), Path(pki.key)
+    shutil.copy(cert, tmp_path / "web.pem")
+    shutil.copy(key, tmp_path / "web.key")
+    conf = tmp_path / "leveret.toml"
+    conf.write_text(
+        f'[amqp]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'[http]\nport = 0\ntls_port = {https_port}\ntls_cert = "web.pem"\ntls_key = "web.key"\n'
+        "[prometheus]\nport = 0\n"
+    )
+    base = [sys.executable, "-m", "leveret", "--in-memory", "--config", str(conf)]
+    r = subprocess.run([*base, "--print-config"], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert f"http_tls_port = {https_port}" in r.stdout
+    assert f'http_tls_cert = "{tmp_path / "web.pem"}"' in r.stdout  # relative to the file
+    assert f'http_tls_key = "{tmp_path / "web.key"}"' in r.stdout
+    proc = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"HTTP API on 127.0.0.1:{https_port} (https)" in line, line
+        assert https_get(https_port, "/api/overview", pki.client_context())[0] == 200
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("http", "flags", "code", "text"),
+    [
+        ('tls_port = 0\ntls_cert = "web.pem"\ntls_key = "missing.key"\n', [], 1,
+         "cannot load the TLS key '{dir}/missing.key' (http_tls_key: [http] tls_key, --http-tls-key): no such file"),
+        ('tls_port = 0\ntls_cert = "missing.pem"\n', [], 1,
+         "cannot load the TLS certificate '{dir}/missing.pem' (http_tls_cert: [http] tls_cert, --http-tls-cert)"),
+        ("tls_port = 0\n", [], 2, "--http-tls-port ([http] tls_port) needs a certificate"),
+        ("", ["--prometheus-tls-port", "0"], 2, "--prometheus-tls-port ([prometheus] tls_port) needs a certificate"),
+        ('tls_port = 0\ntls_cert = "web.pem"\n', [], 1, "HTTPS (management API, Prometheus): cannot load the TLS certificate"),
+    ],
+    ids=["missing-key", "missing-cert", "no-cert", "prometheus-no-cert", "key-not-in-cert"],
+)
+def test_cli_refuses_a_bad_https_config(
+    pki: PKI, tmp_path: Path, http: str, flags: list[str], code: int, text: str
+) -> None:
+    shutil.copy(pki.cert, tmp_path / "web.pem")
+    conf = tmp_path / "leveret.toml"
+    conf.write_text(f'[amqp]\nhost = "127.0.0.1"\nport = 0\n[http]\nport = 0\n{http}[prometheus]\nport = 0\n')
+    cmd = [sys.executable, "-m", "leveret", "--in-memory", "--config", str(conf), *flags]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert text.format(dir=tmp_path) in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "listening on" not in r.stdout

@@ -60,6 +60,11 @@ class Exchange:
         # (destination, routing_key, frozen args) -> args
         self.bindings: dict[tuple[Any, str, Any], Args] = {}
         self.deleted = False
+        # message_stats of the management API: publishes into this exchange (one integer
+        # increment per publish), and those of them that reached no queue (publish_out
+        # is the difference)
+        self.stats_publish_in = 0
+        self.stats_unroutable = 0
 
     def bind(self, dest: Any, routing_key: str, args: Args) -> bool:
         key = (dest, routing_key, freeze(args))

@@ -56,6 +56,10 @@ def not_default(*names: str) -> None:
         raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
 
 
+#: the message counters a vhost keeps (``VHost.stats_<name>``), named as in message_stats
+VHOST_COUNTERS = ("confirm", "return_unroutable", "drop_unroutable")
+
+
 class VHost:
     def __init__(self, node: Node, name: str) -> None:
         self.node = node
@@ -64,6 +68,13 @@ class VHost:
         self.exchanges: dict[str, Exchange] = {}
         self.default_exchange = DefaultExchange(self.queues)
         self.exchanges[""] = self.default_exchange
+        # message counters (the management API's message_stats, Prometheus' global
+        # counters); off the per-message path: confirms are counted once per flush of a
+        # channel's confirms, unroutable publishes only when one happens.  The node's
+        # totals add those of deleted vhosts (Broker.message_totals).
+        self.stats_confirm = 0  # publishes confirmed (basic.ack) to confirm-mode publishers
+        self.stats_return_unroutable = 0  # mandatory publishes that reached no queue (basic.return)
+        self.stats_drop_unroutable = 0  # other publishes that reached no queue (dropped)
         for xname, xtype in DEFAULT_EXCHANGES:
             self.exchanges[xname] = make_exchange(xtype, xname, durable=True)
 

@@ -4,6 +4,7 @@ core's public objects; nothing below the server imports this package."""
 
 from __future__ import annotations
 
+import ssl
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -28,8 +29,12 @@ class ApiServer(HttpServer):
         await super().stop()
 
 
-async def start_http(broker: Broker, host: str | list[str], port: int) -> HttpServer:
-    """The management API on ``host``:``port`` (0: a free port)."""
+async def start_http(
+    broker: Broker, host: str | list[str], port: int | None, tls_port: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> HttpServer:
+    """The management API on ``host``:``port`` (0: a free port; None: no plain HTTP
+    listener) and, with ``ssl_context``, over HTTPS at ``tls_port``."""
     api = Api(broker)
     app = web.Application(client_max_size=broker.config.http_max_body)
 
@@ -39,13 +44,19 @@ async def start_http(broker: Broker, host: str | list[str], port: int) -> HttpSe
     app.router.add_get("/", index)
     app.router.add_route("*", "/api/{tail:.*}", api.handle)
     srv = ApiServer(app, api)
-    await srv.start(host, port, "management HTTP API (--http-port)")
+    await srv.start(host, port, "management HTTP API (--http-port)", tls_port, ssl_context,
+                    "management HTTP API over TLS (--http-tls-port)")
     api.rates.start()
     return srv
 
 
-async def start_prometheus(broker: Broker, host: str | list[str], port: int) -> HttpServer:
-    """The Prometheus endpoint on ``host``:``port`` (0: a free port)."""
+async def start_prometheus(
+    broker: Broker, host: str | list[str], port: int | None, tls_port: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> HttpServer:
+    """The Prometheus endpoint on ``host``:``port`` (0: a free port; None: no plain HTTP
+    listener) and, with ``ssl_context``, over HTTPS at ``tls_port``."""
     srv = HttpServer(make_app(broker))
-    await srv.start(host, port, "Prometheus endpoint (--prometheus-port)")
+    await srv.start(host, port, "Prometheus endpoint (--prometheus-port)", tls_port, ssl_context,
+                    "Prometheus endpoint over TLS (--prometheus-tls-port)")
     return srv

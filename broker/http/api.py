@@ -33,6 +33,7 @@ from pamqp import header as H
 from leveret.broker.core import access as A
 from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.queue import Queue
+from leveret.broker.core.vhost import VHOST_COUNTERS
 from leveret.broker.definitions import (
     DefinitionsError,
     _jsonable,
@@ -106,12 +107,20 @@ def rate(n: float) -> dict[str, float]:
 
 
 class Rates:
-    """The node's and the queues' message counters sampled every ``http_rate_interval`` s into rates per
-    second (``*_details.rate``); the hot path only increments integers."""
+    """The message counters of the node, the vhosts, the queues and the exchanges,
+    sampled every ``http_rate_interval`` s into rates per second (``*_details.rate``);
+    the hot path only increments integers.
 
-    COUNTERS = ("publish", "deliver_get", "ack")
+    The node's: ``Broker.stats_*`` (publish, deliver/get, ack) and ``Broker.message_totals``
+    (confirm, return_unroutable, drop_unroutable); a vhost's: ``VHost.stats_*``; a queue's:
+    ``BackingQueue.stats_*``; an exchange's: ``Exchange.stats_publish_in`` and
+    ``stats_unroutable`` (publish_out is the publishes that reached a queue)."""
+
+    COUNTERS = ("publish", "deliver_get", "ack", *VHOST_COUNTERS)
 
     QUEUE_COUNTERS = ("publish", "deliver_get", "redeliver", "ack")
+
+    EXCHANGE_COUNTERS = ("publish_in", "publish_out")
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -119,18 +128,28 @@ class Rates:
         self.rates = dict.fromkeys(self.COUNTERS, 0.0)
         self.timer: Any = None
         self.interval = broker.config.http_rate_interval
-        # per queue: the counts at the last sample and the rates since the one before
-        self.queue_last: dict[Queue, tuple[int, ...]] = {}
-        self.queue_rates: dict[Queue, tuple[float, ...]] = {}
+        # per queue, vhost and exchange: the counts at the last sample and the rates since
+        # the one before (objects whose counts did not change have no rates)
+        self.obj_last: dict[Any, tuple[int, ...]] = {}
+        self.obj_rates: dict[Any, tuple[float, ...]] = {}
 
     @staticmethod
     def queue_counts(q: Queue) -> tuple[int, ...]:
         s = q.store
         return (s.stats_publish, s.stats_deliver, s.stats_redeliver, s.stats_ack)
 
+    @staticmethod
+    def vhost_counts(v: Any) -> tuple[int, ...]:
+        return (v.stats_confirm, v.stats_return_unroutable, v.stats_drop_unroutable)
+
+    @staticmethod
+    def exchange_counts(x: Any) -> tuple[int, ...]:
+        return (x.stats_publish_in, x.stats_publish_in - x.stats_unroutable)
+
     def _counts(self) -> tuple[int, ...]:
         b = self.broker
-        return (b.stats_published, b.stats_delivered, b.stats_acked)
+        totals = b.message_totals()
+        return (b.stats_published, b.stats_delivered, b.stats_acked, *(totals[k] for k in VHOST_COUNTERS))
 
     def start(self) -> None:
         self.timer = self.broker.loop.call_later(self.interval, self.sample)
@@ -141,32 +160,58 @@ class Rates:
         dt = max(now - t0, 1e-6)
         self.rates = {k: (c - p) / dt for k, c, p in zip(self.COUNTERS, counts, c0, strict=True)}
         self.last = (now, counts)
-        last, rates = {}, {}
+        last: dict[Any, tuple[int, ...]] = {}
+        rates: dict[Any, tuple[float, ...]] = {}
+        old = self.obj_last
+
+        def track(obj: Any, c: tuple[int, ...]) -> None:
+            last[obj] = c
+            before = old.get(obj) or (0,) * len(c)  # (new since the last sample)
+            if c != before:
+                rates[obj] = tuple((a - b) / dt for a, b in zip(c, before, strict=True))
+
         for v in self.broker.vhosts.values():
+            track(v, self.vhost_counts(v))
             for q in v.queues.values():
-                c = last[q] = self.queue_counts(q)
-                before = self.queue_last.get(q, (0, 0, 0, 0))  # (new since the last sample)
-                if c != before:
-                    rates[q] = tuple((a - b) / dt for a, b in zip(c, before, strict=True))
-        self.queue_last, self.queue_rates = last, rates
+                track(q, self.queue_counts(q))
+            for x in v.exchanges.values():
+                track(x, self.exchange_counts(x))
+        self.obj_last, self.obj_rates = last, rates
         self.timer = self.broker.loop.call_later(self.interval, self.sample)
+
+    def _stats(self, names: tuple[str, ...], counts: list[int], rates: list[float]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for i, k in enumerate(names):
+            out[k] = counts[i]
+            out[k + "_details"] = rate(rates[i])
+        return out
+
+    def _sum(self, objs: list[Any], n: int, counts_of: Callable[[Any], tuple[int, ...]]) -> tuple[list[int], list[float]]:
+        counts = [0] * n
+        rates = [0.0] * n
+        for o in objs:
+            for i, c in enumerate(counts_of(o)):
+                counts[i] += c
+            for i, r in enumerate(self.obj_rates.get(o, ())):
+                rates[i] += r
+        return counts, rates
 
     def queue_stats(self, queues: list[Queue]) -> dict[str, Any]:
         """``message_stats`` of some queues (one queue, or a vhost's)."""
-        counts = [0] * len(self.QUEUE_COUNTERS)
-        rates = [0.0] * len(self.QUEUE_COUNTERS)
-        for q in queues:
-            for i, c in enumerate(self.queue_counts(q)):
-                counts[i] += c
-            for i, r in enumerate(self.queue_rates.get(q, ())):
-                rates[i] += r
-        out: dict[str, Any] = {}
-        for i, k in enumerate(self.QUEUE_COUNTERS):
-            out[k] = counts[i]
-            out[k + "_details"] = rate(rates[i])
+        out = self._stats(self.QUEUE_COUNTERS, *self._sum(queues, len(self.QUEUE_COUNTERS), self.queue_counts))
         out["deliver"] = out["deliver_get"]
         out["deliver_details"] = out["deliver_get_details"]
         return out
+
+    def vhost_stats(self, v: Any) -> dict[str, Any]:
+        """``message_stats`` of a vhost: its queues', and its confirms and unroutable publishes."""
+        out = self.queue_stats(list(v.queues.values()))
+        out.update(self._stats(VHOST_COUNTERS, *self._sum([v], len(VHOST_COUNTERS), self.vhost_counts)))
+        return out
+
+    def exchange_stats(self, x: Any) -> dict[str, Any]:
+        """``message_stats`` of an exchange: publish_in, publish_out."""
+        return self._stats(self.EXCHANGE_COUNTERS, *self._sum([x], len(self.EXCHANGE_COUNTERS), self.exchange_counts))
 
     def stop(self) -> None:
         if self.timer is not None:
@@ -174,6 +219,7 @@ class Rates:
             self.timer = None
 
     def message_stats(self) -> dict[str, Any]:
+        """The overview's ``message_stats`` (the node's counters)."""
         counts = dict(zip(self.COUNTERS, self._counts(), strict=True))
         out: dict[str, Any] = {}
         for k in self.COUNTERS:
@@ -181,8 +227,6 @@ class Rates:
             out[k + "_details"] = rate(self.rates[k])
         out["deliver"] = counts["deliver_get"]
         out["deliver_details"] = rate(self.rates["deliver_get"])
-        out["confirm"] = 0
-        out["confirm_details"] = rate(0)
         out["redeliver"] = 0
         out["redeliver_details"] = rate(0)
         return out
@@ -434,12 +478,16 @@ class Api:
         for s in b.server.sockets if b.server else []:
             a = s.getsockname()
             out.append({"node": self.node, "protocol": "amqp", "ip_address": a[0], "port": a[1], "socket_opts": {}})
+        for s in b.tls_server.sockets if b.tls_server else []:
+            a = s.getsockname()
+            out.append({"node": self.node, "protocol": "amqp/ssl", "ip_address": a[0], "port": a[1], "socket_opts": {}})
         for proto, srv in (("http", b.http), ("http/prometheus", b.prometheus)):
             if srv is not None:
-                for addr in srv.addresses:
-                    ip, _, port = addr.rpartition(":")
-                    out.append({"node": self.node, "protocol": proto, "ip_address": ip.strip("[]"),
-                                "port": int(port), "socket_opts": {}})
+                for tls, addrs in ((False, srv.addresses), (True, srv.tls_addresses)):
+                    for addr in addrs:
+                        ip, _, port = addr.rpartition(":")
+                        out.append({"node": self.node, "protocol": proto.replace("http", "https") if tls else proto,
+                                    "ip_address": ip.strip("[]"), "port": int(port), "socket_opts": {}})
         return out
 
     async def overview(self, ctx: Ctx) -> web.Response:
@@ -475,8 +523,8 @@ class Api:
             "statistics_db_event_queue": 0,
             "node": self.node,
             "listeners": self.listeners(),
-            "contexts": [{"node": self.node, "description": "RabbitMQ Management", "path": "/",
-                          "port": str(b.http_port or "")}],
+            "contexts": [{"node": self.node, "description": "RabbitMQ Management", "path": "/", "port": str(port)}
+                         for port in (b.http_port, b.http_tls_port) if port],
         })
 
     async def whoami(self, ctx: Ctx) -> web.Response:
@@ -535,7 +583,7 @@ class Api:
         return {"name": name, "description": "", "tags": [], "default_queue_type": "classic",
                 "metadata": {"description": "", "tags": []}, "tracing": False,
                 "cluster_state": {self.node: "running"}, **self.queue_totals([name]),
-                "message_stats": self.rates.queue_stats(list(self.broker.vhosts[name].queues.values()))}
+                "message_stats": self.rates.vhost_stats(self.broker.vhosts[name])}
 
     async def vhosts(self, ctx: Ctx) -> web.Response:
         return json_ok(columns(ctx.request, [self.vhost_info(v) for v in ctx.visible_vhosts()]))
@@ -722,7 +770,8 @@ class Api:
 
     def exchange_info(self, vn: str, x: Any) -> dict[str, Any]:
         return {"name": x.name, "vhost": vn, "type": x.type, "durable": x.durable, "auto_delete": x.auto_delete,
-                "internal": x.internal, "arguments": _jsonable(x.arguments), "user_who_performed_action": ""}
+                "internal": x.internal, "arguments": _jsonable(x.arguments), "user_who_performed_action": "",
+                "message_stats": self.rates.exchange_stats(x)}
 
     async def exchanges(self, ctx: Ctx) -> web.Response:
         names = [ctx.args[0]] if ctx.args else ctx.visible_vhosts()

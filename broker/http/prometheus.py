@@ -87,6 +87,18 @@ def render(broker: Broker, per_object: bool) -> str:
         out.metric("rabbitmq_queue_consumers", "gauge", "Consumers on a queue", [({}, consumers)])
     out.metric("rabbitmq_global_messages_received_total", "counter", "Total number of messages received from publishers",
                [(AMQP, b.stats_published)])
+    totals = b.message_totals()
+    unroutable = totals["return_unroutable"] + totals["drop_unroutable"]
+    out.metric("rabbitmq_global_messages_routed_total", "counter",
+               "Total number of messages routed to queues or streams", [(AMQP, max(b.stats_published - unroutable, 0))])
+    out.metric("rabbitmq_global_messages_unroutable_dropped_total", "counter",
+               "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+               [(AMQP, totals["drop_unroutable"])])
+    out.metric("rabbitmq_global_messages_unroutable_returned_total", "counter",
+               "Total number of messages published as mandatory into an exchange and returned to the publisher "
+               "as unroutable", [(AMQP, totals["return_unroutable"])])
+    out.metric("rabbitmq_global_messages_confirmed_total", "counter",
+               "Total number of messages confirmed to publishers", [(AMQP, totals["confirm"])])
     out.metric("rabbitmq_global_messages_delivered_total", "counter", "Total number of messages delivered to consumers",
                [(CLASSIC, b.stats_delivered)])
     out.metric("rabbitmq_global_messages_acknowledged_total", "counter",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -13,52 +14,85 @@ log = logging.getLogger("leveret.http")
 
 
 class HttpServer:
-    """An aiohttp application listening on one or more addresses (one port)."""
+    """An aiohttp application listening on one or more addresses: at one port in plain
+    HTTP, and/or at another over TLS (HTTPS), on the same hosts."""
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self.sites: list[web.TCPSite] = []
-        self.port = 0
+        self.tls_sites: list[web.TCPSite] = []
+        self.port = 0  # 0: no plain HTTP listener
+        self.tls_port = 0  # 0: no HTTPS listener
 
-    async def start(self, host: str | list[str], port: int, what: str = "HTTP") -> None:
-        """Listen; an OSError names ``what``, the address and the reason."""
-        try:
-            await self._start(host, port)
-        except OSError as exc:
-            where = host if isinstance(host, str) else ", ".join(host)
-            raise OSError(exc.errno, f"{what}: cannot listen on {where} port {port}: {exc.strerror or exc}") from None
-
-    async def _start(self, host: str | list[str], port: int) -> None:
+    async def start(
+        self,
+        host: str | list[str],
+        port: int | None,
+        what: str = "HTTP",
+        tls_port: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        tls_what: str = "HTTPS",
+    ) -> None:
+        """Listen at ``port`` (None: not in plain HTTP) and, with ``ssl_context``, at
+        ``tls_port`` over TLS (0: a free port).  An OSError names ``what`` (or
+        ``tls_what``), the address and the reason."""
         await self.runner.setup()
-        hosts = [host] if isinstance(host, str) else list(host)
         try:
-            for i, h in enumerate(hosts):
-                site = web.TCPSite(self.runner, h, self.port or port, reuse_address=True)
-                try:
-                    await site.start()
-                except OSError:
-                    # the default hosts on a machine without an IPv6 loopback: IPv4 alone
-                    if i == 0 or tuple(hosts) != DEFAULT_HOSTS:
-                        raise
-                    continue
-                self.sites.append(site)
-                if not self.port:
-                    server: Any = site._server
-                    self.port = server.sockets[0].getsockname()[1]
+            if port is not None:
+                self.port = await self._listen(host, port, None, self.sites, what)
+            if tls_port is not None and ssl_context is not None:
+                self.tls_port = await self._listen(host, tls_port, ssl_context, self.tls_sites, tls_what)
         except BaseException:
             await self.runner.cleanup()
             raise
 
-    @property
-    def addresses(self) -> list[str]:
+    async def _listen(self, host: str | list[str], port: int, ctx: ssl.SSLContext | None,
+                      sites: list[web.TCPSite], what: str) -> int:
+        try:
+            return await self._sites(host, port, ctx, sites)
+        except OSError as exc:
+            where = host if isinstance(host, str) else ", ".join(host)
+            raise OSError(exc.errno, f"{what}: cannot listen on {where} port {port}: {exc.strerror or exc}") from None
+
+    async def _sites(self, host: str | list[str], port: int, ctx: ssl.SSLContext | None,
+                     sites: list[web.TCPSite]) -> int:
+        hosts = [host] if isinstance(host, str) else list(host)
+        bound = 0
+        for i, h in enumerate(hosts):
+            site = web.TCPSite(self.runner, h, bound or port, reuse_address=True, ssl_context=ctx)
+            try:
+                await site.start()
+            except OSError:
+                # the default hosts on a machine without an IPv6 loopback: IPv4 alone
+                if i == 0 or tuple(hosts) != DEFAULT_HOSTS:
+                    raise
+                continue
+            sites.append(site)
+            if not bound:
+                server: Any = site._server
+                bound = server.sockets[0].getsockname()[1]
+        return bound
+
+    @staticmethod
+    def _addresses(sites: list[web.TCPSite]) -> list[str]:
         out = []
-        for site in self.sites:
+        for site in sites:
             server: Any = site._server
             for s in server.sockets if server is not None else []:
                 a = s.getsockname()
                 out.append(f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}")
         return out
+
+    @property
+    def addresses(self) -> list[str]:
+        """The plain HTTP listener's addresses ("host:port")."""
+        return self._addresses(self.sites)
+
+    @property
+    def tls_addresses(self) -> list[str]:
+        """The HTTPS listener's addresses ("host:port")."""
+        return self._addresses(self.tls_sites)
 
     async def stop(self) -> None:
         await self.runner.cleanup()

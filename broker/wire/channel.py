@@ -222,6 +222,7 @@ class Channel:
             self.tx.publishes.append((msg, mandatory, extra_keys))
             return
         self.node.stats_published += 1
+        x.stats_publish_in += 1
         outcome = self._route(x, msg, mandatory, extra_keys)
         if confirms is not None:
             if confirms.published(outcome):
@@ -281,8 +282,12 @@ class Channel:
             if outcome & FLOW:
                 self.conn.spend_credit(queues, msg.size)
             return outcome
+        x.stats_unroutable += 1
         if mandatory:
+            vhost.stats_return_unroutable += 1
             self._send_return(msg, NO_ROUTE, "NO_ROUTE")
+        else:
+            vhost.stats_drop_unroutable += 1
         return ACCEPTED
 
     def _send_return(self, msg: Message, code: int, text: str) -> None:
@@ -650,6 +655,7 @@ class Channel:
             x = self.vhost.exchanges.get(msg.exchange)
             if x is not None:
                 node.stats_published += 1
+                x.stats_publish_in += 1
                 outcome |= self._route(x, msg, mandatory, extra_keys)
         for pairs, kind, requeue in acks:
             self._settle([e for _, e in pairs], kind != "ack" and requeue, kind != "ack")

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class Confirms:
-    __slots__ = ("channel", "conn", "number", "publish_seq", "upto", "sent", "wait_sync", "sync_snapshot")
+    __slots__ = ("channel", "conn", "number", "publish_seq", "upto", "sent", "wait_sync", "sync_snapshot", "nacked_ahead")
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
@@ -31,6 +31,9 @@ class Confirms:
         self.sent = 0  # highest publish acked/nacked on the wire
         self.wait_sync: deque[int] = deque()  # persisted publishes awaiting fsync
         self.sync_snapshot = 0
+        # publishes nacked while an earlier one waits for its fsync: a later multiple ack
+        # covers them (as RabbitMQ's does), but they are not counted as confirmed
+        self.nacked_ahead: list[int] = []
 
     def published(self, outcome: int) -> bool:
         """The current publish (``publish_seq``) was routed with ``outcome`` (an
@@ -60,12 +63,19 @@ class Confirms:
             # the watermark may only pass seq when no earlier publish still waits for
             # fsync (a later multiple ack must not cover it)
             self.sent = self.upto = seq
+        else:
+            self.nacked_ahead.append(seq)
 
     def flush(self) -> None:
         """Send one basic.ack covering every publish confirmed since the last flush."""
         upto = self.upto
         if upto > self.sent:
             self.conn.send(M.confirm_frame(self.number, upto, upto - self.sent > 1))
+            n = upto - self.sent
+            if self.nacked_ahead:
+                n -= sum(1 for s in self.nacked_ahead if s <= upto)
+                self.nacked_ahead = [s for s in self.nacked_ahead if s > upto]
+            self.channel.vhost.stats_confirm += n
             self.sent = upto
 
     # group commit (leveret.broker.core.persistence.Syncer), through the channel
