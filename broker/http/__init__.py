@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from leveret.broker.http.api import Api
+from leveret.broker.http.dashboard import add_dashboard
 from leveret.broker.http.prometheus import make_app
 from leveret.broker.http.server import HttpServer
 
@@ -29,14 +30,12 @@ class ApiServer(HttpServer):
 
 
 async def start_http(broker: Broker, host: str | list[str], port: int) -> HttpServer:
-    """The management API on ``host``:``port`` (0: a free port)."""
+    """The management API on ``host``:``port`` (0: a free port), and the web dashboard
+    (``/``, ``/static/...``) on the API."""
     api = Api(broker)
     app = web.Application(client_max_size=broker.config.http_max_body)
 
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(text="Leveret management API: see /api/overview\n")
-
-    app.router.add_get("/", index)
+    add_dashboard(app)
     app.router.add_route("*", "/api/{tail:.*}", api.handle)
     srv = ApiServer(app, api)
     await srv.start(host, port, "management HTTP API (--http-port)")
