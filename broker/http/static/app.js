@@ -296,7 +296,7 @@ const views = {
         stat("Ready", "", "ov-ready"), stat("Unacked", "", "ov-unacked"), stat("Total", "", "ov-total"),
         stat("Publish", "", "ov-publish"), stat("Deliver / get", "", "ov-deliver"), stat("Ack", "", "ov-ack")),
       el("div", {class: "charts"},
-        chartCard("Message rates (per second)", "chart-rates",
+        chartCard("Message rates (per second, between polls)", "chart-rates",
           [["publish", "var(--c1)", "lg-publish"], ["deliver / get", "var(--c2)", "lg-deliver"], ["ack", "var(--c3)", "lg-ack"]]),
         chartCard("Queued messages", "chart-queued",
           [["ready", "var(--c1)", "lg-ready"], ["unacked", "var(--c2)", "lg-unacked"]])),
