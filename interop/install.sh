@@ -3,7 +3,9 @@
 # Run as root from anywhere:  bash interop/install.sh
 #
 #   - Debian packages: amqp-tools (rabbitmq-c CLI), php-cli + php-amqplib, ruby + ruby-bunny,
-#     and Node.js + npm unless a `node` is already on PATH (e.g. from NodeSource)
+#     chromium (the headless browser that tests/test_dashboard.py drives with Playwright, which
+#     never downloads a browser of its own), and Node.js + npm unless a `node` is already on
+#     PATH (e.g. from NodeSource)
 #   - rabbitmqadmin (the v1 script of RabbitMQ 3.x, for tests/test_rabbitmqadmin.py), taken
 #     from Debian's rabbitmq-server package without installing it (apt-get download +
 #     dpkg-deb -x) into /usr/local/bin, unless one is already on PATH
@@ -22,7 +24,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(ca-certificates coreutils amqp-tools php-cli php-amqplib ruby ruby-bunny)
+pkgs=(ca-certificates coreutils amqp-tools php-cli php-amqplib ruby ruby-bunny chromium)
 if ! command -v node > /dev/null 2>&1; then
   pkgs+=(nodejs npm)
 elif ! command -v npm > /dev/null 2>&1; then

@@ -319,6 +319,18 @@ def test_wheel_has_every_source_module(wheel: Path) -> None:
     )
 
 
+@pytest.mark.timeout(300)
+def test_wheel_has_the_dashboards_static_files(wheel: Path) -> None:
+    """The web dashboard's files (broker/http/static/, package data) are in the wheel where
+    ``importlib.resources`` finds them: leveret/broker/http/static/."""
+    from leveret.broker.http.dashboard import FILES
+
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    missing = [f for f in FILES if f"leveret/broker/http/static/{f}" not in names]
+    assert not missing, f"{wheel.name} lacks the dashboard's {missing}"
+
+
 IMPORT_ALL = """
 import importlib, json, sys, traceback
 wheel, site_dirs, names = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])

@@ -278,6 +278,7 @@ def test_cli_flags_and_startup_line(pki: PKI) -> None:
         sys.executable, "-m", "leveret", "--in-memory", "--host", "127.0.0.1", "--port", str(port),
         "--tls-port", str(tls_port), "--tls-cert", pki.cert, "--tls-key", pki.key,
         "--tls-ca", pki.ca_file, "--tls-verify-peer", "--tls-fail-if-no-peer-cert",
+        "--http-port", "0", "--prometheus-port", "0",  # (not the fixed 15672/15692 of the CLI)
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from leveret.broker.http.api import Api
+from leveret.broker.http.dashboard import add_dashboard
 from leveret.broker.http.prometheus import make_app
 from leveret.broker.http.server import HttpServer
 
@@ -34,14 +35,12 @@ async def start_http(
     ssl_context: ssl.SSLContext | None = None,
 ) -> HttpServer:
     """The management API on ``host``:``port`` (0: a free port; None: no plain HTTP
-    listener) and, with ``ssl_context``, over HTTPS at ``tls_port``."""
+    listener) and, with ``ssl_context``, over HTTPS at ``tls_port``; the web dashboard
+    (``/``, ``/static/...``) on the API."""
     api = Api(broker)
     app = web.Application(client_max_size=broker.config.http_max_body)
 
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(text="Leveret management API: see /api/overview\n")
-
-    app.router.add_get("/", index)
+    add_dashboard(app)
     app.router.add_route("*", "/api/{tail:.*}", api.handle)
     srv = ApiServer(app, api)
     await srv.start(host, port, "management HTTP API (--http-port)", tls_port, ssl_context,

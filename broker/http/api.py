@@ -429,7 +429,9 @@ class Api:
             return await handler(Ctx(self, request, user, args))
         except HttpError as exc:
             resp = error_response(exc.status, exc.error, exc.reason)
-            if exc.status == 401:
+            if exc.status == 401 and "Authorization" not in request.headers:
+                # the challenge only when no credentials came, as RabbitMQ does: a browser
+                # page's wrong password then shows the page's error, not the browser's dialog
                 resp.headers["WWW-Authenticate"] = 'Basic realm="RabbitMQ Management"'
             return resp
         except web.HTTPRequestEntityTooLarge as exc:
