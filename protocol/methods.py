@@ -29,6 +29,7 @@ _HEADER_SIZE = Struct(">HHQ")
 DELIVER_PREFIX = b"\x00\x3c\x00\x3c"  # class 60, method 60
 GET_OK_PREFIX = b"\x00\x3c\x00\x47"  # class 60, method 71
 RETURN_PREFIX = b"\x00\x3c\x00\x32"  # class 60, method 50
+QUEUE_DECLARE_OK_PREFIX = b"\x00\x32\x00\x0b"  # class 50, method 11
 ACK_PREFIX = b"\x00\x3c\x00\x50"
 NACK_PREFIX = b"\x00\x3c\x00\x78"
 
@@ -171,6 +172,14 @@ def get_ok_frame(channel: int, tag: int, redelivered: bool, ex_rk: bytes, count:
 
 def return_frame(channel: int, code: int, text: str, ex_rk: bytes) -> bytes:
     payload = RETURN_PREFIX + _U16.pack(code) + shortstr(text) + ex_rk
+    return pack_head(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+
+
+def queue_declare_ok_frame(channel: int, queue: str, message_count: int, consumer_count: int) -> bytes:
+    """queue.declare-ok, encoded here rather than by pamqp, whose queue-name check (the
+    spec's ``[a-zA-Z0-9-_.:@#,/+ ]``) RabbitMQ does not make: any name that fits a short
+    string is a queue name there."""
+    payload = QUEUE_DECLARE_OK_PREFIX + shortstr(queue) + _U32.pack(message_count) + _U32.pack(consumer_count)
     return pack_head(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
 
 

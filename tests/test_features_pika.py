@@ -185,3 +185,30 @@ def test_inequivalent_redeclare(ch: BlockingChannel) -> None:
         ch.queue_declare("p-eq", auto_delete=True, arguments={"x-message-ttl": 2000})
     assert ei.value.reply_code == 406
     assert "inequivalent arg 'x-message-ttl'" in ei.value.reply_text
+
+
+def test_names_outside_the_spec_pattern_work_as_in_rabbitmq(ch: BlockingChannel) -> None:
+    """RabbitMQ takes any short string as a queue or exchange name, not only the spec's
+    ``[a-zA-Z0-9-_.:@#,/+ ]``: declare-ok, deliver, get-ok and return carry them back.
+    (queue.declare-ok used to be built by pamqp, whose check closed the connection with
+    541 after the queue was made.)"""
+    q, x = "q<b>&'\"é%", "x<b>&'é"
+    ok = ch.queue_declare(q, exclusive=True)
+    assert ok.method.queue == q
+    assert ch.queue_declare(q, passive=True).method.queue == q
+    ch.exchange_declare(x, "direct", auto_delete=True)
+    ch.queue_bind(q, x, "rk<>")
+    ch.basic_publish(x, "rk<>", b"via x")
+    ch.basic_publish("", q, b"via default")
+    wait_count(ch, q, 2)
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    assert (method.exchange, method.routing_key, body) == (x, "rk<>", b"via x")
+    got = drain(ch, q)
+    assert [b for b, _ in got] == [b"via default"]
+    returned: list[tuple[str, str]] = []
+    ch.add_on_return_callback(lambda _c, m, _p, _b: returned.append((m.exchange, m.routing_key)))
+    ch.basic_publish(x, "nowhere<>", b"r", mandatory=True)
+    ch.connection.process_data_events(time_limit=0.5)
+    assert returned == [(x, "nowhere<>")]
+    assert ch.is_open
+    ch.exchange_delete(x)

@@ -466,7 +466,7 @@ class Channel:
             if m.queue != REPLY_TO and m.queue[len(REPLY_TO_PREFIX) :] not in self.node.reply_channels:
                 raise AMQPError(NOT_FOUND, f"no {rs('queue', m.queue, self.vhost.name)}")
             if not m.nowait:
-                self.send(C.Queue.DeclareOk(queue=m.queue, message_count=0, consumer_count=1))
+                self.conn.send(M.queue_declare_ok_frame(self.number, m.queue, 0, 1))
             return
         q = self.vhost.declare_queue(
             m.queue,
@@ -480,7 +480,7 @@ class Channel:
         )
         self.last_queue = q.name
         if not m.nowait:
-            self.send(C.Queue.DeclareOk(queue=q.name, message_count=q.message_count, consumer_count=q.consumer_count))
+            self.conn.send(M.queue_declare_ok_frame(self.number, q.name, q.message_count, q.consumer_count))
 
     def _queue_declare_authz(self, name: str, arguments: dict[str, Any], new: bool) -> None:
         """queue.declare (not passive), once the name is known: configure on the queue;
