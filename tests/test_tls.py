@@ -749,3 +749,18 @@ def test_cli_refuses_a_bad_https_config(
     assert text.format(dir=tmp_path) in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert "listening on" not in r.stdout
+
+
+def test_leveret_ctl_over_https(pki: PKI, start_broker: Callable[..., BrokerThread]) -> None:
+    """leveret-ctl --scheme https: with --cacert it verifies the broker's certificate;
+    without it (and without --insecure) the handshake fails and it exits 69."""
+    b = start_broker(tls_config(pki, http_tls_port=0, host="127.0.0.1"))
+    assert b.broker is not None and b.broker.http_tls_port
+    base = [sys.executable, "-m", "leveret.ctl", "-H", "127.0.0.1", "-P", str(b.broker.http_tls_port), "--scheme", "https"]
+    r = subprocess.run([*base, "--cacert", pki.ca_file, "list_vhosts"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1:] == ["/"]
+    r = subprocess.run([*base, "list_vhosts"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 69, (r.stdout, r.stderr)
+    r = subprocess.run([*base, "--insecure", "-q", "list_vhosts"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.splitlines() == ["name", "/"], (r.stdout, r.stderr)
