@@ -23,7 +23,8 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -243,6 +244,18 @@ def api_failure(exc: ApiError) -> CtlError:
     return failure(EX_SOFTWARE, f"the management API answered {exc.status}: {exc.reason or exc.error}")
 
 
+@contextmanager
+def on_404(missing: Callable[[], CtlError]) -> Iterator[None]:
+    """An API call whose 404 means something in particular (a missing vhost, user, queue,
+    connection): that error instead; other API errors go on to ``main`` (``api_failure``)."""
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status == 404:
+            raise missing() from None
+        raise
+
+
 # ---------------------------------------------------------------------- commands
 
 
@@ -288,12 +301,8 @@ def list_rows(ctl: Ctl, cols: list[str], items: I.Items, objects: list[dict[str,
 
 def vhost_list(ctl: Ctl, kind: str) -> list[dict[str, Any]]:
     """GET /api/<kind>/<vhost>: a 404 means the vhost is missing."""
-    try:
+    with on_404(lambda: no_such_vhost(ctl.opts.vhost)):
         return ctl.client.get(kind, ctl.opts.vhost)
-    except ApiError as exc:
-        if exc.status == 404:
-            raise no_such_vhost(ctl.opts.vhost) from None
-        raise
 
 
 QUEUE_ITEMS = "[-p <vhost>] [--no-table-headers] [<queueinfoitem> ...]"
@@ -367,12 +376,8 @@ def list_users(ctl: Ctl, args: list[str]) -> None:
 def list_permissions(ctl: Ctl, args: list[str]) -> None:
     vhost = ctl.opts.vhost
     ctl.banner(f'Listing permissions for vhost "{vhost}" ...')
-    try:
+    with on_404(lambda: no_such_vhost(vhost)):
         perms = ctl.client.get("vhosts", vhost, "permissions")
-    except ApiError as exc:
-        if exc.status == 404:
-            raise no_such_vhost(vhost) from None
-        raise
     list_rows(ctl, list(I.PERMISSIONS.default), I.PERMISSIONS, perms)
 
 
@@ -381,12 +386,8 @@ def list_permissions(ctl: Ctl, args: list[str]) -> None:
 def list_user_permissions(ctl: Ctl, args: list[str]) -> None:
     (user,) = args
     ctl.banner(f'Listing permissions for user "{user}" ...')
-    try:
+    with on_404(lambda: no_such_user(user)):
         perms = ctl.client.get("users", user, "permissions")
-    except ApiError as exc:
-        if exc.status == 404:
-            raise no_such_user(user) from None
-        raise
     list_rows(ctl, list(I.USER_PERMISSIONS.default), I.USER_PERMISSIONS, perms)
 
 
@@ -444,21 +445,13 @@ def add_user(ctl: Ctl, args: list[str]) -> None:
 def delete_user(ctl: Ctl, args: list[str]) -> None:
     (user,) = args
     ctl.banner(f'Deleting user "{user}" ...')
-    try:
+    with on_404(lambda: no_such_user(user)):
         ctl.client.delete("users", user)
-    except ApiError as exc:
-        if exc.status == 404:
-            raise no_such_user(user) from None
-        raise
 
 
 def get_user(ctl: Ctl, user: str) -> dict[str, Any]:
-    try:
+    with on_404(lambda: no_such_user(user)):
         return ctl.client.get("users", user)
-    except ApiError as exc:
-        if exc.status == 404:
-            raise no_such_user(user) from None
-        raise
 
 
 @command("change_password <username> [<password>]",
@@ -504,12 +497,8 @@ def add_vhost(ctl: Ctl, args: list[str]) -> None:
 def delete_vhost(ctl: Ctl, args: list[str]) -> None:
     (vhost,) = args
     ctl.banner(f'Deleting vhost "{vhost}" ...')
-    try:
+    with on_404(lambda: no_such_vhost(vhost)):
         ctl.client.delete("vhosts", vhost)
-    except ApiError as exc:
-        if exc.status == 404:
-            raise no_such_vhost(vhost) from None
-        raise api_failure(exc) from None
 
 
 @command("set_permissions [-p <vhost>] <username> <conf> <write> <read>",
@@ -580,12 +569,8 @@ def purge_queue(ctl: Ctl, args: list[str]) -> None:
     (queue,) = args
     vhost = ctl.opts.vhost
     ctl.banner(f"Purging queue '{queue}' in vhost '{vhost}' ...")
-    try:
+    with on_404(lambda: queue_missing(ctl, queue, EX_UNAVAILABLE)):  # rabbitmqctl: {error, not_found} -> 69
         ctl.client.delete("queues", vhost, queue, "contents")
-    except ApiError as exc:
-        if exc.status == 404:
-            raise queue_missing(ctl, queue, EX_UNAVAILABLE) from None  # rabbitmqctl: {error, not_found} -> 69
-        raise api_failure(exc) from None
 
 
 @command("delete_queue [-p <vhost>] <queue> [--if-empty|-e] [--if-unused]", "Deletes a queue", "queues",
@@ -597,12 +582,8 @@ def delete_queue(ctl: Ctl, args: list[str]) -> None:
     o = ctl.opts
     conds = [c for c, on in (("if queue is empty ", o.if_empty), ("if queue is unused ", o.if_unused)) if on]
     ctl.banner(f"Deleting queue '{queue}' on vhost '{o.vhost}' " + "and ".join(conds) + "...")
-    try:
+    with on_404(lambda: queue_missing(ctl, queue, EX_USAGE)):  # rabbitmqctl: "Queue not found", 64
         info = ctl.client.get("queues", o.vhost, queue)
-    except ApiError as exc:
-        if exc.status == 404:
-            raise queue_missing(ctl, queue, EX_USAGE) from None  # rabbitmqctl: "Queue not found", 64
-        raise
     query = "&".join(q for q, on in (("if-empty=true", o.if_empty), ("if-unused=true", o.if_unused)) if on)
     try:
         ctl.client.request("DELETE", path("queues", o.vhost, queue) + (f"?{query}" if query else ""))
@@ -634,12 +615,8 @@ def close_connection(ctl: Ctl, args: list[str]) -> None:
     except UnicodeEncodeError:
         raise failure(EX_DATAERR, "the explanation must be Latin-1 text (it travels in an HTTP header)") from None
     ctl.banner(f"Closing connection {name}, reason: {explanation}...")
-    try:
+    with on_404(lambda: failure(EX_DATAERR, f"Connection '{name}' not found")):
         ctl.client.delete("connections", name, headers={"X-Reason": explanation})
-    except ApiError as exc:
-        if exc.status == 404:
-            raise failure(EX_DATAERR, f"Connection '{name}' not found") from None
-        raise api_failure(exc) from None
 
 
 # ------------------------------------------------------------------ definitions
