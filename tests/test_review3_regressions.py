@@ -111,3 +111,44 @@ def test_management_user_sees_only_its_vhosts_message_stats_and_no_node_details(
         assert admin("PUT", "/users/r3-mon", {"password": "pw", "tags": "monitoring"})[0] == 201
         mon = _api(port, "r3-mon", "pw")
         assert mon("GET", "/nodes")[0] == 200 and mon("GET", "/overview")[1]["message_stats"]["publish"] == 6
+
+
+def _confirms_on_wire() -> tuple[Any, list[tuple[str, int, bool]]]:
+    import struct
+    from types import SimpleNamespace
+
+    from leveret.broker.wire.confirms import Confirms
+
+    frames: list[tuple[str, int, bool]] = []
+
+    def send(frame: bytes) -> None:
+        method = frame[7:11]
+        tag, bits = struct.unpack_from(">QB", frame, 11)
+        frames.append(("ack" if method == b"\x00\x3c\x00\x50" else "nack", tag, bool(bits & 1)))
+
+    conn = SimpleNamespace(send=send, want_confirm_flush=lambda ch: None)
+    channel = SimpleNamespace(conn=conn, number=1, vhost=SimpleNamespace(stats_confirm=0))
+    return Confirms(channel), frames  # type: ignore[arg-type]
+
+
+def test_confirms_never_ack_a_publish_already_nacked_after_a_failed_fsync() -> None:
+    # 1 waits for its fsync, 2 is refused (nacked at once), then the fsync of 1 fails:
+    # 1 is nacked; 2 must not be acked as well (each publish settled exactly once)
+    from leveret.broker.core.queue import PERSISTED, REFUSED
+
+    c, frames = _confirms_on_wire()
+    c.publish_seq = 1
+    assert c.published(PERSISTED)
+    c.publish_seq = 2
+    c.published(REFUSED)
+    c.sync_started()
+    c.synced(False)
+    c.flush()
+    settled: dict[int, list[str]] = {}
+    last = 0
+    for kind, tag, multiple in frames:
+        for t in range(last + 1 if multiple else tag, tag + 1):
+            settled.setdefault(t, []).append(kind)
+        last = max(last, tag)
+    assert settled == {1: ["nack"], 2: ["nack"]}, frames
+    assert c.channel.vhost.stats_confirm == 0
