@@ -193,6 +193,11 @@ class Queue:
         if page:
             store.page(seq, msg)
         else:
+            if store.max_priority and store.tail_start < len(store.tail):
+                # a priority queue never pages new messages, but a recovered durable one
+                # starts with its messages paged out: they go into RAM first, or this one
+                # would be delivered ahead of older messages of its priority and above
+                self._refill()
             store.append(seq, msg, expires_at)
         if self.has_limits:
             self._enforce_limits()

@@ -209,6 +209,13 @@ class Rates:
         out.update(self._stats(VHOST_COUNTERS, *self._sum([v], len(VHOST_COUNTERS), self.vhost_counts)))
         return out
 
+    def vhosts_stats(self, vhosts: list[Any]) -> dict[str, Any]:
+        """The overview's ``message_stats`` for a user who sees only some vhosts (no
+        monitoring tag): those vhosts' counters summed, as RabbitMQ's overview of a user."""
+        out = self.queue_stats([q for v in vhosts for q in v.queues.values()])
+        out.update(self._stats(VHOST_COUNTERS, *self._sum(vhosts, len(VHOST_COUNTERS), self.vhost_counts)))
+        return out
+
     def exchange_stats(self, x: Any) -> dict[str, Any]:
         """``message_stats`` of an exchange: publish_in, publish_out."""
         return self._stats(self.EXCHANGE_COUNTERS, *self._sum([x], len(self.EXCHANGE_COUNTERS), self.exchange_counts))
@@ -250,6 +257,10 @@ class Ctx:
     def need_admin(self) -> None:
         if not self.admin:
             raise HttpError(401, "not_authorised", "Not administrator user")
+
+    def need_monitor(self) -> None:
+        if not self.monitor:
+            raise HttpError(401, "not_authorised", "Not monitor user")
 
     def visible_vhosts(self) -> list[str]:
         if self.monitor:
@@ -497,7 +508,11 @@ class Api:
         vhosts = ctx.visible_vhosts()
         conns = [c for c in self.visible_connections(ctx)]
         queues = [q for vn in vhosts for q in b.vhosts[vn].queues.values()]
-        return json_ok({
+        # RabbitMQ: the node's figures, listeners and contexts for monitoring users only;
+        # another user's overview is that of its vhosts
+        monitor = ctx.monitor
+        message_stats = self.rates.message_stats() if monitor else self.rates.vhosts_stats([b.vhosts[vn] for vn in vhosts])
+        out: dict[str, Any] = {
             "management_version": RABBIT_VERSION,
             "rates_mode": "basic",
             "sample_retention_policies": {"global": [600, 3600, 28800, 86400], "basic": [600, 3600],
@@ -512,7 +527,7 @@ class Api:
             "erlang_full_version": "none (Python)",
             "disable_stats": False,
             "enable_queue_totals": True,
-            "message_stats": self.rates.message_stats(),
+            "message_stats": message_stats,
             "churn_rates": {},
             "queue_totals": self.queue_totals(vhosts),
             "object_totals": {
@@ -523,11 +538,13 @@ class Api:
                 "queues": len(queues),
             },
             "statistics_db_event_queue": 0,
-            "node": self.node,
-            "listeners": self.listeners(),
-            "contexts": [{"node": self.node, "description": "RabbitMQ Management", "path": "/", "port": str(port)}
-                         for port in (b.http_port, b.http_tls_port) if port],
-        })
+        }
+        if monitor:
+            out["node"] = self.node
+            out["listeners"] = self.listeners()
+            out["contexts"] = [{"node": self.node, "description": "RabbitMQ Management", "path": "/", "port": str(port)}
+                               for port in (b.http_port, b.http_tls_port) if port]
+        return json_ok(out)
 
     async def whoami(self, ctx: Ctx) -> web.Response:
         return json_ok({"name": ctx.user.name, "tags": list(ctx.user.tags)})
@@ -564,9 +581,11 @@ class Api:
         }
 
     async def nodes(self, ctx: Ctx) -> web.Response:
+        ctx.need_monitor()
         return json_ok(columns(ctx.request, [self.node_info()]))
 
     async def node_show(self, ctx: Ctx) -> web.Response:
+        ctx.need_monitor()
         if ctx.args[0] != self.node:
             raise not_found()
         return json_ok(self.node_info())

@@ -69,12 +69,20 @@ class Confirms:
     def flush(self) -> None:
         """Send one basic.ack covering every publish confirmed since the last flush."""
         upto = self.upto
-        if upto > self.sent:
-            self.conn.send(M.confirm_frame(self.number, upto, upto - self.sent > 1))
-            n = upto - self.sent
+        sent = self.sent
+        if upto > sent:
+            n = upto - sent
+            top = upto
             if self.nacked_ahead:
-                n -= sum(1 for s in self.nacked_ahead if s <= upto)
+                nacked = {s for s in self.nacked_ahead if s <= upto}
+                n -= len(nacked)
                 self.nacked_ahead = [s for s in self.nacked_ahead if s > upto]
+                # the ack ends at a publish that was not nacked: a nacked one (say after
+                # a failed fsync settled those before it) is never acked by its own tag
+                while top > sent and top in nacked:
+                    top -= 1
+            if top > sent:
+                self.conn.send(M.confirm_frame(self.number, top, top - sent > 1))
             self.channel.vhost.stats_confirm += n
             self.sent = upto
 

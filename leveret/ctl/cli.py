@@ -186,8 +186,12 @@ class Ctl:
     def client(self) -> Client:
         if self._client is None:
             o = self.opts
-            self._client = Client(o.host, o.port, o.username, o.password, o.scheme, o.timeout,
-                                  o.cacert, o.insecure)
+            try:
+                self._client = Client(o.host, o.port, o.username, o.password, o.scheme, o.timeout,
+                                      o.cacert, o.insecure)
+            except OSError as exc:  # (ssl.SSLError too) --cacert missing, unreadable or no PEM
+                raise failure(EX_NOINPUT, f"cannot load the CA certificates {o.cacert!r} (--cacert): "
+                                          f"{exc.strerror or exc}") from None
         return self._client
 
     @property

@@ -320,7 +320,7 @@ const views = {
         $("ov-objects").replaceChildren(...["connections", "channels", "exchanges", "queues", "consumers"].map(
           (k) => stat(k[0].toUpperCase() + k.slice(1), fmtNum(ot[k]), "ov-" + k)));
         $("ov-node").textContent = [o.product_name, o.product_version, "(RabbitMQ " + o.rabbitmq_version + " API)",
-                                    "node " + o.node].join(" ");
+                                    o.node ? "node " + o.node : ""].join(" ").trim(); // (node: monitoring users only)
         const s = state.series;
         const last = s[s.length - 1] || {};
         for (const k of ["publish", "deliver", "ack"]) $("lg-" + k).textContent = fmtRate(last[k]);
