@@ -100,3 +100,30 @@ def test_overflow_logs_do_not_survive_a_restart_and_purge_empties_them(small_pag
             ch = conn.channel()
             ch.queue_declare("keep")
             assert ch.queue_declare("keep", passive=True).method.message_count == 0
+
+
+def test_a_paged_record_without_exchange_and_routing_key_is_dropped_not_raised(tmp_path: Path) -> None:
+    """Paging back in: a record whose exchange/routing-key field is empty (damage the
+    overflow log's missing checksums let through) is logged and dropped; the records
+    around it still come back, in order."""
+    from array import array
+
+    from leveret.storage import QueueLog, record
+
+    class Node:
+        queued_bytes = 0
+
+    qlog = QueueLog(tmp_path / "q", 64 * 1024, ephemeral=True)
+    qlog.recover()
+    header = b"\x00\x3c\x00\x00" + (1).to_bytes(8, "big") + b"\x00\x00"
+    good = record.encode(0, 1.0, b"\x00\x01q", header, b"a")
+    positions = array("Q", [qlog.append(good), qlog.append(record.encode(0, 1.0, b"", header, b"b")), qlog.append(good)])
+    qlog.flush()
+    bq = backing.BackingQueue(Node(), None)  # type: ignore[arg-type]
+    bq.overflow = bq.plog = qlog
+    bq.tail = positions
+    assert bq.refill(lambda m, now: 0.0, False)
+    got = [bq.pop()[1] for _ in range(len(bq.messages))]
+    assert [(m.routing_key, bytes(m.body)) for m in got] == [("q", b"a"), ("q", b"a")]
+    assert qlog.live_count == 2  # the bad one was acked
+    qlog.close()

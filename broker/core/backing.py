@@ -269,7 +269,12 @@ class BackingQueue:
                 _, ts, ex_rk, header, body = rec
                 names = names_of(ex_rk)
                 if names is None:
-                    names = exchange_rk(ex_rk)
+                    try:
+                        names = exchange_rk(ex_rk)
+                    except IndexError:  # (not the two short strings of a record we wrote)
+                        log.error("dropping unreadable record %#x: no exchange and routing key", pos)
+                        plog.ack(pos)
+                        continue
                 msg = Message(ex_rk, names[0], names[1], header, body)
                 msg.ts = ts
                 exp = expires_at(msg, ts) if queue_ttl or header[FLAGS_HI] & HI_EXPIRATION else 0.0
