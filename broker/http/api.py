@@ -710,20 +710,26 @@ class Api:
             raise not_found()
         return json_ok({"user": user, "vhost": vhost, **p.as_dict()})
 
-    async def permission_put(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        vhost, user = ctx.args
+    async def permission_body(self, ctx: Ctx, vhost: str, user: str, keys: tuple[str, ...]) -> dict[str, str]:
+        """The string fields ``keys`` of a permission PUT body, for an existing vhost and
+        user (400 otherwise, as RabbitMQ)."""
         body = await ctx.body()
         if vhost not in self.broker.vhosts:
             raise bad_request(f"vhost_not_found: no vhost '{vhost}'")
         if user not in self.broker.access.users:
             raise bad_request(f"user_not_found: no user '{user}'")
-        perms = {}
-        for k in A.PERMS:
+        out = {}
+        for k in keys:
             v = body.get(k)
             if not isinstance(v, str):
-                raise bad_request(f"{k}: expected a string (a regular expression)")
-            perms[k] = v
+                raise bad_request(f"{k}: expected a string (a regular expression)" if k != "exchange" else f"{k}: expected a string")
+            out[k] = v
+        return out
+
+    async def permission_put(self, ctx: Ctx) -> web.Response:
+        ctx.need_admin()
+        vhost, user = ctx.args
+        perms = await self.permission_body(ctx, vhost, user, A.PERMS)
         existed = (user, vhost) in self.broker.access.permissions
         try:
             self.broker.set_permissions(user, vhost, **perms)
@@ -758,17 +764,7 @@ class Api:
     async def topic_permission_put(self, ctx: Ctx) -> web.Response:
         ctx.need_admin()
         vhost, user = ctx.args
-        body = await ctx.body()
-        if vhost not in self.broker.vhosts:
-            raise bad_request(f"vhost_not_found: no vhost '{vhost}'")
-        if user not in self.broker.access.users:
-            raise bad_request(f"user_not_found: no user '{user}'")
-        vals = {}
-        for k in ("exchange", "write", "read"):
-            v = body.get(k)
-            if not isinstance(v, str):
-                raise bad_request(f"{k}: expected a string")
-            vals[k] = v
+        vals = await self.permission_body(ctx, vhost, user, ("exchange", "write", "read"))
         try:
             self.broker.set_topic_permissions(user, vhost, vals["exchange"], vals["write"], vals["read"])
         except (KeyError, ValueError) as exc:

@@ -309,39 +309,42 @@ def vhost_list(ctl: Ctl, kind: str) -> list[dict[str, Any]]:
         return ctl.client.get(kind, ctl.opts.vhost)
 
 
+def list_in_vhost(ctl: Ctl, args: list[str], kind: str, items: I.Items) -> None:
+    """A list command over ``/api/<kind>/<vhost>``, with the info items given as ``args``
+    (checked before the API is asked)."""
+    cols = columns_of(args, items)
+    list_rows(ctl, cols, items, vhost_list(ctl, kind))
+
+
 QUEUE_ITEMS = "[-p <vhost>] [--no-table-headers] [<queueinfoitem> ...]"
 
 
 @command(f"list_queues {QUEUE_ITEMS}", "Lists queues and their properties", "queues", max_args=None, items=I.QUEUES)
 def list_queues(ctl: Ctl, args: list[str]) -> None:
-    cols = columns_of(args, I.QUEUES)
     ctl.banner(f"Timeout: {ctl.opts.timeout} seconds ...", f"Listing queues for vhost {ctl.opts.vhost} ...")
-    list_rows(ctl, cols, I.QUEUES, vhost_list(ctl, "queues"))
+    list_in_vhost(ctl, args, "queues", I.QUEUES)
 
 
 @command("list_exchanges [-p <vhost>] [--no-table-headers] [<exchangeinfoitem> ...]", "Lists exchanges",
          "queues", max_args=None, items=I.EXCHANGES)
 def list_exchanges(ctl: Ctl, args: list[str]) -> None:
-    cols = columns_of(args, I.EXCHANGES)
     ctl.banner(f"Listing exchanges for vhost {ctl.opts.vhost} ...")
-    list_rows(ctl, cols, I.EXCHANGES, vhost_list(ctl, "exchanges"))
+    list_in_vhost(ctl, args, "exchanges", I.EXCHANGES)
 
 
 @command("list_bindings [-p <vhost>] [--no-table-headers] [<bindinginfoitem> ...]",
          "Lists all bindings on a vhost (those of the default exchange too: source_name is empty)",
          "queues", max_args=None, items=I.BINDINGS)
 def list_bindings(ctl: Ctl, args: list[str]) -> None:
-    cols = columns_of(args, I.BINDINGS)
     ctl.banner(f"Listing bindings for vhost {ctl.opts.vhost}...")
-    list_rows(ctl, cols, I.BINDINGS, vhost_list(ctl, "bindings"))
+    list_in_vhost(ctl, args, "bindings", I.BINDINGS)
 
 
 @command("list_consumers [-p <vhost>] [--no-table-headers] [<consumerinfoitem> ...]",
          "Lists all consumers for a vhost", "queues", max_args=None, items=I.CONSUMERS)
 def list_consumers(ctl: Ctl, args: list[str]) -> None:
-    cols = columns_of(args, I.CONSUMERS)
     ctl.banner(f"Listing consumers in vhost {ctl.opts.vhost} ...")
-    list_rows(ctl, cols, I.CONSUMERS, vhost_list(ctl, "consumers"))
+    list_in_vhost(ctl, args, "consumers", I.CONSUMERS)
 
 
 @command("list_connections [--no-table-headers] [<connectioninfoitem> ...]",

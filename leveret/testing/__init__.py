@@ -121,7 +121,37 @@ def _guest(config: Config) -> tuple[str, str]:
 # ---------------------------------------------------------------------- the shared API
 
 
-class BrokerHandle:
+class BrokerUrls:
+    """The AMQP URLs of a test broker; the class provides ``host``, ``port``,
+    ``tls_port`` and ``config``."""
+
+    config: Config
+    host: str
+    port: int
+    tls_port: int | None
+
+    @property
+    def url(self) -> str:
+        """``amqp://guest:guest@127.0.0.1:PORT/`` (the default vhost)."""
+        return self.url_for("/")
+
+    def url_for(self, vhost: str) -> str:
+        user, password = _guest(self.config)
+        return _amqp_url(self.host, self.port, vhost, user, password)
+
+    @property
+    def amqps_url(self) -> str:
+        """``amqps://guest:guest@127.0.0.1:TLS_PORT/`` (the default vhost)."""
+        return self.amqps_url_for("/")
+
+    def amqps_url_for(self, vhost: str) -> str:
+        if self.tls_port is None:
+            raise RuntimeError("the broker has no TLS listener (give Config(tls_port=0, tls_cert=...))")
+        user, password = _guest(self.config)
+        return _amqp_url(self.host, self.tls_port, vhost, user, password, "amqps")
+
+
+class BrokerHandle(BrokerUrls):
     """A broker running elsewhere (another thread or process) that tests talk to.
 
     Subclasses provide ``host``, ``port``, ``config`` and :meth:`_invoke`, which runs an
@@ -139,29 +169,9 @@ class BrokerHandle:
         raise NotImplementedError
 
     @property
-    def url(self) -> str:
-        """``amqp://guest:guest@127.0.0.1:PORT/`` (the default vhost)."""
-        return self.url_for("/")
-
-    def url_for(self, vhost: str) -> str:
-        user, password = _guest(self.config)
-        return _amqp_url(self.host, self.port, vhost, user, password)
-
-    @property
     def tls_port(self) -> int | None:
         """The amqps listener's port (None: the broker was not given ``tls_port``)."""
         return None
-
-    @property
-    def amqps_url(self) -> str:
-        """``amqps://guest:guest@127.0.0.1:TLS_PORT/`` (the default vhost)."""
-        return self.amqps_url_for("/")
-
-    def amqps_url_for(self, vhost: str) -> str:
-        if self.tls_port is None:
-            raise RuntimeError("the broker has no TLS listener (give Config(tls_port=0, tls_cert=...))")
-        user, password = _guest(self.config)
-        return _amqp_url(self.host, self.tls_port, vhost, user, password, "amqps")
 
     def start(self, timeout: float = 15.0) -> BrokerHandle:
         raise NotImplementedError
@@ -655,7 +665,7 @@ class BrokerThread(BrokerHandle):
 # ---------------------------------------------------------------------- on this loop
 
 
-class AsyncBroker(Inspector):
+class AsyncBroker(BrokerUrls, Inspector):
     """An in-process broker on the running event loop, with the
     :class:`~leveret.testing.inspect.Inspector` API (listings are plain calls; ``wait_for_*``,
     ``close_connections`` and ``restart`` are coroutines)::
@@ -681,27 +691,9 @@ class AsyncBroker(Inspector):
         return self.broker.port
 
     @property
-    def url(self) -> str:
-        return self.url_for("/")
-
-    def url_for(self, vhost: str) -> str:
-        user, password = _guest(self.config)
-        return _amqp_url(self.host, self.port, vhost, user, password)
-
-    @property
     def tls_port(self) -> int | None:
         """The amqps listener's port (None: the broker was not given ``tls_port``)."""
         return self.broker.tls_port
-
-    @property
-    def amqps_url(self) -> str:
-        return self.amqps_url_for("/")
-
-    def amqps_url_for(self, vhost: str) -> str:
-        if self.tls_port is None:
-            raise RuntimeError("the broker has no TLS listener (give Config(tls_port=0, tls_cert=...))")
-        user, password = _guest(self.config)
-        return _amqp_url(self.host, self.tls_port, vhost, user, password, "amqps")
 
     async def start(self) -> AsyncBroker:
         t0 = time.perf_counter()
