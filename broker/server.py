@@ -89,7 +89,7 @@ class Broker:
         self.write_failed = False  # the last write to the log failed (ENOSPC, EIO)
         self._sweep: asyncio.TimerHandle | None = None
         self.persistence: Persistence | None = None
-        self.stats_published = 0
+        self.stats_published_gone = 0  # messages published in vhosts since deleted
         self.stats_delivered = 0
         self.stats_acked = 0
         self.started_at = time.time()
@@ -448,6 +448,7 @@ class Broker:
             v.delete_queue(q)
         for k in VHOST_COUNTERS:
             self.stats_deleted_vhosts[k] += getattr(v, "stats_" + k)
+        self.stats_published_gone += v.stats_published
         self.access.forget_vhost(name)
         self._save_definitions()
 
@@ -600,7 +601,6 @@ class Broker:
         if x.internal:
             raise AMQPError(ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange}' in vhost '{vhost}'")
         msg = Message(shortstr(exchange) + shortstr(routing_key), exchange, routing_key, header, body)
-        self.stats_published += 1
         x.stats_publish_in += 1
         queues = v.route(x, routing_key, msg)
         if queues:
@@ -611,6 +611,13 @@ class Broker:
             x.stats_unroutable += 1
             v.stats_return_unroutable += 1
         return bool(queues)
+
+    @property
+    def stats_published(self) -> int:
+        """Messages published on the node: the exchanges' ``publish_in`` counters summed
+        (``VHost.stats_published``), deleted vhosts included.  Counted once per publish,
+        on the exchange, not again here."""
+        return self.stats_published_gone + sum(v.stats_published for v in self.vhosts.values())
 
     def message_totals(self) -> dict[str, int]:
         """The vhosts' message counters (``VHost.stats_*``: ``confirm``,

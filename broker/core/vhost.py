@@ -75,6 +75,7 @@ class VHost:
         self.stats_confirm = 0  # publishes confirmed (basic.ack) to confirm-mode publishers
         self.stats_return_unroutable = 0  # mandatory publishes that reached no queue (basic.return)
         self.stats_drop_unroutable = 0  # other publishes that reached no queue (dropped)
+        self.stats_publish_gone = 0  # publish_in of exchanges since deleted
         for xname, xtype in DEFAULT_EXCHANGES:
             self.exchanges[xname] = make_exchange(xtype, xname, durable=True)
 
@@ -178,6 +179,12 @@ class VHost:
         check_equivalent_alternate_exchange(where, arguments, x.arguments)
         return x
 
+    @property
+    def stats_published(self) -> int:
+        """Messages published in this vhost: its exchanges' ``publish_in``, deleted
+        exchanges included."""
+        return self.stats_publish_gone + sum(x.stats_publish_in for x in self.exchanges.values())
+
     def delete_exchange(self, name: str, if_unused: bool) -> None:
         not_default(name)
         if name.startswith("amq."):
@@ -191,6 +198,7 @@ class VHost:
 
     def _remove_exchange(self, x: Exchange) -> None:
         x.deleted = True
+        self.stats_publish_gone += x.stats_publish_in
         self.exchanges.pop(x.name, None)
         x.bindings.clear()
         x._rebuild()

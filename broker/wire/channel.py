@@ -221,8 +221,7 @@ class Channel:
         if self.tx is not None:
             self.tx.publishes.append((msg, mandatory, extra_keys))
             return
-        self.node.stats_published += 1
-        x.stats_publish_in += 1
+        x.stats_publish_in += 1  # (the node's and vhost's totals are summed from these)
         outcome = self._route(x, msg, mandatory, extra_keys)
         if confirms is not None:
             if confirms.published(outcome):
@@ -649,12 +648,10 @@ class Channel:
         if tx is None:
             raise AMQPError(PRECONDITION_FAILED, "channel is not transactional", 90, 20)
         publishes, acks = tx.take()
-        node = self.node
         outcome = ACCEPTED
         for msg, mandatory, extra_keys in publishes:
             x = self.vhost.exchanges.get(msg.exchange)
             if x is not None:
-                node.stats_published += 1
                 x.stats_publish_in += 1
                 outcome |= self._route(x, msg, mandatory, extra_keys)
         for pairs, kind, requeue in acks:
