@@ -29,6 +29,7 @@ import pytest
 from leveret.broker import Config
 from leveret.broker.http.dashboard import FILES, STATIC_FOLDER, STATIC_PACKAGE
 from leveret.testing import SubprocessBroker, free_port
+from tests.httpapi import Api
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM = os.environ.get("LEVERET_CHROMIUM", "/usr/bin/chromium")
@@ -158,16 +159,7 @@ def pika_connection(b: SubprocessBroker, vhost: str = "/") -> pika.BlockingConne
 
 
 def call(http: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    req = urllib.request.Request(f"http://127.0.0.1:{http}{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode())
-    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            status, text = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, text = e.code, e.read()
-    return status, json.loads(text) if text else None
+    return Api("127.0.0.1", http).call(method, path.removeprefix("/api"), body)
 
 
 def api_get(http: int, path: str) -> Any:

@@ -3,12 +3,8 @@ expected behaviour checked against RabbitMQ 3.10)."""
 
 from __future__ import annotations
 
-import base64
-import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +14,7 @@ from aio_pika import DeliveryMode, Message
 
 from leveret.broker import Config
 from leveret.testing import BrokerThread, broker_url, running_broker
+from tests.httpapi import Api
 
 
 async def test_priority_queue_recovered_messages_come_before_ones_published_after_restart(tmp_path: Path) -> None:
@@ -58,22 +55,7 @@ def test_ctl_unreadable_cacert_is_an_error_not_a_traceback(tmp_path: Path) -> No
 
 
 def _api(port: int, user: str, password: str) -> Any:
-    base = f"http://127.0.0.1:{port}/api"
-    auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-    def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        req = urllib.request.Request(base + path, data=None if body is None else json.dumps(body).encode(),
-                                     method=method)
-        req.add_header("Authorization", auth)
-        req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                status, text = r.status, r.read()
-        except urllib.error.HTTPError as e:
-            status, text = e.code, e.read()
-        return status, json.loads(text) if text else None
-
-    return call
+    return Api("127.0.0.1", port, user, password).call
 
 
 def test_management_user_sees_only_its_vhosts_message_stats_and_no_node_details() -> None:
