@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import pytest
 from leveret.broker import Config
 from leveret.broker.core import access as A
 from leveret.testing import BrokerThread
+from tests.netutil import non_loopback_address
 
 USER, PASSWORD, VHOST = "lv-bob", "bob-secret", "lv-acc"
 CONFIGURE = r"^\w*c\w*\."
@@ -513,17 +513,6 @@ def test_node_max_connections() -> None:
 # ---------------------------------------------------------------------- loopback users
 
 
-def _non_loopback_address() -> str | None:
-    """An address of this machine that is not loopback (to connect to ourselves)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))  # no packet is sent
-            addr = s.getsockname()[0]
-    except OSError:
-        return None
-    return None if A.is_loopback(addr) else addr
-
-
 def test_is_loopback() -> None:
     assert A.is_loopback("127.0.0.1") and A.is_loopback("127.1.2.3") and A.is_loopback("::1")
     assert A.is_loopback("::ffff:127.0.0.1")
@@ -531,7 +520,7 @@ def test_is_loopback() -> None:
 
 
 def test_guest_is_refused_over_a_non_loopback_address(caplog: pytest.LogCaptureFixture) -> None:
-    addr = _non_loopback_address()
+    addr = non_loopback_address()
     if addr is None:
         pytest.skip("this machine has no non-loopback address")
     caplog.set_level(logging.INFO, logger="leveret")
@@ -547,7 +536,7 @@ def test_guest_is_refused_over_a_non_loopback_address(caplog: pytest.LogCaptureF
 
 
 def test_loopback_users_is_configurable() -> None:
-    addr = _non_loopback_address()
+    addr = non_loopback_address()
     if addr is None:
         pytest.skip("this machine has no non-loopback address")
     cfg = Config(port=0, host=[addr], users={"guest": "guest", "app": "app-pw"}, loopback_users=["app"])

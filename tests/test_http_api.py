@@ -27,6 +27,7 @@ from leveret.broker.cli import build_config, parse_args
 from leveret.broker.core import access as A
 from leveret.testing import BrokerThread
 from tests.httpapi import Api
+from tests.netutil import non_loopback_address
 
 MAX_BODY = 64 * 1024
 
@@ -159,18 +160,8 @@ def test_basic_auth_and_management_tags(api: Api, broker: BrokerThread) -> None:
         api.call("DELETE", "/queues/other/mg.q")
 
 
-def _non_loopback_address() -> str | None:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))  # no packet is sent
-            addr = s.getsockname()[0]
-    except OSError:
-        return None
-    return None if A.is_loopback(addr) else addr
-
-
 def test_guest_can_only_log_in_via_localhost() -> None:
-    addr = _non_loopback_address()
+    addr = non_loopback_address()
     if addr is None:
         pytest.skip("this machine has no non-loopback address")
     cfg = Config(port=0, host="0.0.0.0", http_port=0, users={"guest": "guest", "app": "app-pw"})

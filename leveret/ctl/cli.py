@@ -439,10 +439,7 @@ def add_user(ctl: Ctl, args: list[str]) -> None:
     ctl.banner(f'Adding user "{user}" ...')
     if ctl.client.exists("users", user):
         raise failure(EX_SOFTWARE, f'User "{user}" already exists')
-    try:
-        ctl.client.put("users", user, body={"password": password, "tags": ""})
-    except ApiError as exc:
-        raise api_failure(exc) from None
+    ctl.client.put("users", user, body={"password": password, "tags": ""})
     ctl.say(f"Done. Don't forget to grant the user permissions to some virtual hosts! "
             f"See '{PROG} help set_permissions' to learn more.")
 
@@ -468,10 +465,7 @@ def change_password(ctl: Ctl, args: list[str]) -> None:
     password = password_from(args, ctl)
     ctl.banner(f'Changing password for user "{user}" ...')
     tags = get_user(ctl, user).get("tags", [])
-    try:
-        ctl.client.put("users", user, body={"password": password, "tags": tags})
-    except ApiError as exc:
-        raise api_failure(exc) from None
+    ctl.client.put("users", user, body={"password": password, "tags": tags})
 
 
 @command("set_user_tags <username> [<tag> ...]", "Sets user tags (none: clears them)", "users",
@@ -480,10 +474,7 @@ def set_user_tags(ctl: Ctl, args: list[str]) -> None:
     user, tags = args[0], args[1:]
     ctl.banner(f'Setting tags for user "{user}" to [{", ".join(tags)}] ...')
     get_user(ctl, user)
-    try:  # no password in the body: the user keeps its password hash
-        ctl.client.put("users", user, body={"tags": ",".join(tags)})
-    except ApiError as exc:
-        raise api_failure(exc) from None
+    ctl.client.put("users", user, body={"tags": ",".join(tags)})  # no password in the body: the user keeps its password hash
 
 
 @command("add_vhost <vhost>", "Creates a virtual host (nothing happens if it exists)", "vhosts",
@@ -493,10 +484,7 @@ def add_vhost(ctl: Ctl, args: list[str]) -> None:
     if vhost == "":
         raise UsageError("Bad argument. vhost cannot be an empty string", COMMANDS["add_vhost"])
     ctl.banner(f'Adding vhost "{vhost}" ...')
-    try:
-        ctl.client.put("vhosts", vhost, body={})
-    except ApiError as exc:
-        raise api_failure(exc) from None
+    ctl.client.put("vhosts", vhost, body={})
 
 
 @command("delete_vhost <vhost>", "Deletes a virtual host and everything in it", "vhosts",
@@ -667,10 +655,7 @@ def import_definitions(ctl: Ctl, args: list[str]) -> None:
         raise failure(EX_DATAERR, f"{where} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise failure(EX_DATAERR, f"{where}: expected a JSON object (RabbitMQ's definitions)")
-    try:
-        ctl.client.request("POST", "/api/definitions", raw_body=json.dumps(data).encode())
-    except ApiError as exc:
-        raise api_failure(exc) from None
+    ctl.client.request("POST", "/api/definitions", raw_body=json.dumps(data).encode())
 
 
 # ------------------------------------------------------------------ status
