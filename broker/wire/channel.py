@@ -193,12 +193,13 @@ class Channel:
     def handle_content(self, ftype: int, payload: bytes | memoryview) -> None:
         msg = self.assembly.content(ftype, payload)
         if msg is not None:
-            self._publish(msg, self.assembly.mandatory)
+            self.publish(msg, self.assembly.mandatory)
 
     # ------------------------------------------------------------------ publish
 
-    def _publish(self, msg: Message, mandatory: bool) -> None:
-        """A complete message: check it, route it, confirm it."""
+    def publish(self, msg: Message, mandatory: bool) -> None:
+        """A complete message (from :class:`PublishAssembly`): check it, route it,
+        confirm it."""
         confirms = self.confirms
         if confirms is not None:
             confirms.publish_seq += 1

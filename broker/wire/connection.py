@@ -309,7 +309,11 @@ class Connection(asyncio.Protocol):
             broker.check_alarm()
 
     def _handle_frames(self, frames: list[tuple[int, int, bytes]]) -> None:
-        for ftype, ch, payload in frames:
+        i = 0
+        n = len(frames)
+        while i < n:
+            ftype, ch, payload = frames[i]
+            i += 1
             if self.state >= S_CLOSING:
                 self._while_closing(ftype, ch, payload)
                 continue
@@ -324,6 +328,18 @@ class Connection(asyncio.Protocol):
                         if idx in _FAST:
                             if idx == BASIC_PUBLISH:
                                 self.is_publisher = True
+                                if i + 1 < n:
+                                    # the hot path: a publish whose header and one body
+                                    # frame came in the same read, taken in one step
+                                    head = frames[i]
+                                    body = frames[i + 1]
+                                    if head[0] == FRAME_HEADER and body[0] == FRAME_BODY and head[1] == ch == body[1]:
+                                        assembly = channel.assembly
+                                        msg = assembly.whole(payload, head[2], body[2])
+                                        if msg is not None:
+                                            i += 2
+                                            channel.publish(msg, assembly.mandatory)
+                                            continue
                             channel.handle_raw_method(idx, payload)
                             continue
                     self._channel_method(ch, channel, payload)

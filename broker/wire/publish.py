@@ -70,6 +70,7 @@ class PublishAssembly:
         "_body_held",
         "_body_left",
         "_oversize",
+        "_decoded",
     )
 
     def __init__(self, node: Node) -> None:
@@ -86,6 +87,7 @@ class PublishAssembly:
         self._body_held = 0  # bytes of _body counted in node.queued_bytes
         self._body_left = 0
         self._oversize = 0  # the announced size of a body over max_size (kept: none of it)
+        self._decoded: dict[bytes, tuple[bytes, str, str]] = {}  # ex_rk -> _names(...)
 
     def content_expected(self) -> AMQPError:
         """The error for a method frame that arrived while content is expected."""
@@ -102,10 +104,43 @@ class PublishAssembly:
             raise AMQPError(FRAME_ERROR, str(exc), 60, 40) from None
         if immediate:
             raise AMQPError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
-        exchange = payload[M.PUBLISH_EXCHANGE_AT : ex_end].decode("utf-8", "surrogateescape")
-        rk = payload[ex_end + 1 : rk_end].decode("utf-8", "surrogateescape")
-        self.pending = (ex_rk, exchange, rk)
+        self.pending = self._names(ex_rk, ex_end, rk_end)
         self.mandatory = mandatory
+
+    def _names(self, ex_rk: bytes, ex_end: int, rk_end: int) -> tuple[bytes, str, str]:
+        """(ex_rk, exchange, routing key): the names decoded once per distinct pair (a
+        publisher mostly repeats a few), kept in a small per-channel cache."""
+        names = self._decoded.get(ex_rk)
+        if names is None:
+            o = M.PUBLISH_EXCHANGE_AT - 1  # (ex_rk is the payload from the exchange's length octet)
+            names = (
+                ex_rk,
+                ex_rk[1 : ex_end - o].decode("utf-8", "surrogateescape"),
+                ex_rk[ex_end - o + 1 : rk_end - o].decode("utf-8", "surrogateescape"),
+            )
+            if len(self._decoded) >= 256:
+                self._decoded.clear()
+            self._decoded[ex_rk] = names
+        return names
+
+    def whole(self, payload: bytes, header: bytes, body: bytes | memoryview) -> Message | None:
+        """basic.publish, its content header and its one body frame, arrived together: the
+        message in one step (the hot path), its mandatory flag in ``self.mandatory``.  None
+        for anything but a well-formed publish whose body is exactly that frame (immediate,
+        a bad header, a body in several frames or over the limit, content expected): the
+        frames then go through :meth:`start` and :meth:`content` one by one, which decide."""
+        if self.pending is not None:
+            return None
+        try:
+            ex_rk, ex_end, rk_end, mandatory, immediate = M.parse_publish(payload)
+            class_id, size = P.body_size(header)
+        except (M.MethodDecodeError, P.PropertyError):
+            return None
+        if immediate or class_id != 60 or size != len(body) or size > self.max_size or not size:
+            return None
+        self.mandatory = mandatory
+        ex_rk, exchange, rk = self._names(ex_rk, ex_end, rk_end)
+        return Message(ex_rk, exchange, rk, header, body if body.__class__ is bytes else self._keep_view(body))  # type: ignore[arg-type]
 
     def content(self, ftype: int, payload: bytes | memoryview) -> Message | None:
         """A content header or body frame; the message once complete (its publish's
