@@ -112,7 +112,7 @@ def test_content_for_another_channel_in_between_is_an_error(client: RawClient, a
 
 
 def test_many_routing_keys_route_by_their_own_names(client: RawClient) -> None:
-    """The decoded names of a channel's publishes are cached (a few hundred per channel):
+    """The decoded names of publishes are cached (``message.NAMES``, a few hundred):
     past the cache's size, and with non-ASCII names, every message still goes where its
     own exchange and routing key say, and is delivered with them."""
     client.rpc(1, C.Exchange.Declare(exchange="names", exchange_type="topic", auto_delete=True), C.Exchange.DeclareOk)

@@ -99,7 +99,7 @@ def to_record(msg: Message, transient: bool = False) -> bytes:
     return record.encode(flags, msg.ts, msg.ex_rk, msg.header, body)  # type: ignore[arg-type]
 
 
-#: ex_rk -> (exchange, routing key), for the recent ones (paging back in, recovery)
+#: ex_rk -> (exchange, routing key), for the recent ones (publishes, paging back in, recovery)
 NAMES: dict[bytes, tuple[str, str]] = {}
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from leveret.broker.core.errors import AMQPError
-from leveret.broker.core.message import Message
+from leveret.broker.core.message import NAMES, Message, exchange_rk
 from leveret.protocol import methods as M
 from leveret.protocol import properties as P
 from leveret.protocol.body import Body
@@ -70,7 +70,6 @@ class PublishAssembly:
         "_body_held",
         "_body_left",
         "_oversize",
-        "_decoded",
     )
 
     def __init__(self, node: Node) -> None:
@@ -87,7 +86,6 @@ class PublishAssembly:
         self._body_held = 0  # bytes of _body counted in node.queued_bytes
         self._body_left = 0
         self._oversize = 0  # the announced size of a body over max_size (kept: none of it)
-        self._decoded: dict[bytes, tuple[bytes, str, str]] = {}  # ex_rk -> _names(...)
 
     def content_expected(self) -> AMQPError:
         """The error for a method frame that arrived while content is expected."""
@@ -98,30 +96,15 @@ class PublishAssembly:
     def start(self, payload: bytes) -> None:
         """basic.publish (raw payload)."""
         try:
-            ex_rk, ex_end, rk_end, mandatory, immediate = M.parse_publish(payload)
+            ex_rk, _, _, mandatory, immediate = M.parse_publish(payload)
         except M.MethodDecodeError as exc:
             # RabbitMQ: 501 "cannot decode" for malformed method arguments
             raise AMQPError(FRAME_ERROR, str(exc), 60, 40) from None
         if immediate:
             raise AMQPError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
-        self.pending = self._names(ex_rk, ex_end, rk_end)
+        exchange, rk = NAMES.get(ex_rk) or exchange_rk(ex_rk)
+        self.pending = (ex_rk, exchange, rk)
         self.mandatory = mandatory
-
-    def _names(self, ex_rk: bytes, ex_end: int, rk_end: int) -> tuple[bytes, str, str]:
-        """(ex_rk, exchange, routing key): the names decoded once per distinct pair (a
-        publisher mostly repeats a few), kept in a small per-channel cache."""
-        names = self._decoded.get(ex_rk)
-        if names is None:
-            o = M.PUBLISH_EXCHANGE_AT - 1  # (ex_rk is the payload from the exchange's length octet)
-            names = (
-                ex_rk,
-                ex_rk[1 : ex_end - o].decode("utf-8", "surrogateescape"),
-                ex_rk[ex_end - o + 1 : rk_end - o].decode("utf-8", "surrogateescape"),
-            )
-            if len(self._decoded) >= 256:
-                self._decoded.clear()
-            self._decoded[ex_rk] = names
-        return names
 
     def whole(self, payload: bytes, header: bytes, body: bytes | memoryview) -> Message | None:
         """basic.publish, its content header and its one body frame, arrived together: the
@@ -132,14 +115,14 @@ class PublishAssembly:
         if self.pending is not None:
             return None
         try:
-            ex_rk, ex_end, rk_end, mandatory, immediate = M.parse_publish(payload)
+            ex_rk, _, _, mandatory, immediate = M.parse_publish(payload)
             class_id, size = P.body_size(header)
         except (M.MethodDecodeError, P.PropertyError):
             return None
         if immediate or class_id != 60 or size != len(body) or size > self.max_size or not size:
             return None
         self.mandatory = mandatory
-        ex_rk, exchange, rk = self._names(ex_rk, ex_end, rk_end)
+        exchange, rk = NAMES.get(ex_rk) or exchange_rk(ex_rk)
         return Message(ex_rk, exchange, rk, header, body if body.__class__ is bytes else self._keep_view(body))  # type: ignore[arg-type]
 
     def content(self, ftype: int, payload: bytes | memoryview) -> Message | None:
