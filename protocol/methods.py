@@ -91,22 +91,34 @@ def shortstr(value: str | bytes) -> bytes:
 
 
 def content_frames(
-    channel: int, header_payload: bytes, body: bytes | Body, frame_max: int
+    channel: int, header_payload: bytes, body: bytes | Body, frame_max: int, method_frame: bytes = b""
 ) -> list[bytes | memoryview]:
-    """Content header frame plus as many body frames as frame_max requires (the body's
-    bytes are not copied: large ones go out as memoryview slices, for writev)."""
-    out: list[bytes | memoryview] = [pack_head(FRAME_HEADER, channel, len(header_payload)), header_payload, FRAME_END_BYTE]
+    """``method_frame`` (basic.deliver, get-ok, return; already a frame), the content
+    header frame and as many body frames as frame_max requires.  The small frames and the
+    first body frame's head go out as one piece; the body's bytes are not copied (large
+    ones go out as memoryview slices, for writev)."""
     blen = len(body)
     chunk = frame_max - 8
-    if blen <= chunk:
-        if blen:
-            out.append(pack_head(FRAME_BODY, channel, blen))
-            if body.__class__ is Body:
-                out.extend(body.parts)  # type: ignore[union-attr]
-            else:
-                out.append(body)  # type: ignore[arg-type]
-            out.append(FRAME_END_BYTE)
-    elif body.__class__ is Body:
+    if 0 < blen <= chunk:
+        # (the hot path: one body frame)
+        first = b"".join(
+            (
+                method_frame,
+                pack_head(FRAME_HEADER, channel, len(header_payload)),
+                header_payload,
+                FRAME_END_BYTE,
+                pack_head(FRAME_BODY, channel, blen),
+            )
+        )
+        if body.__class__ is Body:
+            return [first, *body.parts, FRAME_END_BYTE]  # type: ignore[union-attr]
+        return [first, body, FRAME_END_BYTE]
+    out: list[bytes | memoryview] = [
+        b"".join((method_frame, pack_head(FRAME_HEADER, channel, len(header_payload)), header_payload, FRAME_END_BYTE))
+    ]
+    if not blen:
+        return out
+    if body.__class__ is Body:
         _cut_parts(out, channel, body.parts, blen, chunk)  # type: ignore[union-attr]
     else:
         view = memoryview(body)  # type: ignore[arg-type]

@@ -51,6 +51,7 @@ PAGE_MAX_BYTES = 64 << 20  # ... or body bytes (large messages)
 #: where every message past it is written out and read back (must be <= the above)
 FLOW_LEN = PAGE_MAX * 3 // 4
 FLOW_BYTES = PAGE_MAX_BYTES // 2
+SHORT, LONG, PAGING = 0, 1, 2  # BackingQueue.length()
 PAGE_BATCH = 2000  # messages loaded back from the log at a time
 PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes
 
@@ -172,20 +173,35 @@ class BackingQueue:
         self.next_seq = seq + 1
         return seq
 
+    def length(self) -> int:
+        """The rule for a long queue, as a state:
+
+        * ``SHORT``: fewer than FLOW_LEN messages (and FLOW_BYTES of bodies) in RAM,
+          nothing paged out;
+        * ``LONG`` (*backlogged*): from FLOW_LEN messages (FLOW_BYTES), all in RAM.  With
+          consumers such a queue is in flow (``Queue.in_flow``);
+        * ``PAGING`` (backlogged too): messages paged out, or from PAGE_MAX messages
+          (PAGE_MAX_BYTES) in RAM: new ready messages go to disk (:meth:`wants_page`).
+
+        Only a SHORT queue takes the queue's hot path; a LONG one its warm path."""
+        if self.tail_start < len(self.tail):
+            return PAGING
+        n = len(self.messages)
+        b = self.ready_bytes
+        if n < FLOW_LEN and b < FLOW_BYTES:
+            return SHORT
+        if n < PAGE_MAX and b < PAGE_MAX_BYTES:
+            return LONG
+        return PAGING
+
     def backlogged(self) -> bool:
-        """The rule for a long queue: messages paged out, or FLOW_LEN messages (or
-        FLOW_BYTES of bodies) in RAM.  With consumers such a queue is in flow
-        (``Queue.in_flow``); from PAGE_MAX messages (PAGE_MAX_BYTES) it also pages new
-        messages out (:meth:`wants_page`).  A queue that is not backlogged never pages:
-        the queue's hot path is only for those."""
-        return self.tail_start < len(self.tail) or len(self.messages) >= FLOW_LEN or self.ready_bytes >= FLOW_BYTES
+        """LONG or PAGING (:meth:`length`)."""
+        return self.length() != SHORT
 
     def wants_page(self) -> bool:
-        """A queue this long keeps new ready messages on disk only (opening its overflow
-        log if it needs one; False when it cannot)."""
-        if self.max_priority or not (
-            self.tail_start < len(self.tail) or len(self.messages) >= PAGE_MAX or self.ready_bytes >= PAGE_MAX_BYTES
-        ):
+        """A PAGING queue keeps new ready messages on disk only (opening its overflow
+        log if it needs one; False when it cannot, or for a priority queue)."""
+        if self.max_priority or self.length() != PAGING:
             return False
         if self.plog is None:
             if self.overflow is None and self.open_overflow is not None:

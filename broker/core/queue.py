@@ -22,7 +22,7 @@ from array import array
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from leveret.broker.core.backing import BackingQueue, Entry
+from leveret.broker.core.backing import PAGING, BackingQueue, Entry
 from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.flow import CREDIT_SHIFT, FlowGate
 from leveret.broker.core.message import Message
@@ -135,21 +135,25 @@ class Queue:
         Returns an :class:`Enqueued` value."""
         store = self.store
         store.stats_publish += 1
-        msgs = store.messages
-        if self.plain and store.log is None and not msg.header[FLAGS_HI] & HI_EXPIRATION and not store.backlogged():
-            # no limits, no TTL, nothing to persist, not long (no paging, no flow): the hot path
-            seq = store.next_seq
-            store.next_seq = seq + 1
-            if self.consumers and not msgs:
-                c = self._next_ready()
-                if c is not None:
-                    c.sink.deliver(c, self, seq, msg, False)
-                    return ACCEPTED
-            msgs.append((seq, msg, False, 0.0))
-            size = msg.size
-            store.ready_bytes += size
-            self.node.queued_bytes += size
-            return ACCEPTED
+        if self.plain and store.log is None and not msg.header[FLAGS_HI] & HI_EXPIRATION:
+            # no limits, no TTL, nothing to persist
+            length = store.length()
+            if length != PAGING:
+                # all in RAM: the hot path.  SHORT: delivered now if a consumer is ready,
+                # else kept ready; LONG: kept behind the backlog, in flow with consumers
+                msgs = store.messages
+                seq = store.next_seq
+                store.next_seq = seq + 1
+                if self.consumers and not msgs:
+                    c = self._next_ready()
+                    if c is not None:
+                        c.sink.deliver(c, self, seq, msg, False)
+                        return ACCEPTED
+                msgs.append((seq, msg, False, 0.0))
+                size = msg.size
+                store.ready_bytes += size
+                self.node.queued_bytes += size
+                return FLOW if length and self.consumers else ACCEPTED
         return self._publish_slow(msg)
 
     def in_flow(self) -> bool:

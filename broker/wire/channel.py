@@ -291,9 +291,7 @@ class Channel:
         return ACCEPTED
 
     def _send_return(self, msg: Message, code: int, text: str) -> None:
-        conn = self.conn
-        conn.send(M.return_frame(self.number, code, text, msg.ex_rk))
-        conn.send_parts(M.content_frames(self.number, msg.header, msg.body, conn.frame_max), msg.size)
+        self._send_content(M.return_frame(self.number, code, text, msg.ex_rk), msg)
 
     def flush_confirms(self) -> None:
         if self.confirms is not None:
@@ -327,14 +325,17 @@ class Channel:
 
     def deliver(self, consumer: Consumer, queue: Queue, seq: int, msg: Message, redelivered: bool) -> None:
         tag = self.unacked.hand_out(queue, seq, msg, redelivered, consumer, consumer.no_ack)
-        self._send_content(M.deliver_frame(self.number, consumer.wire_tag, tag, redelivered, msg.ex_rk), msg)
+        # (_send_content, inline: this is the hot path)
+        conn = self.conn
+        number = self.number
+        method_frame = M.deliver_frame(number, consumer.wire_tag, tag, redelivered, msg.ex_rk)
+        conn.send_parts(M.content_frames(number, msg.header, msg.body, conn.frame_max, method_frame), msg.size)
+        self.node.stats_delivered += 1
 
     def _send_content(self, method_frame: bytes, msg: Message) -> None:
-        """A basic.deliver / get-ok frame followed by the message content."""
+        """A basic.get-ok / return frame followed by the message content."""
         conn = self.conn
-        conn.send(method_frame)
-        conn.send_parts(M.content_frames(self.number, msg.header, msg.body, conn.frame_max), msg.size)
-        self.node.stats_delivered += 1
+        conn.send_parts(M.content_frames(self.number, msg.header, msg.body, conn.frame_max, method_frame), msg.size)
 
     def _ack(self, tag: int, multiple: bool, kind: str, requeue: bool) -> None:
         unacked = self.unacked
@@ -620,6 +621,7 @@ class Channel:
         seq, msg, redelivered, _ = entry
         tag = self.unacked.hand_out(q, seq, msg, redelivered, None, m.no_ack)
         self._send_content(M.get_ok_frame(self.number, tag, redelivered, msg.ex_rk, q.total()), msg)
+        self.node.stats_delivered += 1
 
     def _basic_recover(self, m: Any) -> None:
         if not m.requeue:
