@@ -315,9 +315,19 @@ class Queue:
         store = self.store
         if not store.messages and not self._refill():
             return
+        n = 0
         if self.has_ttl_msgs:
             self.drop_expired()
-        n = 0
+        elif len(self.consumers) == 1:
+            # one consumer and no TTL (the common case): no choice to make per message
+            c = self.consumers[0]
+            sink = c.sink
+            while c.ready():
+                if not store.messages and not self._refill():
+                    break
+                seq, msg, redelivered, _ = store.pop()
+                sink.deliver(c, self, seq, msg, redelivered)
+                n += 1 + (msg.size >> CREDIT_SHIFT)
         while True:
             if not store.messages and not self._refill():
                 break

@@ -184,6 +184,13 @@ class Channel:
             # RabbitMQ: 501 "cannot decode" for malformed method arguments
             raise AMQPError(FRAME_ERROR, str(exc), index >> 16, index & 0xFFFF) from None
         if index == BASIC_ACK:
+            if not bits and self.tx is None:
+                # the hot path: one plain ack
+                if not self.unacked.ack_one(tag):
+                    raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
+                self.node.stats_acked += 1
+                self.conn.want_dispatch(self)
+                return
             self._ack(tag, bool(bits & 1), "ack", False)
         elif index == BASIC_NACK:
             self._ack(tag, bool(bits & 1), "nack", bool(bits & 2))
@@ -338,15 +345,7 @@ class Channel:
         conn.send_parts(M.content_frames(self.number, msg.header, msg.body, conn.frame_max, method_frame), msg.size)
 
     def _ack(self, tag: int, multiple: bool, kind: str, requeue: bool) -> None:
-        unacked = self.unacked
-        if not multiple and self.tx is None and kind == "ack":
-            # the hot path: one plain ack
-            if not unacked.ack_one(tag):
-                raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
-            self.node.stats_acked += 1
-            self.conn.want_dispatch(self)
-            return
-        pairs = unacked.take(tag, multiple, kind)
+        pairs = self.unacked.take(tag, multiple, kind)
         if self.tx is not None:
             self.tx.acks.append((pairs, kind, requeue))
             return
