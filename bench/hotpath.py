@@ -109,7 +109,7 @@ async def run(args: argparse.Namespace) -> float:
     # as ``leveret.broker.cli.serve`` does after start
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(*(args.gc or (50_000, 20, 20)))
     try:
         pub, _ = await open_connection(broker)
         con, ct = await open_connection(broker)
@@ -177,6 +177,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--count", action="store_true", help="one run, for callgrind")
+    ap.add_argument("--gc", type=lambda v: tuple(int(x) for x in v.split(",")), help="gc thresholds (a,b,c)")
     ap.add_argument("--profile-to", help="cProfile the timed loop of one run into this file")
     args = ap.parse_args()
     if args.profile:

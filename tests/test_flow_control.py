@@ -8,6 +8,7 @@ broker engage it only under load).  The checks are on behaviour, not timings.
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 
@@ -179,3 +180,80 @@ def test_a_broker_that_is_no_longer_busy_releases_waiting_publishers(monkeypatch
         publisher.join(5)
         assert not b.broker.busy and not b.broker.in_flow
         stuck.close()
+
+
+def _stuck_queue_in_flow(b: BrokerThread, queue: str) -> tuple[pika.BlockingConnection, RawClient]:
+    """A queue in flow (FLOW_LEN messages, a consumer stuck with 10 unacked) and a raw
+    publisher that filled it, its credit (nearly) whole: it ran into flow only at the end."""
+    stuck = pika.BlockingConnection(pika.URLParameters(b.url))
+    sch = stuck.channel()
+    sch.queue_declare(queue)
+    sch.basic_qos(prefetch_count=10)
+    sch.basic_consume(queue, lambda *a: None)
+    stuck.process_data_events(0.1)
+    raw = RawClient.connect(b.port, timeout=30)
+    raw.handshake()
+    raw.open_channel(1)
+    raw.send(publish_frames(1, "", queue, BODY) * (FLOW_LEN + 10))
+    raw.rpc(1, C.Queue.Declare(queue=queue, passive=True), C.Queue.DeclareOk)
+    assert b.broker is not None and b.broker.vhosts["/"].queues[queue].in_flow()
+    return stuck, raw
+
+
+def _numbered(n: int, start: int = 0) -> bytes:
+    return b"".join(publish_frames(1, "", "held", b"%08d" % i) for i in range(start, start + n))
+
+
+def test_a_publisher_out_of_credit_mid_read_has_the_rest_of_the_read_held_then_handled_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read is hundreds of publishes: once the publisher's credit is used up the rest of
+    the read waits (held, not handled) until the queue's consumers make room, then goes in
+    order, nothing lost."""
+    monkeypatch.setattr(connection, "FLOW_MAX_PAUSE", 120.0)  # no credit by timeout here
+    with BrokerThread(Config(port=0, flow_cpu=0)) as b:
+        stuck, raw = _stuck_queue_in_flow(b, "held")
+        start = _depth(b, "held")
+        raw.send(_numbered(3000))  # one write: reads of up to 256 KiB, ~2,000 publishes each
+        time.sleep(0.5)
+        taken = _depth(b, "held") - start
+        assert 0 < taken <= CREDIT_INITIAL, taken  # the credit's worth, not the whole read
+        conn = next(c for c in b.broker.connections if c.flow_gates)  # type: ignore[union-attr]
+        assert conn._held, "nothing held"
+        # the queue leaves flow (purged): everything held is handled, in order
+        purged = stuck.channel().queue_purge("held").method.message_count
+        raw.rpc(1, C.Queue.Declare(queue="held", passive=True), C.Queue.DeclareOk)
+        assert purged == start + taken
+        bodies = []
+        with pika.BlockingConnection(pika.URLParameters(b.url)) as c:
+            ch = c.channel()
+            while (m := ch.basic_get("held", auto_ack=True))[0] is not None:
+                bodies.append(int(m[2]))
+        assert bodies == list(range(taken, 3000))
+        raw.close()
+        stuck.close()
+
+
+def test_a_framing_error_after_held_publishes_comes_after_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connection, "FLOW_MAX_PAUSE", 120.0)
+    with BrokerThread(Config(port=0, flow_cpu=0)) as b:
+        stuck, raw = _stuck_queue_in_flow(b, "held")
+        start = _depth(b, "held")
+        raw.send(_numbered(3000) + b"\x01\x00\x01\x00\x00\x00\x00\x00")  # a bad frame-end octet last
+        time.sleep(0.5)
+        taken = _depth(b, "held") - start
+        assert 0 < taken <= CREDIT_INITIAL, taken
+        assert not _readable(raw), "the error came before the held publishes"
+        stuck.channel().queue_purge("held")
+        m = raw.expect_connection_close(501)
+        assert m.reply_text.startswith("FRAME_ERROR")
+        with pika.BlockingConnection(pika.URLParameters(b.url)) as c:
+            count = c.channel().queue_declare("held", passive=True).method.message_count
+        assert count == 3000 - taken  # every publish before the error went in
+        raw.close()
+        stuck.close()
+
+
+def _readable(raw: RawClient) -> bool:
+    r, _, _ = select.select([raw.sock], [], [], 0)
+    return bool(r)

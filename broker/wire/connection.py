@@ -48,7 +48,7 @@ from leveret.protocol.constants import (
     PROTOCOL_HEADER,
     UNEXPECTED_FRAME,
 )
-from leveret.protocol.frames import HEARTBEAT_FRAME, FrameError, FrameParser
+from leveret.protocol.frames import HEARTBEAT_FRAME, Frame, FrameError, FrameParser
 
 if TYPE_CHECKING:
     from leveret.broker.server import Broker
@@ -126,6 +126,9 @@ class Connection(asyncio.Protocol):
         self.flow_gates: list[FlowGate] = []
         self._flow_timer: asyncio.TimerHandle | None = None
         self.flow_events = 0
+        #: frames read but not handled yet: credit ran out at a publish before them
+        self._held: list[Frame] | None = None
+        self._held_error: FrameError | None = None  # ... and the framing error after them
         self.last_recv = 0.0
         self.last_send = 0.0
         self._timers: list[asyncio.TimerHandle] = []
@@ -288,14 +291,32 @@ class Connection(asyncio.Protocol):
             data = self._protocol_header(data)
             if not data:
                 return
-        self.in_read = True
         error: FrameError | None = None
         try:
             frames = self.parser.feed(data)
         except FrameError as exc:
             frames, error = exc.frames, exc  # the frames before the bad one still count
-        self._handle_frames(frames)
+        if self._held is not None:
+            # (frames of an earlier read still wait for flow credit: these go after them)
+            self._held += frames
+            if error is not None:
+                self._held_error = error
+            return
+        self._process(frames, error)
+
+    def _process(self, frames: list[Frame], error: FrameError | None) -> None:
+        """Handle the frames of a read (and then the error that ended them), then dispatch
+        and write out what they caused.  If the connection runs out of flow credit on the
+        way, the frames after that publish are *held* (with the error) until it gets
+        credit again (:meth:`_leave_flow`): a read of 256 KiB is hundreds of publishes,
+        and a publisher in flow must not get more than its credit's worth of them handled
+        per round, or the consumers it is held for wait on it."""
+        self.in_read = True
+        stop = self._handle_frames(frames)
         self.in_read = False
+        if stop:
+            self._held = frames[stop:]
+            self._held_error, error = error, None
         if error is not None:
             self._fatal(AMQPError(FRAME_ERROR, str(error)))
         if self.dispatch_channels:
@@ -308,7 +329,19 @@ class Connection(asyncio.Protocol):
         else:
             broker.check_alarm()
 
-    def _handle_frames(self, frames: list[tuple[int, int, bytes]]) -> None:
+    def _handle_held(self) -> None:
+        """Credit came back: handle the held frames; read again once none are held."""
+        frames, error = self._held, self._held_error
+        self._held = self._held_error = None
+        if frames is None or self.state == S_CLOSED:
+            return
+        self._process(frames, error)
+        if self._held is None and not self.flow_gates:
+            self._resume_reading("flow")
+
+    def _handle_frames(self, frames: list[Frame]) -> int:
+        """Handle frames in order; 0 when all were handled, else the index of the first
+        one left for later (this connection ran out of flow credit)."""
         i = 0
         n = len(frames)
         while i < n:
@@ -339,6 +372,8 @@ class Connection(asyncio.Protocol):
                                         if msg is not None:
                                             i += 2
                                             channel.publish(msg, assembly.mandatory)
+                                            if self.flow_gates and i < n:
+                                                return i  # out of credit: the rest waits
                                             continue
                             channel.handle_raw_method(idx, payload)
                             continue
@@ -353,6 +388,8 @@ class Connection(asyncio.Protocol):
                         # RabbitMQ: a channel never opened expects a method frame first
                         raise AMQPError(UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
                     channel.handle_content(ftype, payload)
+                    if self.flow_gates and i < n:
+                        return i  # out of credit: the rest waits
                 elif ftype == FRAME_HEARTBEAT:
                     if ch != 0:
                         raise AMQPError(UNEXPECTED_FRAME, f"heartbeat frame on channel {ch}")
@@ -361,6 +398,7 @@ class Connection(asyncio.Protocol):
             except Exception:  # a bug must not take the broker down
                 log.exception("internal error on %s channel %d", self.peer, ch)
                 self._fatal(AMQPError(INTERNAL_ERROR, "internal error"))
+        return 0
 
     def _protocol_header(self, data: bytes) -> bytes:
         buf = self._hbuf + data
@@ -539,6 +577,7 @@ class Connection(asyncio.Protocol):
             self._cleanup()
 
     def _cleanup(self) -> None:
+        self._held = self._held_error = None
         if self.flow_gates:
             self._leave_flow()
         for ch in list(self.channels.values()):
@@ -783,7 +822,10 @@ class Connection(asyncio.Protocol):
             self._flow_timer = None
         self.credit = max(self.credit, 1)
         self.broker.in_flow.discard(self)
-        self._resume_reading("flow")
+        if self._held is not None:
+            self.loop.call_soon(self._handle_held)  # (reading resumes after them)
+        else:
+            self._resume_reading("flow")
 
     def block(self, reason: str = "low on memory") -> None:
         """Memory or disk alarm: stop reading from a publishing connection, telling it
