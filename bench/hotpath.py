@@ -104,7 +104,10 @@ async def open_connection(broker: Broker) -> tuple[Connection, CountingTransport
 
 async def run(args: argparse.Namespace) -> float:
     fields = Config.__dataclass_fields__
-    broker = Broker(Config(port=0, host="127.0.0.1", **{k: None for k in ("http_port", "prometheus_port") if k in fields}))
+    extra: dict[str, Any] = {k: None for k in ("http_port", "prometheus_port") if k in fields}
+    if args.data_dir:
+        extra["data_dir"] = args.data_dir
+    broker = Broker(Config(port=0, host="127.0.0.1", **extra))
     await broker.start()
     # as ``leveret.broker.cli.serve`` does after start
     gc.collect()
@@ -140,7 +143,8 @@ async def run(args: argparse.Namespace) -> float:
             subprocess.run(["callgrind_control", "-z", str(os.getpid())], check=True, capture_output=True)
         t0 = time.perf_counter()
         for _ in range(rounds):
-            pub.data_received(read)
+            if not args.drain:
+                pub.data_received(read)
             if not args.autoack:
                 # the consumer keeps the publisher's pace: it acks as many as were published
                 last = min(channel.unacked.delivery_tag, acked + args.batch)
@@ -159,7 +163,10 @@ async def run(args: argparse.Namespace) -> float:
             subprocess.run(["callgrind_control", "-d", str(os.getpid())], check=True, capture_output=True)
         n = rounds * args.batch
         q = broker.vhosts["/"].queues["hot"]
-        if q.store.total() > args.backlog + args.prefetch + args.batch or ct.nbytes < n * args.size:
+        if args.drain:
+            if q.store.total() > args.backlog - n or ct.nbytes < n * args.size:
+                raise SystemExit(f"the drain fell behind: {q.store.total()} ready, {ct.nbytes} bytes out")
+        elif q.store.total() > args.backlog + args.prefetch + args.batch or ct.nbytes < n * args.size:
             raise SystemExit(f"the consumer fell behind: {q.store.total()} ready, {ct.nbytes} bytes out")
         return elapsed / n * 1e6
     finally:
@@ -174,6 +181,8 @@ def main() -> None:
     ap.add_argument("--prefetch", type=int, default=100)
     ap.add_argument("--autoack", action="store_true")
     ap.add_argument("--backlog", type=int, default=0, help="messages queued before the consumer starts")
+    ap.add_argument("--drain", action="store_true", help="no publishes while timing: the consumer drains the backlog")
+    ap.add_argument("--data-dir", help="a data directory (a queue past PAGE_MAX pages to its overflow log)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--count", action="store_true", help="one run, for callgrind")
@@ -199,7 +208,8 @@ def main() -> None:
 
     print(
         f"{Path(leveret.broker.__file__).parent.parent}: "
-        f"{args.size} B, {mode}, {args.batch} publishes per read, backlog {args.backlog}: "
+        f"{args.size} B, {mode}, {args.batch} {'acks' if args.drain else 'publishes'} per read, "
+        f"backlog {args.backlog}{' drained' if args.drain else ''}: "
         f"{statistics.median(runs):.3f} µs/msg median of {len(runs)} "
         f"(min {min(runs):.3f}, max {max(runs):.3f})"
     )

@@ -76,6 +76,36 @@ def test_transient_backlog_pages_to_an_overflow_log_and_comes_back_in_order(smal
         conn.close()
 
 
+def test_records_are_released_once_read_back_even_while_their_messages_are_unacked(
+    small_pages: None, tmp_path: Path
+) -> None:
+    """An overflow record is done with once its message is back in RAM: a consumer sitting
+    on unacked messages read back from the overflow log pins none of its segments, and a
+    requeue of them loses nothing (they are in RAM)."""
+    n = 2000
+    with BrokerThread(Config(port=0, data_dir=str(tmp_path), segment_size=64 * 1024)) as b:
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = conn.channel()
+        ch.queue_declare("held")
+        bodies = [b"%06d:" % i + b"z" * 1000 for i in range(n)]
+        for body in bodies:
+            ch.basic_publish("", "held", body)
+        assert len([f for f in _overflow_files(tmp_path) if f.startswith("msgs.")]) > 5
+        tags = []
+        for _ in range(n):
+            m, _, body = ch.basic_get("held")  # unacked
+            tags.append(m.delivery_tag)
+        assert b.broker is not None
+        q = b.broker.vhosts["/"].queues["held"]
+        assert q.store.plog is None  # all read back: in RAM only again
+        assert len([f for f in _overflow_files(tmp_path) if f.startswith("msgs.")]) <= 1
+        ch.basic_nack(tags[-1], multiple=True, requeue=True)
+        again = [ch.basic_get("held", auto_ack=True)[2] for _ in range(n)]
+        assert again == bodies
+        assert ch.queue_declare("held", passive=True).method.message_count == 0
+        conn.close()
+
+
 def test_overflow_logs_do_not_survive_a_restart_and_purge_empties_them(small_pages: None, tmp_path: Path) -> None:
     with BrokerThread(Config(port=0, data_dir=str(tmp_path), segment_size=64 * 1024)) as b:
         conn = pika.BlockingConnection(pika.URLParameters(b.url))
@@ -125,5 +155,8 @@ def test_a_paged_record_without_exchange_and_routing_key_is_dropped_not_raised(t
     assert bq.refill(lambda m, now: 0.0, False)
     got = [bq.pop()[1] for _ in range(len(bq.messages))]
     assert [(m.routing_key, bytes(m.body)) for m in got] == [("q", b"a"), ("q", b"a")]
-    assert qlog.live_count == 2  # the bad one was acked
+    # every record was read back (the good ones are in RAM now, the bad one dropped):
+    # nothing is left in the overflow log, and the queue no longer pages to it
+    assert qlog.live_count == 0
+    assert bq.plog is None
     qlog.close()

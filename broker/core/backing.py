@@ -14,8 +14,9 @@ the ready ones in order and in memory or on disk:
   positions (``tail``) and read back ``PAGE_BATCH`` at a time.  A durable queue pages to
   its own log; any other queue to an *overflow log* of its own (an ephemeral
   ``QueueLog``: no fsync, no ack files, deleted at restart), opened when it first needs
-  one and dropped from use (``plog`` back to None) once every record in it is acked, so
-  that a queue that has drained is back on the fast path;
+  one.  Its records are acked as they are read back (the messages are in RAM then, and
+  need not survive a restart), and once all are read back it is dropped from use
+  (``plog`` back to None), so that a queue that has drained is back on the fast path;
 * compaction of the durable log, moving every seq it holds.
 
 Seqs.  ``seq`` increases per queue, so a requeued message goes back to its place.  In a
@@ -271,6 +272,7 @@ class BackingQueue:
         redelivered_set = self.recovered_delivered
         msgs = self.messages
         names_of = NAMES.get
+        release = plog is self.overflow
         loaded = 0
         end = start
         while end < last and (loaded < PAGE_BATCH_BYTES or self.max_priority):
@@ -296,6 +298,10 @@ class BackingQueue:
                 exp = expires_at(msg, ts) if queue_ttl or header[FLAGS_HI] & HI_EXPIRATION else 0.0
                 msgs.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, exp))
                 loaded += len(body)
+            if release:
+                # an overflow log's records are done with once read back: the messages are
+                # in RAM now, and nothing of them need survive a restart (no ack later)
+                plog.ack_many(positions)
         self.ready_bytes += loaded
         self.tail_bytes -= loaded
         self.node.queued_bytes += loaded
@@ -303,6 +309,8 @@ class BackingQueue:
             self.tail = array("Q")
             self.tail_start = 0
             self.tail_bytes = 0
+            if release and not plog.live_count:
+                self.plog = None  # all read back: the queue is in RAM only again
         elif end > 65536 and end > n // 2:
             self.tail = tail[end:]
             self.tail_start = 0
@@ -311,12 +319,12 @@ class BackingQueue:
         return True
 
     def discard(self, seq: int) -> None:
-        """A message left the queue for good: ack its log record, if it has one."""
-        plog = self.plog
-        if plog is not None and not seq & SEQ_MASK:
-            plog.ack(seq >> SEQ_SHIFT)
-            if plog is self.overflow and self.tail_start >= len(self.tail) and not plog.live_count:
-                self.plog = None  # drained: back to RAM only (the fast path)
+        """A message left the queue for good: ack its record in the durable log, if it
+        has one.  (A message paged to the overflow log had its record acked when it was
+        read back: :meth:`refill`.)"""
+        log = self.log
+        if log is not None and not seq & SEQ_MASK:
+            log.ack(seq >> SEQ_SHIFT)
 
     def mark_delivered(self, seq: int) -> None:
         """A message with a log record was handed out for the first time: a crash now
@@ -334,8 +342,7 @@ class BackingQueue:
             self.tail_start = 0
             for e in self.messages:
                 self.discard(e[0])
-            for i in range(start, len(tail)):
-                plog.ack(tail[i])
+            plog.ack_many(tail[start:])
             if plog is self.overflow and not plog.live_count:
                 self.plog = None
         self.tail = array("Q")

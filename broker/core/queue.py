@@ -388,7 +388,7 @@ class Queue:
         store = self.store
         if not reject:
             store.stats_ack += 1
-        if store.plog is not None:
+        if store.log is not None:
             store.discard(seq)
         if reject and self.dlx is not None and not self.deleted:
             self.dead_letter(msg, "rejected")

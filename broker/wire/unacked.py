@@ -52,7 +52,7 @@ class UnackedTracker:
             queue.unacked_count += 1
             if not redelivered and store.log is not None:  # (durable: recovery marks)
                 store.mark_delivered(seq)
-        elif store.plog is not None:
+        elif store.log is not None:
             store.discard(seq)
         return tag
 

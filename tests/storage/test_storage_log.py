@@ -470,3 +470,51 @@ def test_read_records_decodes_as_read_and_decode(tmp_path: Path, ephemeral: bool
     assert out[0] == record.decode(qlog.read(live[0])) and out[3] == record.decode(qlog.read(live[1]))
     assert isinstance(out[1], ValueError) and isinstance(out[2], Exception)
     qlog.close()
+
+
+@pytest.mark.parametrize("ephemeral", [False, True])
+def test_ack_many_does_what_ack_does_one_by_one(tmp_path: Path, ephemeral: bool) -> None:
+    """Runs of consecutive records (the fast path), gaps, records acked before, unknown
+    positions, positions out of order, several segments: the same live records, counts,
+    files and (durable) recovery as acking each position with ack()."""
+    import random
+
+    rnd = random.Random(5)
+    for case in range(12):
+        logs = []
+        for name in ("many", "one"):
+            d = tmp_path / f"{case}-{name}"
+            q = QueueLog(d, 2048, ephemeral=ephemeral)
+            q.recover()
+            ps = [q.append(payload(i)) for i in range(120)]
+            q.flush()
+            logs.append((d, q, ps))
+        ps = logs[0][2]
+        assert ps == logs[1][2]
+        before = rnd.sample(ps, 10)  # acked earlier, one by one, in both
+        lo = rnd.randrange(0, 60)
+        chosen = ps[lo : lo + rnd.randrange(1, 60)]  # a run, maybe across segments
+        if case % 3 == 1:
+            chosen = [p for p in chosen if rnd.random() < 0.8]  # with gaps
+        if case % 3 == 2:
+            chosen = chosen + [ps[-1] + (1 << 32) * 7, ps[0] + 3]  # unknown positions
+            rnd.shuffle(chosen)  # out of order
+        for _, q, _ in logs:
+            for p in before:
+                q.ack(p)
+        logs[0][1].ack_many(chosen)
+        for p in chosen:
+            logs[1][1].ack(p)
+        (da, qa, _), (db, qb, _) = logs
+        assert (qa.live_count, qa.live_bytes) == (qb.live_count, qb.live_bytes)
+        assert files(da) == files(db)
+        for p in ps:
+            ra, rb = qa.read_many([p]), qb.read_many([p])
+            assert type(ra[0]) is type(rb[0]) and (ra == rb or isinstance(ra[0], Exception))
+        if not ephemeral:
+            for _, q, _ in logs:
+                job = q.sync_job()
+                if job is not None:
+                    job()
+                q.close()
+            assert recover(da, 2048)[1] == recover(db, 2048)[1]
