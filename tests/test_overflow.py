@@ -4,6 +4,7 @@ memory stays bounded, order and bytes are kept, and nothing of it survives a res
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pika
@@ -103,6 +104,49 @@ def test_records_are_released_once_read_back_even_while_their_messages_are_unack
         again = [ch.basic_get("held", auto_ack=True)[2] for _ in range(n)]
         assert again == bodies
         assert ch.queue_declare("held", passive=True).method.message_count == 0
+        conn.close()
+
+
+def test_a_draining_queue_reads_ahead_of_its_consumers(small_pages: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With consumers, a queue draining from its log keeps READ_AHEAD messages ready in RAM
+    (read back in chunks between dispatches), not just a batch once RAM ran out; order and
+    count are kept."""
+    monkeypatch.setattr(backing, "READ_AHEAD", 120)
+    monkeypatch.setattr(backing, "READ_AHEAD_CHUNK", 30)
+    n = 2000
+    with BrokerThread(Config(port=0, data_dir=str(tmp_path), segment_size=64 * 1024)) as b:
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = conn.channel()
+        ch.queue_declare("ahead")
+        bodies = [b"%06d" % i for i in range(n)]
+        for body in bodies:
+            ch.basic_publish("", "ahead", body)
+        assert b.broker is not None
+        q = b.broker.vhosts["/"].queues["ahead"]
+        assert len(q.store.tail) > 1000  # paged out
+        ch.basic_qos(prefetch_count=10)
+        got: list[bytes] = []
+        tags: list[int] = []
+
+        def on_msg(c: object, method: object, props: object, body: bytes) -> None:
+            got.append(body)
+            tags.append(method.delivery_tag)  # type: ignore[attr-defined]
+            if len(got) <= 400:
+                ch.basic_ack(method.delivery_tag)  # type: ignore[attr-defined]
+
+        ch.basic_consume("ahead", on_msg)
+        deadline = time.monotonic() + 10
+        while len(got) < 410 and time.monotonic() < deadline:
+            conn.process_data_events(0.05)
+        conn.process_data_events(0.3)  # (the consumer is stuck now: 10 unacked)
+        assert len(got) == 410
+        assert len(q.store.messages) >= 120, len(q.store.messages)  # read ahead, not run dry
+        ch.basic_ack(tags[-1], multiple=True)
+        while len(got) < n and time.monotonic() < deadline + 20:
+            conn.process_data_events(0.05)
+            if tags:
+                ch.basic_ack(tags[-1], multiple=True)
+        assert got == bodies
         conn.close()
 
 

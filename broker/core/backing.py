@@ -55,6 +55,12 @@ FLOW_BYTES = PAGE_MAX_BYTES // 2
 SHORT, LONG, PAGING = 0, 1, 2  # BackingQueue.length()
 PAGE_BATCH = 2000  # messages loaded back from the log at a time
 PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes
+#: a queue with consumers draining from its log reads ahead: with fewer than READ_AHEAD
+#: ready messages in RAM, READ_AHEAD_CHUNK more are read back on the next loop iteration
+#: (``Queue._read_ahead``), while its consumers work on what they were just sent, rather
+#: than PAGE_BATCH at once when RAM runs out, while they wait for it
+READ_AHEAD = 500
+READ_AHEAD_CHUNK = 100
 
 
 class PriorityDeque:
@@ -139,6 +145,7 @@ class BackingQueue:
         self.tail_start = 0
         self.tail_bytes = 0  # body bytes of the paged-out messages (x-max-length-bytes)
         self.recovered_delivered: set[int] | frozenset[int] = frozenset()
+        self.reading_ahead = False  # a read-ahead is scheduled (Queue._read_ahead)
         # the queue's message counters (the management API samples them into rates)
         self.stats_publish = 0
         self.stats_deliver = 0
@@ -257,7 +264,9 @@ class BackingQueue:
         self.node.queued_bytes -= size
         return e
 
-    def refill(self, expires_at: Callable[[Message, float], float], queue_ttl: bool = True) -> bool:
+    def refill(
+        self, expires_at: Callable[[Message, float], float], queue_ttl: bool = True, batch: int = 0
+    ) -> bool:
         """Load the next batch of paged-out messages from the log into RAM; False when
         there is none.  ``expires_at(msg, now)`` gives each one's expiry (0: none); it
         is only asked for messages with an expiration when not ``queue_ttl``."""
@@ -268,7 +277,7 @@ class BackingQueue:
         if start >= n or plog is None:
             return False
         # a priority queue loads everything: delivery order depends on all of it
-        last = n if self.max_priority else min(n, start + PAGE_BATCH)
+        last = n if self.max_priority else min(n, start + (batch or PAGE_BATCH))
         redelivered_set = self.recovered_delivered
         msgs = self.messages
         names_of = NAMES.get

@@ -22,6 +22,7 @@ from array import array
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from leveret.broker.core import backing
 from leveret.broker.core.backing import PAGING, BackingQueue, Entry
 from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.flow import CREDIT_SHIFT, FlowGate
@@ -262,8 +263,8 @@ class Queue:
             self.has_ttl_msgs = True
             self.node.loop.call_soon(self._on_expiry_timer)
 
-    def _refill(self) -> bool:
-        if not self.store.refill(self.expires_at, self.ttl is not None):
+    def _refill(self, batch: int = 0) -> bool:
+        if not self.store.refill(self.expires_at, self.ttl is not None, batch):
             return False
         if self.has_ttl_msgs:
             self._schedule_expiry()
@@ -346,6 +347,17 @@ class Queue:
                 self.flow.release()
             elif n:
                 self.flow.delivered(n)
+        if store.tail_start < len(store.tail) and len(store.messages) < backing.READ_AHEAD and not store.reading_ahead:
+            store.reading_ahead = True
+            self.node.loop.call_soon(self._read_ahead)
+
+    def _read_ahead(self) -> None:
+        """Read the next paged-out messages back while the consumers are busy with what
+        they were sent (see READ_AHEAD), then dispatch (which may read ahead again)."""
+        store = self.store
+        store.reading_ahead = False
+        if not self.deleted and len(store.messages) < backing.READ_AHEAD and self._refill(backing.READ_AHEAD_CHUNK):
+            self.dispatch()
 
     def get(self) -> Entry | None:
         """basic.get: the head entry, taken out of the queue (None: empty)."""
