@@ -324,7 +324,9 @@ class Queue:
             c = self.consumers[0]
             sink = c.sink
             while c.ready():
-                if not store.messages and not self._refill():
+                # (a batch read back may be the first to carry expirations: a durable
+                # queue after a restart.  The loop below then checks each message)
+                if not store.messages and (not self._refill() or self.has_ttl_msgs):
                     break
                 seq, msg, redelivered, _ = store.pop()
                 sink.deliver(c, self, seq, msg, redelivered)
