@@ -257,3 +257,20 @@ def test_a_framing_error_after_held_publishes_comes_after_them(monkeypatch: pyte
 def _readable(raw: RawClient) -> bool:
     r, _, _ = select.select([raw.sock], [], [], 0)
     return bool(r)
+
+
+def test_a_publisher_held_by_a_stuck_consumer_still_gets_a_credit_window_per_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Flow slows, it never blocks: against a consumer that never acks, a publisher waiting
+    longer than FLOW_MAX_PAUSE gets a whole CREDIT_INITIAL each time (held frames go on)."""
+    monkeypatch.setattr(connection, "FLOW_MAX_PAUSE", 0.2)
+    with BrokerThread(Config(port=0, flow_cpu=0)) as b:
+        stuck, raw = _stuck_queue_in_flow(b, "held")
+        start = _depth(b, "held")
+        raw.send(_numbered(3000))
+        time.sleep(1.0)  # the credit at once, then about four timeouts
+        taken = _depth(b, "held") - start
+        assert taken >= 3 * CREDIT_INITIAL, taken
+        raw.close()
+        stuck.close()

@@ -22,7 +22,7 @@ from pamqp import commands as C
 from pamqp import decode as pdecode
 
 from leveret.broker.core.errors import AMQPError
-from leveret.broker.core.flow import CREDIT_INITIAL, CREDIT_MORE, CREDIT_SHIFT, FlowGate
+from leveret.broker.core.flow import CREDIT_INITIAL, CREDIT_SHIFT, FlowGate
 from leveret.broker.tls import peer_common_name
 from leveret.broker.wire.channel import CLOSING, Channel
 from leveret.protocol import methods as M
@@ -333,9 +333,10 @@ class Connection(asyncio.Protocol):
         """Credit came back: handle the held frames; read again once none are held."""
         frames, error = self._held, self._held_error
         self._held = self._held_error = None
-        if frames is None or self.state == S_CLOSED:
-            return
-        self._process(frames, error)
+        if frames is not None and self.state != S_CLOSED:
+            self._process(frames, error)
+        # (also when the held frames were dropped meanwhile, by a close: its close-ok
+        # must be read)
         if self._held is None and not self.flow_gates:
             self._resume_reading("flow")
 
@@ -810,7 +811,7 @@ class Connection(asyncio.Protocol):
     def _flow_timeout(self) -> None:
         # never wait for ever: a consumer may be stuck with a full prefetch window
         self._flow_timer = None
-        self.credit = max(self.credit, 0) + CREDIT_MORE
+        self.credit = max(self.credit, 0) + CREDIT_INITIAL
         self._leave_flow()
 
     def _leave_flow(self) -> None:
