@@ -90,8 +90,8 @@ class Broker:
         self._sweep: asyncio.TimerHandle | None = None
         self.persistence: Persistence | None = None
         self.stats_published_gone = 0  # messages published in vhosts since deleted
-        self.stats_delivered = 0
-        self.stats_acked = 0
+        self.stats_delivered_gone = 0  # ... delivered from them, and from direct reply-to
+        self.stats_acked_gone = 0  # ... acked in them
         self.started_at = time.time()
         # churn, for the Prometheus endpoint (counted off the hot path)
         self.stats_connections_opened = 0
@@ -449,6 +449,8 @@ class Broker:
         for k in VHOST_COUNTERS:
             self.stats_deleted_vhosts[k] += getattr(v, "stats_" + k)
         self.stats_published_gone += v.stats_published
+        self.stats_delivered_gone += v.stats_delivered
+        self.stats_acked_gone += v.stats_acked
         self.access.forget_vhost(name)
         self._save_definitions()
 
@@ -619,6 +621,19 @@ class Broker:
         on the exchange, not again here."""
         return self.stats_published_gone + sum(v.stats_published for v in self.vhosts.values())
 
+    @property
+    def stats_delivered(self) -> int:
+        """Deliveries and basic.get-oks on the node: the queues' counters summed
+        (``VHost.stats_delivered``) and the direct reply-to pseudo-queues', deleted vhosts and
+        closed reply consumers included.  Counted once per delivery, on the queue."""
+        live = sum(ch.reply_queue.store.stats_deliver for ch in self.reply_channels.values() if ch.reply_queue is not None)
+        return self.stats_delivered_gone + live + sum(v.stats_delivered for v in self.vhosts.values())
+
+    @property
+    def stats_acked(self) -> int:
+        """Acks on the node (``VHost.stats_acked`` summed, deleted vhosts included)."""
+        return self.stats_acked_gone + sum(v.stats_acked for v in self.vhosts.values())
+
     def message_totals(self) -> dict[str, int]:
         """The vhosts' message counters (``VHost.stats_*``: ``confirm``,
         ``return_unroutable``, ``drop_unroutable``) summed over the node, deleted vhosts
@@ -644,7 +659,6 @@ class Broker:
             if entry is None:
                 break
             seq, msg, redelivered, _ = entry
-            self.stats_delivered += 1
             q.store.stats_deliver += 1
             if redelivered:
                 q.store.stats_redeliver += 1
@@ -653,8 +667,6 @@ class Broker:
             else:
                 q.unacked_count += 1
                 q.settle(seq, msg, reject)
-                if not reject:
-                    self.stats_acked += 1
             out.append((msg, redelivered, q.store.total()))
         if back:
             q.requeue(back)

@@ -76,6 +76,8 @@ class VHost:
         self.stats_return_unroutable = 0  # mandatory publishes that reached no queue (basic.return)
         self.stats_drop_unroutable = 0  # other publishes that reached no queue (dropped)
         self.stats_publish_gone = 0  # publish_in of exchanges since deleted
+        self.stats_deliver_gone = 0  # deliveries (and gets) from queues since deleted
+        self.stats_ack_gone = 0  # ... and their acks
         for xname, xtype in DEFAULT_EXCHANGES:
             self.exchanges[xname] = make_exchange(xtype, xname, durable=True)
 
@@ -184,6 +186,17 @@ class VHost:
         """Messages published in this vhost: its exchanges' ``publish_in``, deleted
         exchanges included."""
         return self.stats_publish_gone + sum(x.stats_publish_in for x in self.exchanges.values())
+
+    @property
+    def stats_delivered(self) -> int:
+        """Deliveries and basic.get-oks from this vhost's queues (``BackingQueue.stats_deliver``,
+        the one place a delivery is counted), deleted queues included."""
+        return self.stats_deliver_gone + sum(q.store.stats_deliver for q in self.queues.values())
+
+    @property
+    def stats_acked(self) -> int:
+        """Acks of those (``BackingQueue.stats_ack``), deleted queues included."""
+        return self.stats_ack_gone + sum(q.store.stats_ack for q in self.queues.values())
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
         not_default(name)
@@ -295,6 +308,8 @@ class VHost:
         q.deleted = True
         q.cancel_timers()
         self.queues.pop(q.name, None)
+        self.stats_deliver_gone += q.store.stats_deliver
+        self.stats_ack_gone += q.store.stats_ack
         owner = q.exclusive_owner
         if owner is not None and q in owner.exclusive_queues:
             owner.exclusive_queues.remove(q)

@@ -188,7 +188,6 @@ class Channel:
                 # the hot path: one plain ack
                 if not self.unacked.ack_one(tag):
                     raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
-                self.node.stats_acked += 1
                 self.conn.want_dispatch(self)
                 return
             self._ack(tag, bool(bits & 1), "ack", False)
@@ -337,7 +336,6 @@ class Channel:
         number = self.number
         method_frame = M.deliver_frame(number, consumer.wire_tag, tag, redelivered, msg.ex_rk)
         conn.send_parts(M.content_frames(number, msg.header, msg.body, conn.frame_max, method_frame), msg.size)
-        self.node.stats_delivered += 1
 
     def _send_content(self, method_frame: bytes, msg: Message) -> None:
         """A basic.get-ok / return frame followed by the message content."""
@@ -355,8 +353,6 @@ class Channel:
         if not entries:
             return
         self.unacked.settle(entries, requeue, reject)
-        if not requeue:
-            self.node.stats_acked += len(entries)
         # freed credit: let this channel's consumers take more
         self.conn.want_dispatch(self)
 
@@ -595,6 +591,7 @@ class Channel:
         if self.reply_consumer is not None:
             self.node.reply_channels.pop(self.reply_key, None)
             if self.reply_queue is not None:
+                self.node.stats_delivered_gone += self.reply_queue.store.stats_deliver  # (the node's total)
                 self.reply_queue.deleted = True
                 self.reply_queue.purge()
             self.reply_consumer = None
@@ -620,7 +617,6 @@ class Channel:
         seq, msg, redelivered, _ = entry
         tag = self.unacked.hand_out(q, seq, msg, redelivered, None, m.no_ack)
         self._send_content(M.get_ok_frame(self.number, tag, redelivered, msg.ex_rk, q.total()), msg)
-        self.node.stats_delivered += 1
 
     def _basic_recover(self, m: Any) -> None:
         if not m.requeue:
