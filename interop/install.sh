@@ -58,7 +58,7 @@ if [ -z "$py" ] && [ -n "${VIRTUAL_ENV:-}" ]; then
   py="$VIRTUAL_ENV/bin/python"
 fi
 if [ -n "$py" ]; then
-  "$py" -m pip install -q -r "$HERE/requirements.txt"
+  "$py" -m pip install -q -r "$HERE/requirements.txt" -c "$HERE/../tests/constraints.txt"
 else
   echo "interop/install.sh: no virtualenv active and PYTHON unset: skipped" \
        "'pip install -r interop/requirements.txt'" >&2

@@ -251,7 +251,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src, dist = tmp / "src", tmp / "dist"
     copy_checkout(src)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
          "--no-index", "-w", str(dist), str(src)],
         cwd=tmp,
         env=user_env(),
@@ -263,7 +263,49 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert build_droppings() == before, "building the wheel left files in the repository"
     wheels = list(dist.glob("*.whl"))
     assert len(wheels) == 1, wheels
+    (tmp / "build.log").write_text(proc.stdout + proc.stderr)
     return wheels[0]
+
+
+def test_wheel_builds_without_setuptools_warnings(wheel: Path) -> None:
+    """No deprecation with a deadline (``project.license`` as a table) and no package left
+    out of ``packages`` (``leveret.broker.http.static``): setuptools' build warnings."""
+    log = (wheel.parent.parent / "build.log").read_text()
+    warnings = [line.strip() for line in log.splitlines() if "BuildBackendWarning" in line
+                or "SetuptoolsDeprecationWarning" in line]
+    assert warnings == [], warnings
+
+
+def _requirement_names(specs: list[str]) -> set[str]:
+    import re
+
+    names = set()
+    for spec in specs:
+        spec = spec.split("#")[0].strip()
+        if spec:
+            names.add(re.split(r"[\[<>=!~; ]", spec, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_every_test_dependency_is_pinned_by_the_constraints_file() -> None:
+    """CI installs with tests/constraints.txt: every package the project and its test and
+    interop extras name (and interop/requirements.txt) has an exact pin there, and .ci/run
+    and interop/install.sh use the file."""
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = _requirement_names(meta["dependencies"])
+    for extra in ("test", "interop"):
+        wanted |= _requirement_names(meta["optional-dependencies"][extra])
+    wanted |= _requirement_names((REPO / "interop" / "requirements.txt").read_text().splitlines())
+    pins = {}
+    for line in (REPO / "tests" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line!r}"
+            pins[name.lower().replace("_", "-")] = version
+    assert sorted(wanted - pins.keys()) == []
+    assert {"pip", "setuptools", "wheel"} <= pins.keys()
+    assert 'PIP_CONSTRAINT="$PWD/tests/constraints.txt"' in (REPO / ".ci" / "run").read_text()
+    assert "tests/constraints.txt" in (REPO / "interop" / "install.sh").read_text()
 
 
 @pytest.mark.timeout(300)

@@ -57,7 +57,11 @@ class PKI:
         if not cert.exists():
             now = datetime.datetime.now(datetime.UTC)
             when = {"not_before": now - datetime.timedelta(days=30), "not_after": now - datetime.timedelta(days=1)}
-            leaf = (ca or self.ca).issue_cert(common_name=name, **(when if expired else {}))
+            # a subjectAltName is required by cryptography >= 51 (trustme passes an empty
+            # list without one); the user is the subject's CN, the SAN is only a label
+            leaf = (ca or self.ca).issue_cert(
+                f"{name}.clients.leveret.test", common_name=name, **(when if expired else {})
+            )
             leaf.cert_chain_pems[0].write_to_path(str(cert))
             leaf.private_key_pem.write_to_path(str(key))
         return str(cert), str(key)
