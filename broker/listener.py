@@ -311,8 +311,8 @@ async def open_listener(
                 infos.append(info)  # type: ignore[arg-type]
     sockets: list[socket.socket] = []
     try:
-        for family, type_, proto, addr in infos:
-            sock = socket.socket(family, type_, proto)
+        for fam, kind, proto, addr in infos:
+            sock = socket.socket(fam, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:

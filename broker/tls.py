@@ -64,6 +64,7 @@ def http_settings(config: Config) -> tuple[str | None, str | None, str, str]:
     ``http_tls_cert`` / ``http_tls_key``, each defaulting to the amqps listener's
     ``tls_cert`` / ``tls_key`` (with ``http_tls_cert`` given, its key is ``http_tls_key``
     or in that file)."""
+    cert: str | None
     if config.http_tls_cert:
         cert, cert_setting = config.http_tls_cert, "http_tls_cert: [http] tls_cert, --http-tls-cert"
     else:

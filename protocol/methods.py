@@ -111,8 +111,8 @@ def content_frames(
             )
         )
         if body.__class__ is Body:
-            return [first, *body.parts, FRAME_END_BYTE]  # type: ignore[union-attr]
-        return [first, body, FRAME_END_BYTE]
+            return [first, *body.parts, FRAME_END_BYTE]  # type: ignore[union-attr, list-item]
+        return [first, body, FRAME_END_BYTE]  # type: ignore[list-item]
     out: list[bytes | memoryview] = [
         b"".join((method_frame, pack_head(FRAME_HEADER, channel, len(header_payload)), header_payload, FRAME_END_BYTE))
     ]
@@ -215,7 +215,7 @@ def decode_method(payload: bytes) -> PamqpMethod:
     cls = commands.INDEX_MAPPING.get(index)
     if cls is None:
         raise UnknownMethod(f"unknown method class={index >> 16} method={index & 0xFFFF}")
-    method = cls.__new__(cls)
+    method = cls.__new__(cls)  # type: ignore[call-overload]
     try:
         _unmarshal(method, memoryview(payload)[4:].tobytes())
     except Exception as exc:  # struct.error, ValueError, IndexError, UnicodeDecodeError...
@@ -239,7 +239,7 @@ def _unmarshal(method: PamqpMethod, data: bytes) -> None:
             in_bits = True
             consumed = 0
         else:
-            consumed, value = decode.by_type(data, data_type)
+            consumed, value = decode.by_type(data, data_type)  # type: ignore[assignment]
         setattr(method, argument, value)
         if consumed:
             data = data[consumed:]

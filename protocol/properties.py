@@ -71,7 +71,7 @@ class PropertyError(Exception):
     """The content header's property list is malformed."""
 
 
-def body_size(header_payload: bytes) -> tuple[int, int]:
+def body_size(header_payload: bytes | memoryview) -> tuple[int, int]:
     """(class_id, body_size) of a content header payload."""
     if len(header_payload) < 14:
         raise PropertyError("content header too short")

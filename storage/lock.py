@@ -62,9 +62,9 @@ class DataDirLock:
                 os.close(fd)
                 raise
         try:
-            pid = f"{os.getpid()}\n".encode()
-            os.pwrite(fd, pid, 0)
-            os.ftruncate(fd, len(pid))
+            line = f"{os.getpid()}\n".encode()
+            os.pwrite(fd, line, 0)
+            os.ftruncate(fd, len(line))
         except OSError:
             pass  # (a full disk): the lock itself holds
         self._fd = fd

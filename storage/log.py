@@ -226,7 +226,7 @@ class QueueLog:
             if size > len(buf):  # (never resize: a caller might still hold a view on it)
                 buf = self._scratch = bytearray(max(size, self.segment_size))
             mv = payload = memoryview(buf)
-            size = f.readinto(mv[:size])  # type: ignore[assignment]
+            size = f.readinto(mv[:size])
         acked = self._load_acks(seg)
         delivered = {e & ~DELIVERED for e in acked if e & DELIVERED} if acked else ()
         base = n << 32
@@ -364,7 +364,8 @@ class QueueLog:
 
     def _flush_msgs(self) -> None:
         if self._wbuf:
-            _write_at(self._active.fd, self._wbuf, self._flushed)  # type: ignore[union-attr]
+            assert self._active is not None and self._active.fd is not None
+            _write_at(self._active.fd, self._wbuf, self._flushed)
             self._flushed += len(self._wbuf)
             self._wbuf = bytearray()
             self._msgs_dirty = True
@@ -455,13 +456,13 @@ class QueueLog:
         each one as :meth:`read` would return it or the exception it would raise.  Runs
         of records in one segment are read with one ``pread`` of up to ``_READ_RUN``
         bytes instead of one per record."""
-        return self._read_runs(positions, False)  # type: ignore[return-value]
+        return self._read_runs(positions, False)
 
     def read_records(self, positions: Sequence[int]) -> list[Decoded | Exception]:
         """:meth:`read_many` with each payload decoded as :func:`record.decode` does, in
         the same pass over the bytes read (paging a queue back in: no copy of the whole
         payload, no call per record)."""
-        return self._read_runs(positions, True)  # type: ignore[return-value]
+        return self._read_runs(positions, True)
 
     def _read_runs(self, positions: Sequence[int], decode: bool) -> list[Any]:
         out: list[Any] = []

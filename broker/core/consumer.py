@@ -19,10 +19,17 @@ if TYPE_CHECKING:
 class DeliverySink(Protocol):
     """Where a queue hands messages: implemented by the wire layer's channel."""
 
-    vhost: VHost
-    #: channel-wide prefetch (basic.qos global) and what counts against it
-    global_prefetch: int
-    global_unacked: int
+    @property
+    def vhost(self) -> VHost:
+        """The vhost the sink's channel is open on."""
+
+    @property
+    def global_prefetch(self) -> int:
+        """Channel-wide prefetch (basic.qos global; 0: none)."""
+
+    @property
+    def global_unacked(self) -> int:
+        """What counts against ``global_prefetch``."""
 
     def can_deliver(self) -> bool:
         """False while the sink cannot take output (flow, a full socket buffer)."""

@@ -76,7 +76,7 @@ def dead_lettered_copy(msg: Message, queue: Queue, reason: str, dlx: str, dlrk: 
             entry = match
             count = P.field_value(entry[b"count"]) if b"count" in entry else None
             ok = isinstance(count, int) and not isinstance(count, bool)
-            entry[b"count"] = P.long_value(count + 1) if ok else P.signedint_value(1)
+            entry[b"count"] = P.long_value(count + 1) if ok else P.signedint_value(1)  # type: ignore[operator]
         fields[b"x-death"] = P.array_value([P.table_value(sorted(entry.items())), *others])
     if dlrk is not None:
         fields.pop(b"CC", None)  # RabbitMQ: routed by the dead-letter key only

@@ -307,9 +307,9 @@ class Persistence:
                 args = decode_table(bd["arguments"])
                 try:
                     if bd["kind"] == "queue":
-                        q = v.queues.get(bd["destination"])
-                        if q is not None:
-                            v.bind_queue(q, bd["source"], bd["routing_key"], args)
+                        dest = v.queues.get(bd["destination"])
+                        if dest is not None:
+                            v.bind_queue(dest, bd["source"], bd["routing_key"], args)
                     else:
                         v.bind_exchange(bd["destination"], bd["source"], bd["routing_key"], args)
                 except Exception as exc:  # a dangling binding must not stop startup

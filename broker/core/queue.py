@@ -321,15 +321,15 @@ class Queue:
             self.drop_expired()
         elif len(self.consumers) == 1:
             # one consumer and no TTL (the common case): no choice to make per message
-            c = self.consumers[0]
-            sink = c.sink
-            while c.ready():
+            only = self.consumers[0]
+            sink = only.sink
+            while only.ready():
                 # (a batch read back may be the first to carry expirations: a durable
                 # queue after a restart.  The loop below then checks each message)
                 if not store.messages and (not self._refill() or self.has_ttl_msgs):
                     break
                 seq, msg, redelivered, _ = store.pop()
-                sink.deliver(c, self, seq, msg, redelivered)
+                sink.deliver(only, self, seq, msg, redelivered)
                 n += 1 + (msg.size >> CREDIT_SHIFT)
         while True:
             if not store.messages and not self._refill():

@@ -1273,8 +1273,8 @@ class Api:
                     return f"exchanges[{i}]: inequivalent to the existing exchange '{x['name']}' in vhost '{x['vhost']}'"
         for i, q in enumerate(defs.get("queues", [])):
             v = b.vhosts.get(q["vhost"])
-            old = v.queues.get(q["name"]) if v is not None else None
-            if old is not None and (old.durable, old.auto_delete, _jsonable(old.arguments)) != (
+            oldq = v.queues.get(q["name"]) if v is not None else None
+            if oldq is not None and (oldq.durable, oldq.auto_delete, _jsonable(oldq.arguments)) != (
                     q["durable"], q["auto_delete"], q["arguments"]):
                 return f"queues[{i}]: inequivalent to the existing queue '{q['name']}' in vhost '{q['vhost']}'"
         return ""

@@ -598,7 +598,7 @@ class Channel:
             self.reply_queue = None
 
     def _basic_cancel(self, m: C.Basic.Cancel) -> None:
-        c = self.consumers.pop(m.consumer_tag, None)
+        c = self.consumers.pop(m.consumer_tag or "", None)
         if not m.nowait:
             self.send(C.Basic.CancelOk(consumer_tag=m.consumer_tag))
         if c is not None:

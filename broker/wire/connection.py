@@ -100,7 +100,7 @@ class Connection(asyncio.Protocol):
         self._hbuf = b""
         self.channels: dict[int, Channel] = {}
         self.closing_channels: set[int] = set()
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []
         self.out_bytes = 0
         self.dirty = False
         self.paused_writing = False
@@ -213,7 +213,7 @@ class Connection(asyncio.Protocol):
             self.dirty = True
             self.broker.mark_dirty(self)
 
-    def send_parts(self, parts: list[bytes], size: int) -> None:
+    def send_parts(self, parts: list[bytes | memoryview], size: int) -> None:
         self.out.extend(parts)
         self.out_bytes += size + 32
         if not self.dirty:
@@ -345,6 +345,7 @@ class Connection(asyncio.Protocol):
         one left for later (this connection ran out of flow credit)."""
         i = 0
         n = len(frames)
+        payload: Any  # bytes, except body frames: memoryview pieces of the read
         while i < n:
             ftype, ch, payload = frames[i]
             i += 1
@@ -733,10 +734,10 @@ class Connection(asyncio.Protocol):
         limit = broker.config.max_connections
         if limit and len(opened) >= limit:
             raise AMQPError(NOT_ALLOWED, f"connection refused: node connection limit ({limit}) is reached", 10, 40)
-        limit = broker.access.limit(name, "max-connections")
-        if limit is not None and sum(1 for c in opened if c.vhost.name == name) >= limit:
+        vlimit = broker.access.limit(name, "max-connections")
+        if vlimit is not None and sum(1 for c in opened if c.vhost.name == name) >= vlimit:
             raise AMQPError(
-                NOT_ALLOWED, f"access to vhost '{name}' refused for user '{user}': connection limit ({limit}) is reached", 10, 40
+                NOT_ALLOWED, f"access to vhost '{name}' refused for user '{user}': connection limit ({vlimit}) is reached", 10, 40
             )
         vhost = broker.vhosts.get(name)
         if vhost is None:
@@ -871,5 +872,5 @@ def _credentials(mechanism: str, response: Any) -> tuple[str | None, str | None]
             user = user.decode()
         if isinstance(pw, bytes):
             pw = pw.decode()
-        return (user, pw) if isinstance(user, str) else (None, None)
+        return (user, pw if isinstance(pw, str) else None) if isinstance(user, str) else (None, None)
     return None, None

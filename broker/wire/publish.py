@@ -106,7 +106,7 @@ class PublishAssembly:
         self.pending = (ex_rk, exchange, rk)
         self.mandatory = mandatory
 
-    def whole(self, payload: bytes, header: bytes, body: bytes | memoryview) -> Message | None:
+    def whole(self, payload: bytes, header: bytes | memoryview, body: bytes | memoryview) -> Message | None:
         """basic.publish, its content header and its one body frame, arrived together: the
         message in one step (the hot path), its mandatory flag in ``self.mandatory``.  None
         for anything but a well-formed publish whose body is exactly that frame (immediate,
@@ -152,14 +152,15 @@ class PublishAssembly:
             if size > self.max_size:
                 # RabbitMQ reads the whole body before refusing it; drop it as it comes
                 self._oversize = size
-            self._header = payload  # type: ignore[assignment]  (header frames are bytes)
+            self._header = payload  # type: ignore[assignment]  # header frames are bytes
             self._body_left = size
             if size == 0:
                 return self._complete(b"")
             return None
         if ftype != FRAME_BODY:
             if ftype == FRAME_BODY_PART:
-                return self._part(payload)
+                self._part(payload)
+                return None
             raise AMQPError(UNEXPECTED_FRAME, "expected content body, got non content body frame instead", 60, 40)
         left = self._body_left - len(payload)
         if left < 0:
@@ -217,7 +218,7 @@ class PublishAssembly:
             if p.__class__ is memoryview:
                 if p.obj is not base:  # type: ignore[union-attr]
                     base = p.obj  # type: ignore[union-attr]
-                    pinned += len(base)
+                    pinned += len(base)  # type: ignore[arg-type]
             else:
                 pinned += len(p)
         if pinned <= 2 * size:
@@ -234,7 +235,7 @@ class PublishAssembly:
 
     def _keep(self, payload: bytes | memoryview) -> None:
         """Hold a part of a body arriving in pieces until the last one."""
-        if payload.__class__ is memoryview and len(payload) * 4 < len(payload.obj):  # type: ignore[union-attr]
+        if payload.__class__ is memoryview and len(payload) * 4 < len(payload.obj):  # type: ignore[union-attr, arg-type]
             # a small view would keep a much larger read alive: copy it
             payload = bytes(payload)
         self._body.append(payload)

@@ -840,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         delay_consumers=args.drain,
         uvloop=not args.no_uvloop,
     )
-    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    ctx: Any = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     counters = ctx.RawArray("q", len(plan.roles) * SLOTS)
     control = ctx.RawArray("d", CONTROL_SIZE)
     results = ctx.Queue()

@@ -143,7 +143,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        transport.write(PROTOCOL_HEADER)
+        self.transport.write(PROTOCOL_HEADER)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._hb_handle is not None:
@@ -272,11 +272,11 @@ class Connection(asyncio.Protocol):
             return
         if isinstance(obj, commands.Connection.Close):
             self.send(channel, commands.Connection.CloseOk())
-            self._fail(AmqpError(obj.reply_code, obj.reply_text))
+            self._fail(AmqpError(obj.reply_code or 0, obj.reply_text))
             return
         if isinstance(obj, commands.Channel.Close):
             self.send(channel, commands.Channel.CloseOk())
-            err = AmqpError(obj.reply_code, obj.reply_text, "channel")
+            err = AmqpError(obj.reply_code or 0, obj.reply_text, "channel")
             waiters = self._waiters.get(channel)
             if waiters:
                 for _, fut in waiters:

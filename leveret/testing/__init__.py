@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from leveret.broker.config import Config
@@ -126,9 +126,16 @@ class BrokerUrls:
     ``tls_port`` and ``config``."""
 
     config: Config
-    host: str
-    port: int
-    tls_port: int | None
+
+    # host, port and tls_port come from the subclass (attributes or properties)
+    if TYPE_CHECKING:
+
+        @property
+        def host(self) -> str: ...
+        @property
+        def port(self) -> int: ...
+        @property
+        def tls_port(self) -> int | None: ...
 
     @property
     def url(self) -> str:
@@ -596,7 +603,7 @@ class BrokerThread(BrokerHandle):
         if self.use_uvloop:
             import uvloop
 
-            loop = uvloop.new_event_loop()
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         else:
             loop = asyncio.new_event_loop()
         self.loop = loop

@@ -542,10 +542,10 @@ class Inspector:
                             pending.append((entry[1], entry[2]))
             pending.sort(key=lambda e: e[0])
             out.extend(_peeked(q, m, True, "unacked") for _, m in pending)
-        for entry in _ready_entries(q):
+        for ready in _ready_entries(q):
             if limit is not None and len(out) >= limit:
                 break
-            out.append(_peeked(q, entry[1], entry[2], "ready"))
+            out.append(_peeked(q, ready[1], ready[2], "ready"))
         return out[:limit] if limit is not None else out
 
     async def wait_for_message(
