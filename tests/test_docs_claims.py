@@ -151,3 +151,31 @@ def test_the_guide_lists_what_a_test_broker_lacks_and_only_that(broker: BrokerTh
         if present:
             assert phrase in differences, f"the guide should say that {phrase} is there"
     assert not wrong, "docs/testing.md, 'Differences from a real RabbitMQ':\n" + "\n".join(wrong)
+
+
+# ---------------------------------------------------------------------- figures
+
+
+def test_the_readme_figures_are_one_current_table_and_the_history_is_in_the_results_log() -> None:
+    figures = section(README, "Figures")
+    assert "\n### " not in figures, "README's Figures: no per-session subsections (they go to bench/RESULTS.md)"
+    tables = re.findall(r"(?:^\|.*\|\n)+", figures, re.M)
+    assert len(tables) == 1, f"README's Figures: one table, not {len(tables)}"
+    [table] = tables
+    header = table.splitlines()[0]
+    assert "Leveret" in header and "RabbitMQ" in header, header
+    for kind in ("closed loop", "open loop", "latency", "memory"):
+        assert f"**{kind}**" in table, f"README's Figures table has no {kind} rows"
+    assert re.search(r"measured at [0-9a-f]{7,} on \d{4}-\d{2}-\d{2}", figures), "say which commit and date"
+    for needed in ("](bench/RESULTS.md)", "![queue depth and rates over time](bench/overload.png)",
+                   "python bench/bench.py", "python bench/overload.py"):
+        assert needed in figures, f"README's Figures lacks {needed}"
+
+    log = (REPO / "bench" / "RESULTS.md").read_text()
+    dates = re.findall(r"^## (\d{4}-\d{2}-\d{2})", log, re.M)
+    assert dates and dates == sorted(dates, reverse=True), f"bench/RESULTS.md: dated entries, newest first: {dates}"
+    # the current table's figures come from the log: every number of it is in there
+    numbers = set(re.findall(r"\d[\d,.]*\d|\d", "\n".join(table.splitlines()[2:])))
+    # (a range such as 156–183 MB sums up a column of the log's table: each end is in it)
+    unknown = {n for n in numbers if n not in log}
+    assert not unknown, f"figures of README's table that bench/RESULTS.md does not have: {sorted(unknown)}"
