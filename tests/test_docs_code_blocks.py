@@ -38,7 +38,7 @@ import pika
 import pytest
 
 from leveret.broker import Config
-from leveret.broker.configfile import load_config_file
+from leveret.broker.configfile import ConfigError, load_config_file
 from leveret.ctl import cli as ctl_cli
 from leveret.testing import BrokerThread
 
@@ -158,12 +158,26 @@ def test_python_block_runs(block: Block, pytester: pytest.Pytester, tmp_path: Pa
     assert r.returncode == 0, f"{block.id}:\n{r.stdout}\n{r.stderr}"
 
 
+def load_toml(code: str, folder: Path) -> None:
+    tomllib.loads(code)
+    path = folder / "leveret.toml"
+    path.write_text(code)
+    load_config_file(str(path))
+
+
 @pytest.mark.parametrize("block", blocks_of("toml", runnable=True))
 def test_toml_block_loads(block: Block, tmp_path: Path) -> None:
-    tomllib.loads(block.code)
-    path = tmp_path / "leveret.toml"
-    path.write_text(block.code)
-    load_config_file(str(path))
+    load_toml(block.code, tmp_path)
+
+
+def test_a_toml_block_goes_through_the_config_loader(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.md"
+    sample.write_text("Text.\n\n```toml\n[amqp]\nport = 0\n```\n\n```toml\n[amqp]\nprot = 0\n```\n")
+    good, bad = parse_blocks(sample)
+    assert (good.lang, good.line, good.marker) == ("toml", 3, None)
+    load_toml(good.code, tmp_path)
+    with pytest.raises(ConfigError, match="prot"):
+        load_toml(bad.code, tmp_path)
 
 
 @pytest.mark.parametrize("block", blocks_of("json", runnable=True))
