@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # every flag defaults to None: a flag given overrides the config file, one not given
     # leaves the file's value (or the built-in default, shown in the help)
     p = argparse.ArgumentParser(prog="leveret", description="Leveret AMQP 0-9-1 broker")
+    p.add_argument("--version", action="version", version=f"leveret {VERSION}")
     p.add_argument(
         "--config",
         metavar="PATH",

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from leveret import __version__
 from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, Config
 from leveret.broker.core import access as A
 from leveret.broker.core.errors import AMQPError
@@ -35,7 +36,7 @@ from leveret.protocol.methods import shortstr
 
 log = logging.getLogger("leveret")
 
-VERSION = "0.1.0"
+VERSION = __version__  # (leveret/__init__.py: the one home of the version)
 LOAD_INTERVAL = 0.1  # seconds between samples of the loop's CPU use (flow control)
 
 SWEEP_INTERVAL = 1.0  # during an alarm: seconds between looks for blocked peers that left

@@ -17,6 +17,10 @@ has them inside this package.  Run from a source tree without installing (benchm
 
 import os as _os
 
+#: Leveret's version: its one home.  pyproject.toml reads it (``dynamic = ["version"]``), and
+#: ``leveret --version``, ``leveret-ctl version``, the server's connection.start ``version``
+#: property, the HTTP API's overview (``product_version``) and Prometheus'
+#: ``rabbitmq_build_info`` (``product_version``) all show this one.
 __version__ = "0.1.0"
 
 _here = _os.path.dirname(_os.path.abspath(__file__))

@@ -41,6 +41,8 @@ class Rule:
     allowed_leveret: tuple[str, ...] | None = None
     # forbidden at run time, but allowed under `if TYPE_CHECKING:` (annotations only)
     type_only: tuple[str, ...] = ()
+    # these exact names are allowed too (not their submodules): the root package's version
+    allowed_exact: tuple[str, ...] = ()
     why: str = ""
 
 
@@ -85,6 +87,7 @@ RULES = [
          applies_to=("leveret.ctl",),
          forbidden=("leveret.broker", "leveret.protocol", "leveret.storage", TESTING),
          allowed_leveret=("leveret.ctl",),
+         allowed_exact=("leveret", "leveret.__version__"),  # `from leveret import __version__`
          why="leveret-ctl drives a node through its management HTTP API only, so it works "
              "against any node (Leveret's or RabbitMQ's) and installs nothing of the server's"),
     Rule("no-old-top-level-names",
@@ -235,7 +238,7 @@ def violations(rule: Rule) -> list[str]:
                 hits = [t for t in imp.targets if within(t, prefix)]
                 if hits:
                     bad.append(f"{min(hits, key=len)} (forbidden: {prefix})")
-            leveret = [t for t in imp.targets if within(t, "leveret")]
+            leveret = [t for t in imp.targets if within(t, "leveret") and t not in rule.allowed_exact]
             if (
                 not bad
                 and rule.allowed_leveret is not None

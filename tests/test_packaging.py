@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -65,8 +66,10 @@ def source_modules() -> dict[str, str]:
 
 
 def project_version() -> str:
-    with open(REPO / "pyproject.toml", "rb") as f:
-        return tomllib.load(f)["project"]["version"]
+    """leveret/__init__.py's ``__version__``, which pyproject.toml reads (``dynamic``)."""
+    match = re.search(r'^__version__ = "([^"]+)"$', (REPO / "leveret" / "__init__.py").read_text(), re.M)
+    assert match, "leveret/__init__.py must set __version__ to a string literal"
+    return match.group(1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ def render(broker: Broker, per_object: bool) -> str:
                [({"rabbitmq_node": node, "rabbitmq_cluster": cluster, "rabbitmq_cluster_permanent_id": cluster}, 1)])
     out.metric("rabbitmq_build_info", "untyped", "RabbitMQ & Erlang/OTP version info",
                [({"rabbitmq_version": "3.10.8", "prometheus_plugin_version": "3.10.8",
-                  "prometheus_client_version": "4.6.0", "erlang_version": "none"}, 1)])
+                  "prometheus_client_version": "4.6.0", "erlang_version": "none",
+                  "product_name": "Leveret", "product_version": b.server_properties()["version"]}, 1)])
     conns = [c for c in b.connections if c.vhost is not None and not c.draining]
     queues = [q for v in b.vhosts.values() for q in v.queues.values()]
     consumers = sum(len(q.consumers) for q in queues)

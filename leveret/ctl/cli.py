@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from leveret import __version__
 from leveret.ctl import items as I
 from leveret.ctl.client import ApiError, Client, Unavailable, path
 
@@ -658,6 +659,35 @@ def import_definitions(ctl: Ctl, args: list[str]) -> None:
     ctl.client.request("POST", "/api/definitions", raw_body=json.dumps(data).encode())
 
 
+# ------------------------------------------------------------------ version
+
+
+@command("version", "Displays this tool's version and, if the node answers, the node's", "node")
+def version(ctl: Ctl, args: list[str]) -> None:
+    """rabbitmqctl prints its own (the CLI tools') version alone, without asking the node:
+    the first line is that.  The node's product and RabbitMQ versions (``/api/overview``)
+    follow on a second line when the node answers; a node that does not is no error."""
+    try:
+        overview = ctl.client.get("overview")
+    except (ApiError, Unavailable, CtlError):
+        overview = None
+    node = None
+    if isinstance(overview, dict):
+        node = {"name": overview.get("node"), "product_name": overview.get("product_name", "RabbitMQ"),
+                "product_version": overview.get("product_version", overview.get("rabbitmq_version")),
+                "rabbitmq_version": overview.get("rabbitmq_version")}
+    if ctl.json:
+        json.dump({"version": __version__, "node": node}, ctl.out, ensure_ascii=False)
+        ctl.out.write("\n")
+        return
+    print(__version__, file=ctl.out)
+    if node is not None:
+        line = f"node {node['name']}: {node['product_name']} {node['product_version']}"
+        if node["product_version"] != node["rabbitmq_version"]:
+            line += f" (RabbitMQ {node['rabbitmq_version']})"
+        print(line, file=ctl.out)
+
+
 # ------------------------------------------------------------------ status
 
 
@@ -791,12 +821,7 @@ def print_help(out: TextIO, name: str | None = None) -> None:
 def run(argv: list[str], out: TextIO, err: TextIO) -> int:
     opts, rest = parse_args(argv)
     if opts.version:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            print(f"{PROG} {version('leveret')}", file=out)
-        except PackageNotFoundError:
-            print(f"{PROG} (not installed)", file=out)
+        print(f"{PROG} {__version__}", file=out)
         return EX_OK
     if not rest:
         if opts.help:

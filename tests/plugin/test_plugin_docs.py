@@ -1,4 +1,6 @@
-"""docs/testing.md shows every example test file of tests/plugin verbatim."""
+"""docs/testing.md shows every example test file of tests/plugin verbatim; and any document
+(README.md, docs/*.md) that marks a code block ``<!-- example: tests/... -->`` shows that
+file verbatim.  (tests/test_docs_code_blocks.py runs or checks every other code block.)"""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "testing.md"
-MARK = re.compile(r"<!-- example: (\S+) -->\n\n`\1`:\n\n```python\n(.*?)```", re.S)
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+MARK = re.compile(r"<!-- example: (\S+) -->\n\n(?:`\1`:\n\n)?```python\n(.*?)```", re.S)
 
 
 def test_every_example_in_the_guide_is_a_test_file_and_identical() -> None:
@@ -17,6 +20,13 @@ def test_every_example_in_the_guide_is_a_test_file_and_identical() -> None:
         str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "plugin").glob("test_example_*.py")
     )
     assert sorted(shown) == files, "every tests/plugin/test_example_*.py must be in docs/testing.md"
-    for path, code in shown.items():
-        assert code == (ROOT / path).read_text(), f"docs/testing.md is out of date for {path}"
     assert doc.count("<!-- example: ") == len(files)
+
+
+def test_every_example_block_of_every_document_is_its_file_verbatim() -> None:
+    for path in DOCS:
+        text = path.read_text()
+        found = MARK.findall(text)
+        assert len(found) == text.count("<!-- example: "), f"{path.name}: an example marker without its block"
+        for example, code in found:
+            assert code == (ROOT / example).read_text(), f"{path.name} is out of date for {example}"
