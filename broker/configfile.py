@@ -8,7 +8,10 @@ Keys map onto :class:`~leveret.broker.config.Config` fields generically:
   ``[limits]`` and ``[storage]`` map onto the unprefixed names (``[amqp] host``,
   ``[limits] max_connections``, ``[storage] data_dir``);
 * values are checked against the field's type hint (int, float, bool, str, lists, and
-  unions of these), with ranges for ports, sizes and timeouts;
+  unions of these), then by :meth:`Config.validate` (the ranges; its error is reported
+  with the file and the key the value came from);
+* a port that may be off is turned off with ``"off"`` (``port = 0`` is a free port), an
+  optional string (a path, ``http_host``) is unset with ``""``;
 * the special tables are ``[users.NAME]``, ``[vhosts.NAME]`` (limits), ``[[permissions]]``
   and ``[[topic_permissions]]``; ``log_level`` and ``no_uvloop`` are settings of the
   command line.
@@ -28,7 +31,7 @@ import types
 import typing
 from typing import Any
 
-from leveret.broker.config import DEFAULT_USERS, Config
+from leveret.broker.config import DEFAULT_USERS, PORT_OFF_WORDS, Config, InvalidSetting
 from leveret.broker.core import access as A
 from leveret.broker.definitions import DefinitionsError, read_definitions
 
@@ -39,7 +42,6 @@ SPECIAL_FIELDS = {"users", "hashed_users", "permissions", "topic_permissions", "
 #: settings of the command line, not of Config
 EXTRAS = {"log_level": str, "no_uvloop": bool}
 LOG_LEVELS = ("debug", "info", "warning", "error")
-_MAX_MESSAGE_SIZE = 512 * 1024 * 1024  # RabbitMQ's ceiling
 _PATH_SUFFIXES = ("_dir", "_file", "_cert", "_key", "_ca")
 MASK = "********"
 
@@ -90,21 +92,14 @@ def _coerce(value: Any, hint: Any) -> Any:
     return float(value) if hint is float else value
 
 
-def _check_range(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return
-    if value < 0:
-        raise _Bad(f"must not be negative, got {value}")
-    if field.endswith("port") and value > 65535:
-        raise _Bad(f"not a port number: {value}")
-    if field == "max_message_size" and not 0 < value <= _MAX_MESSAGE_SIZE:
-        raise _Bad(f"must be between 1 and {_MAX_MESSAGE_SIZE} (512 MiB, RabbitMQ's ceiling), got {value}")
-    if field == "frame_max" and 0 < value < 4096:
-        raise _Bad(f"must be 0 or at least 4096, got {value}")
-    if field in ("channel_max", "heartbeat") and value > 65535:
-        raise _Bad(f"must be at most 65535, got {value}")
-    if field in ("handshake_timeout", "fsync_interval", "segment_size", "memory_high_watermark") and value == 0:
-        raise _Bad("must be above 0")
+def _optional(field: str, hint: Any, value: Any) -> bool:
+    """The config file's spelling of None: ``"off"`` (or ``"none"``) for a port that
+    may be off, ``""`` for an optional string (a path, a host)."""
+    if type(None) not in typing.get_args(hint):
+        return False
+    if field.endswith("port") and isinstance(value, str) and value.lower() in PORT_OFF_WORDS:
+        return True
+    return value == "" and str in typing.get_args(hint)
 
 
 def load_config_file(path: str, base: Config | None = None) -> tuple[Config, dict[str, Any]]:
@@ -127,6 +122,7 @@ class _Loader:
         self.path = path
         self.dir = os.path.dirname(os.path.abspath(path))
         self.values: dict[str, Any] = {}
+        self.keys: dict[str, str] = {}  # field -> the key it was given as
         self.extras: dict[str, Any] = {}
         self.base = base
         self.hints = typing.get_type_hints(Config)
@@ -152,7 +148,10 @@ class _Loader:
                 self._set(key, name, value)
         if users:
             self._users(users)
-        cfg = dataclasses.replace(self.base, **self.values)
+        try:
+            cfg = dataclasses.replace(self.base, **self.values)
+        except InvalidSetting as exc:
+            raise self.error(self.keys.get(exc.field, exc.field), exc.reason) from None
         if users and cfg.users == DEFAULT_USERS:
             cfg.users = {}  # guest/guest only while no other user is configured
         self._check_references(cfg)
@@ -178,10 +177,12 @@ class _Loader:
             return
         if field not in self.hints or field in SPECIAL_FIELDS:
             raise self.error(key, "unknown key")
+        self.keys[field] = key
+        if _optional(field, self.hints[field], value):
+            self.values[field] = None
+            return
         try:
             v = _coerce(value, self.hints[field])
-            for item in v if isinstance(v, list) else [v]:
-                _check_range(field, item)
         except _Bad as exc:
             raise self.error(key, str(exc)) from None
         if isinstance(v, str) and v and (field.endswith(_PATH_SUFFIXES) or field == "load_definitions"):

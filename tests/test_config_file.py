@@ -149,7 +149,7 @@ def test_the_broker_refuses_to_start_with_a_bad_config(tmp_path: Path) -> None:
 def _start(args: list[str], env: dict[str, str]) -> Iterator[int]:
     e = {**os.environ, **env}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "leveret", "--http-port", "0", "--prometheus-port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT
+        [sys.executable, "-m", "leveret", "--http-port", "off", "--prometheus-port", "off", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT
     )
     try:
         line = proc.stdout.readline() if proc.stdout else ""
