@@ -15,6 +15,7 @@ config file spell it ``off``).  ``port`` (AMQP) cannot be off.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,8 +77,10 @@ class Config:
     # created while no other user exists (configured, recovered or imported).
     users: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
     vhosts: list[str] = field(default_factory=lambda: ["/"])
-    # users by RabbitMQ password hash (config file): {"name", "password_hash",
-    # "hashing_algorithm", "tags"}, with only the permissions given below
+    # users of the config file, with only the permissions given below: {"name", "tags"}
+    # and either "password_hash" (RabbitMQ's, with "hashing_algorithm") or where the
+    # password is read when the broker starts, "password_env" (a variable's name) or
+    # "password_file" (a path); see user_password
     hashed_users: list[dict[str, Any]] = field(default_factory=list)
     # {"user", "vhost", "configure", "write", "read"} (regular expressions)
     permissions: list[dict[str, str]] = field(default_factory=list)
@@ -178,6 +181,43 @@ class Config:
         for name in POSITIVE:
             if getattr(self, name) == 0:
                 raise InvalidSetting(name, "must be above 0")
+        for u in self.hashed_users:
+            if not isinstance(u, dict) or not isinstance(u.get("name"), str):
+                raise InvalidSetting("hashed_users", f"expected {{'name': ..., 'password_hash': ...}}, got {u!r}")
+            if len([k for k in PASSWORD_SOURCES if k in u]) != 1:
+                raise InvalidSetting("hashed_users", f"user '{u['name']}': give exactly one of {', '.join(PASSWORD_SOURCES)}")
+
+
+#: where a configured user's password comes from (one of them per user)
+PASSWORD_SOURCES = ("password_hash", "password_env", "password_file")
+
+
+class SecretUnavailable(ValueError):
+    """A user's password cannot be read: ``key`` (password_env, password_file) and ``reason``."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key, self.reason = key, reason
+        super().__init__(reason)
+
+
+def user_password(user: dict[str, Any]) -> str:
+    """The password of a ``hashed_users`` entry given by ``password_env`` (an environment
+    variable) or ``password_file`` (a file, without its final newline).  Read by the
+    config file's loader (to refuse a missing one) and when the broker starts (to hash
+    it): the Config keeps where the secret is, not the secret, so that ``--print-config``
+    prints it back as it came."""
+    if "password_env" in user:
+        var = user["password_env"]
+        value = os.environ.get(var)
+        if value is None:
+            raise SecretUnavailable("password_env", f"the environment variable {var} is not set")
+        return value
+    path = user["password_file"]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SecretUnavailable("password_file", f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _range_text(name: str, v: int, lo: int, hi: int | None) -> str:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, Config
+from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, Config, user_password
 from leveret.broker.core import access as A
 from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.message import Message
@@ -473,12 +473,15 @@ class Broker:
             if self._definitions is not None:
                 apply_access_definitions(self, self._definitions, cfg.load_definitions or "")
             for u in cfg.hashed_users:
-                acc.add_user(
-                    u["name"],
-                    password_hash=u["password_hash"],
-                    hashing_algorithm=u.get("hashing_algorithm", A.SHA256),
-                    tags=u.get("tags", ()),
-                )
+                if "password_hash" in u:
+                    acc.add_user(
+                        u["name"],
+                        password_hash=u["password_hash"],
+                        hashing_algorithm=u.get("hashing_algorithm", A.SHA256),
+                        tags=u.get("tags", ()),
+                    )
+                else:  # password_env / password_file: read and hashed now
+                    acc.add_user(u["name"], user_password(u), tags=u.get("tags", ()))
             users = dict(cfg.users)
             if users == DEFAULT_USERS and any(n not in users for n in acc.users):
                 users = {}  # the default guest only while no other user exists
