@@ -671,7 +671,7 @@ def test_cli_refuses_to_start_when_the_http_port_is_taken() -> None:
                             "--http-port", str(port), "--prometheus-port", "off"],
                            capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
-    assert f"management HTTP API (--http-port): cannot listen on 127.0.0.1 port {port}" in r.stderr
+    assert f"leveret: error: port {port} (--http-port) in use" in r.stderr
     assert "Traceback" not in r.stderr
 
 

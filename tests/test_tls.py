@@ -323,7 +323,8 @@ def test_cli_flags_and_startup_line(pki: PKI) -> None:
     ids=["no-cert", "missing-file"],
 )
 def test_cli_tls_errors(args: list[str], code: int, text: str) -> None:
-    cmd = [sys.executable, "-m", "leveret", "--in-memory", "--host", "127.0.0.1", "--port", "0", *args]
+    cmd = [sys.executable, "-m", "leveret", "--in-memory", "--host", "127.0.0.1", "--port", "0",
+           "--http-port", "off", "--prometheus-port", "off", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == code, (r.stdout, r.stderr)
     assert text in r.stderr
