@@ -326,7 +326,7 @@ def test_broken_definitions_stop_the_broker(tmp_path: Path) -> None:
     d = tmp_path / "defs.json"
     d.write_text('{"queues": [{"name": "q", "vhost": "/", "arguments": {"x-max-length": "ten"}}]}')
     # (checked when applied: RabbitMQ's argument validation)
-    r = leveret("--load-definitions", str(d), "--port", "0", "--in-memory")
+    r = leveret("--load-definitions", str(d), "--port", "0", "--in-memory", "--http-port", "off", "--prometheus-port", "off")
     assert r.returncode == 1, r.stderr
     assert f"leveret: error: {d}: queues[0]: PRECONDITION_FAILED - invalid arg 'x-max-length'" in r.stderr
     c = tmp_path / "c.toml"
