@@ -224,7 +224,7 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     over: dict[str, Any] = {k: getattr(a, k) for k in _DIRECT if getattr(a, k) is not None}
     if over.get("port") == OFF:
         raise flag_error("port", "the AMQP listener cannot be off (0 picks a free port)")
-    for name, _flag, _what in PORTS:
+    for name, _flag in PORTS:
         if over.get(name) == OFF:
             over[name] = None
     if a.host:

@@ -38,14 +38,14 @@ MAX_MESSAGE_SIZE_LIMIT = 512 * 1024 * 1024  # RabbitMQ's ?MAX_MSG_SIZE: the sett
 #: the spellings of "no such listener" for a port on the command line and in the config file
 PORT_OFF_WORDS = ("off", "none")
 
-#: the port settings: the field, its command-line flag and what listens there
+#: the port settings and their command-line flags
 PORTS = (
-    ("port", "--port", "AMQP"),
-    ("tls_port", "--tls-port", "AMQP over TLS"),
-    ("http_port", "--http-port", "management HTTP API"),
-    ("http_tls_port", "--http-tls-port", "management HTTP API over TLS"),
-    ("prometheus_port", "--prometheus-port", "Prometheus endpoint"),
-    ("prometheus_tls_port", "--prometheus-tls-port", "Prometheus endpoint over TLS"),
+    ("port", "--port"),
+    ("tls_port", "--tls-port"),
+    ("http_port", "--http-port"),
+    ("http_tls_port", "--http-tls-port"),
+    ("prometheus_port", "--prometheus-port"),
+    ("prometheus_tls_port", "--prometheus-tls-port"),
 )
 #: settings that must be above 0 (0 would stop the broker working, not turn a limit off)
 POSITIVE = ("handshake_timeout", "fsync_interval", "segment_size", "memory_high_watermark",
@@ -143,7 +143,7 @@ class Config:
         """Check every setting's type and range; raise :class:`InvalidSetting` naming the
         first bad one.  Run by ``__post_init__`` (so by ``Config(...)`` and
         ``dataclasses.replace``); call it again after changing fields in place."""
-        for name, _flag, _what in PORTS:
+        for name, _flag in PORTS:
             v = getattr(self, name)
             if v is None and name != "port":
                 continue

@@ -175,7 +175,7 @@ class Broker:
         hosts = {"port": cfg.host, "tls_port": cfg.host, "http_port": cfg.http_host or cfg.host,
                  "http_tls_port": cfg.http_host or cfg.host, "prometheus_port": cfg.prometheus_host or cfg.host,
                  "prometheus_tls_port": cfg.prometheus_host or cfg.host}
-        return [(flag, hosts[name], getattr(cfg, name)) for name, flag, _what in PORTS if getattr(cfg, name)]
+        return [(flag, hosts[name], getattr(cfg, name)) for name, flag in PORTS if getattr(cfg, name)]
 
     async def _start_http(self) -> None:
         """The management HTTP API and the Prometheus endpoint, if configured."""
