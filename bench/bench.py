@@ -832,9 +832,10 @@ def start_leveret(
     # trees that serve the HTTP API and Prometheus by default: not here (two trees under
     # benchmark at once would fight over the ports)
     help_text = subprocess.run(cmd[:3] + ["--help"], cwd=tree, env=env, capture_output=True, text=True).stdout
+    off = "off" if "off turns it off" in help_text else "0"  # (older trees: 0 turned them off)
     for flag in ("--http-port", "--prometheus-port"):
         if flag in help_text and flag not in args.leveret_arg:
-            cmd += [flag, "0"]
+            cmd += [flag, off]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20

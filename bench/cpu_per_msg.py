@@ -39,8 +39,10 @@ def cpu_seconds(pid: int) -> float:
 def one(tree: Path, args: argparse.Namespace) -> float:
     port = free_port()
     cmd = [sys.executable, "-m", "leveret", "--port", str(port), "--in-memory", "--host", "127.0.0.1"]
-    if "--http-port" in (tree / "broker" / "cli.py").read_text():
-        cmd += ["--http-port", "0", "--prometheus-port", "0"]
+    cli = (tree / "broker" / "cli.py").read_text()
+    if "--http-port" in cli:
+        off = "off" if "port_arg" in cli else "0"  # (older trees: 0 turned them off)
+        cmd += ["--http-port", off, "--prometheus-port", off]
     env = dict(os.environ, PYTHONPATH=str(tree))
     broker = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -50,7 +50,7 @@ def start(port: int, data: str) -> tuple[subprocess.Popen[bytes], float]:
     env = dict(os.environ, PYTHONPATH=ROOT)
     t0 = time.monotonic()
     p = subprocess.Popen(
-        [sys.executable, "-m", "leveret", "--host", "127.0.0.1", "--port", str(port), "--http-port", "0", "--prometheus-port", "0", "--data-dir", data, "--log-level", "warning"],
+        [sys.executable, "-m", "leveret", "--host", "127.0.0.1", "--port", str(port), "--http-port", "off", "--prometheus-port", "off", "--data-dir", data, "--log-level", "warning"],
         env=env,
         cwd=ROOT,  # this tree's leveret, not one in the current directory
     )

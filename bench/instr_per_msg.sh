@@ -17,7 +17,9 @@ PY=${PYTHON:-$HERE/.venv/bin/python}
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 OUT=$(mktemp -d)
 EXTRA=()
-grep -q -- --http-port "$T/broker/cli.py" && EXTRA=(--http-port 0 --prometheus-port 0)
+OFF=0  # older trees: 0 turned them off
+grep -q port_arg "$T/broker/cli.py" && OFF=off
+grep -q -- --http-port "$T/broker/cli.py" && EXTRA=(--http-port $OFF --prometheus-port $OFF)
 (cd "$T" && PYTHONPATH="$T" exec valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" \
     "$PY" -m leveret --port "$PORT" --in-memory --host 127.0.0.1 "${EXTRA[@]}" > "$OUT/log" 2>&1) &
 VP=$!

@@ -65,7 +65,7 @@ class LeveretProcess:
         self.port = free_port()
         self.data = Path(tempfile.mkdtemp(prefix="leveret-overload-"))
         self.log = self.data.with_suffix(".log")
-        cmd = [python, "-m", "leveret", "--host", "127.0.0.1", "--port", str(self.port), "--http-port", "0", "--prometheus-port", "0", "--data-dir", str(self.data / "d"), "--log-level", "warning", *extra]
+        cmd = [python, "-m", "leveret", "--host", "127.0.0.1", "--port", str(self.port), "--http-port", "off", "--prometheus-port", "off", "--data-dir", str(self.data / "d"), "--log-level", "warning", *extra]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=tree, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20

@@ -103,7 +103,7 @@ def start_broker(nofile: int, extra: list[str]) -> tuple[subprocess.Popen[bytes]
     """``python -m leveret`` from this tree on a free port, with ``nofile`` descriptors."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="leveret-soak-", suffix=".log")[1])
-    cmd = [sys.executable, "-m", "leveret", "--host", "127.0.0.1", "--port", str(port), "--http-port", "0", "--prometheus-port", "0"]
+    cmd = [sys.executable, "-m", "leveret", "--host", "127.0.0.1", "--port", str(port), "--http-port", "off", "--prometheus-port", "off"]
     cmd += ["--in-memory", "--log-level", "warning", "--handshake-timeout", "5", *extra]
 
     def limit() -> None:

@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Any
 
-from leveret.broker.config import DEFAULT_HOSTS, Config
+from leveret.broker.config import DEFAULT_HOSTS, PORT_OFF_WORDS, PORTS, Config, InvalidSetting
 from leveret.broker.configfile import LOG_LEVELS, ConfigError, load_config_file, render_config
 from leveret.broker.definitions import DefinitionsError, read_definitions
 from leveret.broker.server import VERSION, Broker
@@ -25,6 +25,20 @@ CLI_HTTP_PORT = 15672
 CLI_PROMETHEUS_PORT = 15692
 MALLOC_MMAP_THRESHOLD = 32 << 20  # allocations below this come from the heap (see tune_malloc)
 MALLOC_TRIM_THRESHOLD = 64 << 20  # free bytes kept at the heap's top (see tune_malloc)
+#: the environment variables the command line reads, and the flag each stands in for
+ENV_VARS = {"LEVERET_CONFIG": "--config", "LEVERET_DATA_DIR": "--data-dir"}
+OFF = "off"  # a port flag's value for "no such listener" (Config: None)
+
+
+def port_arg(text: str) -> int | str:
+    """A port flag's value: a number (checked by Config.validate; 0: a free port), or
+    ``off``/``none`` (no such listener)."""
+    if text.strip().lower() in PORT_OFF_WORDS:
+        return OFF
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number or 'off', got {text!r}") from None
 
 
 def default_data_dir() -> str:
@@ -33,9 +47,10 @@ def default_data_dir() -> str:
     return os.path.join(base, "leveret")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def make_parser() -> argparse.ArgumentParser:
     # every flag defaults to None: a flag given overrides the config file, one not given
-    # leaves the file's value (or the built-in default, shown in the help)
+    # leaves the file's value (or the built-in default, shown in the help).  Port flags
+    # take a number (0: a free port) or ``off``.
     p = argparse.ArgumentParser(prog="leveret", description="Leveret AMQP 0-9-1 broker")
     p.add_argument("--version", action="version", version=f"leveret {VERSION}")
     p.add_argument(
@@ -51,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="address to listen on; give it more than once to listen on each (default: 127.0.0.1 and ::1)",
     )
-    p.add_argument("--port", type=int, help="TCP port (default 5672; 0 picks a free one)")
+    p.add_argument("--port", type=port_arg, help="TCP port (default 5672; 0 picks a free one)")
     p.add_argument("--log-level", choices=list(LOG_LEVELS), help="default: info")
     p.add_argument("--no-uvloop", action="store_true", default=None, help="use the default asyncio event loop")
     p.add_argument(
@@ -100,8 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-connections", type=int, help="client connections open at once (default 0: no limit)")
     p.add_argument(
         "--http-port",
-        type=int,
-        help="port of the management HTTP API (RabbitMQ's /api; default 15672; 0 turns it off)",
+        type=port_arg,
+        help="port of the management HTTP API (RabbitMQ's /api; default 15672; 0 picks a free one; off turns it off)",
     )
     p.add_argument(
         "--http-host",
@@ -111,14 +126,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--prometheus-port",
-        type=int,
-        help="port of the Prometheus endpoint (/metrics; default 15692; 0 turns it off)",
+        type=port_arg,
+        help="port of the Prometheus endpoint (/metrics; default 15692; 0 picks a free one; off turns it off)",
     )
     p.add_argument("--load-definitions", metavar="PATH", help="a RabbitMQ definitions JSON applied at boot")
     tls = p.add_argument_group("TLS (amqps)")
     tls.add_argument(
         "--tls-port",
-        type=int,
+        type=port_arg,
         default=None,
         help="also listen for AMQP over TLS on this port, on the same hosts (off unless given; "
         "5671 is the usual port; 0 picks a free one)",
@@ -141,10 +156,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     https = p.add_argument_group("HTTPS (management API, Prometheus)")
     https.add_argument(
         "--http-tls-port",
-        type=int,
+        type=port_arg,
         default=None,
         help="also serve the management HTTP API over TLS on this port, on the same hosts (off unless given; "
-        "15671 is RabbitMQ's; 0 picks a free one; --http-port 0 leaves only HTTPS)",
+        "15671 is RabbitMQ's; 0 picks a free one; --http-port off leaves only HTTPS)",
     )
     https.add_argument("--http-tls-cert", default=None, metavar="PEM",
                        help="its certificate (chain) (default: --tls-cert's)")
@@ -152,17 +167,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="its private key (default: in --http-tls-cert; without --http-tls-cert, --tls-key's)")
     https.add_argument(
         "--prometheus-tls-port",
-        type=int,
+        type=port_arg,
         default=None,
         help="also serve the Prometheus endpoint over TLS on this port, with the management API's certificate "
         "(off unless given; 15691 is RabbitMQ's; 0 picks a free one)",
     )
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return make_parser().parse_args(argv)
 
 
 #: flags that map one to one onto a Config field of the same name
 _DIRECT = (
     "port",
+    "http_port",
+    "prometheus_port",
     "heartbeat",
     "frame_max",
     "channel_max",
@@ -202,12 +223,13 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     if a.config:
         cfg, extras = load_config_file(a.config, base)
     over: dict[str, Any] = {k: getattr(a, k) for k in _DIRECT if getattr(a, k) is not None}
+    if over.get("port") == OFF:
+        raise flag_error("port", "the AMQP listener cannot be off (0 picks a free port)")
+    for name, _flag in PORTS:
+        if over.get(name) == OFF:
+            over[name] = None
     if a.host:
         over["host"] = a.host[0] if len(a.host) == 1 else list(a.host)
-    if a.http_port is not None:
-        over["http_port"] = a.http_port
-    if a.prometheus_port is not None:
-        over["prometheus_port"] = a.prometheus_port
     if a.http_host:
         over["http_host"] = a.http_host[0] if len(a.http_host) == 1 else list(a.http_host)
     if a.data_dir is not None:
@@ -226,9 +248,10 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
             name, _, pw = u.partition(":")
             users[name] = pw
         over["users"] = users
-    if over.get("max_message_size") is not None and not 0 < over["max_message_size"] <= 512 * 1024 * 1024:
-        raise ConfigError("--max-message-size", "", "must be between 1 and 536870912 (512 MiB)")
-    cfg = dataclasses.replace(cfg, **over)
+    try:
+        cfg = dataclasses.replace(cfg, **over)
+    except InvalidSetting as exc:
+        raise flag_error(exc.field, exc.reason) from None
     if cfg.tls_port is not None and not cfg.tls_cert:
         raise ConfigError("command line", "", "--tls-port needs --tls-cert (and --tls-key unless the key is in that file)")
     for name in ("http_tls_port", "prometheus_tls_port"):
@@ -236,11 +259,6 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
             flag = "--" + name.replace("_", "-")
             raise ConfigError("command line", "", f"{flag} ([{name.split('_')[0]}] tls_port) needs a certificate: "
                               "--http-tls-cert ([http] tls_cert) or --tls-cert ([tls] cert), and its key")
-    # on the command line and in the config file, port 0 turns the endpoint off
-    if cfg.http_port == 0:
-        cfg = dataclasses.replace(cfg, http_port=None)
-    if cfg.prometheus_port == 0:
-        cfg = dataclasses.replace(cfg, prometheus_port=None)
     if a.log_level is not None:
         extras["log_level"] = a.log_level
     if a.no_uvloop:
@@ -250,8 +268,9 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     return cfg, extras
 
 
-def config_from_args(a: argparse.Namespace) -> Config:
-    return build_config(a)[0]
+def flag_error(field: str, reason: str) -> ConfigError:
+    """A bad flag, argparse's way: ``argument --frame-max: <reason>`` (exit 2)."""
+    return ConfigError(f"argument --{field.replace('_', '-')}", "", reason)
 
 
 def raise_fd_limit() -> int | None:
@@ -322,11 +341,14 @@ async def serve(config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
+    parser = make_parser()
+    a = parser.parse_args(argv)
     logging.basicConfig(level=(a.log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config, extras = build_config(a)
     except (ConfigError, DefinitionsError) as exc:
+        if isinstance(exc, ConfigError) and exc.path.startswith("argument --"):
+            parser.print_usage(sys.stderr)
         print(f"leveret: error: {exc}", file=sys.stderr, flush=True)
         return 2
     logging.getLogger().setLevel(extras.get("log_level", "info").upper())

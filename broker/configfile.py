@@ -8,7 +8,10 @@ Keys map onto :class:`~leveret.broker.config.Config` fields generically:
   ``[limits]`` and ``[storage]`` map onto the unprefixed names (``[amqp] host``,
   ``[limits] max_connections``, ``[storage] data_dir``);
 * values are checked against the field's type hint (int, float, bool, str, lists, and
-  unions of these), with ranges for ports, sizes and timeouts;
+  unions of these), then by :meth:`Config.validate` (the ranges; its error is reported
+  with the file and the key the value came from);
+* a port that may be off is turned off with ``"off"`` (``port = 0`` is a free port), an
+  optional string (a path, ``http_host``) is unset with ``""``;
 * the special tables are ``[users.NAME]``, ``[vhosts.NAME]`` (limits), ``[[permissions]]``
   and ``[[topic_permissions]]``; ``log_level`` and ``no_uvloop`` are settings of the
   command line.
@@ -28,7 +31,14 @@ import types
 import typing
 from typing import Any
 
-from leveret.broker.config import DEFAULT_USERS, Config
+from leveret.broker.config import (
+    DEFAULT_USERS,
+    PORT_OFF_WORDS,
+    Config,
+    InvalidSetting,
+    SecretUnavailable,
+    user_password,
+)
 from leveret.broker.core import access as A
 from leveret.broker.definitions import DefinitionsError, read_definitions
 
@@ -39,7 +49,6 @@ SPECIAL_FIELDS = {"users", "hashed_users", "permissions", "topic_permissions", "
 #: settings of the command line, not of Config
 EXTRAS = {"log_level": str, "no_uvloop": bool}
 LOG_LEVELS = ("debug", "info", "warning", "error")
-_MAX_MESSAGE_SIZE = 512 * 1024 * 1024  # RabbitMQ's ceiling
 _PATH_SUFFIXES = ("_dir", "_file", "_cert", "_key", "_ca")
 MASK = "********"
 
@@ -90,21 +99,14 @@ def _coerce(value: Any, hint: Any) -> Any:
     return float(value) if hint is float else value
 
 
-def _check_range(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return
-    if value < 0:
-        raise _Bad(f"must not be negative, got {value}")
-    if field.endswith("port") and value > 65535:
-        raise _Bad(f"not a port number: {value}")
-    if field == "max_message_size" and not 0 < value <= _MAX_MESSAGE_SIZE:
-        raise _Bad(f"must be between 1 and {_MAX_MESSAGE_SIZE} (512 MiB, RabbitMQ's ceiling), got {value}")
-    if field == "frame_max" and 0 < value < 4096:
-        raise _Bad(f"must be 0 or at least 4096, got {value}")
-    if field in ("channel_max", "heartbeat") and value > 65535:
-        raise _Bad(f"must be at most 65535, got {value}")
-    if field in ("handshake_timeout", "fsync_interval", "segment_size", "memory_high_watermark") and value == 0:
-        raise _Bad("must be above 0")
+def _optional(field: str, hint: Any, value: Any) -> bool:
+    """The config file's spelling of None: ``"off"`` (or ``"none"``) for a port that
+    may be off, ``""`` for an optional string (a path, a host)."""
+    if type(None) not in typing.get_args(hint):
+        return False
+    if field.endswith("port") and isinstance(value, str) and value.lower() in PORT_OFF_WORDS:
+        return True
+    return value == "" and str in typing.get_args(hint)
 
 
 def load_config_file(path: str, base: Config | None = None) -> tuple[Config, dict[str, Any]]:
@@ -127,6 +129,7 @@ class _Loader:
         self.path = path
         self.dir = os.path.dirname(os.path.abspath(path))
         self.values: dict[str, Any] = {}
+        self.keys: dict[str, str] = {}  # field -> the key it was given as
         self.extras: dict[str, Any] = {}
         self.base = base
         self.hints = typing.get_type_hints(Config)
@@ -152,7 +155,10 @@ class _Loader:
                 self._set(key, name, value)
         if users:
             self._users(users)
-        cfg = dataclasses.replace(self.base, **self.values)
+        try:
+            cfg = dataclasses.replace(self.base, **self.values)
+        except InvalidSetting as exc:
+            raise self.error(self.keys.get(exc.field, exc.field), exc.reason) from None
         if users and cfg.users == DEFAULT_USERS:
             cfg.users = {}  # guest/guest only while no other user is configured
         self._check_references(cfg)
@@ -178,10 +184,12 @@ class _Loader:
             return
         if field not in self.hints or field in SPECIAL_FIELDS:
             raise self.error(key, "unknown key")
+        self.keys[field] = key
+        if _optional(field, self.hints[field], value):
+            self.values[field] = None
+            return
         try:
             v = _coerce(value, self.hints[field])
-            for item in v if isinstance(v, list) else [v]:
-                _check_range(field, item)
         except _Bad as exc:
             raise self.error(key, str(exc)) from None
         if isinstance(v, str) and v and (field.endswith(_PATH_SUFFIXES) or field == "load_definitions"):
@@ -190,54 +198,55 @@ class _Loader:
 
     def _users(self, users: dict[str, Any]) -> None:
         out = []
+        keys = ("password_hash", "password_hash_env", "password_env", "password_file")
         for name, spec in users.items():
             where = f"users.{name}"
             if not isinstance(spec, dict):
                 raise self.error(where, "expected a table (password_hash, password_env or password_file; tags)")
-            unknown = set(spec) - {"password_hash", "hashing_algorithm", "password_env", "password_file", "tags", "password"}
+            unknown = set(spec) - {*keys, "hashing_algorithm", "tags", "password"}
             if unknown:
                 raise self.error(f"{where}.{sorted(unknown)[0]}", "unknown key")
             if "password" in spec:
                 raise self.error(
                     f"{where}.password", "a plain password is not accepted here: use password_hash, password_env or password_file"
                 )
-            sources = [k for k in ("password_hash", "password_env", "password_file") if k in spec]
+            sources = [k for k in keys if k in spec]
             if len(sources) != 1:
-                raise self.error(where, "give exactly one of password_hash, password_env, password_file")
+                raise self.error(where, "give exactly one of password_hash, password_env, password_file (or password_hash_env)")
             tags = spec.get("tags", [])
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
                 raise self.error(f"{where}.tags", "expected a list of strings")
             for k in sources + (["hashing_algorithm"] if "hashing_algorithm" in spec else []):
                 if not isinstance(spec[k], str):
                     raise self.error(f"{where}.{k}", "expected a string")
-            if "password_hash" in spec:
+            source = sources[0]
+            if source in ("password_hash", "password_hash_env"):
+                h = spec[source]
+                if source == "password_hash_env":
+                    # (a masked hash of --print-config comes back this way: a hash is the
+                    # same every time, so the Config keeps the hash, not the variable)
+                    h = os.environ.get(spec[source])
+                    if h is None:
+                        raise self.error(f"{where}.{source}", f"the environment variable {spec[source]} is not set")
                 try:
                     algo = A.algorithm(spec.get("hashing_algorithm", "sha256"))
-                    A.AccessControl().add_user(name, password_hash=spec["password_hash"], hashing_algorithm=algo)
+                    A.AccessControl().add_user(name, password_hash=h, hashing_algorithm=algo)
                 except ValueError as exc:
-                    raise self.error(f"{where}.password_hash", str(exc).removeprefix(f"user '{name}': ")) from None
-                h = spec["password_hash"]
-            else:
-                if "hashing_algorithm" in spec:
-                    raise self.error(f"{where}.hashing_algorithm", "only with password_hash")
-                algo = A.SHA256
-                h = A.hash_password(self._secret(where, spec), algo)
-            out.append({"name": name, "password_hash": h, "hashing_algorithm": algo, "tags": tags})
+                    raise self.error(f"{where}.{source}", str(exc).removeprefix(f"user '{name}': ")) from None
+                out.append({"name": name, "password_hash": h, "hashing_algorithm": algo, "tags": tags})
+                continue
+            if "hashing_algorithm" in spec:
+                raise self.error(f"{where}.hashing_algorithm", "only with password_hash")
+            value = spec[source]
+            if source == "password_file":
+                value = os.path.join(self.dir, os.path.expanduser(value))
+            user = {"name": name, source: value, "tags": tags}
+            try:
+                user_password(user)  # (read now: a missing secret stops the broker before it starts)
+            except SecretUnavailable as exc:
+                raise self.error(f"{where}.{exc.key}", exc.reason) from None
+            out.append(user)
         self.values["hashed_users"] = out
-
-    def _secret(self, where: str, spec: dict[str, Any]) -> str:
-        if "password_env" in spec:
-            var = spec["password_env"]
-            value = os.environ.get(var)
-            if value is None:
-                raise self.error(f"{where}.password_env", f"the environment variable {var} is not set")
-            return value
-        p = os.path.join(self.dir, os.path.expanduser(spec["password_file"]))
-        try:
-            with open(p, encoding="utf-8") as f:
-                return f.read().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise self.error(f"{where}.password_file", f"cannot read {p}: {getattr(exc, 'strerror', None) or exc}") from None
 
     def _vhosts(self, key: str, value: Any) -> None:
         names = list(self.base.vhosts)
@@ -300,53 +309,84 @@ class _Loader:
 # ---------------------------------------------------------------------- --print-config
 
 
+def _toml_str(v: str) -> str:
+    out = []
+    for ch in v:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, list):
+    if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(v)
+    if isinstance(v, str):
+        return _toml_str(v)
+    return repr(v) if isinstance(v, float) else str(v)
 
 
-def _is_secret(name: str) -> bool:
-    return any(w in name for w in ("password", "secret", "passphrase"))
+def hash_env_var(user: str) -> str:
+    """The environment variable a masked password hash of ``--print-config`` is read from."""
+    return "LEVERET_PASSWORD_HASH_" + "".join(c if c.isalnum() else "_" for c in user).upper()
 
 
 def render_config(cfg: Config, extras: dict[str, Any] | None = None) -> str:
-    """The settings in force as TOML, secrets masked (``leveret --print-config``)."""
-    lines = ["# the settings in force (secrets masked)"]
+    """The settings in force as a config file (``leveret --print-config``): loaded back
+    (``--config``), it gives the same Config.  Every setting is written, None as the file's
+    spelling of it (``"off"`` for a port, ``""`` otherwise).  Secrets are masked: a user
+    whose password came from ``password_env`` / ``password_file`` is written with that
+    reference; a user given by ``password_hash`` gets ``password_hash_env =
+    "LEVERET_PASSWORD_HASH_<NAME>"`` (the hash comes back from that variable); the default
+    users (``--user``, guest) are listed in comments, for ``--user`` to give again."""
+    hints = typing.get_type_hints(Config)
+    lines = ["# the settings in force (secrets masked: see the comments below)"]
     for k, v in sorted((extras or {}).items()):
         lines.append(f"{k} = {_toml_value(v)}")
-    tables = []
     for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
         if f.name in SPECIAL_FIELDS:
             continue
-        if _is_secret(f.name) and v:
-            v = MASK
+        v = getattr(cfg, f.name)
         if v is None:
-            lines.append(f"# {f.name} = (not set)")
-        elif isinstance(v, dict):
-            tables.append((f.name, v))
-        else:
-            lines.append(f"{f.name} = {_toml_value(v)}")
-    lines.append(f"vhosts = {_toml_value(cfg.vhosts)}")
-    for vhost, limits in cfg.vhost_limits.items():
-        lines += ["", f"[vhosts.{json.dumps(vhost)}]", *(f"{k.replace('-', '_')} = {v}" for k, v in limits.items())]
+            v = PORT_OFF_WORDS[0] if f.name.endswith("port") else ""
+        elif isinstance(v, str) and v and (f.name.endswith(_PATH_SUFFIXES) or f.name == "load_definitions"):
+            v = os.path.abspath(v)  # (a relative path would be read relative to the file)
+        elif hints[f.name] is float:
+            v = float(v)
+        lines.append(f"{f.name} = {_toml_value(v)}")
+    vhosts = list(cfg.vhosts) + [v for v in cfg.vhost_limits if v not in cfg.vhosts]
+    if not cfg.vhost_limits:
+        lines.append(f"vhosts = {_toml_value(vhosts)}")
+    else:  # (a list and tables of the same key cannot both be given)
+        for vhost in vhosts:
+            limits = cfg.vhost_limits.get(vhost, {})
+            lines += ["", f"[vhosts.{_toml_str(vhost)}]", *(f"{k.replace('-', '_')} = {v}" for k, v in limits.items())]
     if cfg.users:
-        lines += ["", "# default users (full permissions on every vhost; --user or the built-in guest):"]
+        lines += ["", "# default users (full permissions on every vhost): the built-in guest, or --user NAME:PASSWORD",
+                  "# given again on the command line:"]
         lines += [f"#   {n} (password {MASK})" for n in cfg.users]
     for u in cfg.hashed_users:
-        lines += [
-            "",
-            f"[users.{json.dumps(u['name'])}]",
-            f"password_hash = {json.dumps(MASK)}",
-            f"hashing_algorithm = {json.dumps(u.get('hashing_algorithm', A.SHA256))}",
-            f"tags = {_toml_value(list(u.get('tags', [])))}",
-        ]
+        lines += ["", f"[users.{_toml_str(u['name'])}]"]
+        if "password_hash" in u:
+            var = hash_env_var(u["name"])
+            lines += [
+                f"# password_hash = {_toml_str(MASK)}  (masked: set {var} to the hash, or write it here)",
+                f"password_hash_env = {_toml_str(var)}",
+                f"hashing_algorithm = {_toml_str(u.get('hashing_algorithm', A.SHA256))}",
+            ]
+        else:
+            lines += [f"{k} = {_toml_str(u[k])}" for k in ("password_env", "password_file") if k in u]
+        lines.append(f"tags = {_toml_value(list(u.get('tags', [])))}")
     for name in ("permissions", "topic_permissions"):
         for p in getattr(cfg, name):
-            lines += ["", f"[[{name}]]", *(f"{k} = {json.dumps(v)}" for k, v in p.items())]
-    for name, v in tables:
-        lines += ["", f"[{name}]", *(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items())]
+            lines += ["", f"[[{name}]]", *(f"{k} = {_toml_str(v)}" for k, v in p.items())]
     return "\n".join(lines) + "\n"

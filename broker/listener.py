@@ -286,6 +286,85 @@ class Listener:
         )
 
 
+PORT_ATTEMPTS = 20  # port 0 on several addresses: tries to find one port free on all of them
+
+Address = tuple[int, int, int, tuple]  # family, type, proto, sockaddr
+
+
+async def resolve(loop: asyncio.AbstractEventLoop, host: str | list[str] | None, port: int) -> list[Address]:
+    """The addresses to listen on for ``host`` (one name or a list; None: all
+    interfaces), each once."""
+    hosts: list[str | None] = [host] if host is None or isinstance(host, str) else list(host)
+    infos: list[Address] = []
+    for h in hosts:
+        for family, type_, proto, _canon, addr in await loop.getaddrinfo(
+            h, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            info = (family, type_, proto, addr)
+            if info not in infos:
+                infos.append(info)
+    return infos
+
+
+def with_port(addr: tuple, port: int) -> tuple:
+    return (addr[0], port, *addr[2:])
+
+
+def _bind(family: int, type_: int, proto: int, addr: tuple, backlog: int) -> socket.socket:
+    """A listening socket as ``loop.create_server`` makes them (SO_REUSEADDR, IPv6
+    sockets v6-only)."""
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class PortsInUse(OSError):
+    """Ports of the configuration already taken: every clash at once, each naming the
+    setting (its command-line flag) to change."""
+
+    def __init__(self, clashes: list[str]) -> None:
+        self.clashes = clashes
+        super().__init__(errno.EADDRINUSE, "; ".join(clashes))
+
+
+async def check_ports(loop: asyncio.AbstractEventLoop, listeners: list[tuple[str, str | list[str] | None, int]]) -> None:
+    """Before any listener opens: bind every address of every listener given a port
+    (``(flag, host, port)``; port 0, a free one, cannot clash) and raise
+    :class:`PortsInUse` naming each port in use (``port 5672 (--port) in use``), or given
+    to two listeners on the same address.  The probes are closed again; errors other than
+    "in use" are left to the listeners themselves (the default ::1 may be missing)."""
+    held: dict[tuple, str] = {}  # sockaddr -> the flag whose probe holds it
+    probes: list[socket.socket] = []
+    clashes: list[str] = []
+    try:
+        for flag, host, port in listeners:
+            if not port:
+                continue
+            why = ""
+            for family, type_, proto, addr in await resolve(loop, host, port):
+                try:
+                    probes.append(_bind(family, type_, proto, addr, 1))
+                    held[addr] = flag
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        why = why or (f"in use by {held[addr]}" if addr in held else "in use")
+            if why:
+                clashes.append(f"port {port} ({flag}) {why}")
+    finally:
+        for sock in probes:
+            sock.close()
+    if clashes:
+        raise PortsInUse(clashes)
+
+
 async def open_listener(
     loop: asyncio.AbstractEventLoop,
     factory: Callable[[], asyncio.Protocol],
@@ -299,37 +378,41 @@ async def open_listener(
     """Bind and listen on every address of ``host`` (one name or a list; None: all
     interfaces) at ``port``, as ``loop.create_server`` does (SO_REUSEADDR, IPv6 sockets
     v6-only, TCP_NODELAY inherited by accepted sockets), and start accepting (with TLS
-    if ``ssl_context`` is given, the handshake bounded by ``handshake_timeout``)."""
-    hosts: list[str | None] = [host] if host is None or isinstance(host, str) else list(host)
-    infos: list[tuple[int, int, int, tuple[str, int] | tuple[str, int, int, int]]] = []
-    for h in hosts:
-        for family, type_, proto, _canon, addr in await loop.getaddrinfo(
-            h, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        ):
-            info = (family, type_, proto, addr)
-            if info not in infos:
-                infos.append(info)  # type: ignore[arg-type]
-    sockets: list[socket.socket] = []
-    try:
-        for fam, kind, proto, addr in infos:
-            sock = socket.socket(fam, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(addr)
-            except OSError as exc:
-                raise OSError(exc.errno, f"error while attempting to bind on address {addr!r}: {exc.strerror}") from None
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.listen(backlog)
-            sock.setblocking(False)
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    if not sockets:
+    if ``ssl_context`` is given, the handshake bounded by ``handshake_timeout``).  Port 0
+    is one free port for every address: the first address picks it, the others bind to
+    the same number (all again on another one if it is taken there)."""
+    infos = await resolve(loop, host, port)
+    if not infos:
         raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {host!r}")
+    for attempt in range(PORT_ATTEMPTS):
+        sockets: list[socket.socket] = []
+        bound = port
+        try:
+            for family, type_, proto, addr in infos:
+                try:
+                    sock = _bind(family, type_, proto, with_port(addr, bound), backlog)
+                except OSError as exc:
+                    if port == 0 and sockets and exc.errno == errno.EADDRINUSE and attempt + 1 < PORT_ATTEMPTS:
+                        raise _Retry from None
+                    raise OSError(exc.errno, f"error while attempting to bind on address {with_port(addr, bound)!r}: "
+                                             f"{exc.strerror}") from None
+                sockets.append(sock)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setblocking(False)
+                bound = bound or sock.getsockname()[1]
+        except _Retry:
+            for sock in sockets:
+                sock.close()
+            continue
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        break
     listener = Listener(loop, factory, sockets, open_connections, ssl_context, handshake_timeout)
     listener.start()
     return listener
+
+
+class _Retry(Exception):
+    pass

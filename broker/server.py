@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from leveret import __version__
-from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, Config
+from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, PORTS, Config, user_password
 from leveret.broker.core import access as A
 from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.message import Message
@@ -28,7 +28,7 @@ from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHOST_COUNTERS, VHost
 from leveret.broker.definitions import apply_access_definitions, apply_definitions, read_definitions
-from leveret.broker.listener import Listener, open_listener
+from leveret.broker.listener import Listener, check_ports, open_listener
 from leveret.broker.tls import http_context, server_context
 from leveret.broker.wire.connection import Connection
 from leveret.protocol.constants import ACCESS_REFUSED, NOT_FOUND
@@ -128,6 +128,7 @@ class Broker:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        await check_ports(self.loop, self._configured_ports())  # every clash at once, before any listens
         if self.config.data_dir and self.persistence is None:
             # raises storage.DataDirLocked when another broker uses the directory
             self.persistence = Persistence(self, self.config.data_dir)
@@ -168,6 +169,14 @@ class Broker:
             raise
         self._load_mark = (self.loop.time(), _cpu_demand())
         self._load_timer = self.loop.call_later(LOAD_INTERVAL, self._sample_load)
+
+    def _configured_ports(self) -> list[tuple[str, str | list[str] | None, int]]:
+        """(flag, hosts, port) of every listener the config asks for."""
+        cfg = self.config
+        hosts = {"port": cfg.host, "tls_port": cfg.host, "http_port": cfg.http_host or cfg.host,
+                 "http_tls_port": cfg.http_host or cfg.host, "prometheus_port": cfg.prometheus_host or cfg.host,
+                 "prometheus_tls_port": cfg.prometheus_host or cfg.host}
+        return [(flag, hosts[name], getattr(cfg, name)) for name, flag in PORTS if getattr(cfg, name)]
 
     async def _start_http(self) -> None:
         """The management HTTP API and the Prometheus endpoint, if configured."""
@@ -474,12 +483,15 @@ class Broker:
             if self._definitions is not None:
                 apply_access_definitions(self, self._definitions, cfg.load_definitions or "")
             for u in cfg.hashed_users:
-                acc.add_user(
-                    u["name"],
-                    password_hash=u["password_hash"],
-                    hashing_algorithm=u.get("hashing_algorithm", A.SHA256),
-                    tags=u.get("tags", ()),
-                )
+                if "password_hash" in u:
+                    acc.add_user(
+                        u["name"],
+                        password_hash=u["password_hash"],
+                        hashing_algorithm=u.get("hashing_algorithm", A.SHA256),
+                        tags=u.get("tags", ()),
+                    )
+                else:  # password_env / password_file: read and hashed now
+                    acc.add_user(u["name"], user_password(u), tags=u.get("tags", ()))
             users = dict(cfg.users)
             if users == DEFAULT_USERS and any(n not in users for n in acc.users):
                 users = {}  # the default guest only while no other user exists

@@ -205,7 +205,7 @@ class Leveret:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "leveret", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--http-port", "0", "--prometheus-port", "0", "--log-level", "warning", *broker_storage_args(self.data_dir)],
+                 "--http-port", "off", "--prometheus-port", "off", "--log-level", "warning", *broker_storage_args(self.data_dir)],
                 env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         finally:

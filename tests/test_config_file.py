@@ -16,7 +16,9 @@ import pika.exceptions
 import pytest
 
 from leveret.broker import Config
-from leveret.broker.configfile import ConfigError, load_config_file
+from leveret.broker.cli import build_config, parse_args
+from leveret.broker.config import user_password
+from leveret.broker.configfile import ConfigError, hash_env_var, load_config_file, render_config
 from leveret.broker.core import access as A
 from leveret.broker.definitions import DefinitionsError, read_definitions
 from leveret.testing import BrokerThread
@@ -50,8 +52,10 @@ def test_example_config_loads(example: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert extras == {"log_level": "info"}
     assert cfg.users == {}  # users are configured: no guest
     users = {u["name"]: u for u in cfg.hashed_users}
-    assert A.check_password(users["admin"]["password_hash"], A.SHA256, "admin-pw")
-    assert A.check_password(users["orders-app"]["password_hash"], A.SHA256, "orders-pw")  # newline stripped
+    # the Config keeps where a password is (read and hashed when the broker starts)
+    assert users["admin"]["password_env"] == "LEVERET_ADMIN_PASSWORD" and user_password(users["admin"]) == "admin-pw"
+    assert users["orders-app"]["password_file"] == str(example.parent / "orders-app.pw")
+    assert user_password(users["orders-app"]) == "orders-pw"  # newline stripped
     assert users["reporting"]["password_hash"] == VECTOR_HASH
     assert users["admin"]["tags"] == ["administrator"]
     assert cfg.vhosts == ["/", "orders"]
@@ -69,9 +73,37 @@ def test_print_config_masks_secrets(example: Path) -> None:
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "admin-pw-secret" not in out and "orders-pw" not in out and VECTOR_HASH not in out
-    assert out.count('password_hash = "********"') == 3
+    assert 'password_env = "LEVERET_ADMIN_PASSWORD"' in out  # (where the secret is: not a secret)
+    assert '# password_hash = "********"' in out and 'password_hash_env = "LEVERET_PASSWORD_HASH_REPORTING"' in out
     assert "port = 5672" in out and '[users."orders-app"]' in out and "[[topic_permissions]]" in out
     assert "max_queues = 50" in out
+
+
+def test_print_config_round_trips(example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # vhosts with limits, users by env/file/hash, permissions, topic permissions, limits,
+    # ports on and off, flags over the file: the printed config loads back to an equal Config
+    monkeypatch.setenv("LEVERET_ADMIN_PASSWORD", "admin-pw")
+    monkeypatch.delenv("LEVERET_CONFIG", raising=False)
+    flags = ["--config", str(example), "--frame-max", "8192", "--vhost", "extra", "--prometheus-port", "off",
+             "--http-port", "0", "--data-dir", str(tmp_path / "d"), "--max-message-size", "1000", "--flow-cpu", "1"]
+    cfg, extras = build_config(parse_args(flags))
+    assert cfg.vhost_limits and cfg.permissions and cfg.topic_permissions and len(cfg.hashed_users) == 3
+    r = leveret("--print-config", *flags, env={"LEVERET_ADMIN_PASSWORD": "admin-pw"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == render_config(cfg, extras)
+    printed = tmp_path / "printed.toml"
+    printed.write_text(r.stdout)
+    # the masked hash comes back from the variable the printed file names
+    monkeypatch.setenv(hash_env_var("reporting"), VECTOR_HASH)
+    again, extras_again = build_config(parse_args(["--config", str(printed)]))
+    assert again == cfg and extras_again == extras
+    assert load_config_file(str(printed))[0] == cfg  # whatever the base: every setting is written
+    assert render_config(again, extras_again) == r.stdout
+    # a Config from Python, with None where the file has no null
+    py = Config(host="127.0.0.1", port=0, vhosts=["/", 'we"ird\\v'], vhost_limits={"/": {"max-queues": 3}},
+                data_dir=None, tls_port=None, http_port=0, http_host=None)
+    printed.write_text(render_config(py))
+    assert load_config_file(str(printed), Config(http_port=15672, data_dir="/x"))[0] == py
 
 
 def test_print_config_masks_command_line_users() -> None:
@@ -149,7 +181,7 @@ def test_the_broker_refuses_to_start_with_a_bad_config(tmp_path: Path) -> None:
 def _start(args: list[str], env: dict[str, str]) -> Iterator[int]:
     e = {**os.environ, **env}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "leveret", "--http-port", "0", "--prometheus-port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT
+        [sys.executable, "-m", "leveret", "--http-port", "off", "--prometheus-port", "off", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT
     )
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -294,7 +326,7 @@ def test_broken_definitions_stop_the_broker(tmp_path: Path) -> None:
     d = tmp_path / "defs.json"
     d.write_text('{"queues": [{"name": "q", "vhost": "/", "arguments": {"x-max-length": "ten"}}]}')
     # (checked when applied: RabbitMQ's argument validation)
-    r = leveret("--load-definitions", str(d), "--port", "0", "--in-memory")
+    r = leveret("--load-definitions", str(d), "--port", "0", "--in-memory", "--http-port", "off", "--prometheus-port", "off")
     assert r.returncode == 1, r.stderr
     assert f"leveret: error: {d}: queues[0]: PRECONDITION_FAILED - invalid arg 'x-max-length'" in r.stderr
     c = tmp_path / "c.toml"

@@ -72,13 +72,15 @@ def test_test_brokers_open_no_http_listener_and_the_cli_does() -> None:
         assert b.broker is not None and b.broker.http is None and b.broker.prometheus is None
     cfg, _ = build_config(parse_args(["--in-memory"]))
     assert (cfg.http_port, cfg.prometheus_port) == (15672, 15692)
-    cfg, _ = build_config(parse_args(["--in-memory", "--http-port", "0", "--prometheus-port", "0"]))
+    cfg, _ = build_config(parse_args(["--in-memory", "--http-port", "off", "--prometheus-port", "none"]))
     assert (cfg.http_port, cfg.prometheus_port) == (None, None)
+    cfg, _ = build_config(parse_args(["--in-memory", "--http-port", "0", "--prometheus-port", "0"]))
+    assert (cfg.http_port, cfg.prometheus_port) == (0, 0)  # 0: a free port, as for --port
 
 
 def test_config_file_http_and_prometheus_sections(tmp_path: Any) -> None:
     path = tmp_path / "leveret.toml"
-    path.write_text('[http]\nport = 15999\nhost = "127.0.0.1"\nmax_body = 1000\n[prometheus]\nport = 0\n')
+    path.write_text('[http]\nport = 15999\nhost = "127.0.0.1"\nmax_body = 1000\n[prometheus]\nport = "off"\n')
     cfg, _ = build_config(parse_args(["--in-memory", "--config", str(path)]))
     assert (cfg.http_port, cfg.http_host, cfg.http_max_body, cfg.prometheus_port) == (15999, "127.0.0.1", 1000, None)
     cfg, _ = build_config(parse_args(["--in-memory", "--config", str(path), "--http-port", "16000"]))
@@ -666,10 +668,10 @@ def test_cli_refuses_to_start_when_the_http_port_is_taken() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         r = subprocess.run([sys.executable, "-m", "leveret", "--in-memory", "--host", "127.0.0.1", "--port", "0",
-                            "--http-port", str(port), "--prometheus-port", "0"],
+                            "--http-port", str(port), "--prometheus-port", "off"],
                            capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
-    assert f"management HTTP API (--http-port): cannot listen on 127.0.0.1 port {port}" in r.stderr
+    assert f"leveret: error: port {port} (--http-port) in use" in r.stderr
     assert "Traceback" not in r.stderr
 
 

@@ -523,7 +523,7 @@ def test_bcc_removal_keeps_the_other_header_fields_as_published(client: RawClien
 
 def _leveret_cmd(port: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "leveret", "--port", str(port), "--log-level", "info",
-            "--http-port", "0", "--prometheus-port", "0", *args]
+            "--http-port", "off", "--prometheus-port", "off", *args]
 
 
 @leveret_only

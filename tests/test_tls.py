@@ -282,7 +282,7 @@ def test_cli_flags_and_startup_line(pki: PKI) -> None:
         sys.executable, "-m", "leveret", "--in-memory", "--host", "127.0.0.1", "--port", str(port),
         "--tls-port", str(tls_port), "--tls-cert", pki.cert, "--tls-key", pki.key,
         "--tls-ca", pki.ca_file, "--tls-verify-peer", "--tls-fail-if-no-peer-cert",
-        "--http-port", "0", "--prometheus-port", "0",  # (not the fixed 15672/15692 of the CLI)
+        "--http-port", "off", "--prometheus-port", "off",  # (not the fixed 15672/15692 of the CLI)
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -323,7 +323,8 @@ def test_cli_flags_and_startup_line(pki: PKI) -> None:
     ids=["no-cert", "missing-file"],
 )
 def test_cli_tls_errors(args: list[str], code: int, text: str) -> None:
-    cmd = [sys.executable, "-m", "leveret", "--in-memory", "--host", "127.0.0.1", "--port", "0", *args]
+    cmd = [sys.executable, "-m", "leveret", "--in-memory", "--host", "127.0.0.1", "--port", "0",
+           "--http-port", "off", "--prometheus-port", "off", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == code, (r.stdout, r.stderr)
     assert text in r.stderr
@@ -707,8 +708,8 @@ def test_cli_https_from_the_config_file(pki: PKI, tmp_path: Path) -> None:
     conf = tmp_path / "leveret.toml"
     conf.write_text(
         f'[amqp]\nhost = "127.0.0.1"\nport = {port}\n'
-        f'[http]\nport = 0\ntls_port = {https_port}\ntls_cert = "web.pem"\ntls_key = "web.key"\n'
-        "[prometheus]\nport = 0\n"
+        f'[http]\nport = "off"\ntls_port = {https_port}\ntls_cert = "web.pem"\ntls_key = "web.key"\n'
+        '[prometheus]\nport = "off"\n'
     )
     base = [sys.executable, "-m", "leveret", "--in-memory", "--config", str(conf)]
     r = subprocess.run([*base, "--print-config"], capture_output=True, text=True, timeout=30, cwd=ROOT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
 import ssl
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from leveret.broker.config import DEFAULT_HOSTS
+from leveret.broker.listener import PORT_ATTEMPTS, resolve
 
 log = logging.getLogger("leveret.http")
 
@@ -57,22 +60,49 @@ class HttpServer:
 
     async def _sites(self, host: str | list[str], port: int, ctx: ssl.SSLContext | None,
                      sites: list[web.TCPSite]) -> int:
+        """One site per address of the hosts, all at one port (0: the first address picks a
+        free one, the others take the same number; all again elsewhere if it is taken)."""
         hosts = [host] if isinstance(host, str) else list(host)
-        bound = 0
-        for i, h in enumerate(hosts):
-            site = web.TCPSite(self.runner, h, bound or port, reuse_address=True, ssl_context=ctx)
+        addrs: list[tuple[str, str]] = []  # (the host it came from, a numeric address)
+        loop = asyncio.get_running_loop()
+        for h in hosts:
             try:
-                await site.start()
+                infos = await resolve(loop, h, port)
             except OSError:
-                # the default hosts on a machine without an IPv6 loopback: IPv4 alone
-                if i == 0 or tuple(hosts) != DEFAULT_HOSTS:
+                if h == hosts[0] or tuple(hosts) != DEFAULT_HOSTS:
                     raise
                 continue
-            sites.append(site)
-            if not bound:
-                server: Any = site._server
-                bound = server.sockets[0].getsockname()[1]
-        return bound
+            addrs += [(h, info[3][0]) for info in infos if (h, info[3][0]) not in addrs]
+        for attempt in range(PORT_ATTEMPTS):
+            bound = port
+            started: list[web.TCPSite] = []
+            try:
+                for h, addr in addrs:
+                    site = web.TCPSite(self.runner, addr, bound, reuse_address=True, ssl_context=ctx)
+                    try:
+                        await site.start()
+                    except OSError as exc:
+                        if port == 0 and started and exc.errno == errno.EADDRINUSE and attempt + 1 < PORT_ATTEMPTS:
+                            raise _Retry from None
+                        # the default hosts on a machine without an IPv6 loopback: IPv4 alone
+                        if h == hosts[0] or tuple(hosts) != DEFAULT_HOSTS:
+                            raise
+                        continue
+                    started.append(site)
+                    if not bound:
+                        server: Any = site._server
+                        bound = server.sockets[0].getsockname()[1]
+            except _Retry:
+                for site in started:
+                    await site.stop()
+                continue
+            except BaseException:
+                for site in started:
+                    await site.stop()
+                raise
+            sites += started
+            return bound
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
     def _addresses(sites: list[web.TCPSite]) -> list[str]:
@@ -96,3 +126,7 @@ class HttpServer:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
+
+
+class _Retry(Exception):
+    pass

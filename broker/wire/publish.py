@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from leveret.broker.config import MAX_MESSAGE_SIZE_LIMIT
 from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.message import NAMES, Message, exchange_rk
 from leveret.protocol import methods as M
@@ -44,18 +45,16 @@ from leveret.protocol.constants import (
 if TYPE_CHECKING:
     from leveret.broker.core.node import Node
 
-MAX_MESSAGE_SIZE = 128 * 1024 * 1024  # the default of Config.max_message_size
-HARD_MAX_MESSAGE_SIZE = 512 * 1024 * 1024  # RabbitMQ's ?MAX_MSG_SIZE: the setting's ceiling
 
 
 def max_message_size(configured: int) -> int:
     """The limit in force: the setting, capped at 512 MiB as RabbitMQ caps it."""
-    return min(configured, HARD_MAX_MESSAGE_SIZE)
+    return min(configured, MAX_MESSAGE_SIZE_LIMIT)
 
 
 def too_large(size: int, limit: int) -> AMQPError:
     """RabbitMQ's 406 for a message body over the limit (``check_msg_size``)."""
-    what = "max size" if limit == HARD_MAX_MESSAGE_SIZE else "configured max size"
+    what = "max size" if limit == MAX_MESSAGE_SIZE_LIMIT else "configured max size"
     return AMQPError(PRECONDITION_FAILED, f"message size {size} is larger than {what} {limit}", 60, 40)
 
 

@@ -765,7 +765,7 @@ class BrokerProcess:
         # a test broker opens no HTTP API or Prometheus listener unless asked
         for flag in ("--http-port", "--prometheus-port"):
             if flag not in self.args:
-                self.args += [flag, "0"]
+                self.args += [flag, "off"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
