@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from leveret.broker.core import access as A
 from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.exchange import EXCHANGE_CLASSES
+from leveret.broker.core.operations import Session
 
 if TYPE_CHECKING:
     from leveret.broker.server import Broker
@@ -177,8 +178,9 @@ def apply_definitions(broker: Broker, defs: dict[str, list[dict[str, Any]]], pat
         if x["name"] == "" or x["name"].startswith("amq."):
             continue  # (RabbitMQ does not export them)
         try:
-            broker.add_vhost(x["vhost"]).declare_exchange(
-                x["name"], x["type"], False, x["durable"], x["auto_delete"], x["internal"], x["arguments"]
+            Session(broker.add_vhost(x["vhost"]), None).declare_exchange(
+                x["name"], x["type"], durable=x["durable"], auto_delete=x["auto_delete"], internal=x["internal"],
+                arguments=x["arguments"],
             )
         except AMQPError as exc:
             raise DefinitionsError(path, f"exchanges[{i}]", exc.reply_text) from None
@@ -187,16 +189,16 @@ def apply_definitions(broker: Broker, defs: dict[str, list[dict[str, Any]]], pat
         if q["type"] and "x-queue-type" not in args:
             args["x-queue-type"] = q["type"]
         try:
-            broker.add_vhost(q["vhost"]).declare_queue(q["name"], False, q["durable"], False, q["auto_delete"], args, None)
+            Session(broker.add_vhost(q["vhost"]), None).declare_queue(
+                q["name"], durable=q["durable"], auto_delete=q["auto_delete"], arguments=args
+            )
         except AMQPError as exc:
             raise DefinitionsError(path, f"queues[{i}]", exc.reply_text) from None
     for i, b in enumerate(defs.get("bindings", [])):
-        v = broker.add_vhost(b["vhost"])
+        session = Session(broker.add_vhost(b["vhost"]), None)
         try:
-            if b["destination_type"] == "queue":
-                v.bind_queue(v.get_queue(b["destination"], None), b["source"], b["routing_key"], b["arguments"])
-            else:
-                v.bind_exchange(b["destination"], b["source"], b["routing_key"], b["arguments"])
+            session.bind(b["source"], b["destination"], kind=b["destination_type"], routing_key=b["routing_key"],
+                         arguments=b["arguments"])
         except AMQPError as exc:
             raise DefinitionsError(path, f"bindings[{i}]", exc.reply_text) from None
 
