@@ -887,7 +887,6 @@ class Api:
         vn, seg = ctx.args
         ctx.vhost_for_write(vn)
         name = self.exchange_name(seg)
-        self.get_exchange(ctx, vn, seg)
         body = await ctx.body()
         rk = body.get("routing_key")
         payload = body.get("payload")
@@ -912,10 +911,9 @@ class Api:
         try:
             # (RabbitMQ's management plugin publishes with mandatory set)
             routed = ctx.session(vn).publish(name, rk, header, data, mandatory=True)
-        except AccessRefused:
-            raise
         except AMQPError as exc:
-            # as RabbitMQ: a channel error of the publish is a bad request naming its code
+            # as RabbitMQ: a channel error of the publish (a missing exchange, a refused
+            # permission too) is a bad request naming its code
             raise bad_request(f"{exc.code} {exc.reply_text}") from None
         self.broker.flush_all()
         return json_ok({"routed": routed})
@@ -1002,7 +1000,6 @@ class Api:
     async def queue_get(self, ctx: Ctx) -> web.Response:
         vn, name = ctx.args
         ctx.vhost_for_write(vn)
-        self.get_queue(ctx, vn, name)
         body = await ctx.body()
         count = parse_int(body.get("count"), "count", 1)
         ackmode = body.get("ackmode", "ack_requeue_true")
@@ -1076,13 +1073,15 @@ class Api:
         return json_ok([b for b in self.binding_infos(vn)
                         if b["destination_type"] == "exchange" and b["destination"] == x.name])
 
-    def binding_ends(self, ctx: Ctx) -> tuple[str, str, str, str]:
+    def binding_ends(self, ctx: Ctx, exist: bool = True) -> tuple[str, str, str, str]:
         """(vhost, source, destination type, destination) of a bindings path; 404
-        unless both ends exist."""
+        unless both ends exist (``exist``; else the core's bind looks)."""
         vn, src, dst = ctx.args[0], ctx.args[1], ctx.args[2]
         kind = "queue" if ctx.request.raw_path.split("?")[0].split("/")[6] == "q" else "exchange"
         v = ctx.vhost(vn)
         src = self.exchange_name(src)
+        if not exist:
+            return vn, src, kind, dst if kind == "queue" else self.exchange_name(dst)
         if src not in v.exchanges:
             raise not_found()
         if (kind == "queue" and dst not in v.queues) or (kind == "exchange" and self.exchange_name(dst) not in v.exchanges):
@@ -1097,7 +1096,7 @@ class Api:
         return json_ok(self.matching(*self.binding_ends(ctx)))
 
     async def binding_post(self, ctx: Ctx) -> web.Response:
-        vn, src, kind, dst = self.binding_ends(ctx)
+        vn, src, kind, dst = self.binding_ends(ctx, exist=False)
         ctx.vhost_for_write(vn)
         body = await ctx.body()
         rk = body.get("routing_key", "")
