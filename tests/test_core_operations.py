@@ -332,6 +332,34 @@ def test_every_http_write_and_its_amqp_twin_refuse_bad_input_alike(
         assert topology_of(api) == before, what  # neither changed anything
 
 
+def test_definitions_import_refuses_what_a_declare_refuses_before_applying_anything(
+    api: Api, broker: BrokerThread, twins_topology: None
+) -> None:
+    before = topology_of(api)
+    x = {"name": "t.new", "type": "direct", "durable": False, "auto_delete": False, "internal": False, "arguments": {}}
+    for queue, reason in (
+        ({"name": "t.q", "durable": True, "auto_delete": False, "arguments": {}},
+         "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 't.q' in vhost 'ops.v': received 'true' but current "
+         "is 'false'"),
+        ({"name": "t.neg", "durable": False, "auto_delete": False, "arguments": {"x-max-length": -1}},
+         "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 't.neg' in vhost 'ops.v': {value_negative,-1}"),
+        ({"name": "amq.q", "durable": False, "auto_delete": False, "arguments": {}},
+         "ACCESS_REFUSED - queue name 'amq.q' contains reserved prefix 'amq.*'"),
+        ({"name": "t.excl", "durable": False, "auto_delete": False, "arguments": {}},
+         "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 't.excl' in vhost 'ops.v'. It could be "
+         "originally declared on another connection or the exclusive property value does not match that of the original "
+         "declaration."),
+    ):
+        status, answer = api.call("POST", f"/definitions/{VQ}", {"exchanges": [x], "queues": [queue]})
+        assert (status, answer) == (400, {"error": "bad_request", "reason": "queues[0]: " + reason})
+        assert topology_of(api) == before
+    status, answer = api.call("POST", f"/definitions/{VQ}", {"exchanges": [x, {**x, "name": "t.x", "type": "topic"}]})
+    assert (status, answer) == (400, {"error": "bad_request", "reason": "exchanges[1]: PRECONDITION_FAILED - inequivalent "
+                                      "arg 'type' for exchange 't.x' in vhost 'ops.v': received 'topic' but current is "
+                                      "'direct'"})
+    assert topology_of(api) == before
+
+
 def test_http_and_amqp_over_the_queue_limit_alike(api: Api, broker: BrokerThread, twins_topology: None) -> None:
     n = len(api.get(f"/queues/{VQ}"))
     assert api.call("PUT", f"/vhost-limits/{VQ}/max-queues", {"value": n}) == (204, None)
@@ -344,10 +372,15 @@ def test_http_and_amqp_over_the_queue_limit_alike(api: Api, broker: BrokerThread
         assert code == 406 and "queue limit in vhost" in reply
         assert api.call("PUT", f"/queues/{VQ}/t.q", {"durable": False})[0] == 204
         amqp_ok(broker, lambda ch: ch.queue_declare("t.q"))
-        # definitions import: the same rule
-        status, answer = api.call("POST", f"/definitions/{VQ}", {"queues": [
-            {"name": "t.over", "durable": False, "auto_delete": False, "arguments": {}}]})
-        assert status == 400 and text in answer["reason"]
-        assert len(api.get(f"/queues/{VQ}")) == n
+        # definitions import: the same rule, checked before anything is applied (the
+        # exchange before the queue is not declared either)
+        before = topology_of(api)
+        status, answer = api.call("POST", f"/definitions/{VQ}", {
+            "exchanges": [{"name": "t.imported", "type": "direct", "durable": False, "auto_delete": False,
+                           "internal": False, "arguments": {}}],
+            "queues": [{"name": "t.q", "durable": False, "auto_delete": False, "arguments": {}},
+                       {"name": "t.over", "durable": False, "auto_delete": False, "arguments": {}}]})
+        assert (status, answer) == (400, {"error": "bad_request", "reason": "queues[1]: PRECONDITION_FAILED - " + text})
+        assert topology_of(api) == before
     finally:
         api.call("DELETE", f"/vhost-limits/{VQ}/max-queues")

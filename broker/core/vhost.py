@@ -181,7 +181,16 @@ class VHost:
             self.exchanges[name] = x
             self.node.definitions_changed(x if durable else None)
             return x
-        where = rs("exchange", name, self.name)
+        self.check_exchange_equivalent(
+            x, type_, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments
+        )
+        return x
+
+    def check_exchange_equivalent(
+        self, x: Exchange, type_: str, *, durable: bool, auto_delete: bool, internal: bool, arguments: dict[str, Any]
+    ) -> None:
+        """406 unless a redeclare of ``x`` with these properties is equivalent."""
+        where = rs("exchange", x.name, self.name)
         if x.type != type_:
             raise AMQPError(
                 PRECONDITION_FAILED,
@@ -192,7 +201,6 @@ class VHost:
             (("durable", durable, x.durable), ("auto_delete", auto_delete, x.auto_delete), ("internal", internal, x.internal)),
         )
         check_equivalent_alternate_exchange(where, arguments, x.arguments)
-        return x
 
     @property
     def stats_published(self) -> int:
@@ -303,10 +311,7 @@ class VHost:
         if authorize is not None:
             authorize(name, arguments, q is None)
         if q is not None:
-            self.check_exclusive(q, owner if exclusive else None, strict=True)
-            where = rs("queue", name, self.name)
-            check_equivalent(where, (("durable", durable, q.durable), ("auto_delete", auto_delete, q.auto_delete)))
-            check_equivalent_queue_arguments(where, arguments, q.arguments)
+            self.check_redeclare(q, owner if exclusive else None, durable=durable, auto_delete=auto_delete, arguments=arguments)
             q.touch()
             return q
         validate_queue_arguments(arguments, name, self.name, durable, exclusive, auto_delete)
@@ -317,6 +322,24 @@ class VHost:
         self.node.queue_created(q)
         return q
 
+    def check_redeclare(self, q: Queue, owner: Any, *, durable: bool, auto_delete: bool, arguments: dict[str, Any]) -> None:
+        """405 unless ``owner`` (None: not exclusive) may redeclare ``q``, 406 unless the
+        redeclare is equivalent."""
+        self.check_exclusive(q, owner, strict=True)
+        where = rs("queue", q.name, self.name)
+        check_equivalent(where, (("durable", durable, q.durable), ("auto_delete", auto_delete, q.auto_delete)))
+        check_equivalent_queue_arguments(where, arguments, q.arguments)
+
+    def check_new_queue(self, name: str, *, durable: bool, auto_delete: bool, arguments: dict[str, Any], adding: int = 0) -> None:
+        """What a declare of a new, non-exclusive queue ``name`` would refuse (with
+        ``adding`` other new queues before it): a reserved name, the vhost's queue limit,
+        the arguments (a dry run: definitions import checks everything before it applies
+        anything)."""
+        if name.startswith("amq."):
+            raise AMQPError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
+        self.check_queue_limit(name, adding)
+        validate_queue_arguments(arguments, name, self.name, durable, False, auto_delete)
+
     # ------------------------------------------------------------------ limits
 
     def limit(self, name: str) -> int | None:
@@ -324,10 +347,11 @@ class VHost:
         :meth:`AccessControl.set_vhost_limits`, which keeps them with the definitions."""
         return self.node.access.limit(self.name, name)
 
-    def check_queue_limit(self, name: str) -> None:
-        """406 if a new queue ``name`` would take the vhost over its ``max-queues``."""
+    def check_queue_limit(self, name: str, adding: int = 0) -> None:
+        """406 if a new queue ``name`` (after ``adding`` others) would take the vhost over
+        its ``max-queues``."""
         limit = self.limit("max-queues")
-        if limit is not None and len(self.queues) >= limit:
+        if limit is not None and len(self.queues) + adding >= limit:
             raise AMQPError(
                 PRECONDITION_FAILED, f"cannot declare queue '{name}': queue limit in vhost '{self.name}' ({limit}) is reached"
             )

@@ -1278,34 +1278,12 @@ class Api:
                     data[section] = [{**e, "vhost": vn} if isinstance(e, dict) else e for e in data[section]]
         try:
             defs = check_definitions(data, "definitions")
-            missing = self.check_conflicts(defs)
-            if missing:
-                raise bad_request(missing)
-            apply_definitions(self.broker, defs, "definitions")
+            apply_definitions(self.broker, defs, "definitions")  # (checked whole before applied)
         except DefinitionsError as exc:
             key = f"{exc.key}: " if exc.key else ""
             raise bad_request(f"{key}{exc.reason}") from None
         self.broker.flush_all()
         return no_content()
-
-    def check_conflicts(self, defs: dict[str, list[dict[str, Any]]]) -> str:
-        """Refuse before applying anything what would fail half way: an exchange or a
-        queue declared differently from the existing one."""
-        b = self.broker
-        for i, x in enumerate(defs.get("exchanges", [])):
-            v = b.vhosts.get(x["vhost"])
-            old = v.exchanges.get(x["name"]) if v is not None else None
-            if old is not None and x["name"] and not x["name"].startswith("amq."):
-                if (old.type, old.durable, old.auto_delete, old.internal) != (
-                        x["type"], x["durable"], x["auto_delete"], x["internal"]):
-                    return f"exchanges[{i}]: inequivalent to the existing exchange '{x['name']}' in vhost '{x['vhost']}'"
-        for i, q in enumerate(defs.get("queues", [])):
-            v = b.vhosts.get(q["vhost"])
-            old = v.queues.get(q["name"]) if v is not None else None
-            if old is not None and (old.durable, old.auto_delete, _jsonable(old.arguments)) != (
-                    q["durable"], q["auto_delete"], q["arguments"]):
-                return f"queues[{i}]: inequivalent to the existing queue '{q['name']}' in vhost '{q['vhost']}'"
-        return ""
 
     # ------------------------------------------------------------------ health
 
