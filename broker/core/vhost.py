@@ -314,7 +314,7 @@ class VHost:
             self.check_redeclare(q, owner if exclusive else None, durable=durable, auto_delete=auto_delete, arguments=arguments)
             q.touch()
             return q
-        validate_queue_arguments(arguments, name, self.name, durable, exclusive, auto_delete)
+        validate_queue_arguments(arguments, name, self.name, durable=durable, exclusive=exclusive, auto_delete=auto_delete)
         q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
         self.queues[name] = q
         if exclusive and owner is not None:
@@ -338,7 +338,7 @@ class VHost:
         if name.startswith("amq."):
             raise AMQPError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         self.check_queue_limit(name, adding)
-        validate_queue_arguments(arguments, name, self.name, durable, False, auto_delete)
+        validate_queue_arguments(arguments, name, self.name, durable=durable, exclusive=False, auto_delete=auto_delete)
 
     # ------------------------------------------------------------------ limits
 
