@@ -210,6 +210,9 @@ TWINS: list[tuple[str, str, str, str, Any, str, Callable[[Any], Any], int, str]]
     ("exchange.declare inequivalent", "guest", "PUT", "/exchanges/ops.v/t.x", {"type": "fanout", "durable": False},
      "guest", lambda ch: ch.exchange_declare("t.x", "fanout"),
      406, "inequivalent arg 'type' for exchange 't.x' in vhost 'ops.v': received 'fanout' but current is 'direct'"),
+    ("exchange.declare unknown type (a connection error in AMQP)", "guest", "PUT", "/exchanges/ops.v/t.nt",
+     {"type": "nonsense", "durable": False}, "guest", lambda ch: ch.exchange_declare("t.nt", "nonsense"),
+     503, "unknown exchange type 'nonsense'"),
     ("exchange.declare reserved name", "guest", "PUT", "/exchanges/ops.v/amq.t", {"type": "direct", "durable": False},
      "guest", lambda ch: ch.exchange_declare("amq.t", "direct"),
      403, "exchange name 'amq.t' contains reserved prefix 'amq.*'"),
@@ -319,6 +322,8 @@ def test_every_http_write_and_its_amqp_twin_refuse_bad_input_alike(
                 conn.close()
         got = (info.value.reply_code, info.value.reply_text)
         assert got == (code, f"{NAMES[code]} - {text}"), what
+        # a soft error closes the channel only; 503 the connection
+        assert isinstance(info.value, pika.exceptions.ConnectionClosedByBroker) == (code == 503), what
         status, answer = users[huser].call(method, path, body)
         if path.endswith("/publish"):
             expected = (400, {"error": "bad_request", "reason": f"{code} {NAMES[code]} - {text}"})
