@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from leveret.broker.core import access as A
 from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.exchange import EXCHANGE_CLASSES
+from leveret.broker.core.operations import Session
 
 if TYPE_CHECKING:
     from leveret.broker.server import Broker
@@ -169,34 +170,80 @@ def _check(section: str, e: dict[str, Any]) -> None:
             raise ValueError("destination_type: expected 'queue' or 'exchange'")
 
 
+def _queue_arguments(q: dict[str, Any]) -> dict[str, Any]:
+    args = dict(q["arguments"])
+    if q["type"] and "x-queue-type" not in args:
+        args["x-queue-type"] = q["type"]
+    return args
+
+
+def check_applicable(broker: Broker, defs: dict[str, list[dict[str, Any]]], path: str = "definitions") -> None:
+    """Refuse, before anything is applied, what :func:`apply_definitions` would refuse
+    half way, with the core's own checks and texts: an exchange or queue inequivalent to the
+    existing one (or an exclusive queue), a new queue's reserved name, arguments or the
+    vhost's queue limit."""
+    new_queues: dict[str, set[str]] = {}
+    for i, x in enumerate(defs.get("exchanges", [])):
+        v = broker.vhosts.get(x["vhost"])
+        old = v.exchanges.get(x["name"]) if v is not None else None
+        if old is None or x["name"] == "" or x["name"].startswith("amq."):
+            continue  # (a new exchange: its type was checked by check_definitions)
+        try:
+            v.check_exchange_equivalent(  # type: ignore[union-attr]
+                old, x["type"], durable=x["durable"], auto_delete=x["auto_delete"], internal=x["internal"],
+                arguments=x["arguments"],
+            )
+        except AMQPError as exc:
+            raise DefinitionsError(path, f"exchanges[{i}]", exc.reply_text) from None
+    for i, q in enumerate(defs.get("queues", [])):
+        v = broker.vhosts.get(q["vhost"])
+        if v is None:
+            continue  # (a vhost the import creates: nothing there yet)
+        args = _queue_arguments(q)
+        try:
+            old = v.queues.get(q["name"])
+            if old is not None:
+                v.check_redeclare(old, None, durable=q["durable"], auto_delete=q["auto_delete"], arguments=args)
+                continue
+            seen = new_queues.setdefault(v.name, set())
+            if q["name"] not in seen:
+                v.check_new_queue(q["name"], durable=q["durable"], auto_delete=q["auto_delete"], arguments=args,
+                                  adding=len(seen))
+                seen.add(q["name"])
+        except AMQPError as exc:
+            raise DefinitionsError(path, f"queues[{i}]", exc.reply_text) from None
+
+
 def apply_definitions(broker: Broker, defs: dict[str, list[dict[str, Any]]], path: str = "definitions") -> None:
-    """Apply checked definitions (:func:`read_definitions`) in RabbitMQ's order; a
-    declaration the broker refuses raises :class:`DefinitionsError`."""
+    """Apply checked definitions (:func:`read_definitions`) in RabbitMQ's order, through
+    the core's operations (as the node: no permission checks); what the broker would refuse
+    is refused first (:func:`check_applicable`), so nothing is applied then.  Raises
+    :class:`DefinitionsError`."""
+    check_applicable(broker, defs, path)
     apply_access_definitions(broker, defs, path)
     for i, x in enumerate(defs.get("exchanges", [])):
         if x["name"] == "" or x["name"].startswith("amq."):
             continue  # (RabbitMQ does not export them)
         try:
-            broker.add_vhost(x["vhost"]).declare_exchange(
-                x["name"], x["type"], False, x["durable"], x["auto_delete"], x["internal"], x["arguments"]
+            Session(broker.add_vhost(x["vhost"]), None).declare_exchange(
+                x["name"], x["type"], durable=x["durable"], auto_delete=x["auto_delete"], internal=x["internal"],
+                arguments=x["arguments"],
             )
         except AMQPError as exc:
             raise DefinitionsError(path, f"exchanges[{i}]", exc.reply_text) from None
     for i, q in enumerate(defs.get("queues", [])):
-        args = dict(q["arguments"])
-        if q["type"] and "x-queue-type" not in args:
-            args["x-queue-type"] = q["type"]
+        args = _queue_arguments(q)
         try:
-            broker.add_vhost(q["vhost"]).declare_queue(q["name"], False, q["durable"], False, q["auto_delete"], args, None)
+            Session(broker.add_vhost(q["vhost"]), None).declare_queue(
+                q["name"], durable=q["durable"], auto_delete=q["auto_delete"], arguments=args
+            )
         except AMQPError as exc:
             raise DefinitionsError(path, f"queues[{i}]", exc.reply_text) from None
     for i, b in enumerate(defs.get("bindings", [])):
-        v = broker.add_vhost(b["vhost"])
+        session = Session(broker.add_vhost(b["vhost"]), None)
         try:
-            if b["destination_type"] == "queue":
-                v.bind_queue(v.get_queue(b["destination"], None), b["source"], b["routing_key"], b["arguments"])
-            else:
-                v.bind_exchange(b["destination"], b["source"], b["routing_key"], b["arguments"])
+            session.bind(b["source"], b["destination"], kind=b["destination_type"], routing_key=b["routing_key"],
+                         arguments=b["arguments"])
         except AMQPError as exc:
             raise DefinitionsError(path, f"bindings[{i}]", exc.reply_text) from None
 

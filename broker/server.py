@@ -21,8 +21,6 @@ from typing import Any
 from leveret import __version__
 from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, PORTS, Config, user_password
 from leveret.broker.core import access as A
-from leveret.broker.core.errors import AMQPError
-from leveret.broker.core.message import Message
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
@@ -31,8 +29,6 @@ from leveret.broker.definitions import apply_access_definitions, apply_definitio
 from leveret.broker.listener import Listener, check_ports, open_listener
 from leveret.broker.tls import http_context, server_context
 from leveret.broker.wire.connection import Connection
-from leveret.protocol.constants import ACCESS_REFUSED, NOT_FOUND
-from leveret.protocol.methods import shortstr
 
 log = logging.getLogger("leveret")
 
@@ -599,34 +595,6 @@ class Broker:
             },
         }
 
-    # ------------------------------------------------------------------ management
-    #
-    # What the HTTP API does besides listing: publish into and get from a vhost's
-    # queues without an AMQP connection (RabbitMQ's /api/exchanges/.../publish and
-    # /api/queues/.../get).
-
-    def publish(self, vhost: str, exchange: str, routing_key: str, body: bytes, header: bytes) -> bool:
-        """Publish as basic.publish would (no mandatory, no confirm); ``header`` is a
-        content-header payload (class, weight, body size, flags, properties).  True if
-        the message reached a queue.  AMQPError 404 for a missing vhost or exchange."""
-        v = self.vhosts.get(vhost)
-        if v is None:
-            raise AMQPError(NOT_FOUND, f"no vhost '{vhost}'")
-        x = v.get_exchange(exchange)
-        if x.internal:
-            raise AMQPError(ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange}' in vhost '{vhost}'")
-        msg = Message(shortstr(exchange) + shortstr(routing_key), exchange, routing_key, header, body)
-        x.stats_publish_in += 1
-        queues = v.route(x, routing_key, msg)
-        if queues:
-            v.enqueue(queues, msg)
-            self.flush_all()
-        else:
-            # RabbitMQ's management plugin publishes with mandatory set: a return
-            x.stats_unroutable += 1
-            v.stats_return_unroutable += 1
-        return bool(queues)
-
     @property
     def stats_published(self) -> int:
         """Messages published on the node: the exchanges' ``publish_in`` counters summed
@@ -655,35 +623,6 @@ class Broker:
         for v in self.vhosts.values():
             for k in VHOST_COUNTERS:
                 out[k] += getattr(v, "stats_" + k)
-        return out
-
-    def get_messages(self, vhost: str, queue: str, count: int, requeue: bool, reject: bool = False) -> list[tuple[Any, bool, int]]:
-        """basic.get up to ``count`` messages, then requeue them (``requeue``),
-        dead-letter them (``reject``) or drop them (acked).  Returns (message,
-        redelivered, messages left) for each."""
-        v = self.vhosts.get(vhost)
-        if v is None:
-            raise AMQPError(NOT_FOUND, f"no vhost '{vhost}'")
-        q = v.get_queue(queue, None)
-        out: list[tuple[Any, bool, int]] = []
-        back: list[tuple[int, Any]] = []
-        for _ in range(count):
-            entry = q.get()
-            if entry is None:
-                break
-            seq, msg, redelivered, _ = entry
-            q.store.stats_deliver += 1
-            if redelivered:
-                q.store.stats_redeliver += 1
-            if requeue:
-                back.append((seq, msg))
-            else:
-                q.unacked_count += 1
-                q.settle(seq, msg, reject)
-            out.append((msg, redelivered, q.store.total()))
-        if back:
-            q.requeue(back)
-        self.flush_all()
         return out
 
     # ------------------------------------------------------------------ storage hooks

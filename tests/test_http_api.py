@@ -683,7 +683,7 @@ async def test_queue_instances_keep_a_compact_attribute_dict() -> None:
     b = Broker(Config(port=0, host="127.0.0.1"))
     await b.start()
     try:
-        q = b.vhosts["/"].declare_queue("compact", False, False, False, False, {"x-max-length": 5}, None)
+        q = b.vhosts["/"].declare_queue("compact", arguments={"x-max-length": 5})
         assert len(vars(q)) <= 30, sorted(vars(q))
     finally:
         await b.stop()

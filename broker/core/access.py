@@ -28,8 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from leveret.broker.core.errors import AMQPError
-from leveret.protocol.constants import ACCESS_REFUSED
+from leveret.broker.core.errors import AccessRefused
 
 SHA256 = "rabbit_password_hashing_sha256"
 SHA512 = "rabbit_password_hashing_sha512"
@@ -142,9 +141,9 @@ class TopicPermission:
         return {"exchange": self.exchange, WRITE: self.write, READ: self.read}
 
 
-def refused(kind: str, name: str, vhost: str, user: str) -> AMQPError:
+def refused(kind: str, name: str, vhost: str, user: str) -> AccessRefused:
     """RabbitMQ 3.10's 403 text (3.11+ put the kind of access in front)."""
-    return AMQPError(ACCESS_REFUSED, f"access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'")
+    return AccessRefused(f"access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'")
 
 
 class AccessControl:
@@ -305,8 +304,7 @@ class AccessControl:
         permission for it: allowed)."""
         rule = self.topic_rule(user, vhost, exchange)
         if rule is not None and not rule.allows(perm, routing_key, user, vhost):
-            raise AMQPError(
-                ACCESS_REFUSED,
+            raise AccessRefused(
                 f"access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'",
             )
 

@@ -58,7 +58,9 @@ def val_text(v: Any) -> str:
     return str(v)
 
 
-def validate_queue_arguments(args: dict[str, Any], name: str, vhost: str, durable: bool, exclusive: bool, auto_delete: bool) -> None:
+def validate_queue_arguments(
+    args: dict[str, Any], name: str, vhost: str, *, durable: bool, exclusive: bool, auto_delete: bool
+) -> None:
     """RabbitMQ's x-argument validation for queue.declare (406 with its texts)."""
     where = rs("queue", name, vhost)
 

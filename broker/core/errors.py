@@ -3,7 +3,7 @@ connection.close by the connection."""
 
 from __future__ import annotations
 
-from leveret.protocol.constants import CHANNEL_ERRORS, REPLY_TEXT
+from leveret.protocol.constants import ACCESS_REFUSED, CHANNEL_ERRORS, REPLY_TEXT
 
 
 class AMQPError(Exception):
@@ -27,6 +27,14 @@ class AMQPError(Exception):
     @property
     def closes_channel(self) -> bool:
         return self.code in CHANNEL_ERRORS
+
+
+class AccessRefused(AMQPError):
+    """403: the user lacks a permission (the HTTP API answers it with 401 not_authorised;
+    other 403s, such as an operation on the default exchange, are a bad request there)."""
+
+    def __init__(self, text: str, class_id: int = 0, method_id: int = 0) -> None:
+        super().__init__(ACCESS_REFUSED, text, class_id, method_id)
 
 
 def rs(kind: str, name: str, vhost: str) -> str:

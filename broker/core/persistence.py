@@ -287,7 +287,8 @@ class Persistence:
                 v = b.vhosts.get(e["vhost"])
                 if v is None or e["name"] in v.exchanges:
                     continue
-                v.declare_exchange(e["name"], e["type"], False, True, e["auto_delete"], e["internal"], decode_table(e["arguments"]))
+                v.declare_exchange(e["name"], e["type"], durable=True, auto_delete=e["auto_delete"], internal=e["internal"],
+                                   arguments=decode_table(e["arguments"]))
             nq = nmsg = 0
             known = set()
             for qd in data.get("queues", []):
@@ -295,7 +296,8 @@ class Persistence:
                 if v is None:
                     continue
                 q = v.declare_queue(
-                    qd["name"], False, True, False, qd["auto_delete"], decode_table(qd["arguments"]), None, recovering=True
+                    qd["name"], durable=True, auto_delete=qd["auto_delete"], arguments=decode_table(qd["arguments"]),
+                    recovering=True,
                 )
                 known.add(self.key(q))
                 nq += 1

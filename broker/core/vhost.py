@@ -26,6 +26,7 @@ from leveret.broker.core.queue import ACCEPTED, Queue
 from leveret.protocol.constants import (
     ACCESS_REFUSED,
     COMMAND_INVALID,
+    NOT_ALLOWED,
     NOT_FOUND,
     PRECONDITION_FAILED,
     RESOURCE_LOCKED,
@@ -108,6 +109,14 @@ class VHost:
                 found[q] = None
         return list(found)
 
+    def unroutable(self, x: Exchange, *, mandatory: bool) -> None:
+        """Count a publish that reached no queue (returned if ``mandatory``, else dropped)."""
+        x.stats_unroutable += 1
+        if mandatory:
+            self.stats_return_unroutable += 1
+        else:
+            self.stats_drop_unroutable += 1
+
     @staticmethod
     def enqueue(queues: Iterable[Queue], msg: Message) -> int:
         """Hand a routed message to its queues; the OR of their :class:`Enqueued` outcomes."""
@@ -143,12 +152,16 @@ class VHost:
         self,
         name: str,
         type_: str,
-        passive: bool,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
-        arguments: dict[str, Any],
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> Exchange:
+        """The vhost's checks of exchange.declare (permissions are the caller's:
+        :class:`~leveret.broker.core.operations.Session`)."""
+        arguments = arguments or {}
         if passive:
             not_default(name)  # RabbitMQ 3.10 refuses a passive declare of "" too
             return self.get_exchange(name)
@@ -168,7 +181,16 @@ class VHost:
             self.exchanges[name] = x
             self.node.definitions_changed(x if durable else None)
             return x
-        where = rs("exchange", name, self.name)
+        self.check_exchange_equivalent(
+            x, type_, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments
+        )
+        return x
+
+    def check_exchange_equivalent(
+        self, x: Exchange, type_: str, *, durable: bool, auto_delete: bool, internal: bool, arguments: dict[str, Any]
+    ) -> None:
+        """406 unless a redeclare of ``x`` with these properties is equivalent."""
+        where = rs("exchange", x.name, self.name)
         if x.type != type_:
             raise AMQPError(
                 PRECONDITION_FAILED,
@@ -179,7 +201,6 @@ class VHost:
             (("durable", durable, x.durable), ("auto_delete", auto_delete, x.auto_delete), ("internal", internal, x.internal)),
         )
         check_equivalent_alternate_exchange(where, arguments, x.arguments)
-        return x
 
     @property
     def stats_published(self) -> int:
@@ -198,7 +219,7 @@ class VHost:
         """Acks of those (``BackingQueue.stats_ack``), deleted queues included."""
         return self.stats_ack_gone + sum(q.store.stats_ack for q in self.queues.values())
 
-    def delete_exchange(self, name: str, if_unused: bool) -> None:
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         not_default(name)
         if name.startswith("amq."):
             raise AMQPError(ACCESS_REFUSED, f"deletion of system {rs('exchange', name, self.name)} not allowed")
@@ -264,18 +285,21 @@ class VHost:
     def declare_queue(
         self,
         name: str,
-        passive: bool,
-        durable: bool,
-        exclusive: bool,
-        auto_delete: bool,
-        arguments: dict[str, Any],
-        owner: Any,
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+        owner: Any = None,
         recovering: bool = False,
         authorize: Callable[[str, dict[str, Any], bool], None] | None = None,
     ) -> Queue:
         """Declare (or, ``passive``, look up) a queue.  ``authorize(name, arguments,
-        new)`` is the caller's permission check, called once the name is known (a
-        server-generated one too) and before the equivalence checks."""
+        new)`` is the caller's check (the session's permissions and, for a new queue,
+        :meth:`check_queue_limit`), called once the name is known (a server-generated
+        one too) and before the equivalence checks; only recovery passes none."""
+        arguments = arguments or {}
         if passive:
             return self.get_queue(name, owner)
         durable = durable and not exclusive  # RabbitMQ: exclusive queues are never durable
@@ -287,19 +311,62 @@ class VHost:
         if authorize is not None:
             authorize(name, arguments, q is None)
         if q is not None:
-            self.check_exclusive(q, owner if exclusive else None, strict=True)
-            where = rs("queue", name, self.name)
-            check_equivalent(where, (("durable", durable, q.durable), ("auto_delete", auto_delete, q.auto_delete)))
-            check_equivalent_queue_arguments(where, arguments, q.arguments)
+            self.check_redeclare(q, owner if exclusive else None, durable=durable, auto_delete=auto_delete, arguments=arguments)
             q.touch()
             return q
-        validate_queue_arguments(arguments, name, self.name, durable, exclusive, auto_delete)
+        validate_queue_arguments(arguments, name, self.name, durable=durable, exclusive=exclusive, auto_delete=auto_delete)
         q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
         self.queues[name] = q
         if exclusive and owner is not None:
             owner.exclusive_queues.append(q)
         self.node.queue_created(q)
         return q
+
+    def check_redeclare(self, q: Queue, owner: Any, *, durable: bool, auto_delete: bool, arguments: dict[str, Any]) -> None:
+        """405 unless ``owner`` (None: not exclusive) may redeclare ``q``, 406 unless the
+        redeclare is equivalent."""
+        self.check_exclusive(q, owner, strict=True)
+        where = rs("queue", q.name, self.name)
+        check_equivalent(where, (("durable", durable, q.durable), ("auto_delete", auto_delete, q.auto_delete)))
+        check_equivalent_queue_arguments(where, arguments, q.arguments)
+
+    def check_new_queue(self, name: str, *, durable: bool, auto_delete: bool, arguments: dict[str, Any], adding: int = 0) -> None:
+        """What a declare of a new, non-exclusive queue ``name`` would refuse (with
+        ``adding`` other new queues before it): a reserved name, the vhost's queue limit,
+        the arguments (a dry run: definitions import checks everything before it applies
+        anything)."""
+        if name.startswith("amq."):
+            raise AMQPError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
+        self.check_queue_limit(name, adding)
+        validate_queue_arguments(arguments, name, self.name, durable=durable, exclusive=False, auto_delete=auto_delete)
+
+    # ------------------------------------------------------------------ limits
+
+    def limit(self, name: str) -> int | None:
+        """This vhost's ``max-queues`` / ``max-connections`` (None: no limit); set through
+        :meth:`AccessControl.set_vhost_limits`, which keeps them with the definitions."""
+        return self.node.access.limit(self.name, name)
+
+    def check_queue_limit(self, name: str, adding: int = 0) -> None:
+        """406 if a new queue ``name`` (after ``adding`` others) would take the vhost over
+        its ``max-queues``."""
+        limit = self.limit("max-queues")
+        if limit is not None and len(self.queues) + adding >= limit:
+            raise AMQPError(
+                PRECONDITION_FAILED, f"cannot declare queue '{name}': queue limit in vhost '{self.name}' ({limit}) is reached"
+            )
+
+    def check_connection_limit(self, user: str, opened: int) -> None:
+        """530 (connection.open) if one more connection, with ``opened`` open already,
+        would take the vhost over its ``max-connections``."""
+        limit = self.limit("max-connections")
+        if limit is not None and opened >= limit:
+            raise AMQPError(
+                NOT_ALLOWED,
+                f"access to vhost '{self.name}' refused for user '{user}': connection limit ({limit}) is reached",
+                10,
+                40,
+            )
 
     def delete_queue(self, q: Queue) -> int:
         """Remove a queue, its bindings and consumers; return its ready message count."""

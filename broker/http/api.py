@@ -31,7 +31,8 @@ from pamqp import commands as C
 from pamqp import header as H
 
 from leveret.broker.core import access as A
-from leveret.broker.core.errors import AMQPError
+from leveret.broker.core.errors import AccessRefused, AMQPError
+from leveret.broker.core.operations import Session
 from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHOST_COUNTERS
 from leveret.broker.definitions import (
@@ -282,11 +283,10 @@ class Ctx:
             raise HttpError(401, "not_authorised", "Access refused.")
         return v
 
-    def authz(self, vhost: str, perm: str, kind: str, name: str) -> None:
-        try:
-            self.broker.access.check(self.user.name, vhost, perm, kind, name)
-        except AMQPError as exc:
-            raise HttpError(401, "not_authorised", exc.text) from None
+    def session(self, vhost: str) -> Session:
+        """The core operations as this user in ``vhost`` (every check of a declare,
+        delete, bind, purge, publish, get: the same as over AMQP)."""
+        return Session(self.broker.vhosts[vhost], self.user.name)
 
     async def body(self) -> dict[str, Any]:
         raw = await self.request.read()
@@ -386,6 +386,9 @@ class Api:
         r(("vhosts", V, "channels"), GET=self.vhost_channels)
         r(("consumers",), GET=self.consumers)
         r(("consumers", V), GET=self.consumers)
+        r(("vhost-limits",), GET=self.vhost_limits)
+        r(("vhost-limits", V), GET=self.vhost_limits)
+        r(("vhost-limits", V, N), PUT=self.vhost_limit_put, DELETE=self.vhost_limit_delete)
         r(("definitions",), GET=self.definitions_get, POST=self.definitions_post)
         r(("definitions", V), GET=self.definitions_get, POST=self.definitions_post)
         r(("aliveness-test", V), GET=self.aliveness)
@@ -447,6 +450,8 @@ class Api:
             return resp
         except web.HTTPRequestEntityTooLarge as exc:
             return error_response(413, "payload_too_large", exc.text or "request body too large")
+        except AccessRefused as exc:  # a permission the user lacks (the core's check)
+            return error_response(401, "not_authorised", exc.text)
         except AMQPError as exc:
             if exc.code == NOT_FOUND:
                 return error_response(404, "Object Not Found", exc.text)
@@ -632,6 +637,47 @@ class Api:
         ctx.need_admin()
         ctx.vhost(ctx.args[0])
         return json_ok([p for p in self.all_permissions() if p["vhost"] == ctx.args[0]])
+
+    # ------------------------------------------------------------------ vhost limits
+
+    async def vhost_limits(self, ctx: Ctx) -> web.Response:
+        """``GET /api/vhost-limits[/{vhost}]``: ``[{"vhost", "value": {"max-queues": n, ...}}]``,
+        the vhosts with limits only (RabbitMQ 3.10.8's shape)."""
+        names = [ctx.args[0]] if ctx.args else ctx.visible_vhosts()
+        if ctx.args:
+            ctx.vhost(ctx.args[0])
+        limits = self.broker.access.vhost_limits
+        return json_ok([{"vhost": vn, "value": dict(sorted(limits[vn].items()))} for vn in names if limits.get(vn)])
+
+    def limit_target(self, ctx: Ctx) -> tuple[str, str, dict[str, int]]:
+        ctx.need_admin()
+        vn, name = ctx.args
+        if vn not in self.broker.vhosts:
+            raise HttpError(404, "not_found", "vhost_not_found")
+        return vn, name, dict(self.broker.access.vhost_limits.get(vn, {}))
+
+    async def vhost_limit_put(self, ctx: Ctx) -> web.Response:
+        """``PUT /api/vhost-limits/{vhost}/{max-queues|max-connections}`` ``{"value": n}``
+        (a negative value: no limit)."""
+        vn, name, limits = self.limit_target(ctx)
+        body = await ctx.body()
+        if "value" not in body:
+            raise bad_request("[{key_missing,value}]")
+        value = body["value"]
+        if name not in ("max-queues", "max-connections"):
+            raise bad_request(f"Validation failed\n\nUnrecognised terms [{{<<{json.dumps(name)}>>,{json.dumps(value)}}}] in limits\n")
+        if isinstance(value, bool) or not isinstance(value, int):
+            shown = f"<<{json.dumps(value)}>>" if isinstance(value, str) else json.dumps(value)
+            raise bad_request(f"Validation failed\n\n{name} should be a number, actually was {shown}\n")
+        limits[name] = value
+        self.broker.set_vhost_limits(vn, limits)
+        return no_content()
+
+    async def vhost_limit_delete(self, ctx: Ctx) -> web.Response:
+        vn, name, limits = self.limit_target(ctx)
+        if limits.pop(name, None) is not None:
+            self.broker.set_vhost_limits(vn, limits)
+        return no_content()
 
     # ------------------------------------------------------------------ users, permissions
 
@@ -822,9 +868,10 @@ class Api:
         args = body.get("arguments") or {}
         if not isinstance(args, dict):
             raise bad_request("arguments: expected an object")
-        ctx.authz(vn, A.CONFIGURE, "exchange", name)
         existed = name in v.exchanges
-        v.declare_exchange(name, xtype, False, durable, auto_delete, internal, args)
+        ctx.session(vn).declare_exchange(
+            name, xtype, durable=durable, auto_delete=auto_delete, internal=internal, arguments=args
+        )
         return no_content(204 if existed else 201)
 
     async def exchange_delete(self, ctx: Ctx) -> web.Response:
@@ -833,15 +880,13 @@ class Api:
         name = self.exchange_name(seg)
         if name not in v.exchanges:
             raise not_found()
-        ctx.authz(vn, A.CONFIGURE, "exchange", name)
-        v.delete_exchange(name, ctx.request.query.get("if-unused") == "true")
+        ctx.session(vn).delete_exchange(name, if_unused=ctx.request.query.get("if-unused") == "true")
         return no_content()
 
     async def exchange_publish(self, ctx: Ctx) -> web.Response:
         vn, seg = ctx.args
         ctx.vhost_for_write(vn)
         name = self.exchange_name(seg)
-        self.get_exchange(ctx, vn, seg)
         body = await ctx.body()
         rk = body.get("routing_key")
         payload = body.get("payload")
@@ -863,8 +908,14 @@ class Api:
         else:
             raise bad_request(f"payload_encoding: expected string or base64, got {json.dumps(enc)}")
         header = encode_properties(props, len(data))
-        ctx.authz(vn, A.WRITE, "exchange", name)
-        routed = self.broker.publish(vn, name, rk, data, header)
+        try:
+            # (RabbitMQ's management plugin publishes with mandatory set)
+            routed = ctx.session(vn).publish(name, rk, header, data, mandatory=True)
+        except AMQPError as exc:
+            # as RabbitMQ: a channel error of the publish (a missing exchange, a refused
+            # permission too) is a bad request naming its code
+            raise bad_request(f"{exc.code} {exc.reply_text}") from None
+        self.broker.flush_all()
         return json_ok({"routed": routed})
 
     # ------------------------------------------------------------------ queues
@@ -926,41 +977,29 @@ class Api:
         if not name:
             raise bad_request("a queue needs a name")
         existed = name in v.queues
-
-        def authorize(qname: str, arguments: dict[str, Any], new: bool) -> None:
-            ctx.authz(vn, A.CONFIGURE, "queue", qname)
-
-        v.declare_queue(name, False, durable, False, auto_delete, args, None, authorize=authorize)
+        ctx.session(vn).declare_queue(name, durable=durable, auto_delete=auto_delete, arguments=args)
         return no_content(204 if existed else 201)
 
     async def queue_delete(self, ctx: Ctx) -> web.Response:
         vn, name = ctx.args
         ctx.vhost_for_write(vn)
-        q = self.get_queue(ctx, vn, name)
-        ctx.authz(vn, A.CONFIGURE, "queue", name)
-        if ctx.request.query.get("if-empty") == "true" and q.message_count:
-            raise bad_request(f"queue '{name}' in vhost '{vn}' is not empty")
-        if ctx.request.query.get("if-unused") == "true" and q.consumers:
-            raise bad_request(f"queue '{name}' in vhost '{vn}' in use")
-        if q.exclusive:
-            raise bad_request(f"queue '{name}' in vhost '{vn}' is exclusive to another connection")
-        q.vhost.delete_queue(q)
+        self.get_queue(ctx, vn, name)
+        query = ctx.request.query
+        ctx.session(vn).delete_queue(name, if_unused=query.get("if-unused") == "true",
+                                     if_empty=query.get("if-empty") == "true")
         self.broker.flush_all()
         return no_content()
 
     async def queue_purge(self, ctx: Ctx) -> web.Response:
         vn, name = ctx.args
         ctx.vhost_for_write(vn)
-        q = self.get_queue(ctx, vn, name)
-        ctx.authz(vn, A.READ, "queue", name)
-        q.vhost.check_exclusive(q, None)
-        q.purge()
+        self.get_queue(ctx, vn, name)
+        ctx.session(vn).purge(name)
         return no_content()
 
     async def queue_get(self, ctx: Ctx) -> web.Response:
         vn, name = ctx.args
         ctx.vhost_for_write(vn)
-        self.get_queue(ctx, vn, name)
         body = await ctx.body()
         count = parse_int(body.get("count"), "count", 1)
         ackmode = body.get("ackmode", "ack_requeue_true")
@@ -976,9 +1015,9 @@ class Api:
         truncate = parse_int(body.get("truncate"), "truncate", 0) if body.get("truncate") not in (None, "") else 0
         if count < 1:
             raise bad_request("count: expected a positive integer")
-        ctx.authz(vn, A.READ, "queue", name)
         requeue, reject = modes[ackmode]
-        got = self.broker.get_messages(vn, name, count, requeue, reject)
+        got = ctx.session(vn).get_messages(name, count, requeue=requeue, reject=reject)
+        self.broker.flush_all()
         out = []
         for msg, redelivered, left in got:
             data = msg.body[:truncate] if truncate else msg.body
@@ -1034,13 +1073,15 @@ class Api:
         return json_ok([b for b in self.binding_infos(vn)
                         if b["destination_type"] == "exchange" and b["destination"] == x.name])
 
-    def binding_ends(self, ctx: Ctx) -> tuple[str, str, str, str]:
+    def binding_ends(self, ctx: Ctx, exist: bool = True) -> tuple[str, str, str, str]:
         """(vhost, source, destination type, destination) of a bindings path; 404
-        unless both ends exist."""
+        unless both ends exist (``exist``; else the core's bind looks)."""
         vn, src, dst = ctx.args[0], ctx.args[1], ctx.args[2]
         kind = "queue" if ctx.request.raw_path.split("?")[0].split("/")[6] == "q" else "exchange"
         v = ctx.vhost(vn)
         src = self.exchange_name(src)
+        if not exist:
+            return vn, src, kind, dst if kind == "queue" else self.exchange_name(dst)
         if src not in v.exchanges:
             raise not_found()
         if (kind == "queue" and dst not in v.queues) or (kind == "exchange" and self.exchange_name(dst) not in v.exchanges):
@@ -1055,7 +1096,7 @@ class Api:
         return json_ok(self.matching(*self.binding_ends(ctx)))
 
     async def binding_post(self, ctx: Ctx) -> web.Response:
-        vn, src, kind, dst = self.binding_ends(ctx)
+        vn, src, kind, dst = self.binding_ends(ctx, exist=False)
         ctx.vhost_for_write(vn)
         body = await ctx.body()
         rk = body.get("routing_key", "")
@@ -1064,13 +1105,7 @@ class Api:
             raise bad_request("routing_key: expected a string")
         if not isinstance(args, dict):
             raise bad_request("arguments: expected an object")
-        v = self.broker.vhosts[vn]
-        ctx.authz(vn, A.WRITE, kind, dst)
-        ctx.authz(vn, A.READ, "exchange", src)
-        if kind == "queue":
-            v.bind_queue(v.get_queue(dst, None), src, rk, args)
-        else:
-            v.bind_exchange(dst, src, rk, args)
+        ctx.session(vn).bind(src, dst, kind=kind, routing_key=rk, arguments=args)
         loc = properties_key(rk, _jsonable(args))
         resp = no_content(201)
         resp.headers["Location"] = f"{quote(dst, safe='')}/{quote(loc, safe='')}"
@@ -1091,17 +1126,10 @@ class Api:
         v = self.broker.vhosts[vn]
         for b in self.matching(vn, src, kind, dst):
             if unquote(b["properties_key"]) == key or b["properties_key"] == key:
-                if src == "":
-                    raise HttpError(400, "bad_request", "operation not permitted on the default exchange")
-                ctx.authz(vn, A.WRITE, kind, dst)
-                ctx.authz(vn, A.READ, "exchange", src)
                 x = v.exchanges[src]
-                args = next(a for (d, rk, _), a in x.bindings.items()
-                            if d.name == dst and rk == b["routing_key"] and _jsonable(a or {}) == b["arguments"])
-                if kind == "queue":
-                    v.unbind_queue(dst, src, b["routing_key"], args, None)
-                else:
-                    v.unbind_exchange(dst, src, b["routing_key"], args)
+                args = next((a for (d, rk, _), a in x.bindings.items()
+                             if d.name == dst and rk == b["routing_key"] and _jsonable(a or {}) == b["arguments"]), None)
+                ctx.session(vn).unbind(src, dst, kind=kind, routing_key=b["routing_key"], arguments=args)
                 return no_content()
         raise not_found()
 
@@ -1250,16 +1278,14 @@ class Api:
                     data[section] = [{**e, "vhost": vn} if isinstance(e, dict) else e for e in data[section]]
         try:
             defs = check_definitions(data, "definitions")
-            missing = self.check_conflicts(defs)
-            if missing:
-                raise bad_request(missing)
-            apply_definitions(self.broker, defs, "definitions")
+            apply_definitions(self.broker, defs, "definitions")  # (checked whole before applied)
         except DefinitionsError as exc:
             key = f"{exc.key}: " if exc.key else ""
             raise bad_request(f"{key}{exc.reason}") from None
         self.broker.flush_all()
         return no_content()
 
+<<<<<<< HEAD
     def check_conflicts(self, defs: dict[str, list[dict[str, Any]]]) -> str:
         """Refuse before applying anything what would fail half way: an exchange or a
         queue declared differently from the existing one."""
@@ -1279,15 +1305,18 @@ class Api:
                 return f"queues[{i}]: inequivalent to the existing queue '{q['name']}' in vhost '{q['vhost']}'"
         return ""
 
+=======
+>>>>>>> coreops
     # ------------------------------------------------------------------ health
 
     async def aliveness(self, ctx: Ctx) -> web.Response:
         vn = ctx.args[0]
-        v = ctx.vhost(vn)
-        ctx.authz(vn, A.CONFIGURE, "queue", "aliveness-test")
-        v.declare_queue("aliveness-test", False, False, False, False, {}, None)
-        self.broker.publish(vn, "", "aliveness-test", b"test_message", encode_properties({}, 12))
-        got = self.broker.get_messages(vn, "aliveness-test", 1, False)
+        ctx.vhost(vn)
+        session = ctx.session(vn)
+        session.declare_queue("aliveness-test")
+        session.publish("", "aliveness-test", encode_properties({}, 12), b"test_message")
+        self.broker.flush_all()
+        got = session.get_messages("aliveness-test", 1, requeue=False)
         if not got or got[0][0].body != b"test_message":
             return json_ok({"status": "failed", "reason": "the test message did not come back"}, 503)
         return json_ok({"status": "ok"})

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
 
-from leveret.broker.core.access import CONFIGURE, READ, WRITE
+from leveret.broker.core.access import READ
 from leveret.broker.core.consumer import Consumer
-from leveret.broker.core.deadletter import cc_keys
 from leveret.broker.core.errors import AMQPError, rs
-from leveret.broker.core.exchange import EXCHANGE_CLASSES
 from leveret.broker.core.message import Message
+from leveret.broker.core.operations import REPLY_TO, Session
 from leveret.broker.core.queue import ACCEPTED, FLOW, PERSISTED, Queue
-from leveret.broker.core.vhost import generated_name, not_default
+from leveret.broker.core.vhost import generated_name
 from leveret.broker.wire.confirms import Confirms
 from leveret.broker.wire.publish import PublishAssembly
 from leveret.broker.wire.tx import Transaction
@@ -52,27 +51,12 @@ from leveret.protocol.constants import (
 if TYPE_CHECKING:
     from leveret.broker.wire.connection import Connection
 
-REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_TO_PREFIX = REPLY_TO + "."
 
 FLAGS_HI, FLAGS_LO = P.FLAGS_HI, P.FLAGS_LO
 # properties the broker must look at before routing (see Channel._check_properties)
 _HI_CHECKED = P.HI_EXPIRATION | P.HI_REPLY_TO
 _LO_CHECKED = P.LO_USER_ID
-
-
-def _validate_expiration(exp: str) -> None:
-    """RabbitMQ's check of the expiration property (a non-negative integer string)."""
-    digits = exp[1:] if exp[:1] in "+-" else exp
-    n = 0
-    while n < len(digits) and digits[n].isdigit():
-        n += 1
-    if n == 0:
-        raise AMQPError(PRECONDITION_FAILED, f"invalid expiration '{exp}': no_integer", 60, 40)
-    if n < len(digits):
-        raise AMQPError(PRECONDITION_FAILED, f"invalid expiration '{exp}': {{leftover_string,\"{digits[n:]}\"}}", 60, 40)
-    if exp.startswith("-") and int(digits):
-        raise AMQPError(PRECONDITION_FAILED, f"invalid expiration '{exp}': {{value_negative,{int(exp)}}}", 60, 40)
 
 
 # channel states: OPEN until either side closes it; CLOSING once it is being released
@@ -102,13 +86,11 @@ class Channel:
         self.reply_consumer: Consumer | None = None
         self.reply_queue: Queue | None = None
         self.reply_key = ""
-        # permission decisions (see _authz): allowed (perm, kind, name) triples, and the
-        # exchanges this channel may publish to without a topic check (name -> the
-        # exchange object, so that a redeclared exchange is checked again); both are
-        # dropped when permissions change (forget_decisions)
-        self.access = conn.broker.access
-        self.authz_ok: set[tuple[str, str, str]] = set()
-        self.write_ok: dict[str, Any] = {}
+        # every method's checks and changes go through the core's operations, as this
+        # connection's user; ``write_ok`` (the session's: exchange name -> the exchange
+        # a publish may go to without a check) is the publish fast path's one lookup
+        self.session = Session(conn.vhost, conn.user, conn)
+        self.write_ok = self.session.write_ok
 
     @property
     def global_unacked(self) -> int:
@@ -126,41 +108,7 @@ class Channel:
 
     def forget_decisions(self) -> None:
         """Permissions changed: decide everything again."""
-        self.authz_ok.clear()
-        self.write_ok.clear()
-
-    def _authz(self, perm: str, kind: str, name: str) -> None:
-        """403 unless the user has ``perm`` on the resource (cached per channel)."""
-        key = (perm, kind, name)
-        if key in self.authz_ok:
-            return
-        self.access.check(self.conn.user, self.vhost.name, perm, kind, name)
-        if len(self.authz_ok) >= 4096:
-            self.authz_ok.clear()
-        self.authz_ok.add(key)
-
-    def _topic_authz(self, perm: str, x: Any, routing_key: str) -> bool:
-        """403 unless the routing key is allowed on topic exchange ``x``; False when
-        the exchange has no topic permission for this user (nothing to check)."""
-        if x is None or x.type != "topic":
-            return False
-        access, user, vhost = self.access, self.conn.user, self.vhost.name
-        if access.topic_rule(user, vhost, x.name) is None:
-            return False
-        access.check_topic(user, vhost, perm, x.name, routing_key)
-        return True
-
-    def _check_publish(self, name: str, x: Any, routing_key: str) -> Any:
-        """The slow path of the publish permission check: write on the exchange (before
-        looking it up, as RabbitMQ), then the topic permission on the routing key."""
-        self._authz(WRITE, "exchange", name)
-        if x is None:
-            raise AMQPError(NOT_FOUND, f"no exchange '{name}' in vhost '{self.vhost.name}'", 60, 40)
-        if not self._topic_authz(WRITE, x, routing_key):
-            if len(self.write_ok) >= 1024:
-                self.write_ok.clear()
-            self.write_ok[name] = x  # the next publishes to it skip all of this
-        return x
+        self.session.forget_decisions()
 
     def _queue_name(self, name: str) -> str:
         if name == "":
@@ -209,14 +157,10 @@ class Channel:
         confirms = self.confirms
         if confirms is not None:
             confirms.publish_seq += 1
-        vhost = self.vhost
-        x = vhost.exchanges.get(msg.exchange)
+        x = self.vhost.exchanges.get(msg.exchange)
         if x is None or self.write_ok.get(msg.exchange) is not x:
-            x = self._check_publish(msg.exchange, x, msg.routing_key)
-        if x.internal:
-            raise AMQPError(
-                ACCESS_REFUSED, f"cannot publish to internal exchange '{msg.exchange}' in vhost '{vhost.name}'", 60, 40
-            )
+            # (the checks: the fast path above holds only exchanges that passed them)
+            x = self.session.publish_exchange(msg.exchange, x, msg.routing_key)
         extra_keys: list[str] | None = None
         header = msg.header
         if (
@@ -224,7 +168,7 @@ class Channel:
             or header[FLAGS_LO] & _LO_CHECKED
             or (header[FLAGS_HI] & P.HI_HEADERS and (b"\x02CC" in header or b"\x03BCC" in header))
         ):
-            extra_keys = self._check_properties(msg)
+            extra_keys = self.session.check_properties(msg, self._reply_to if self.reply_consumer is not None else None)
         if self.tx is not None:
             self.tx.publishes.append((msg, mandatory, extra_keys))
             return
@@ -234,43 +178,9 @@ class Channel:
             if confirms.published(outcome):
                 self._request_sync()  # confirmed once the record is on disk (group commit)
 
-    def _check_properties(self, msg: Message) -> list[str] | None:
-        """Slow path for messages whose properties the broker must look at: user_id,
-        expiration, direct reply-to, CC/BCC.  Returns extra routing keys (CC + BCC)."""
-        props = msg.props
-        uid = props.get("user_id")
-        if uid is not None and uid != self.conn.user:
-            raise AMQPError(
-                PRECONDITION_FAILED,
-                f"user_id property set to '{uid}' but authenticated user was '{self.conn.user}'",
-                60,
-                40,
-            )
-        exp = props.get("expiration")
-        if exp is not None:
-            _validate_expiration(exp)
-        rewrite: dict[int, bytes | None] = {}
-        if props.get("reply_to") == REPLY_TO:
-            if self.reply_consumer is None:
-                raise AMQPError(PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40)
-            rewrite[P.F_REPLY_TO] = P.shortstr_property(f"{REPLY_TO}.{self.reply_key}")
-        extra: list[str] | None = None
-        if msg.has_headers:
-            headers = msg.headers
-            cc = cc_keys(headers, "CC")
-            bcc = cc_keys(headers, "BCC")
-            if cc or bcc:
-                extra = cc + bcc
-            if bcc:
-                msg.bcc = bcc  # dead lettering routes by them again, as RabbitMQ does
-            if "BCC" in headers:
-                # only the BCC field goes: the others keep their bytes (and field types)
-                fields = P.table_fields(msg.header, props["_headers_at"])
-                del fields[b"BCC"]
-                rewrite[P.F_HEADERS] = P.table_bytes(fields)
-        if rewrite:
-            msg.set_header(P.rewrite(msg.header, rewrite))
-        return extra
+    def _reply_to(self) -> bytes:
+        """Direct reply-to: the reply_to property this channel's publishes get."""
+        return P.shortstr_property(f"{REPLY_TO}.{self.reply_key}")
 
     def _route(self, x: Any, msg: Message, mandatory: bool, extra_keys: list[str] | None = None) -> int:
         """Route and enqueue; the :class:`~leveret.broker.core.queue.Enqueued` outcome."""
@@ -288,12 +198,9 @@ class Channel:
             if outcome & FLOW:
                 self.conn.spend_credit(queues, msg.size)
             return outcome
-        x.stats_unroutable += 1
+        vhost.unroutable(x, mandatory=mandatory)
         if mandatory:
-            vhost.stats_return_unroutable += 1
             self._send_return(msg, NO_ROUTE, "NO_ROUTE")
-        else:
-            vhost.stats_drop_unroutable += 1
         return ACCEPTED
 
     def _send_return(self, msg: Message, code: int, text: str) -> None:
@@ -414,43 +321,25 @@ class Channel:
 
     # exchange class
     def _exchange_declare(self, m: C.Exchange.Declare) -> None:
-        if not m.passive and m.exchange and m.exchange_type in EXCHANGE_CLASSES:
-            # (an unknown type and the default exchange are refused first, as RabbitMQ)
-            self._authz(CONFIGURE, "exchange", m.exchange)
-            ae = (m.arguments or {}).get("alternate-exchange")
-            if isinstance(ae, str) and m.exchange not in self.vhost.exchanges and not m.exchange.startswith("amq."):
-                self._authz(READ, "exchange", m.exchange)
-                self._authz(WRITE, "exchange", ae)
-        self.vhost.declare_exchange(
-            m.exchange, m.exchange_type, m.passive, m.durable, m.auto_delete, m.internal, m.arguments or {}
+        self.session.declare_exchange(
+            m.exchange, m.exchange_type, passive=m.passive, durable=m.durable, auto_delete=m.auto_delete,
+            internal=m.internal, arguments=m.arguments,
         )
         if not m.nowait:
             self.send(C.Exchange.DeclareOk())
 
     def _exchange_delete(self, m: C.Exchange.Delete) -> None:
-        if m.exchange and not m.exchange.startswith("amq."):
-            self._authz(CONFIGURE, "exchange", m.exchange)
-        self.vhost.delete_exchange(m.exchange, m.if_unused)
+        self.session.delete_exchange(m.exchange, if_unused=m.if_unused)
         if not m.nowait:
             self.send(C.Exchange.DeleteOk())
 
-    def _binding_authz(self, kind: str, dest: str, source: str, routing_key: str) -> None:
-        """RabbitMQ's binding_action: write on the destination, then (the default
-        exchange refused) read on the source and the topic read permission."""
-        self._authz(WRITE, kind, dest)
-        not_default(source, *([dest] if kind == "exchange" else []))
-        self._authz(READ, "exchange", source)
-        self._topic_authz(READ, self.vhost.exchanges.get(source), routing_key)
-
     def _exchange_bind(self, m: C.Exchange.Bind) -> None:
-        self._binding_authz("exchange", m.destination, m.source, m.routing_key)
-        self.vhost.bind_exchange(m.destination, m.source, m.routing_key, m.arguments or {})
+        self.session.bind(m.source, m.destination, kind="exchange", routing_key=m.routing_key, arguments=m.arguments)
         if not m.nowait:
             self.send(C.Exchange.BindOk())
 
     def _exchange_unbind(self, m: C.Exchange.Unbind) -> None:
-        self._binding_authz("exchange", m.destination, m.source, m.routing_key)
-        self.vhost.unbind_exchange(m.destination, m.source, m.routing_key, m.arguments or {})
+        self.session.unbind(m.source, m.destination, kind="exchange", routing_key=m.routing_key, arguments=m.arguments)
         if not m.nowait:
             self.send(C.Exchange.UnbindOk())
 
@@ -464,74 +353,34 @@ class Channel:
             if not m.nowait:
                 self.conn.send(M.queue_declare_ok_frame(self.number, m.queue, 0, 1))
             return
-        q = self.vhost.declare_queue(
-            m.queue,
-            m.passive,
-            m.durable,
-            m.exclusive,
-            m.auto_delete,
-            m.arguments or {},
-            self.conn,
-            authorize=None if m.passive else self._queue_declare_authz,
+        q = self.session.declare_queue(
+            m.queue, passive=m.passive, durable=m.durable, exclusive=m.exclusive, auto_delete=m.auto_delete,
+            arguments=m.arguments,
         )
         self.last_queue = q.name
         if not m.nowait:
             self.conn.send(M.queue_declare_ok_frame(self.number, q.name, q.message_count, q.consumer_count))
 
-    def _queue_declare_authz(self, name: str, arguments: dict[str, Any], new: bool) -> None:
-        """queue.declare (not passive), once the name is known: configure on the queue;
-        for a new queue the vhost's max-queues and, with a dead-letter exchange, read
-        on the queue and write on the DLX (RabbitMQ 3.10's order)."""
-        self._authz(CONFIGURE, "queue", name)
-        if not new:
-            return
-        vhost = self.vhost
-        limit = self.access.limit(vhost.name, "max-queues")
-        if limit is not None and len(vhost.queues) >= limit:
-            raise AMQPError(
-                PRECONDITION_FAILED, f"cannot declare queue '{name}': queue limit in vhost '{vhost.name}' ({limit}) is reached"
-            )
-        dlx = arguments.get("x-dead-letter-exchange")
-        if isinstance(dlx, str):
-            self._authz(READ, "queue", name)
-            self._authz(WRITE, "exchange", dlx)
-
     def _queue_bind(self, m: C.Queue.Bind) -> None:
-        self._binding_authz("queue", self._queue_name(m.queue), m.exchange, m.routing_key)
-        q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
-        self.vhost.bind_queue(q, m.exchange, m.routing_key, m.arguments or {})
+        self.session.bind(m.exchange, self._queue_name(m.queue), kind="queue", routing_key=m.routing_key,
+                          arguments=m.arguments)
         if not m.nowait:
             self.send(C.Queue.BindOk())
 
     def _queue_unbind(self, m: C.Queue.Unbind) -> None:
-        self._binding_authz("queue", self._queue_name(m.queue), m.exchange, m.routing_key)
-        self.vhost.unbind_queue(self._queue_name(m.queue), m.exchange, m.routing_key, m.arguments or {}, self.conn)
+        self.session.unbind(m.exchange, self._queue_name(m.queue), kind="queue", routing_key=m.routing_key,
+                            arguments=m.arguments)
         self.send(C.Queue.UnbindOk())
 
     def _queue_purge(self, m: C.Queue.Purge) -> None:
-        self._authz(READ, "queue", self._queue_name(m.queue))
-        q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
-        n = q.purge()
+        n = self.session.purge(self._queue_name(m.queue))
         if not m.nowait:
             self.send(C.Queue.PurgeOk(message_count=n))
 
     def _queue_delete(self, m: C.Queue.Delete) -> None:
-        name = self._queue_name(m.queue)
-        self._authz(CONFIGURE, "queue", name)
-        q = self.vhost.queues.get(name)
-        if q is None:
-            if not m.nowait:
-                self.send(C.Queue.DeleteOk(message_count=0))
-            return
-        self.vhost.check_exclusive(q, self.conn)
-        where = f"queue '{name}' in vhost '{self.vhost.name}'"
-        if m.if_unused and q.consumers:
-            raise AMQPError(PRECONDITION_FAILED, f"{where} in use", 50, 40)
-        if m.if_empty and q.total():
-            raise AMQPError(PRECONDITION_FAILED, f"{where} not empty", 50, 40)
-        n = self.vhost.delete_queue(q)
+        n = self.session.delete_queue(self._queue_name(m.queue), if_unused=m.if_unused, if_empty=m.if_empty)
         if not m.nowait:
-            self.send(C.Queue.DeleteOk(message_count=n))
+            self.send(C.Queue.DeleteOk(message_count=n or 0))
 
     # basic class
     def _basic_qos(self, m: C.Basic.Qos) -> None:
@@ -552,7 +401,7 @@ class Channel:
             self._reply_consume(m)
             return
         name = self._queue_name(m.queue)
-        self._authz(READ, "queue", name)
+        self.session.authz(READ, "queue", name)
         q = self.vhost.get_queue(name, self.conn)
         tag = m.consumer_tag or generated_name("amq.ctag-")
         if tag in self.consumers:
@@ -608,9 +457,7 @@ class Channel:
             c.queue.remove_consumer(c)
 
     def _basic_get(self, m: C.Basic.Get) -> None:
-        self._authz(READ, "queue", self._queue_name(m.queue))
-        q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
-        entry = q.get()
+        q, entry = self.session.get(self._queue_name(m.queue))
         if entry is None:
             self.send(C.Basic.GetEmpty())
             return

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from leveret.broker.core.operations import Session
 from leveret.protocol.constants import CONNECTION_FORCED
 
 if TYPE_CHECKING:
@@ -604,7 +605,9 @@ class Inspector:
         q = v.queues.get(queue)
         if q is None:
             raise KeyError(f"no queue {queue!r} in vhost {vhost!r}")
-        return q.purge()
+        # the core's queue.purge, as the node (no permission check) on behalf of the
+        # queue's owner (an exclusive queue too)
+        return Session(v, None, q.exclusive_owner).purge(queue)
 
     # ------------------------------------------------------------------ faults
 
