@@ -201,9 +201,9 @@ def check_applicable(broker: Broker, defs: dict[str, list[dict[str, Any]]], path
             continue  # (a vhost the import creates: nothing there yet)
         args = _queue_arguments(q)
         try:
-            old = v.queues.get(q["name"])
-            if old is not None:
-                v.check_redeclare(old, None, durable=q["durable"], auto_delete=q["auto_delete"], arguments=args)
+            oldq = v.queues.get(q["name"])
+            if oldq is not None:
+                v.check_redeclare(oldq, None, durable=q["durable"], auto_delete=q["auto_delete"], arguments=args)
                 continue
             seen = new_queues.setdefault(v.name, set())
             if q["name"] not in seen:

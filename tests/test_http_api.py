@@ -687,3 +687,30 @@ async def test_queue_instances_keep_a_compact_attribute_dict() -> None:
         assert len(vars(q)) <= 30, sorted(vars(q))
     finally:
         await b.stop()
+
+
+def test_get_of_a_large_message_published_over_amqp(api: Api, broker: BrokerThread) -> None:
+    """A body that arrived in several frames is kept as its pieces (protocol.body.Body):
+    the API's get joins it (it answered 500, 'Body' object is not subscriptable, with or
+    without truncate)."""
+    body = bytes(range(256)) * 4096  # 1 MiB: more than one frame
+    conn = connect(broker)
+    try:
+        ch = conn.channel()
+        ch.queue_declare("big.q")
+        ch.basic_publish("", "big.q", body)
+        ch.basic_publish("", "big.q", body)
+    finally:
+        conn.close()
+    try:
+        status, got = api.call("POST", "/queues/%2F/big.q/get",
+                               {"count": 1, "ackmode": "ack_requeue_false", "encoding": "base64"})
+        assert status == 200, got
+        assert base64.b64decode(got[0]["payload"]) == body and got[0]["payload_bytes"] == len(body)
+        status, got = api.call("POST", "/queues/%2F/big.q/get",
+                               {"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto", "truncate": 10})
+        assert status == 200, got
+        assert got[0]["payload_encoding"] == "string" and got[0]["payload"] == body[:10].decode()
+        assert got[0]["payload_bytes"] == len(body)
+    finally:
+        api.call("DELETE", "/queues/%2F/big.q")

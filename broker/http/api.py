@@ -1020,7 +1020,8 @@ class Api:
         self.broker.flush_all()
         out = []
         for msg, redelivered, left in got:
-            data = msg.body[:truncate] if truncate else msg.body
+            whole = bytes(msg.body)  # (a large body is a protocol.body.Body of pieces)
+            data = whole[:truncate] if truncate else whole
             if encoding == "auto":
                 try:
                     payload, penc = data.decode("utf-8"), "string"
@@ -1285,28 +1286,6 @@ class Api:
         self.broker.flush_all()
         return no_content()
 
-<<<<<<< HEAD
-    def check_conflicts(self, defs: dict[str, list[dict[str, Any]]]) -> str:
-        """Refuse before applying anything what would fail half way: an exchange or a
-        queue declared differently from the existing one."""
-        b = self.broker
-        for i, x in enumerate(defs.get("exchanges", [])):
-            v = b.vhosts.get(x["vhost"])
-            old = v.exchanges.get(x["name"]) if v is not None else None
-            if old is not None and x["name"] and not x["name"].startswith("amq."):
-                if (old.type, old.durable, old.auto_delete, old.internal) != (
-                        x["type"], x["durable"], x["auto_delete"], x["internal"]):
-                    return f"exchanges[{i}]: inequivalent to the existing exchange '{x['name']}' in vhost '{x['vhost']}'"
-        for i, q in enumerate(defs.get("queues", [])):
-            v = b.vhosts.get(q["vhost"])
-            oldq = v.queues.get(q["name"]) if v is not None else None
-            if oldq is not None and (oldq.durable, oldq.auto_delete, _jsonable(oldq.arguments)) != (
-                    q["durable"], q["auto_delete"], q["arguments"]):
-                return f"queues[{i}]: inequivalent to the existing queue '{q['name']}' in vhost '{q['vhost']}'"
-        return ""
-
-=======
->>>>>>> coreops
     # ------------------------------------------------------------------ health
 
     async def aliveness(self, ctx: Ctx) -> web.Response:

@@ -734,14 +734,6 @@ class Connection(asyncio.Protocol):
         limit = broker.config.max_connections
         if limit and len(opened) >= limit:
             raise AMQPError(NOT_ALLOWED, f"connection refused: node connection limit ({limit}) is reached", 10, 40)
-<<<<<<< HEAD
-        vlimit = broker.access.limit(name, "max-connections")
-        if vlimit is not None and sum(1 for c in opened if c.vhost.name == name) >= vlimit:
-            raise AMQPError(
-                NOT_ALLOWED, f"access to vhost '{name}' refused for user '{user}': connection limit ({vlimit}) is reached", 10, 40
-            )
-=======
->>>>>>> coreops
         vhost = broker.vhosts.get(name)
         if vhost is not None:  # (a vhost that is not there has no limits)
             vhost.check_connection_limit(user, sum(1 for c in opened if c.vhost is vhost))
