@@ -170,6 +170,9 @@ def test_kill_9_under_load_loses_no_confirmed_message(data_dir: str, seed: int, 
         b.stop()
 
 
+TTL_MS = 6000  # (long enough for a stop and a start on a loaded machine)
+
+
 async def test_ttl_counts_from_publish_across_restart_and_dead_letters_stay_persistent(data_dir: str) -> None:
     b = start(data_dir)
     try:
@@ -178,16 +181,20 @@ async def test_ttl_counts_from_publish_across_restart_and_dead_letters_stay_pers
             await ch.declare_exchange("dlx", ExchangeType.FANOUT, durable=True)
             dlq = await ch.declare_queue("dlq", durable=True)
             await dlq.bind("dlx")
-            await ch.declare_queue("ttlq", durable=True, arguments={"x-message-ttl": 1500, "x-dead-letter-exchange": "dlx"})
+            await ch.declare_queue("ttlq", durable=True, arguments={"x-message-ttl": TTL_MS, "x-dead-letter-exchange": "dlx"})
+        published = time.monotonic()
         await publish_confirmed(b.url, "ttlq", 3)
         b.stop()
-        time.sleep(1.0)
+        time.sleep(2.0)
         b = start(data_dir, b.port)
+        restarted = time.monotonic()
         async with await aio_pika.connect(b.url) as conn:
             ch = await conn.channel()
-            q = await ch.declare_queue("ttlq", durable=True, arguments={"x-message-ttl": 1500, "x-dead-letter-exchange": "dlx"})
+            q = await ch.declare_queue("ttlq", durable=True, arguments={"x-message-ttl": TTL_MS, "x-dead-letter-exchange": "dlx"})
             assert q.declaration_result.message_count == 3
-            await asyncio.sleep(0.9)  # 1.9 s after publish: expired, though only 0.9 s since restart
+            # just past the TTL after publish: expired, though less than the TTL since restart
+            await asyncio.sleep(max(0.0, published + TTL_MS / 1000 + 0.5 - time.monotonic()))
+            assert time.monotonic() - restarted < TTL_MS / 1000
             assert (await ch.declare_queue("ttlq", passive=True)).declaration_result.message_count == 0
         b.stop()  # dead-lettered copies are persistent: they survive another restart
         b = start(data_dir, b.port)
