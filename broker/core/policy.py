@@ -227,10 +227,10 @@ def compile_pattern(pattern: Any) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as exc:
-        msg = exc.msg
+        msg, pos = exc.msg, exc.pos or 0
         if msg.startswith("missing )"):
-            msg = "missing )"
-        raise validation_failed(f'pattern should be regular expression but is invalid: {{"{msg}",{exc.pos or 0}}}') from None
+            msg, pos = "missing )", len(pattern)  # (PCRE's text; it points after the pattern)
+        raise validation_failed(f'pattern should be regular expression but is invalid: {{"{msg}",{pos}}}') from None
 
 
 # ---------------------------------------------------------------------- policies
