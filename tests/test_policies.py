@@ -396,3 +396,25 @@ def test_policies_kept_across_a_restart(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "definitions.json").read_text())
     assert [p["name"] for p in saved["policies"]] == ["cap"]
     assert [p["name"] for p in saved["operator_policies"]] == ["op"]
+
+
+def test_quorum_keys_are_exposed_for_the_queue_type(api: Api, broker: BrokerThread, vhost: str) -> None:
+    """NServiceBus sets a delivery-limit policy and reads effective_policy_definition back;
+    the queue type reads x-delivery-limit / x-dead-letter-strategy from the effective
+    arguments (policy.effective_arguments, the lower delivery-limit winning)."""
+    from leveret.broker.core.policy import effective_arguments
+
+    conn, ch = channel(broker, vhost)
+    ch.queue_declare("nsb.q", durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 50})
+    put_policy(api, vhost, "nsb", r"^nsb\.", {"delivery-limit": 10, "dead-letter-strategy": "at-least-once",
+                                              "overflow": "reject-publish"})
+    q = api.get(f"/queues/{vhost}/nsb.q")
+    assert q["effective_policy_definition"] == {"dead-letter-strategy": "at-least-once", "delivery-limit": 10,
+                                                "overflow": "reject-publish"}
+    v = broker.broker.vhosts[vhost]
+    queue = v.queues["nsb.q"]
+    eff = effective_arguments("queue", queue.arguments, v.applied_to(queue).definition)
+    assert eff["x-delivery-limit"] == 10  # the lower (the policy's) wins
+    assert eff["x-dead-letter-strategy"] == "at-least-once"
+    assert queue.overflow == "reject-publish"  # a quorum queue: the policy's overflow wins
+    conn.close()
