@@ -272,6 +272,9 @@ def test_put_answers_and_validation_texts_of_rabbitmq(api: Api, vhost: str, brok
     assert api.call("GET", f"/policies/{vhost}/nope")[0] == 404
     assert api.call("DELETE", f"/policies/{vhost}/nope")[0] == 404
     assert api.call("GET", "/policies/no-such-vhost")[0] == 404
+    for kind in ("policies", "operator-policies"):
+        assert api.call("PUT", f"/{kind}/no-such-vhost/x", {"pattern": "a", "definition": {"max-length": "x"}}) == (
+            404, {"error": "not_found", "reason": "vhost_not_found"})
     p = api.get(f"/policies/{vhost}/p1")
     assert p == {"vhost": vhost, "name": "p1", "pattern": "^q", "apply-to": "queues",
                  "definition": {"message-ttl": 1000}, "priority": 0}

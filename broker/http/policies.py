@@ -73,12 +73,13 @@ async def _list(ctx: Ctx, operator: bool) -> web.Response:
     return http.json_ok(http.columns(ctx.request, out))
 
 
-def _may_edit(ctx: Ctx, vn: str, operator: bool) -> Any:
+def _may_edit(ctx: Ctx, vn: str, operator: bool, put: bool = False) -> Any:
     if operator:
         ctx.need_admin()
     v = ctx.broker.vhosts.get(vn)
     if v is None:
-        raise http.not_found()
+        # (RabbitMQ 3.10: a PUT into a missing vhost has its own 404)
+        raise http.HttpError(404, "not_found", "vhost_not_found") if put else http.not_found()
     tags = set(ctx.user.tags)
     if not operator and (not tags & {"policymaker", "administrator"} or
                          (not ctx.admin and not ctx.broker.access.can_open(ctx.user.name, vn))):
@@ -97,7 +98,7 @@ async def _show(ctx: Ctx, operator: bool) -> web.Response:
 
 async def _put(ctx: Ctx, operator: bool) -> web.Response:
     vn, name = ctx.args
-    v = _may_edit(ctx, vn, operator)
+    v = _may_edit(ctx, vn, operator, put=True)
     body = await ctx.body()
     try:
         policy = make_policy(vn, name, body, operator)
