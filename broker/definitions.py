@@ -3,9 +3,9 @@
 
 :func:`read_definitions` reads and checks a file and raises :class:`DefinitionsError`
 naming the file, the key and the reason; :func:`apply_definitions` applies it to a broker
-in RabbitMQ's import order: users, vhosts, permissions, topic permissions, exchanges,
-queues, bindings, and the vhost limits (the "vhost-limits" parameters).  Policies, other
-parameters and global parameters are logged and skipped.
+in RabbitMQ's import order: users, vhosts, permissions, topic permissions, the vhost
+limits (the "vhost-limits" parameters), policies (and operator policies), exchanges,
+queues, bindings.  Other parameters and global parameters are logged and skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from leveret.broker.core import access as A
 from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.exchange import EXCHANGE_CLASSES
 from leveret.broker.core.operations import Session
+from leveret.broker.core.policy import PolicyError, make_policy, sorted_policies
 
 if TYPE_CHECKING:
     from leveret.broker.server import Broker
@@ -25,11 +26,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("leveret")
 
 #: what a definitions file may hold and Leveret applies
-APPLIED = ("users", "vhosts", "permissions", "topic_permissions", "exchanges", "queues", "bindings")
+APPLIED = ("users", "vhosts", "permissions", "topic_permissions", "policies", "operator_policies", "exchanges",
+           "queues", "bindings")
 #: read and ignored (what RabbitMQ writes about itself)
 IGNORED = ("rabbit_version", "rabbitmq_version", "product_name", "product_version")
 #: not supported yet: logged and skipped
-SKIPPED = ("policies", "parameters", "global_parameters", "operator_policies")
+SKIPPED = ("parameters", "global_parameters")
 
 
 class DefinitionsError(ValueError):
@@ -53,6 +55,10 @@ _FIELDS: dict[str, dict[str, tuple[type, Any]]] = {
                   "auto_delete": (_BOOL, False), "internal": (_BOOL, False), "arguments": (_DICT, {})},
     "queues": {"name": (_STR, ...), "vhost": (_STR, ...), "durable": (_BOOL, True), "auto_delete": (_BOOL, False),
                "arguments": (_DICT, {}), "type": (_STR, None), "node": (_STR, None)},
+    "policies": {"vhost": (_STR, ...), "name": (_STR, ...), "pattern": (object, ...), "apply-to": (object, "all"),
+                 "definition": (object, ...), "priority": (object, 0)},
+    "operator_policies": {"vhost": (_STR, ...), "name": (_STR, ...), "pattern": (object, ...),
+                          "apply-to": (object, "all"), "definition": (object, ...), "priority": (object, 0)},
     "bindings": {"source": (_STR, ...), "vhost": (_STR, ...), "destination": (_STR, ...),
                  "destination_type": (_STR, ...), "routing_key": (_STR, ""), "arguments": (_DICT, {})},
 }
@@ -162,6 +168,11 @@ def _check(section: str, e: dict[str, Any]) -> None:
                     A.compile_regex(e[p])
                 except ValueError as exc:
                     raise ValueError(f"{p}: {exc}") from None
+    elif section in ("policies", "operator_policies"):
+        try:
+            make_policy(e["vhost"], e["name"], e, section == "operator_policies")
+        except PolicyError as exc:
+            raise ValueError(f"definition: {exc.reason.strip()}") from None
     elif section == "exchanges":
         if e["type"] not in EXCHANGE_CLASSES:
             raise ValueError(f"type: unknown exchange type '{e['type']}'")
@@ -221,6 +232,9 @@ def apply_definitions(broker: Broker, defs: dict[str, list[dict[str, Any]]], pat
     :class:`DefinitionsError`."""
     check_applicable(broker, defs, path)
     apply_access_definitions(broker, defs, path)
+    for section in ("policies", "operator_policies"):
+        for p in defs.get(section, []):  # (checked by check_definitions)
+            broker.add_vhost(p["vhost"]).set_policy(make_policy(p["vhost"], p["name"], p, section == "operator_policies"))
     for i, x in enumerate(defs.get("exchanges", [])):
         if x["name"] == "" or x["name"].startswith("amq."):
             continue  # (RabbitMQ does not export them)
@@ -307,13 +321,14 @@ def export_definitions(broker: Broker, vhost: str | None = None) -> dict[str, An
                 bindings.append({"source": x.name, "vhost": vn, "destination": dest.name,
                                  "destination_type": "queue" if isinstance(dest, Queue) else "exchange",
                                  "routing_key": rk, "arguments": _jsonable(args or {})})
+    policies = [p.to_json() for vn in names for p in sorted_policies(list(broker.vhosts[vn].policies.values()))]
     head = {"rabbit_version": "3.10.8", "rabbitmq_version": "3.10.8", "product_name": "Leveret", "product_version": broker.server_properties()["version"]}
     limits = [{"vhost": vn, "component": "vhost-limits", "name": "limits", "value": lim}
               for vn, lim in acc["vhost_limits"].items() if vn in names]
     if vhost is not None:
         for e in (*queues, *exchanges, *bindings):
             del e["vhost"]
-        return {**head, "parameters": limits, "policies": [], "queues": queues, "exchanges": exchanges, "bindings": bindings}
+        return {**head, "parameters": limits, "policies": policies, "queues": queues, "exchanges": exchanges, "bindings": bindings}
     return {
         **head,
         "users": [{**u, "limits": {}} for u in acc["users"]],
@@ -322,7 +337,7 @@ def export_definitions(broker: Broker, vhost: str | None = None) -> dict[str, An
         "topic_permissions": acc["topic_permissions"],
         "parameters": limits,
         "global_parameters": [],
-        "policies": [],
+        "policies": policies,
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,

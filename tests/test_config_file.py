@@ -288,7 +288,9 @@ def test_load_definitions_at_boot(tmp_path: Path, caplog: pytest.LogCaptureFixtu
         ).close()
         assert b.broker.vhosts["imported"].queues["iq"].arguments["x-max-length"] == 10
         assert acc.vhost_limits == {"imported": {"max-queues": 5}}
-    assert "policies: not supported yet, skipped (1 entries)" in caplog.text
+        iq = b.broker.vhosts["imported"].queues["iq"]
+        assert iq.ttl == 1.0  # the imported policy applies
+    assert "policies" not in caplog.text
     # applied again at the next boot over what was saved: nothing doubles, nothing fails
     with BrokerThread(Config(port=0, load_definitions=str(p), data_dir=str(tmp_path / "data"))) as b:
         assert sorted(b.broker.access.users) == ["old", "vec"]

@@ -343,3 +343,34 @@ def test_names_are_text_and_vhosts_are_encoded(broker: tuple[SubprocessBroker, i
     finally:
         call(http, "DELETE", qpath)
     assert page.errors == []
+
+
+def test_queue_and_exchange_pages_show_the_policy(broker: tuple[SubprocessBroker, int], page: Page) -> None:
+    from playwright.sync_api import expect
+
+    _, http = broker
+    assert call(http, "PUT", "/api/queues/%2F/dashpol.q", {"durable": False})[0] == 201
+    assert call(http, "PUT", "/api/exchanges/%2F/dashpol.x", {"type": "fanout", "durable": False})[0] == 201
+    body = {"pattern": r"^dashpol\.", "definition": {"max-length": 7, "alternate-exchange": "amq.fanout"}}
+    assert call(http, "PUT", "/api/policies/%2F/dashpol", body)[0] == 201
+    op = {"pattern": r"^dashpol\.", "definition": {"max-length": 3}, "apply-to": "queues"}
+    assert call(http, "PUT", "/api/operator-policies/%2F/dashcap", op)[0] == 201
+    try:
+        p = page.page
+        p.goto(page.base + "#/queue/%2F/dashpol.q")
+        page.login("guest", "guest")
+        expect(p.locator("#q-policy")).to_have_text("dashpol")
+        expect(p.locator("#q-operator-policy")).to_have_text("dashcap")
+        expect(p.locator("#q-effective-policy")).to_have_text('{"alternate-exchange":"amq.fanout","max-length":3}')
+        page.nav("exchanges")
+        row = p.locator('#exchanges-table tr[data-vhost="/"][data-exchange="dashpol.x"]')
+        expect(row.locator("td.x-policy")).to_have_text("dashpol")
+        # the policy deleted: the pages follow
+        assert call(http, "DELETE", "/api/policies/%2F/dashpol")[0] == 204
+        expect(row.locator("td.x-policy")).to_have_text("")
+    finally:
+        call(http, "DELETE", "/api/operator-policies/%2F/dashcap")
+        call(http, "DELETE", "/api/policies/%2F/dashpol")
+        call(http, "DELETE", "/api/queues/%2F/dashpol.q")
+        call(http, "DELETE", "/api/exchanges/%2F/dashpol.x")
+    assert page.errors == []

@@ -1,7 +1,7 @@
 """Durability: the broker's side of ``storage/``.
 
-* Definitions (vhosts, users, permissions, vhost limits, durable exchanges, durable
-  queues, bindings between durable objects) are saved as one JSON document through ``leveret.storage.MetadataStore`` whenever one
+* Definitions (vhosts, users, permissions, vhost limits, policies and operator
+  policies, durable exchanges, durable queues, bindings between durable objects) are saved as one JSON document through ``leveret.storage.MetadataStore`` whenever one
   changes; argument tables are stored as base64 of their AMQP encoding so every type
   survives.
 * Persistent messages (delivery_mode 2) routed to durable queues are appended to the
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import decode as pdecode
 
+from leveret.broker.core.policy import PolicyError, make_policy
 from leveret.protocol import properties as P
 from leveret.storage import DataDirLock, MessageStore, MetadataStore, QueueLog, record
 
@@ -265,6 +266,8 @@ class Persistence:
             "version": 1,
             "vhosts": sorted(b.vhosts),
             "access": b.access.to_json(),
+            "policies": [p.to_json() for v in b.vhosts.values() for p in v.policies.values()],
+            "operator_policies": [p.to_json() for v in b.vhosts.values() for p in v.operator_policies.values()],
             "exchanges": exchanges,
             "queues": queues,
             "bindings": bindings,
@@ -283,6 +286,15 @@ class Persistence:
             if "access" in data:  # users, permissions, limits (older data dirs: none)
                 b.access.restore(data["access"])
                 self.recovered_access = True
+            for section, operator in (("policies", False), ("operator_policies", True)):
+                for pd in data.get(section, []):  # before the queues and exchanges they shape
+                    v = b.vhosts.get(pd["vhost"])
+                    if v is None:
+                        continue
+                    try:
+                        v.set_policy(make_policy(v.name, pd["name"], pd, operator))
+                    except PolicyError as exc:
+                        log.error("cannot restore policy %r: %s", pd.get("name"), exc.reason)
             for e in data.get("exchanges", []):
                 v = b.vhosts.get(e["vhost"])
                 if v is None or e["name"] in v.exchanges:

@@ -74,7 +74,10 @@ class Queue:
         exclusive_owner: Any = None,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
+        effective: dict[str, Any] | None = None,
     ) -> None:
+        """``arguments``: the declared x-arguments; ``effective``: those with the
+        vhost's policies applied (``policy.effective_arguments``; None: the same)."""
         self.vhost = vhost
         self.node = vhost.node
         self.name = name
@@ -90,6 +93,26 @@ class Queue:
         # (CPython keeps an instance's attributes in a compact, fast dict only up to 30
         # of them: new per-queue state goes to the backing store, as its counters did)
         args = self.arguments
+        self.max_priority = _int_arg(args, "x-max-priority")
+        self.single_active = args.get("x-single-active-consumer") is True
+        persistence = self.node.persistence
+        self.store = BackingQueue(
+            self.node, self.max_priority, persistence.open_overflow if persistence is not None else None
+        )
+        self.configure(effective if effective is not None else args)
+        self.prio_consumers = False
+        self.has_ttl_msgs = self.ttl is not None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expires_timer: asyncio.TimerHandle | None = None
+        self.flow = FlowGate()  # publishers waiting for this queue's consumers to catch up
+        self.touch()
+
+    def configure(self, args: dict[str, Any]) -> None:
+        """The settings a policy may change, from the queue's effective arguments (its
+        x-arguments with its policy and operator policy applied: the vhost computes them
+        with ``policy.effective_arguments``).  Called at declare and after every policy
+        change (:meth:`policy_changed`); never per message.  A queue type reads its own
+        keys here (e.g. ``x-delivery-limit``, ``x-dead-letter-strategy``)."""
         ttl = _int_arg(args, "x-message-ttl")
         self.ttl: float | None = ttl / 1000.0 if ttl is not None else None
         self.max_length = _int_arg(args, "x-max-length")
@@ -97,25 +120,30 @@ class Queue:
         self.overflow = _str_arg(args, "x-overflow") or "drop-head"
         self.dlx = _str_arg(args, "x-dead-letter-exchange")
         self.dlrk = _str_arg(args, "x-dead-letter-routing-key")
-        self.max_priority = _int_arg(args, "x-max-priority")
-        self.single_active = args.get("x-single-active-consumer") is True
         expires = _int_arg(args, "x-expires")
         self.expires: float | None = expires / 1000.0 if expires is not None else None
-        persistence = self.node.persistence
-        self.store = BackingQueue(
-            self.node, self.max_priority, persistence.open_overflow if persistence is not None else None
-        )
         # the fast path skips every feature check when none is configured
         self.plain = (
             self.ttl is None and self.max_length is None and self.max_bytes is None and not self.max_priority
         )
         self.has_limits = self.max_length is not None or self.max_bytes is not None
-        self.prio_consumers = False
-        self.has_ttl_msgs = self.ttl is not None
-        self._expiry_timer: asyncio.TimerHandle | None = None
-        self._expires_timer: asyncio.TimerHandle | None = None
-        self.flow = FlowGate()  # publishers waiting for this queue's consumers to catch up
+
+    def policy_changed(self, args: dict[str, Any]) -> None:
+        """A policy now applies differently: new effective arguments.  As RabbitMQ: a new
+        message TTL applies to messages enqueued from now on (those already in the queue
+        keep their expiry); a lower length limit drops (dead-letters) from the head at once
+        under ``drop-head``; a new queue TTL restarts the countdown."""
+        self.configure(args)
+        if self.ttl is not None:
+            self.has_ttl_msgs = True
+        if self._expires_timer is not None:
+            self._expires_timer.cancel()
+            self._expires_timer = None
         self.touch()
+        if self.has_limits and self.overflow == "drop-head":
+            self._enforce_limits()
+        if self.flow.waiters and not self.in_flow():
+            self.flow.release()
 
     @property
     def exclusive(self) -> bool:

@@ -22,6 +22,14 @@ from leveret.broker.core.deadletter import cc_keys, cycle_detected, dead_lettere
 from leveret.broker.core.errors import AMQPError, rs
 from leveret.broker.core.exchange import EXCHANGE_CLASSES, DefaultExchange, Exchange, make_exchange
 from leveret.broker.core.message import Message
+from leveret.broker.core.policy import (
+    NONE,
+    Applied,
+    Policy,
+    best_match,
+    effective_arguments,
+    merged_definition,
+)
 from leveret.broker.core.queue import ACCEPTED, Queue
 from leveret.protocol.constants import (
     ACCESS_REFUSED,
@@ -79,6 +87,11 @@ class VHost:
         self.stats_publish_gone = 0  # publish_in of exchanges since deleted
         self.stats_deliver_gone = 0  # deliveries (and gets) from queues since deleted
         self.stats_ack_gone = 0  # ... and their acks
+        # policies and operator policies by name, and what applies to each queue and
+        # exchange (absent: nothing); see core/policy.py
+        self.policies: dict[str, Policy] = {}
+        self.operator_policies: dict[str, Policy] = {}
+        self.applied: dict[Any, Applied] = {}
         for xname, xtype in DEFAULT_EXCHANGES:
             self.exchanges[xname] = make_exchange(xtype, xname, durable=True)
 
@@ -179,6 +192,8 @@ class VHost:
                 type_, name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments
             )
             self.exchanges[name] = x
+            if self.policies or self.operator_policies:
+                self._apply_to_exchange(x, self._match("exchange", name))
             self.node.definitions_changed(x if durable else None)
             return x
         self.check_exchange_equivalent(
@@ -232,6 +247,7 @@ class VHost:
 
     def _remove_exchange(self, x: Exchange) -> None:
         x.deleted = True
+        self.applied.pop(x, None)
         self.stats_publish_gone += x.stats_publish_in
         self.exchanges.pop(x.name, None)
         x.bindings.clear()
@@ -315,7 +331,11 @@ class VHost:
             q.touch()
             return q
         validate_queue_arguments(arguments, name, self.name, durable=durable, exclusive=exclusive, auto_delete=auto_delete)
-        q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
+        applied = self._match("queue", name) if self.policies or self.operator_policies else NONE
+        effective = effective_arguments("queue", arguments, applied.definition) if applied.definition else None
+        q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments, effective)
+        if applied is not NONE:
+            self.applied[q] = applied
         self.queues[name] = q
         if exclusive and owner is not None:
             owner.exclusive_queues.append(q)
@@ -375,6 +395,7 @@ class VHost:
         q.deleted = True
         q.cancel_timers()
         self.queues.pop(q.name, None)
+        self.applied.pop(q, None)
         self.stats_deliver_gone += q.store.stats_deliver
         self.stats_ack_gone += q.store.stats_ack
         owner = q.exclusive_owner
@@ -407,6 +428,71 @@ class VHost:
         if x.unbind(q, routing_key, arguments):
             self.node.definitions_changed(x if x.durable and q.durable else None)
             self._maybe_auto_delete(x)
+
+    # ------------------------------------------------------------------ policies
+
+    def set_policy(self, policy: Policy) -> bool:
+        """Add or replace a policy (or an operator policy: ``policy.operator``) and apply
+        it at once to every queue and exchange; True if it is new."""
+        table = self.operator_policies if policy.operator else self.policies
+        new = policy.name not in table
+        table[policy.name] = policy
+        self.apply_policies()
+        self.node.definitions_changed(policy)
+        return new
+
+    def delete_policy(self, name: str, operator: bool = False) -> bool:
+        """Remove a policy; what it set is undone at once.  False: no such policy."""
+        table = self.operator_policies if operator else self.policies
+        policy = table.pop(name, None)
+        if policy is None:
+            return False
+        self.apply_policies()
+        self.node.definitions_changed(policy)
+        return True
+
+    def _match(self, kind: str, name: str) -> Applied:
+        """What applies to the queue or exchange ``name``: the policy and operator policy
+        with the highest priority among those that match."""
+        p = best_match(self.policies, kind, name)
+        op = best_match(self.operator_policies, kind, name)
+        if p is None and op is None:
+            return NONE
+        return Applied(p, op, merged_definition(p, op))
+
+    def applied_to(self, obj: Any) -> Applied:
+        """What applies to a queue or exchange of this vhost (for the management API)."""
+        return self.applied.get(obj, NONE)
+
+    def apply_policies(self) -> None:
+        """After a policy change: every queue and exchange whose policy or operator policy
+        changed gets its new effective arguments (policy.effective_arguments)."""
+        for q in list(self.queues.values()):
+            new = self._match("queue", q.name)
+            old = self.applied.get(q, NONE)
+            if new.policy is old.policy and new.operator_policy is old.operator_policy:
+                continue
+            if new is NONE:
+                self.applied.pop(q, None)
+            else:
+                self.applied[q] = new
+            q.policy_changed(effective_arguments("queue", q.arguments, new.definition))
+        for x in list(self.exchanges.values()):
+            if x.name:
+                new = self._match("exchange", x.name)
+                old = self.applied.get(x, NONE)
+                if new.policy is not old.policy or new.operator_policy is not old.operator_policy:
+                    self._apply_to_exchange(x, new)
+
+    def _apply_to_exchange(self, x: Exchange, applied: Applied) -> None:
+        if applied is NONE:
+            self.applied.pop(x, None)
+        else:
+            self.applied[x] = applied
+        ae = effective_arguments("exchange", x.arguments, applied.definition).get("alternate-exchange")
+        if isinstance(ae, bytes):
+            ae = ae.decode("utf-8", "replace")
+        x.alternate = ae if isinstance(ae, str) else None
 
     # ------------------------------------------------------------------ dead letters
 

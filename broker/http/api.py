@@ -395,8 +395,14 @@ class Api:
         r(("health", "checks", "alarms"), GET=self.health_alarms)
         r(("health", "checks", "local-alarms"), GET=self.health_alarms)
         r(("health", "checks", "port-listener", N), GET=self.health_port)
-        r(("policies",), GET=self.empty_list)
-        r(("policies", V), GET=self.empty_list)
+        from leveret.broker.http.policies import (
+            add_policy_routes,
+            exchange_policy_info,
+            policy_info,
+        )
+
+        add_policy_routes(self)
+        self.policy_info, self.exchange_policy_info = policy_info, exchange_policy_info
         r(("parameters",), GET=self.empty_list)
         r(("global-parameters",), GET=self.empty_list)
 
@@ -834,7 +840,7 @@ class Api:
     def exchange_info(self, vn: str, x: Any) -> dict[str, Any]:
         return {"name": x.name, "vhost": vn, "type": x.type, "durable": x.durable, "auto_delete": x.auto_delete,
                 "internal": x.internal, "arguments": _jsonable(x.arguments), "user_who_performed_action": "",
-                "message_stats": self.rates.exchange_stats(x)}
+                "message_stats": self.rates.exchange_stats(x), **self.exchange_policy_info(self.broker.vhosts[vn], x)}
 
     async def exchanges(self, ctx: Ctx) -> web.Response:
         names = [ctx.args[0]] if ctx.args else ctx.visible_vhosts()
@@ -934,8 +940,7 @@ class Api:
             "message_bytes_unacknowledged": 0,
             "consumers": len(q.consumers), "consumer_capacity": 1.0 if q.consumers else 0,
             "consumer_utilisation": 1.0 if q.consumers else 0, "memory": q.store.ready_bytes,
-            "policy": "", "exclusive_consumer_tag": "", "effective_policy_definition": {},
-            "operator_policy": "", "slave_nodes": [], "synchronised_slave_nodes": [], "recoverable_slaves": [],
+            **self.policy_info(q.vhost, q), "exclusive_consumer_tag": "", "slave_nodes": [], "synchronised_slave_nodes": [], "recoverable_slaves": [],
             "head_message_timestamp": "", "reductions": 0, "garbage_collection": {},
             "backing_queue_status": {"mode": "default", "len": ready},
             "message_stats": self.rates.queue_stats([q]),

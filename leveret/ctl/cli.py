@@ -89,6 +89,8 @@ class Options:
     if_unused: bool = False
     help: bool = False
     version: bool = False
+    priority: int = 0  # set_policy / set_operator_policy
+    apply_to: str = "all"
 
 
 def _port(v: str) -> int:
@@ -132,6 +134,7 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any] | None]] = {
     "--if-unused": ("if_unused", None), "--if_unused": ("if_unused", None),
     "-h": ("help", None), "--help": ("help", None), "-?": ("help", None),
     "--version": ("version", None),
+    "--priority": ("priority", int), "--apply-to": ("apply_to", str),
 }
 
 
@@ -772,7 +775,7 @@ def status(ctl: Ctl, args: list[str]) -> None:
 
 # ------------------------------------------------------------------ help
 
-SECTIONS = ("node", "users", "access control", "vhosts", "queues", "connections", "definitions")
+SECTIONS = ("node", "users", "access control", "vhosts", "queues", "policies", "connections", "definitions")
 
 GLOBAL_HELP = f"""Usage:
   {PROG} [options] <command> [<command options>] [<args>]
@@ -875,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
+
+from leveret.ctl import policies as _policies  # noqa: E402,F401  (registers the policy commands)
 
 if __name__ == "__main__":
     sys.exit(main())

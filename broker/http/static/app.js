@@ -453,7 +453,9 @@ const views = {
           ["Ack", fmtRate(rateOf(ms, "ack")), "q-ack"],
           ["Features", [q.durable ? "durable" : "transient", q.auto_delete ? "auto-delete" : "",
                         q.exclusive ? "exclusive" : ""].filter(Boolean).join(", "), "q-features"],
-          ["Arguments", JSON.stringify(q.arguments || {}), "q-arguments"]];
+          ["Arguments", JSON.stringify(q.arguments || {}), "q-arguments"],
+          ["Policy", q.policy || "", "q-policy"], ["Operator policy", q.operator_policy || "", "q-operator-policy"],
+          ["Effective policy definition", JSON.stringify(q.effective_policy_definition || {}), "q-effective-policy"]];
         details.replaceChildren(...items.flatMap(([k, v, id]) => [el("dt", {}, k), el("dd", {id}, v)]));
         bindings.replaceChildren(table(["From exchange", "Routing key", "Arguments"], bs.map((b) => el("tr", {},
           el("td", {}, b.source || "(AMQP default)"), el("td", {}, b.routing_key),
@@ -497,12 +499,13 @@ const views = {
         selected ? bindings : null),
       async refresh() {
         const xs = await api("/exchanges");
-        list.replaceChildren(table(["Name", "Virtual host", "Type", "Features"], xs.map((x) => el("tr",
+        list.replaceChildren(table(["Name", "Virtual host", "Type", "Features", "Policy"], xs.map((x) => el("tr",
           {class: selected && x.vhost === vhost && x.name === name ? "selected" : null, "data-vhost": x.vhost, "data-exchange": x.name},
           el("td", {}, el("a", {href: "#/exchange/" + enc(x.vhost) + "/" + enc(seg(x.name))}, x.name || "(AMQP default)")),
           el("td", {}, x.vhost), el("td", {}, x.type),
           el("td", {}, [x.durable ? "durable" : "transient", x.auto_delete ? "auto-delete" : "",
-                        x.internal ? "internal" : ""].filter(Boolean).join(", ")))), "no exchanges"));
+                        x.internal ? "internal" : ""].filter(Boolean).join(", ")),
+          el("td", {class: "x-policy"}, x.policy || ""))), "no exchanges"));
         if (selected) {
           const bs = await api("/exchanges/" + enc(vhost) + "/" + enc(seg(name)) + "/bindings/source");
           bindings.replaceChildren(table(["To", "Type", "Routing key", "Arguments"], bs.map((b) => el("tr", {},
