@@ -332,6 +332,24 @@ def columns(request: web.Request, items: list[dict[str, Any]]) -> list[dict[str,
     return out
 
 
+def _exclusive_tag(q: Queue) -> str | None:
+    for c in q.consumers:
+        if c.exclusive:
+            return c.tag
+    return None
+
+
+def _single_active_tag(q: Queue) -> str | None:
+    return q.consumers[0].tag if q.single_active and q.consumers else None
+
+
+def _head_timestamp(q: Queue) -> int | None:
+    """RabbitMQ's ``head_message_timestamp``: the timestamp property of the message at the
+    head of the queue, if it is in RAM and has one (else null)."""
+    head = q.store.head()
+    return head[1].props.get("timestamp") if head is not None else None
+
+
 def _dotted(item: dict[str, Any], path: str) -> Any:
     for p in path.split("."):
         item = item.get(p, "") if isinstance(item, dict) else ""
@@ -878,14 +896,17 @@ class Api:
             "messages": ready + unacked, "messages_details": rate(0),
             "messages_ready": ready, "messages_ready_details": rate(0),
             "messages_unacknowledged": unacked, "messages_unacknowledged_details": rate(0),
-            "messages_ram": ready, "messages_persistent": 0,
+            "messages_ram": ready, "messages_persistent": q.store.persistent_count,
             "message_bytes": q.store.ready_bytes, "message_bytes_ready": q.store.ready_bytes,
-            "message_bytes_unacknowledged": 0,
+            "message_bytes_unacknowledged": 0, "message_bytes_persistent": q.store.persistent_bytes,
             "consumers": len(q.consumers), "consumer_capacity": 1.0 if q.consumers else 0,
             "consumer_utilisation": 1.0 if q.consumers else 0, "memory": q.store.ready_bytes,
-            "policy": "", "exclusive_consumer_tag": "", "effective_policy_definition": {},
-            "operator_policy": "", "slave_nodes": [], "synchronised_slave_nodes": [], "recoverable_slaves": [],
-            "head_message_timestamp": "", "reductions": 0, "garbage_collection": {},
+            # RabbitMQ 3.10's nulls: no policy, no mirrors, no exclusive or single active
+            # consumer, no head message (in RAM) with a timestamp property
+            "policy": None, "exclusive_consumer_tag": _exclusive_tag(q), "effective_policy_definition": {},
+            "operator_policy": None, "recoverable_slaves": None,
+            "single_active_consumer_tag": _single_active_tag(q),
+            "head_message_timestamp": _head_timestamp(q), "reductions": 0, "garbage_collection": {},
             "backing_queue_status": {"mode": "default", "len": ready},
             "message_stats": self.rates.queue_stats([q]),
         }

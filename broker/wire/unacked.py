@@ -53,7 +53,7 @@ class UnackedTracker:
             if not redelivered and store.log is not None:  # (durable: recovery marks)
                 store.mark_delivered(seq)
         elif store.log is not None:
-            store.discard(seq)
+            store.discard(seq, msg)
         return tag
 
     def ack_one(self, tag: int) -> bool:

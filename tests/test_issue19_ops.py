@@ -1,0 +1,190 @@
+"""Issue 19, "Differences from RabbitMQ that tools show": what the management API, the
+Prometheus endpoint and leveret-ctl report, compared with RabbitMQ 3.10.8 (the figures and
+texts below were read from a real RabbitMQ 3.10.8).  Real sockets and HTTP throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from leveret.broker import Config
+from leveret.testing import BrokerThread
+from tests.httpapi import Api
+
+
+def connect(b: BrokerThread, vhost: str = "/") -> pika.BlockingConnection:
+    return pika.BlockingConnection(
+        pika.ConnectionParameters("127.0.0.1", b.port, vhost, pika.PlainCredentials("guest", "guest")))
+
+
+def api_of(b: BrokerThread) -> Api:
+    assert b.broker is not None and b.broker.http_port
+    return Api("127.0.0.1", b.broker.http_port)
+
+
+def wait_for(pred: Any, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def disk_broker(tmp_path: Path) -> Iterator[BrokerThread]:
+    cfg = Config(port=0, host="127.0.0.1", http_port=0, data_dir=str(tmp_path / "data"), users={"guest": "guest"})
+    with BrokerThread(cfg) as b:
+        yield b
+
+
+# ---------------------------------------------------------------------- 1. queue JSON
+
+
+def test_queue_json_counts_persistent_messages_and_bytes(disk_broker: BrokerThread, tmp_path: Path) -> None:
+    """RabbitMQ 3.10.8: three persistent 10-byte messages and one transient 5-byte one in a
+    durable queue give messages_persistent 3, message_bytes_persistent 30.  An ack, a
+    no-ack get, and a purge take them off; a restart recovers them."""
+    api = api_of(disk_broker)
+    conn = connect(disk_broker)
+    ch = conn.channel()
+    ch.queue_declare("pq", durable=True)
+    ch.queue_declare("tq")  # a transient queue: never persistent (RabbitMQ: 0)
+    ch.confirm_delivery()
+    for _ in range(3):
+        ch.basic_publish("", "pq", b"0123456789", pika.BasicProperties(delivery_mode=2))
+        ch.basic_publish("", "tq", b"0123456789", pika.BasicProperties(delivery_mode=2))
+    ch.basic_publish("", "pq", b"01234", pika.BasicProperties(delivery_mode=1))
+
+    def persistent(name: str) -> tuple[int, int]:
+        q = api.get(f"/queues/%2F/{name}")
+        return q["messages_persistent"], q["message_bytes_persistent"]
+
+    assert persistent("pq") == (3, 30)
+    assert persistent("tq") == (0, 0)
+    # one delivered and unacked still counts (RabbitMQ: persistent_count covers unacked)
+    method, _, body = ch.basic_get("pq")
+    assert body == b"0123456789"
+    assert persistent("pq") == (3, 30)
+    ch.basic_ack(method.delivery_tag)
+    assert wait_for(lambda: persistent("pq") == (2, 20))
+    # a no-ack get takes one off at once
+    ch.basic_get("pq", auto_ack=True)
+    assert persistent("pq") == (1, 10)
+    conn.close()
+
+    # recovered after a restart: the persistent message is back, the transient one is not
+    cfg = disk_broker.config
+    disk_broker.stop()
+    with BrokerThread(cfg) as b2:
+        api2 = api_of(b2)
+        q = api2.get("/queues/%2F/pq")
+        assert (q["messages"], q["messages_persistent"], q["message_bytes_persistent"]) == (1, 1, 10)
+        conn = connect(b2)
+        ch = conn.channel()
+        ch.basic_publish("", "pq", b"abcdefghij", pika.BasicProperties(delivery_mode=2))
+        assert wait_for(lambda: api2.get("/queues/%2F/pq")["messages_persistent"] == 2)
+        ch.queue_purge("pq")
+        q = api2.get("/queues/%2F/pq")
+        assert (q["messages"], q["messages_persistent"], q["message_bytes_persistent"]) == (0, 0, 0)
+        conn.close()
+
+
+def test_queue_json_nulls_as_rabbitmq(disk_broker: BrokerThread) -> None:
+    """RabbitMQ 3.10.8 answers null, not "", for a queue's policy, operator_policy,
+    recoverable_slaves, exclusive_consumer_tag, single_active_consumer_tag and
+    head_message_timestamp when there is none; the head message's timestamp property
+    when there is one; the tags of the exclusive / single active consumer."""
+    api = api_of(disk_broker)
+    conn = connect(disk_broker)
+    ch = conn.channel()
+    ch.queue_declare("plain")
+    q = api.get("/queues/%2F/plain")
+    for key in ("policy", "operator_policy", "recoverable_slaves", "exclusive_consumer_tag",
+                "single_active_consumer_tag", "head_message_timestamp"):
+        assert key in q and q[key] is None, (key, q.get(key))
+    assert "slave_nodes" not in q and "synchronised_slave_nodes" not in q  # (not mirrored: absent)
+    ch.basic_publish("", "plain", b"x", pika.BasicProperties(timestamp=1700000000))
+    assert wait_for(lambda: api.get("/queues/%2F/plain")["head_message_timestamp"] == 1700000000)
+
+    ch.queue_declare("sac", arguments={"x-single-active-consumer": True})
+    ch.basic_consume("sac", lambda *a: None, consumer_tag="active-one")
+    ch.basic_consume("sac", lambda *a: None, consumer_tag="waiting-one")
+    ch.queue_declare("excl")
+    ch.basic_consume("excl", lambda *a: None, consumer_tag="only-me", exclusive=True)
+    assert api.get("/queues/%2F/sac")["single_active_consumer_tag"] == "active-one"
+    assert api.get("/queues/%2F/sac")["exclusive_consumer_tag"] is None
+    assert api.get("/queues/%2F/excl")["exclusive_consumer_tag"] == "only-me"
+    assert api.get("/queues/%2F/excl")["single_active_consumer_tag"] is None
+    conn.close()
+
+
+# ---------------------------------------------------------------------- 2. leveret-ctl
+
+
+def ctl_run(b: BrokerThread, *args: str) -> subprocess.CompletedProcess[str]:
+    assert b.broker is not None and b.broker.http_port
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LEVERET_CTL_")}
+    return subprocess.run([sys.executable, "-m", "leveret.ctl", "-H", "127.0.0.1", "-P", str(b.broker.http_port),
+                           *args], capture_output=True, text=True, timeout=60, env=environ)
+
+
+@pytest.fixture(scope="module")
+def ctl_broker() -> Iterator[BrokerThread]:
+    cfg = Config(port=0, host="127.0.0.1", http_port=0, users={"guest": "guest"},
+                 memory_high_watermark=2_000_000_000, disk_free_limit=50_000_000)
+    with BrokerThread(cfg) as b:
+        yield b
+
+
+def test_ctl_status_in_rabbitmqctl_gb_and_names_the_node_it_talks_to(ctl_broker: BrokerThread) -> None:
+    """rabbitmqctl's "gb" is 10^9 bytes (RabbitMQ 3.10.8: a disk_free_limit of 50000000 is
+    "0.05 gb"); status says which product, node and URL answered."""
+    r = ctl_run(ctl_broker, "status")
+    assert r.returncode == 0, r
+    lines = r.stdout.splitlines()
+    assert "Memory high watermark: 2.0 gb" in lines
+    assert "Low free disk space watermark: 0.05 gb" in lines
+    assert "Free disk space: 0.0 gb" in lines  # (no data directory)
+    node = f"leveret@{socket.gethostname()}"
+    assert f"Node name: {node}" in lines and "Product name: Leveret" in lines
+    assert ctl_broker.broker is not None
+    url = f"http://127.0.0.1:{ctl_broker.broker.http_port}"
+    assert f"Management API: {url}" in lines
+    banner = r.stderr.splitlines()[0]
+    assert banner.startswith(f"Status of node {node} (Leveret ") and f"management API at {url}) ..." in banner
+    info = json.loads(ctl_run(ctl_broker, "--formatter", "json", "status").stdout)
+    assert (info["node_name"], info["product_name"], info["management_api"]) == (node, "Leveret", url)
+
+
+def test_ctl_list_items_name_the_leveret_node(ctl_broker: BrokerThread) -> None:
+    conn = connect(ctl_broker)
+    try:
+        conn.channel().queue_declare("ctl-node-q")
+        r = ctl_run(ctl_broker, "-q", "--no-table-headers", "list_queues", "name", "node")
+        assert r.returncode == 0, r
+        assert ["ctl-node-q", f"leveret@{socket.gethostname()}"] in [ln.split("\t") for ln in r.stdout.splitlines()]
+        r = ctl_run(ctl_broker, "-q", "--no-table-headers", "list_connections", "node")
+        assert r.stdout.splitlines() == [f"leveret@{socket.gethostname()}"]
+    finally:
+        conn.close()
+
+
+def test_ctl_close_connection_refuses_an_empty_name(ctl_broker: BrokerThread) -> None:
+    """It sent DELETE /api/connections/ and printed "DELETE not allowed (allowed: GET)"."""
+    r = ctl_run(ctl_broker, "close_connection", "", "x")
+    assert r.returncode == 64, r
+    assert r.stderr.splitlines()[0] == (
+        "Error (argument validation): Bad argument. connection name cannot be an empty string "
+        "(use the name column of list_connections)")
+    assert "not allowed" not in r.stderr
