@@ -4,8 +4,10 @@
 :func:`read_definitions` reads and checks a file and raises :class:`DefinitionsError`
 naming the file, the key and the reason; :func:`apply_definitions` applies it to a broker
 in RabbitMQ's import order: users, vhosts, permissions, topic permissions, exchanges,
-queues, bindings, and the vhost limits (the "vhost-limits" parameters).  Policies, other
-parameters and global parameters are logged and skipped.
+queues, bindings, the vhost limits (the "vhost-limits" parameters) and the global
+parameters (stored and exported back: ``cluster_name``, ``internal_cluster_id``, ...).
+Policies and other parameters are skipped, with one warning per section when the
+definitions are applied (not when they are only checked).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("leveret")
 
 #: what a definitions file may hold and Leveret applies
-APPLIED = ("users", "vhosts", "permissions", "topic_permissions", "exchanges", "queues", "bindings")
+APPLIED = ("users", "vhosts", "permissions", "topic_permissions", "exchanges", "queues", "bindings",
+           "global_parameters")
 #: read and ignored (what RabbitMQ writes about itself)
 IGNORED = ("rabbit_version", "rabbitmq_version", "product_name", "product_version")
 #: not supported yet: logged and skipped
-SKIPPED = ("policies", "parameters", "global_parameters", "operator_policies")
+SKIPPED = ("policies", "parameters", "operator_policies")
 
 
 class DefinitionsError(ValueError):
@@ -54,6 +57,7 @@ _FIELDS: dict[str, dict[str, tuple[type, Any]]] = {
                "arguments": (_DICT, {}), "type": (_STR, None), "node": (_STR, None)},
     "bindings": {"source": (_STR, ...), "vhost": (_STR, ...), "destination": (_STR, ...),
                  "destination_type": (_STR, ...), "routing_key": (_STR, ""), "arguments": (_DICT, {})},
+    "global_parameters": {"name": (_STR, ...), "value": (object, ...)},
 }
 
 
@@ -93,8 +97,8 @@ def check_definitions(data: Any, path: str = "definitions") -> dict[str, list[di
             out["vhost_limits"] = [{"vhost": p["vhost"], "value": p["value"]} for p in limits]
             value = [p for p in value if p not in limits]
         if key in SKIPPED:
-            if value:
-                log.warning("%s: %s: not supported yet, skipped (%d entries)", path, key, len(value))
+            if value:  # (warned about by apply_definitions: once, not at every check)
+                out.setdefault("skipped", []).append({"key": key, "count": len(value) if isinstance(value, list) else 1})
             continue
         if key not in APPLIED:
             raise DefinitionsError(path, key, "unknown key")
@@ -133,6 +137,8 @@ def _entry(path: str, section: str, i: int, e: Any) -> dict[str, Any]:
 
 def _check(section: str, e: dict[str, Any]) -> None:
     """ValueError("field: reason") for a value RabbitMQ would not import."""
+    if section == "global_parameters" and e["name"] == "cluster_name" and not isinstance(e["value"], str):
+        raise ValueError("value: cluster_name must be a string")
     if section == "users":
         if e["password"] is not None and e["password_hash"] is not None:
             raise ValueError("password: give a password or a password_hash, not both")
@@ -172,6 +178,10 @@ def _check(section: str, e: dict[str, Any]) -> None:
 def apply_definitions(broker: Broker, defs: dict[str, list[dict[str, Any]]], path: str = "definitions") -> None:
     """Apply checked definitions (:func:`read_definitions`) in RabbitMQ's order; a
     declaration the broker refuses raises :class:`DefinitionsError`."""
+    for skipped in defs.get("skipped", []):
+        log.warning("%s: %s: not supported yet, skipped (%d entries)", path, skipped["key"], skipped["count"])
+    for gp in defs.get("global_parameters", []):
+        broker.set_global_parameter(gp["name"], gp["value"])
     apply_access_definitions(broker, defs, path)
     for i, x in enumerate(defs.get("exchanges", [])):
         if x["name"] == "" or x["name"].startswith("amq."):
@@ -274,7 +284,7 @@ def export_definitions(broker: Broker, vhost: str | None = None) -> dict[str, An
         "permissions": acc["permissions"],
         "topic_permissions": acc["topic_permissions"],
         "parameters": limits,
-        "global_parameters": [],
+        "global_parameters": [{"name": k, "value": v} for k, v in broker.global_parameters.items()],
         "policies": [],
         "queues": queues,
         "exchanges": exchanges,

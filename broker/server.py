@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
+import secrets
 import socket
 import ssl
 import time
@@ -114,6 +115,11 @@ class Broker:
         self._access_loading = True  # (no per-change work while the config is applied)
         self.access.on_change = self._access_changed
         self.default_users: list[str] = []  # full permissions on every vhost (Config.users)
+        # RabbitMQ's global runtime parameters (definitions' "global_parameters"): the
+        # node's permanent id (Prometheus' rabbitmq_cluster_permanent_id), and cluster_name
+        # once one is set; saved with the definitions
+        self.global_parameters: dict[str, Any] = {
+            "internal_cluster_id": "leveret-cluster-id-" + secrets.token_urlsafe(16)}
         # load_definitions: read (and checked) now, applied in start() after recovery;
         # raises definitions.DefinitionsError
         path = self.config.load_definitions
@@ -565,6 +571,16 @@ class Broker:
         """The user is known (EXTERNAL logs in by client certificate, without a password)."""
         return user in self.access.users
 
+    @property
+    def cluster_name(self) -> str:
+        """The ``cluster_name`` global parameter, else ``leveret@<hostname>``."""
+        name = self.global_parameters.get("cluster_name")
+        return name if isinstance(name, str) and name else f"leveret@{socket.gethostname()}"
+
+    def set_global_parameter(self, name: str, value: Any) -> None:
+        self.global_parameters[name] = value
+        self._save_definitions()
+
     def server_properties(self) -> dict[str, Any]:
         return {
             "product": "Leveret",
@@ -572,7 +588,7 @@ class Broker:
             "platform": f"Python {platform.python_version()}",
             "copyright": "Leveret contributors",
             "information": "An AMQP 0-9-1 broker on asyncio; see https://www.rabbitmq.com/ for the protocol",
-            "cluster_name": f"leveret@{socket.gethostname()}",
+            "cluster_name": self.cluster_name,
             "capabilities": {
                 "publisher_confirms": True,
                 "exchange_exchange_bindings": True,

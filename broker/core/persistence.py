@@ -265,6 +265,7 @@ class Persistence:
             "version": 1,
             "vhosts": sorted(b.vhosts),
             "access": b.access.to_json(),
+            "global_parameters": b.global_parameters,
             "exchanges": exchanges,
             "queues": queues,
             "bindings": bindings,
@@ -280,6 +281,8 @@ class Persistence:
             data = self.meta.load()
             for name in data.get("vhosts", []):
                 b.add_vhost(name)
+            if isinstance(data.get("global_parameters"), dict):  # (older data dirs: none)
+                b.global_parameters.update(data["global_parameters"])
             if "access" in data:  # users, permissions, limits (older data dirs: none)
                 b.access.restore(data["access"])
                 self.recovered_access = True

@@ -413,7 +413,7 @@ class Api:
         r(("policies",), GET=self.empty_list)
         r(("policies", V), GET=self.empty_list)
         r(("parameters",), GET=self.empty_list)
-        r(("global-parameters",), GET=self.empty_list)
+        r(("global-parameters",), GET=self.global_parameters)
 
     def route(self, pattern: tuple[Any, ...], **methods: Handler) -> None:
         self.routes.append((pattern, methods))
@@ -607,6 +607,10 @@ class Api:
         if ctx.args[0] != self.node:
             raise not_found()
         return json_ok(self.node_info())
+
+    async def global_parameters(self, ctx: Ctx) -> web.Response:
+        ctx.need_admin()  # (RabbitMQ: policymaker or above; only administrators set them)
+        return json_ok([{"name": k, "value": v} for k, v in self.broker.global_parameters.items()])
 
     async def extensions(self, ctx: Ctx) -> web.Response:
         return json_ok([])

@@ -42,9 +42,10 @@ def render(broker: Broker, per_object: bool) -> str:
     b = broker
     out = _Out()
     node = f"leveret@{socket.gethostname()}"
-    cluster = b.server_properties()["cluster_name"]
+    cluster = b.cluster_name
+    permanent = str(b.global_parameters.get("internal_cluster_id", cluster))
     out.metric("rabbitmq_identity_info", "untyped", "RabbitMQ node & cluster identity info",
-               [({"rabbitmq_node": node, "rabbitmq_cluster": cluster, "rabbitmq_cluster_permanent_id": cluster}, 1)])
+               [({"rabbitmq_node": node, "rabbitmq_cluster": cluster, "rabbitmq_cluster_permanent_id": permanent}, 1)])
     out.metric("rabbitmq_build_info", "untyped", "RabbitMQ & Erlang/OTP version info",
                [({"rabbitmq_version": "3.10.8", "prometheus_plugin_version": "3.10.8",
                   "prometheus_client_version": "4.6.0", "erlang_version": "none"}, 1)])
