@@ -394,6 +394,14 @@ class Broker:
             self.write_failed = False
             log.warning("disk writes succeed again")
 
+    def vhosts_down(self) -> list[str]:
+        """The vhosts that cannot work as they should (RabbitMQ's ``rabbit_vhost_sup_sup:check``,
+        for ``/api/health/checks/virtual-hosts``): while writes to the message logs fail,
+        those with durable queues (RabbitMQ's vhost goes down with its message store)."""
+        if not self.write_failed:
+            return []
+        return sorted(v.name for v in self.vhosts.values() if any(q.log is not None for q in v.queues.values()))
+
     @property
     def alarm_reason(self) -> str:
         """connection.blocked's reason, in RabbitMQ's words."""

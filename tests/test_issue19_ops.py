@@ -4,11 +4,13 @@ texts below were read from a real RabbitMQ 3.10.8).  Real sockets and HTTP throu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 from leveret.broker import Config
 from leveret.testing import BrokerThread
 from tests.httpapi import Api
+from tests.rawamqp import RawClient, publish_frames
 
 
 def connect(b: BrokerThread, vhost: str = "/") -> pika.BlockingConnection:
@@ -267,3 +270,49 @@ def test_global_parameters_survive_a_restart_and_a_node_has_its_own_cluster_id(t
         api = api_of(b)
         assert api.get("/definitions")["global_parameters"] == [*own, {"name": "cluster_name", "value": "c1"}]
         assert api.get("/overview")["cluster_name"] == "c1"
+
+
+# ---------------------------------------------------------------------- 3. health checks
+
+
+def test_health_check_virtual_hosts(tmp_path: Path) -> None:
+    """RabbitMQ 3.10: GET /api/health/checks/virtual-hosts is 200 {"status": "ok"}, or 503
+    {"status": "failed", "reason": "Some virtual hosts are down", "virtual-hosts": [...]}.
+    A Leveret vhost is down while its durable queues cannot write their log: here the
+    broker's files may not grow past 2 MiB (RLIMIT_FSIZE, so writes fail with EFBIG)."""
+    import resource
+
+    from leveret.testing import BrokerProcess, free_port
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+
+    http = free_port()
+    with BrokerProcess(args=["--http-port", str(http), "--data-dir", str(tmp_path / "d")],
+                       preexec_fn=small_files, stderr=subprocess.DEVNULL) as bp:
+        api = Api("127.0.0.1", http)
+        assert wait_for(lambda: _up(api), 10)
+        assert api.call("GET", "/health/checks/virtual-hosts") == (200, {"status": "ok"})
+        assert api.call("PUT", "/vhosts/durable-vh")[0] == 201
+        assert api.call("PUT", "/vhosts/other-vh")[0] == 201
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", bp.port, "durable-vh"))
+        conn.channel().queue_declare("dq", durable=True)
+        conn.close()
+
+        raw = RawClient.connect(bp.port)
+        raw.handshake(vhost="durable-vh")
+        raw.open_channel(1)
+
+        def publish() -> None:
+            # (in a thread: once the write fails, the disk alarm stops reading this publisher)
+            body = b"x" * (256 << 10)
+            with contextlib.suppress(OSError):
+                for _ in range(12):  # 3 MiB of persistent messages: the log cannot take them
+                    raw.send(publish_frames(1, "", "dq", body, delivery_mode=2))
+
+        threading.Thread(target=publish, daemon=True).start()
+        status, answer = wait_for(lambda: (r := api.call("GET", "/health/checks/virtual-hosts"))[0] == 503 and r, 10)
+        assert (status, answer) == (503, {"status": "failed", "reason": "Some virtual hosts are down",
+                                          "virtual-hosts": ["durable-vh"]})
+        assert api.call("GET", "/health/checks/virtual-hosts", auth="")[0] == 401
+    raw.close()

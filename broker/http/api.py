@@ -410,6 +410,7 @@ class Api:
         r(("health", "checks", "alarms"), GET=self.health_alarms)
         r(("health", "checks", "local-alarms"), GET=self.health_alarms)
         r(("health", "checks", "port-listener", N), GET=self.health_port)
+        r(("health", "checks", "virtual-hosts"), GET=self.health_vhosts)
         r(("policies",), GET=self.empty_list)
         r(("policies", V), GET=self.empty_list)
         r(("parameters",), GET=self.empty_list)
@@ -1327,6 +1328,12 @@ class Api:
         if alarms:
             return json_ok({"status": "failed", "reason": "resource alarm(s) in effect in the cluster",
                             "alarms": alarms}, 503)
+        return json_ok({"status": "ok"})
+
+    async def health_vhosts(self, ctx: Ctx) -> web.Response:
+        down = self.broker.vhosts_down()
+        if down:
+            return json_ok({"status": "failed", "reason": "Some virtual hosts are down", "virtual-hosts": down}, 503)
         return json_ok({"status": "ok"})
 
     async def health_port(self, ctx: Ctx) -> web.Response:
