@@ -21,6 +21,7 @@ from typing import Any
 
 from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, Config
 from leveret.broker.core import access as A
+from leveret.broker.core.backing import GONE_STATS
 from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.message import Message
 from leveret.broker.core.node import DeliveryHook
@@ -98,6 +99,12 @@ class Broker:
         self.stats_connections_opened = 0
         self.stats_queues_created = 0
         self.stats_queues_deleted = 0
+        self.stats_channels_opened = 0  # (closed: opened minus those open)
+        self.stats_received_confirm_gone = 0  # publishes in confirm mode on channels since closed
+        # queue counters (backing.GONE_STATS) of deleted vhosts and direct reply-to
+        self.stats_queue_gone = dict.fromkeys(GONE_STATS, 0)
+        # login attempts per protocol ("amqp091", "http"): [attempts, failed]
+        self.stats_auth: dict[str, list[int]] = {"amqp091": [0, 0], "http": [0, 0]}
         # the message counters of deleted vhosts (VHost.stats_*), kept in the node's totals
         self.stats_deleted_vhosts = dict.fromkeys(VHOST_COUNTERS, 0)
         self.http: Any = None  # the management HTTP API (leveret.broker.http), when on
@@ -465,6 +472,8 @@ class Broker:
         self.stats_published_gone += v.stats_published
         self.stats_delivered_gone += v.stats_delivered
         self.stats_acked_gone += v.stats_acked
+        for k in GONE_STATS:
+            self.stats_queue_gone[k] += v.queue_stat(k)
         self.access.forget_vhost(name)
         self._save_definitions()
 
@@ -652,6 +661,28 @@ class Broker:
         closed reply consumers included.  Counted once per delivery, on the queue."""
         live = sum(ch.reply_queue.store.stats_deliver for ch in self.reply_channels.values() if ch.reply_queue is not None)
         return self.stats_delivered_gone + live + sum(v.stats_delivered for v in self.vhosts.values())
+
+    def queue_stat(self, name: str) -> int:
+        """A queue counter of ``backing.GONE_STATS`` for the node (``VHost.queue_stat``
+        summed, deleted vhosts and direct reply-to included)."""
+        attr = "stats_" + name
+        live = sum(getattr(ch.reply_queue.store, attr) for ch in self.reply_channels.values() if ch.reply_queue is not None)
+        return self.stats_queue_gone[name] + live + sum(v.queue_stat(name) for v in self.vhosts.values())
+
+    @property
+    def stats_received_confirm(self) -> int:
+        """Publishes received on channels in confirm mode (each channel's confirm
+        numbering, ``Confirms.publish_seq``), closed channels included."""
+        live = sum(ch.confirms.publish_seq - ch.confirms.counted
+                   for c in self.connections for ch in c.channels.values() if ch.confirms is not None)
+        return self.stats_received_confirm_gone + live
+
+    def count_auth(self, protocol: str, ok: bool) -> None:
+        """A login attempt (AMQP connection.start-ok, an HTTP request's Basic credentials)."""
+        counts = self.stats_auth[protocol]
+        counts[0] += 1
+        if not ok:
+            counts[1] += 1
 
     @property
     def stats_acked(self) -> int:

@@ -12,11 +12,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pika
+import pika.exceptions
 import pytest
 
 from leveret.broker import Config
@@ -33,6 +35,9 @@ def connect(b: BrokerThread, vhost: str = "/") -> pika.BlockingConnection:
 def api_of(b: BrokerThread) -> Api:
     assert b.broker is not None and b.broker.http_port
     return Api("127.0.0.1", b.broker.http_port)
+
+
+CLASSIC = {"protocol": "amqp091", "queue_type": "rabbit_classic_queue"}
 
 
 def wait_for(pred: Any, timeout: float = 5.0) -> Any:
@@ -316,3 +321,189 @@ def test_health_check_virtual_hosts(tmp_path: Path) -> None:
                                           "virtual-hosts": ["durable-vh"]})
         assert api.call("GET", "/health/checks/virtual-hosts", auth="")[0] == 401
     raw.close()
+
+
+# ---------------------------------------------------------------------- 4. Prometheus
+
+#: every metric name the panels of Grafana's RabbitMQ-Overview dashboard (id 10991) query,
+#: read from rabbitmq/rabbitmq-server deps/rabbitmq_prometheus/docker/grafana/dashboards/
+#: RabbitMQ-Overview.json (its "expr" fields)
+DASHBOARD_10991 = (
+    "rabbitmq_identity_info", "rabbitmq_build_info",
+    "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked", "rabbitmq_queue_messages_published_total",
+    "rabbitmq_channels", "rabbitmq_channel_consumers", "rabbitmq_connections", "rabbitmq_queues",
+    "rabbitmq_channel_messages_published_total", "rabbitmq_channel_messages_confirmed_total",
+    "rabbitmq_channel_messages_unconfirmed", "rabbitmq_channel_messages_unroutable_dropped_total",
+    "rabbitmq_channel_messages_unroutable_returned_total", "rabbitmq_channel_messages_redelivered_total",
+    "rabbitmq_channel_messages_delivered_total", "rabbitmq_channel_messages_delivered_ack_total",
+    "rabbitmq_channel_messages_acked_total", "rabbitmq_channel_get_total", "rabbitmq_channel_get_ack_total",
+    "rabbitmq_channel_get_empty_total",
+    "rabbitmq_resident_memory_limit_bytes", "rabbitmq_process_resident_memory_bytes",
+    "rabbitmq_disk_space_available_bytes", "rabbitmq_process_max_fds", "rabbitmq_process_open_fds",
+    "rabbitmq_process_max_tcp_sockets", "rabbitmq_process_open_tcp_sockets",
+    "rabbitmq_queues_declared_total", "rabbitmq_queues_created_total", "rabbitmq_queues_deleted_total",
+    "rabbitmq_channels_opened_total", "rabbitmq_channels_closed_total",
+    "rabbitmq_connections_opened_total", "rabbitmq_connections_closed_total",
+)
+
+
+def scrape(b: BrokerThread, path: str = "/metrics") -> dict[str, list[tuple[dict[str, str], float]]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert b.broker is not None and b.broker.prometheus_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{b.broker.prometheus_port}{path}", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def one(m: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    found = [v for lab, v in m[name] if all(lab.get(k) == x for k, x in labels.items())]
+    assert len(found) == 1, (name, labels, m.get(name))
+    return found[0]
+
+
+@pytest.fixture
+def prom_broker() -> Iterator[BrokerThread]:
+    cfg = Config(port=0, host="127.0.0.1", http_port=0, prometheus_port=0, users={"guest": "guest"},
+                 vhosts=["/", "pv"])
+    with BrokerThread(cfg) as b:
+        yield b
+
+
+def traffic(b: BrokerThread) -> None:
+    """Some of everything: confirmed publishes, unroutable ones (returned and dropped),
+    consumers with manual and automatic acks, gets of both kinds and an empty one, a
+    requeue (redelivery), a channel closed, a failed login, and a deleted queue."""
+    conn = connect(b)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("pm.q")
+    for i in range(10):
+        ch.basic_publish("", "pm.q", b"m%d" % i)  # 10 received in confirm mode, confirmed
+    with contextlib.suppress(pika.exceptions.UnroutableError):
+        ch.basic_publish("amq.direct", "nowhere", b"r", mandatory=True)  # returned
+    ch.basic_publish("amq.direct", "nowhere", b"d")  # dropped
+    ch2 = conn.channel()
+    m, _, _ = ch2.basic_get("pm.q")  # get, manual ack
+    ch2.basic_ack(m.delivery_tag)
+    ch2.basic_get("pm.q", auto_ack=True)  # get, auto ack
+    m, _, _ = ch2.basic_get("pm.q")
+    ch2.basic_reject(m.delivery_tag, requeue=True)  # redelivered on the next delivery
+    got: list[Any] = []
+    ch2.basic_qos(prefetch_count=3)
+    ch2.basic_consume("pm.q", lambda c, meth, p, body: got.append(meth), consumer_tag="manual")
+    while len(got) < 3:
+        conn.process_data_events(0.1)
+    ch2.basic_cancel("manual")  # (before the acks: no more deliveries)
+    for meth in got:
+        ch2.basic_ack(meth.delivery_tag)  # consume, manual ack: 3 delivered, 3 acked (+1 get)
+    ch3 = conn.channel()
+    auto: list[Any] = []
+    ch3.basic_consume("pm.q", lambda c, meth, p, body: auto.append(meth), auto_ack=True)
+    while len(auto) < 5:
+        conn.process_data_events(0.1)
+    ch3.close()  # consume, auto ack: the other 5; a channel closed
+    assert ch2.basic_get("pm.q") == (None, None, None)  # empty
+    ch2.queue_declare("pm.gone")
+    ch2.basic_publish("", "pm.gone", b"g")
+    ch2.basic_get("pm.gone", auto_ack=True)
+    ch2.queue_delete("pm.gone")  # its counters stay in the node's totals
+    conn.close()
+    with contextlib.suppress(pika.exceptions.AMQPError):
+        pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", b.port, "/", pika.PlainCredentials("guest", "wrong"), connection_attempts=1))
+
+
+def test_every_metric_of_grafana_dashboard_10991_is_exposed_after_traffic(prom_broker: BrokerThread) -> None:
+    traffic(prom_broker)
+    m = scrape(prom_broker)
+    missing = [name for name in DASHBOARD_10991 if name not in m]
+    assert not missing, missing
+    # the counters the issue names, with the workload's figures
+    c = CLASSIC
+    assert one(m, "rabbitmq_global_messages_received_confirm_total", protocol="amqp091") == 12  # (+2 unroutable)
+    assert one(m, "rabbitmq_global_messages_delivered_get_manual_ack_total", **c) == 2
+    assert one(m, "rabbitmq_global_messages_delivered_get_auto_ack_total", **c) == 2  # (+ pm.gone's)
+    assert one(m, "rabbitmq_global_messages_delivered_consume_manual_ack_total", **c) == 3
+    assert one(m, "rabbitmq_global_messages_delivered_consume_auto_ack_total", **c) == 5
+    assert one(m, "rabbitmq_global_messages_delivered_total", **c) == 12
+    assert one(m, "rabbitmq_global_messages_get_empty_total", **c) == 1
+    assert one(m, "rabbitmq_global_messages_redelivered_total", **c) == 1
+    assert one(m, "rabbitmq_channels_opened_total") == 3 and one(m, "rabbitmq_channels_closed_total") == 3
+    assert one(m, "rabbitmq_channel_messages_published_total") == 13
+    assert one(m, "rabbitmq_channel_messages_unroutable_returned_total") == 1
+    assert one(m, "rabbitmq_channel_messages_unroutable_dropped_total") == 1
+    assert one(m, "rabbitmq_channel_messages_delivered_ack_total") == 3
+    assert one(m, "rabbitmq_channel_messages_delivered_total") == 5
+    assert one(m, "rabbitmq_channel_get_ack_total") == 2 and one(m, "rabbitmq_channel_get_total") == 2
+    assert one(m, "rabbitmq_channel_messages_acked_total") == 4
+    assert one(m, "rabbitmq_queue_messages_published_total") == 11
+    assert one(m, "rabbitmq_auth_attempts_total", protocol="amqp091") == 2
+    assert one(m, "rabbitmq_auth_attempts_failed_total", protocol="amqp091") == 1
+    assert one(m, "rabbitmq_auth_attempts_succeeded_total", protocol="amqp091") == 1
+    assert one(m, "rabbitmq_disk_space_available_bytes") == 0  # (no data directory, as the API's disk_free)
+    assert 0 < one(m, "rabbitmq_erlang_uptime_seconds") < 600
+    api_of(prom_broker).get("/overview")
+    api_of(prom_broker).call("GET", "/overview", auth="Basic Z3Vlc3Q6d3Jvbmc=")  # guest:wrong
+    m = scrape(prom_broker)
+    assert one(m, "rabbitmq_auth_attempts_total", protocol="http") == 2
+    assert one(m, "rabbitmq_auth_attempts_failed_total", protocol="http") == 1
+
+
+def test_channel_gauges_per_channel_and_summed(prom_broker: BrokerThread) -> None:
+    conn = connect(prom_broker)
+    try:
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=7)
+        ch.queue_declare("pm.g")
+        ch.basic_publish("", "pm.g", b"x")
+        ch.basic_publish("", "pm.g", b"y")
+        ch.basic_consume("pm.g", lambda *a: None, consumer_tag="holder")
+        conn.process_data_events(0.3)
+        m = scrape(prom_broker)
+        assert one(m, "rabbitmq_channel_consumers") == 1 and one(m, "rabbitmq_channel_messages_unacked") == 2
+        p = scrape(prom_broker, "/metrics/per-object")
+        [(labels, unacked)] = p["rabbitmq_channel_messages_unacked"]
+        assert unacked == 2 and labels["channel"].endswith(" (1)")
+        assert one(p, "rabbitmq_consumer_prefetch", channel=labels["channel"]) == 7
+    finally:
+        conn.close()
+
+
+def test_metrics_detailed_selects_families_and_vhosts(prom_broker: BrokerThread) -> None:
+    """RabbitMQ 3.10: /metrics/detailed?family=queue_coarse_metrics&vhost=... serves only
+    those families, names prefixed rabbitmq_detailed_, queues of those vhosts only;
+    rabbitmq_identity_info always; an unknown family is ignored."""
+    conn = connect(prom_broker)
+    other = connect(prom_broker, "pv")
+    try:
+        conn.channel().queue_declare("pd.root")
+        ch = other.channel()
+        ch.queue_declare("pd.pv")
+        ch.basic_publish("", "pd.pv", b"x")
+        m = scrape(prom_broker, "/metrics/detailed?family=queue_coarse_metrics&vhost=pv")
+        assert set(m) == {"rabbitmq_identity_info", "rabbitmq_build_info", "rabbitmq_detailed_queue_messages_ready",
+                          "rabbitmq_detailed_queue_messages_unacked", "rabbitmq_detailed_queue_messages",
+                          "rabbitmq_detailed_queue_process_reductions_total"}
+        assert m["rabbitmq_detailed_queue_messages_ready"] == [({"vhost": "pv", "queue": "pd.pv"}, 1.0)]
+        m = scrape(prom_broker, "/metrics/detailed?family=queue_consumer_count&family=connection_churn_metrics"
+                                "&family=auth_attempt_metrics&family=node_metrics&family=bogus")
+        assert {lab["queue"] for lab, _ in m["rabbitmq_detailed_queue_consumers"]} == {"pd.root", "pd.pv"}
+        for name in ("rabbitmq_detailed_connections_opened_total", "rabbitmq_detailed_channels_closed_total",
+                     "rabbitmq_detailed_queues_created_total", "rabbitmq_detailed_auth_attempts_total",
+                     "rabbitmq_detailed_erlang_uptime_seconds", "rabbitmq_detailed_process_max_fds"):
+            assert name in m, name
+        assert "rabbitmq_detailed_queue_messages_ready" not in m
+        assert one(m, "rabbitmq_detailed_connections_opened_total") == 2
+        m = scrape(prom_broker, "/metrics/detailed?family=queue_metrics&family=channel_metrics&family=vhost_status")
+        assert one(m, "rabbitmq_detailed_queue_messages_ready_bytes", vhost="pv", queue="pd.pv") == 1
+        assert len(m["rabbitmq_detailed_channel_consumers"]) == 2
+        assert {lab["vhost"]: v for lab, v in m["rabbitmq_cluster_vhost_status"]} == {"/": 1, "pv": 1}
+        assert set(scrape(prom_broker, "/metrics/detailed")) == {"rabbitmq_identity_info", "rabbitmq_build_info"}
+    finally:
+        conn.close()
+        other.close()

@@ -481,10 +481,12 @@ class Api:
         except (binascii.Error, ValueError):
             raise HttpError(401, "not_authorised", "Not_Authorized") from None
         user = self.broker.access.authenticate(name, password) if sep else None
+        sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        loopback_ok = user is not None and self.broker.access.loopback_allowed(name, sock[0] if sock else None)
+        self.broker.count_auth("http", loopback_ok)
         if user is None:
             raise HttpError(401, "not_authorised", "Login failed")
-        sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
-        if not self.broker.access.loopback_allowed(name, sock[0] if sock else None):
+        if not loopback_ok:
             raise HttpError(401, "not_authorised", "User can only log in via localhost")
         if not MGMT_TAGS & set(user.tags):
             raise HttpError(401, "not_authorised", "Not management user")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands as C
 
 from leveret.broker.core.access import CONFIGURE, READ, WRITE
+from leveret.broker.core.backing import GONE_STATS
 from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.deadletter import cc_keys
 from leveret.broker.core.errors import AMQPError, rs
@@ -383,6 +384,10 @@ class Channel:
         """Channel closing (either side) or connection gone: release everything."""
         # no late output (fsync confirms, tx.commit-ok) on a closed channel number
         self.state = CLOSING
+        confirms = self.confirms
+        if confirms is not None:  # publishes received in confirm mode, for the node's total
+            self.node.stats_received_confirm_gone += confirms.publish_seq - confirms.counted
+            confirms.counted = confirms.publish_seq
         self._drop_reply_consumer()
         for c in list(self.consumers.values()):
             c.queue.remove_consumer(c)
@@ -591,7 +596,10 @@ class Channel:
         if self.reply_consumer is not None:
             self.node.reply_channels.pop(self.reply_key, None)
             if self.reply_queue is not None:
-                self.node.stats_delivered_gone += self.reply_queue.store.stats_deliver  # (the node's total)
+                store = self.reply_queue.store
+                self.node.stats_delivered_gone += store.stats_deliver  # (the node's totals)
+                for k in GONE_STATS:
+                    self.node.stats_queue_gone[k] += getattr(store, "stats_" + k)
                 self.reply_queue.deleted = True
                 self.reply_queue.purge()
             self.reply_consumer = None
@@ -611,9 +619,14 @@ class Channel:
         self._authz(READ, "queue", self._queue_name(m.queue))
         q = self.vhost.get_queue(self._queue_name(m.queue), self.conn)
         entry = q.get()
+        store = q.store
         if entry is None:
+            store.stats_get_empty += 1
             self.send(C.Basic.GetEmpty())
             return
+        store.stats_get += 1
+        if m.no_ack:
+            store.stats_get_noack += 1
         seq, msg, redelivered, _ = entry
         tag = self.unacked.hand_out(q, seq, msg, redelivered, None, m.no_ack)
         self._send_content(M.get_ok_frame(self.number, tag, redelivered, msg.ex_rk, q.total()), msg)

@@ -483,6 +483,7 @@ class Connection(asyncio.Protocol):
                         f"negotiated channel_max ({self.channel_max})",
                     )
                 self.channels[ch] = Channel(self, ch)
+                self.broker.stats_channels_opened += 1
                 self.send(M.channel_open_ok_frame(ch))
                 return
             raise AMQPError(CHANNEL_ERROR, "expected 'channel.open'", *_ids(method))
@@ -661,6 +662,7 @@ class Connection(asyncio.Protocol):
                 self._close_transport()
                 return
             reason = self._login_refused(user, password or "")
+        self.broker.count_auth("amqp091", reason is None)
         if reason is not None:
             # RabbitMQ's words in its log: "PLAIN login refused: user 'guest' can only
             # connect via localhost"

@@ -52,8 +52,10 @@ class UnackedTracker:
             queue.unacked_count += 1
             if not redelivered and store.log is not None:  # (durable: recovery marks)
                 store.mark_delivered(seq)
-        elif store.log is not None:
-            store.discard(seq, msg)
+        else:
+            store.stats_deliver_noack += 1
+            if store.log is not None:
+                store.discard(seq, msg)
         return tag
 
     def ack_one(self, tag: int) -> bool:
