@@ -57,7 +57,7 @@ SHORT, LONG, PAGING = 0, 1, 2  # BackingQueue.length()
 #: the queue counters (``BackingQueue.stats_<name>``) a vhost keeps for its deleted queues
 #: (``VHost.stats_queue_gone``) and the node for its deleted vhosts and direct reply-to
 #: (``Broker.stats_queue_gone``), beside deliver and ack (which have their own)
-GONE_STATS = ("publish", "redeliver", "deliver_noack", "get", "get_noack", "get_empty")
+GONE_STATS = ("publish", "redeliver", "deliver_manual", "get", "get_noack", "get_empty")
 PAGE_BATCH = 2000  # messages loaded back from the log at a time
 PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes
 #: a queue with consumers draining from its log reads ahead: with fewer than READ_AHEAD
@@ -156,10 +156,11 @@ class BackingQueue:
         self.stats_deliver = 0
         self.stats_redeliver = 0
         self.stats_ack = 0
-        # ... of stats_deliver: the no-ack ones (consume or get), the basic.get-oks and
+        # ... of stats_deliver: the manual-ack ones (consume or get; counted in the ack branch
+        # of UnackedTracker.hand_out, so the no-ack path pays nothing), the basic.get-oks and
         # the no-ack get-oks; and the basic.gets that found the queue empty.  (Prometheus'
         # delivered_{consume,get}_{auto,manual}_ack split is derived from these)
-        self.stats_deliver_noack = 0
+        self.stats_deliver_manual = 0
         self.stats_get = 0
         self.stats_get_noack = 0
         self.stats_get_empty = 0

@@ -164,7 +164,7 @@ def _message_counters(b: Broker, out: _Out) -> None:
     received = b.stats_published
     unroutable = totals["return_unroutable"] + totals["drop_unroutable"]
     delivered = b.stats_delivered
-    noack = b.queue_stat("deliver_noack")
+    noack = delivered - b.queue_stat("deliver_manual")
     get = b.queue_stat("get")
     get_noack = b.queue_stat("get_noack")
     get_empty = b.queue_stat("get_empty")

@@ -45,6 +45,7 @@ class UnackedTracker:
         if redelivered:
             store.stats_redeliver += 1
         if not no_ack:
+            store.stats_deliver_manual += 1  # (not on the no-ack path, the fastest one)
             self.entries[tag] = (queue, seq, msg, consumer)
             if consumer is not None:
                 consumer.unacked += 1
@@ -52,10 +53,8 @@ class UnackedTracker:
             queue.unacked_count += 1
             if not redelivered and store.log is not None:  # (durable: recovery marks)
                 store.mark_delivered(seq)
-        else:
-            store.stats_deliver_noack += 1
-            if store.log is not None:
-                store.discard(seq, msg)
+        elif store.log is not None:
+            store.discard(seq, msg)
         return tag
 
     def ack_one(self, tag: int) -> bool:
