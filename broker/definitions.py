@@ -4,8 +4,10 @@
 :func:`read_definitions` reads and checks a file and raises :class:`DefinitionsError`
 naming the file, the key and the reason; :func:`apply_definitions` applies it to a broker
 in RabbitMQ's import order: users, vhosts, permissions, topic permissions, the vhost
-limits (the "vhost-limits" parameters), policies (and operator policies), exchanges,
-queues, bindings.  Other parameters and global parameters are logged and skipped.
+limits (the "vhost-limits" parameters), global parameters (stored and exported back:
+``cluster_name``, ``internal_cluster_id``, ...), policies (and operator policies),
+exchanges, queues, bindings.  Other parameters are skipped, with one warning per section
+when the definitions are applied (not when they are only checked).
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("leveret")
 
 #: what a definitions file may hold and Leveret applies
-APPLIED = ("users", "vhosts", "permissions", "topic_permissions", "policies", "operator_policies", "exchanges",
-           "queues", "bindings")
+APPLIED = ("users", "vhosts", "permissions", "topic_permissions", "global_parameters", "policies",
+           "operator_policies", "exchanges", "queues", "bindings")
 #: read and ignored (what RabbitMQ writes about itself)
 IGNORED = ("rabbit_version", "rabbitmq_version", "product_name", "product_version")
 #: not supported yet: logged and skipped
-SKIPPED = ("parameters", "global_parameters")
+SKIPPED = ("parameters",)
 
 
 class DefinitionsError(ValueError):
@@ -61,6 +63,7 @@ _FIELDS: dict[str, dict[str, tuple[type, Any]]] = {
                           "apply-to": (object, "all"), "definition": (object, ...), "priority": (object, 0)},
     "bindings": {"source": (_STR, ...), "vhost": (_STR, ...), "destination": (_STR, ...),
                  "destination_type": (_STR, ...), "routing_key": (_STR, ""), "arguments": (_DICT, {})},
+    "global_parameters": {"name": (_STR, ...), "value": (object, ...)},
 }
 
 
@@ -100,8 +103,8 @@ def check_definitions(data: Any, path: str = "definitions") -> dict[str, list[di
             out["vhost_limits"] = [{"vhost": p["vhost"], "value": p["value"]} for p in limits]
             value = [p for p in value if p not in limits]
         if key in SKIPPED:
-            if value:
-                log.warning("%s: %s: not supported yet, skipped (%d entries)", path, key, len(value))
+            if value:  # (warned about by apply_definitions: once, not at every check)
+                out.setdefault("skipped", []).append({"key": key, "count": len(value) if isinstance(value, list) else 1})
             continue
         if key not in APPLIED:
             raise DefinitionsError(path, key, "unknown key")
@@ -140,6 +143,8 @@ def _entry(path: str, section: str, i: int, e: Any) -> dict[str, Any]:
 
 def _check(section: str, e: dict[str, Any]) -> None:
     """ValueError("field: reason") for a value RabbitMQ would not import."""
+    if section == "global_parameters" and e["name"] == "cluster_name" and not isinstance(e["value"], str):
+        raise ValueError("value: cluster_name must be a string")
     if section == "users":
         if e["password"] is not None and e["password_hash"] is not None:
             raise ValueError("password: give a password or a password_hash, not both")
@@ -231,7 +236,11 @@ def apply_definitions(broker: Broker, defs: dict[str, list[dict[str, Any]]], pat
     is refused first (:func:`check_applicable`), so nothing is applied then.  Raises
     :class:`DefinitionsError`."""
     check_applicable(broker, defs, path)
+    for skipped in defs.get("skipped", []):
+        log.warning("%s: %s: not supported yet, skipped (%d entries)", path, skipped["key"], skipped["count"])
     apply_access_definitions(broker, defs, path)
+    for gp in defs.get("global_parameters", []):
+        broker.set_global_parameter(gp["name"], gp["value"])
     for section in ("policies", "operator_policies"):
         for p in defs.get(section, []):  # (checked by check_definitions)
             broker.add_vhost(p["vhost"]).set_policy(make_policy(p["vhost"], p["name"], p, section == "operator_policies"))
@@ -336,7 +345,7 @@ def export_definitions(broker: Broker, vhost: str | None = None) -> dict[str, An
         "permissions": acc["permissions"],
         "topic_permissions": acc["topic_permissions"],
         "parameters": limits,
-        "global_parameters": [],
+        "global_parameters": [{"name": k, "value": v} for k, v in broker.global_parameters.items()],
         "policies": policies,
         "queues": queues,
         "exchanges": exchanges,

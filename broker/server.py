@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
+import secrets
 import socket
 import ssl
 import time
@@ -21,6 +22,7 @@ from typing import Any
 from leveret import __version__
 from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, PORTS, Config, user_password
 from leveret.broker.core import access as A
+from leveret.broker.core.backing import GONE_STATS
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
@@ -94,6 +96,12 @@ class Broker:
         self.stats_connections_opened = 0
         self.stats_queues_created = 0
         self.stats_queues_deleted = 0
+        self.stats_channels_opened = 0  # (closed: opened minus those open)
+        self.stats_received_confirm_gone = 0  # publishes in confirm mode on channels since closed
+        # queue counters (backing.GONE_STATS) of deleted vhosts and direct reply-to
+        self.stats_queue_gone = dict.fromkeys(GONE_STATS, 0)
+        # login attempts per protocol ("amqp091", "http"): [attempts, failed]
+        self.stats_auth: dict[str, list[int]] = {"amqp091": [0, 0], "http": [0, 0]}
         # the message counters of deleted vhosts (VHost.stats_*), kept in the node's totals
         self.stats_deleted_vhosts = dict.fromkeys(VHOST_COUNTERS, 0)
         self.http: Any = None  # the management HTTP API (leveret.broker.http), when on
@@ -111,6 +119,11 @@ class Broker:
         self._access_loading = True  # (no per-change work while the config is applied)
         self.access.on_change = self._access_changed
         self.default_users: list[str] = []  # full permissions on every vhost (Config.users)
+        # RabbitMQ's global runtime parameters (definitions' "global_parameters"): the
+        # node's permanent id (Prometheus' rabbitmq_cluster_permanent_id), and cluster_name
+        # once one is set; saved with the definitions
+        self.global_parameters: dict[str, Any] = {
+            "internal_cluster_id": "leveret-cluster-id-" + secrets.token_urlsafe(16)}
         # load_definitions: read (and checked) now, applied in start() after recovery;
         # raises definitions.DefinitionsError
         path = self.config.load_definitions
@@ -394,6 +407,14 @@ class Broker:
             self.write_failed = False
             log.warning("disk writes succeed again")
 
+    def vhosts_down(self) -> list[str]:
+        """The vhosts that cannot work as they should (RabbitMQ's ``rabbit_vhost_sup_sup:check``,
+        for ``/api/health/checks/virtual-hosts``): while writes to the message logs fail,
+        those with durable queues (RabbitMQ's vhost goes down with its message store)."""
+        if not self.write_failed:
+            return []
+        return sorted(v.name for v in self.vhosts.values() if any(q.log is not None for q in v.queues.values()))
+
     @property
     def alarm_reason(self) -> str:
         """connection.blocked's reason, in RabbitMQ's words."""
@@ -457,6 +478,8 @@ class Broker:
         self.stats_published_gone += v.stats_published
         self.stats_delivered_gone += v.stats_delivered
         self.stats_acked_gone += v.stats_acked
+        for k in GONE_STATS:
+            self.stats_queue_gone[k] += v.queue_stat(k)
         self.access.forget_vhost(name)
         self._save_definitions()
 
@@ -574,6 +597,16 @@ class Broker:
         """The user is known (EXTERNAL logs in by client certificate, without a password)."""
         return user in self.access.users
 
+    @property
+    def cluster_name(self) -> str:
+        """The ``cluster_name`` global parameter, else ``leveret@<hostname>``."""
+        name = self.global_parameters.get("cluster_name")
+        return name if isinstance(name, str) and name else f"leveret@{socket.gethostname()}"
+
+    def set_global_parameter(self, name: str, value: Any) -> None:
+        self.global_parameters[name] = value
+        self._save_definitions()
+
     def server_properties(self) -> dict[str, Any]:
         return {
             "product": "Leveret",
@@ -581,7 +614,7 @@ class Broker:
             "platform": f"Python {platform.python_version()}",
             "copyright": "Leveret contributors",
             "information": "An AMQP 0-9-1 broker on asyncio; see https://www.rabbitmq.com/ for the protocol",
-            "cluster_name": f"leveret@{socket.gethostname()}",
+            "cluster_name": self.cluster_name,
             "capabilities": {
                 "publisher_confirms": True,
                 "exchange_exchange_bindings": True,
@@ -609,6 +642,28 @@ class Broker:
         closed reply consumers included.  Counted once per delivery, on the queue."""
         live = sum(ch.reply_queue.store.stats_deliver for ch in self.reply_channels.values() if ch.reply_queue is not None)
         return self.stats_delivered_gone + live + sum(v.stats_delivered for v in self.vhosts.values())
+
+    def queue_stat(self, name: str) -> int:
+        """A queue counter of ``backing.GONE_STATS`` for the node (``VHost.queue_stat``
+        summed, deleted vhosts and direct reply-to included)."""
+        attr = "stats_" + name
+        live = sum(getattr(ch.reply_queue.store, attr) for ch in self.reply_channels.values() if ch.reply_queue is not None)
+        return self.stats_queue_gone[name] + live + sum(v.queue_stat(name) for v in self.vhosts.values())
+
+    @property
+    def stats_received_confirm(self) -> int:
+        """Publishes received on channels in confirm mode (each channel's confirm
+        numbering, ``Confirms.publish_seq``), closed channels included."""
+        live = sum(ch.confirms.publish_seq - ch.confirms.counted
+                   for c in self.connections for ch in c.channels.values() if ch.confirms is not None)
+        return self.stats_received_confirm_gone + live
+
+    def count_auth(self, protocol: str, ok: bool) -> None:
+        """A login attempt (AMQP connection.start-ok, an HTTP request's Basic credentials)."""
+        counts = self.stats_auth[protocol]
+        counts[0] += 1
+        if not ok:
+            counts[1] += 1
 
     @property
     def stats_acked(self) -> int:

@@ -86,14 +86,16 @@ def http_context(config: Config) -> ssl.SSLContext:
     return _base_context(cert, key, cert_setting, key_setting, "HTTPS (management API, Prometheus)")
 
 
-def peer_common_name(transport: Any) -> str | None:
-    """The subject CN of the verified client certificate of a TLS transport (several
-    CNs joined with ",", as RabbitMQ's ``ssl_cert_login_from = common_name`` does), or
-    None: no TLS, no certificate, or a certificate without a CN."""
-    if transport is None:
-        return None
-    cert = transport.get_extra_info("peercert")
+def external_user(transport: Any) -> tuple[str | None, str]:
+    """The user of an ``EXTERNAL`` login, as RabbitMQ's ``rabbit_auth_mechanism_ssl`` takes
+    it: the subject CN of the verified client certificate (several CNs joined with ",", as
+    ``ssl_cert_login_from = common_name`` does), and ``""``; or None and why the login is
+    refused, in RabbitMQ's words: "no peer certificate", or "no name found" for a
+    certificate whose subject has no CN."""
+    cert = transport.get_extra_info("peercert") if transport is not None else None
     if not cert:
-        return None
+        return None, "no peer certificate"
     names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
-    return ",".join(names) if names else None
+    if not names:
+        return None, "no name found"
+    return ",".join(names), ""

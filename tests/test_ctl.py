@@ -486,7 +486,8 @@ def test_status(broker: Broker) -> None:
     try:
         r = ctl(broker, "status")
         node = json.loads(ctl(broker, "--formatter", "json", "status").stdout)
-        assert r.stderr.strip() == f"Status of node {node['node_name']} ..."
+        assert r.stderr.strip() == (f"Status of node {node['node_name']} (Leveret {node['product_version']}, "
+                                    f"management API at http://127.0.0.1:{http}) ...")
         assert node["node_name"].startswith("leveret@")
         out = r.stdout
         assert "RabbitMQ version: 3.10.8" in out and "Product name: Leveret" in out

@@ -373,4 +373,40 @@ def test_queue_and_exchange_pages_show_the_policy(broker: tuple[SubprocessBroker
         call(http, "DELETE", "/api/policies/%2F/dashpol")
         call(http, "DELETE", "/api/queues/%2F/dashpol.q")
         call(http, "DELETE", "/api/exchanges/%2F/dashpol.x")
+
+
+def test_overview_rate_cards_and_chart_legend_show_one_rate(broker: tuple[SubprocessBroker, int], page: Page) -> None:
+    """The Publish card showed the API's publish_details.rate (sampled by the broker every
+    http_rate_interval) while the chart legend beside it showed the page's own rate between
+    polls: two figures for one thing (959.9/s and 798.4/s).  Both are now the page's rate,
+    the chart's latest point."""
+    from playwright.sync_api import expect
+
+    b, _ = broker
+    p = page.page
+    p.goto(page.base)
+    page.login("guest", "guest")
+    expect(p.locator("#app")).to_be_visible()
+    conn = pika_connection(b)
+    seen: list[dict[str, str]] = []
+    try:
+        ch = conn.channel()
+        ch.queue_declare("dash.rates")
+        ch.basic_consume("dash.rates", lambda c, m, pr, body: None, auto_ack=True)
+        for round_ in range(16):
+            # an uneven pace, so that rates over different windows differ
+            for i in range(10 + 15 * (round_ % 3)):
+                ch.basic_publish("", "dash.rates", b"r%d" % i)
+            conn.process_data_events(time_limit=0)
+            p.wait_for_timeout(200)
+            seen.append(p.evaluate("""() => Object.fromEntries(
+                ["ov-publish", "lg-publish", "ov-deliver", "lg-deliver", "ov-ack", "lg-ack", "updated"].map(
+                    (id) => [id, document.getElementById(id).textContent]))"""))
+        ch.queue_delete("dash.rates")
+    finally:
+        conn.close()
+    moving = [s for s in seen if s["lg-publish"] not in ("", "0.0/s")]
+    assert len(moving) >= 5, seen
+    for s in seen:
+        assert (s["ov-publish"], s["ov-deliver"], s["ov-ack"]) == (s["lg-publish"], s["lg-deliver"], s["lg-ack"]), s
     assert page.errors == []

@@ -376,6 +376,37 @@ def test_external_without_a_certificate_is_refused(pki: PKI, start_broker: Calla
     assert pika_round_trip(pika_params(b, pki.client_context()), b"plain") == b"plain"
 
 
+def test_external_with_a_certificate_without_a_cn_is_refused(
+    pki: PKI, start_broker: Callable[..., BrokerThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    """RabbitMQ's rabbit_auth_mechanism_ssl refuses the login when it finds no name in the
+    certificate ("no name found"); Leveret logged "user 'None' - invalid credentials"."""
+    b = start_broker(tls_config(pki, verify=True, fail=True, users={"guest": "guest", "None": "x"}))
+    cert, key = pki.folder / "no-cn.pem", pki.folder / "no-cn.key"
+    leaf = pki.ca.issue_cert("x.test")  # a subjectAltName, no common_name: a subject without CN
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    ctx = pki.client_context((str(cert), str(key)))
+    caplog.set_level(logging.INFO, logger="leveret")
+    with pytest.raises(REFUSED, match="ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL"):
+        pika.BlockingConnection(pika_params(b, ctx, external=True))
+    wait_for_log(caplog, "EXTERNAL login refused: no name found")
+    assert "user 'None'" not in caplog.text
+    wait_no_connections(b)
+    # the same certificate with a password login is fine (the certificate only lacks a name)
+    assert pika_round_trip(pika_params(b, ctx), b"by password") == b"by password"
+
+
+def test_external_without_a_certificate_logs_why(
+    pki: PKI, start_broker: Callable[..., BrokerThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    b = start_broker(tls_config(pki, verify=True))
+    caplog.set_level(logging.INFO, logger="leveret")
+    with pytest.raises(REFUSED):
+        pika.BlockingConnection(pika_params(b, pki.client_context(), external=True))
+    wait_for_log(caplog, "EXTERNAL login refused: no peer certificate")
+
+
 def test_external_offered_only_on_tls_with_peer_verification(
     pki: PKI, start_broker: Callable[..., BrokerThread]
 ) -> None:
@@ -769,3 +800,21 @@ def test_leveret_ctl_over_https(pki: PKI, start_broker: Callable[..., BrokerThre
     assert r.returncode == 69, (r.stdout, r.stderr)
     r = subprocess.run([*base, "--insecure", "-q", "list_vhosts"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.splitlines() == ["name", "/"], (r.stdout, r.stderr)
+
+
+def test_leveret_ctl_names_a_certificate_verification_failure(
+    pki: PKI, start_broker: Callable[..., BrokerThread]
+) -> None:
+    """An https management API whose certificate the client does not trust: leveret-ctl
+    said the host was not reachable; it names the verification failure and --cacert."""
+    b = start_broker(tls_config(pki, http_tls_port=0, host="127.0.0.1"))
+    assert b.broker is not None and b.broker.http_tls_port
+    base = [sys.executable, "-m", "leveret.ctl", "-H", "127.0.0.1", "-P", str(b.broker.http_tls_port),
+            "--scheme", "https"]
+    r = subprocess.run([*base, "status"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 69, r
+    assert "certificate" in r.stderr and "failed verification" in r.stderr and "--cacert" in r.stderr, r.stderr
+    assert "not reachable" not in r.stderr
+    r = subprocess.run([*base, "--cacert", pki.ca_file, "status"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r
+    assert f"Management API: https://127.0.0.1:{b.broker.http_tls_port}" in r.stdout

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from leveret.broker.core.message import NAMES, Message, exchange_rk, to_record
 from leveret.protocol.properties import FLAGS_HI, HI_EXPIRATION
+from leveret.storage.record import F_TRANSIENT
 
 if TYPE_CHECKING:
     from leveret.broker.core.node import Node
@@ -53,6 +54,10 @@ PAGE_MAX_BYTES = 64 << 20  # ... or body bytes (large messages)
 FLOW_LEN = PAGE_MAX * 3 // 4
 FLOW_BYTES = PAGE_MAX_BYTES // 2
 SHORT, LONG, PAGING = 0, 1, 2  # BackingQueue.length()
+#: the queue counters (``BackingQueue.stats_<name>``) a vhost keeps for its deleted queues
+#: (``VHost.stats_queue_gone``) and the node for its deleted vhosts and direct reply-to
+#: (``Broker.stats_queue_gone``), beside deliver and ack (which have their own)
+GONE_STATS = ("publish", "redeliver", "deliver_manual", "get", "get_noack", "get_empty")
 PAGE_BATCH = 2000  # messages loaded back from the log at a time
 PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes
 #: a queue with consumers draining from its log reads ahead: with fewer than READ_AHEAD
@@ -151,6 +156,22 @@ class BackingQueue:
         self.stats_deliver = 0
         self.stats_redeliver = 0
         self.stats_ack = 0
+        # ... of stats_deliver: the manual-ack ones (consume or get; counted in the ack branch
+        # of UnackedTracker.hand_out, so the no-ack path pays nothing), the basic.get-oks and
+        # the no-ack get-oks; and the basic.gets that found the queue empty.  (Prometheus'
+        # delivered_{consume,get}_{auto,manual}_ack split is derived from these)
+        self.stats_deliver_manual = 0
+        self.stats_get = 0
+        self.stats_get_noack = 0
+        self.stats_get_empty = 0
+        # persistent messages (delivery mode 2 with a record in the durable log), ready and
+        # unacked, as RabbitMQ's messages_persistent / message_bytes_persistent: added where
+        # one is written (:meth:`write`, recovery), taken off where its record is acked
+        # (:meth:`discard`, :meth:`purge`); ``tail_persistent*``: those paged out
+        self.persistent_count = 0
+        self.persistent_bytes = 0
+        self.tail_persistent = 0
+        self.tail_persistent_bytes = 0
 
     # ---------------------------------------------------------------- counts
 
@@ -225,6 +246,9 @@ class BackingQueue:
         """Append ``msg`` to the durable log, or (paging a transient message) to the log
         it pages to (raises OSError); its seq, which follows the record."""
         pos = (self.log if persistent else self.plog).append(to_record(msg, transient=not persistent))
+        if persistent:
+            self.persistent_count += 1
+            self.persistent_bytes += msg.size
         seq = pos << SEQ_SHIFT
         self.next_seq = seq + 1
         return seq
@@ -236,10 +260,14 @@ class BackingQueue:
         self.ready_bytes += size
         self.node.queued_bytes += size
 
-    def page(self, seq: int, msg: Message) -> None:
+    def page(self, seq: int, msg: Message, persistent: bool = False) -> None:
         """A ready message already written with :meth:`write`, kept on disk only."""
         self.tail.append(seq >> SEQ_SHIFT)
-        self.tail_bytes += msg.size
+        size = msg.size
+        self.tail_bytes += size
+        if persistent:
+            self.tail_persistent += 1
+            self.tail_persistent_bytes += size
 
     def put_back(self, entries: list[Entry]) -> None:
         """Requeued entries (sorted by seq) go back to their places."""
@@ -283,6 +311,7 @@ class BackingQueue:
         names_of = NAMES.get
         release = plog is self.overflow
         loaded = 0
+        pers = pers_bytes = 0  # persistent messages read back (from the durable log)
         end = start
         while end < last and (loaded < PAGE_BATCH_BYTES or self.max_priority):
             # (in chunks, so that a batch of large messages stops near PAGE_BATCH_BYTES)
@@ -293,7 +322,10 @@ class BackingQueue:
                     log.error("dropping unreadable record %#x: %s", pos, rec)
                     plog.ack(pos)
                     continue
-                _, ts, ex_rk, header, body = rec
+                flags, ts, ex_rk, header, body = rec
+                if not flags & F_TRANSIENT:
+                    pers += 1
+                    pers_bytes += len(body)
                 names = names_of(ex_rk)
                 if names is None:
                     try:
@@ -301,6 +333,9 @@ class BackingQueue:
                     except IndexError:  # (not the two short strings of a record we wrote)
                         log.error("dropping unreadable record %#x: no exchange and routing key", pos)
                         plog.ack(pos)
+                        if not flags & F_TRANSIENT:
+                            self.persistent_count -= 1
+                            self.persistent_bytes -= len(body)
                         continue
                 msg = Message(ex_rk, names[0], names[1], header, body)
                 msg.ts = ts
@@ -313,11 +348,15 @@ class BackingQueue:
                 plog.ack_many(positions)
         self.ready_bytes += loaded
         self.tail_bytes -= loaded
+        if pers:
+            self.tail_persistent -= pers
+            self.tail_persistent_bytes -= pers_bytes
         self.node.queued_bytes += loaded
         if end >= n:
             self.tail = array("Q")
             self.tail_start = 0
             self.tail_bytes = 0
+            self.tail_persistent = self.tail_persistent_bytes = 0
             if release and not plog.live_count:
                 self.plog = None  # all read back: the queue is in RAM only again
         elif end > 65536 and end > n // 2:
@@ -327,13 +366,16 @@ class BackingQueue:
             self.tail_start = end
         return True
 
-    def discard(self, seq: int) -> None:
+    def discard(self, seq: int, msg: Message) -> None:
         """A message left the queue for good: ack its record in the durable log, if it
         has one.  (A message paged to the overflow log had its record acked when it was
         read back: :meth:`refill`.)"""
         log = self.log
         if log is not None and not seq & SEQ_MASK:
             log.ack(seq >> SEQ_SHIFT)
+            if msg.persistent:
+                self.persistent_count -= 1
+                self.persistent_bytes -= msg.size
 
     def mark_delivered(self, seq: int) -> None:
         """A message with a log record was handed out for the first time: a crash now
@@ -350,13 +392,16 @@ class BackingQueue:
             self.tail = array("Q")
             self.tail_start = 0
             for e in self.messages:
-                self.discard(e[0])
+                self.discard(e[0], e[1])
             plog.ack_many(tail[start:])
+            self.persistent_count -= self.tail_persistent
+            self.persistent_bytes -= self.tail_persistent_bytes
             if plog is self.overflow and not plog.live_count:
                 self.plog = None
         self.tail = array("Q")
         self.tail_start = 0
         self.tail_bytes = 0
+        self.tail_persistent = self.tail_persistent_bytes = 0
         self.node.queued_bytes -= self.ready_bytes
         self.messages.clear()
         self.ready_bytes = 0
@@ -372,6 +417,9 @@ class BackingQueue:
         self.tail = positions
         self.tail_start = 0
         self.tail_bytes = nbytes
+        # (transient records were dropped by recovery: every one left is persistent)
+        self.persistent_count = self.tail_persistent = len(positions)
+        self.persistent_bytes = self.tail_persistent_bytes = nbytes
         if len(positions):
             self.next_seq = (positions[-1] << SEQ_SHIFT) + 1
 

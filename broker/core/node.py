@@ -33,6 +33,9 @@ class Node(Protocol):
     #: the memory alarm compares it with the high watermark
     queued_bytes: int
     write_failed: bool
+    #: RabbitMQ's global runtime parameters (``cluster_name``, ``internal_cluster_id``...):
+    #: saved and restored with the definitions
+    global_parameters: dict[str, Any]
     #: set by :meth:`Broker.intercept_deliveries` (tests only); None on a normal node
     delivery_hook: DeliveryHook | None
 

@@ -313,13 +313,21 @@ class Session:
 
     # ------------------------------------------------------------------ get
 
-    def get(self, name: str) -> tuple[Queue, Entry | None]:
+    def get(self, name: str, *, no_ack: bool = False) -> tuple[Queue, Entry | None]:
         """basic.get: read on the queue, the queue (exclusivity), its head entry (None:
-        empty).  The caller hands the entry out (a channel's unacked tracking) or
-        settles it (:meth:`get_messages`)."""
+        empty), counted on the queue (get, get without ack, get-empty).  The caller hands
+        the entry out (a channel's unacked tracking) or settles it (:meth:`get_messages`)."""
         self.authz(READ, "queue", name)
         q = self.vhost.get_queue(name, self.owner)
-        return q, q.get()
+        entry = q.get()
+        store = q.store
+        if entry is None:
+            store.stats_get_empty += 1
+        else:
+            store.stats_get += 1
+            if no_ack:
+                store.stats_get_noack += 1
+        return q, entry
 
     def get_messages(self, name: str, count: int, *, requeue: bool, reject: bool = False) -> list[tuple[Message, bool, int]]:
         """basic.get up to ``count`` messages, then requeue them (``requeue``),

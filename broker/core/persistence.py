@@ -268,6 +268,7 @@ class Persistence:
             "access": b.access.to_json(),
             "policies": [p.to_json() for v in b.vhosts.values() for p in v.policies.values()],
             "operator_policies": [p.to_json() for v in b.vhosts.values() for p in v.operator_policies.values()],
+            "global_parameters": b.global_parameters,
             "exchanges": exchanges,
             "queues": queues,
             "bindings": bindings,
@@ -283,6 +284,8 @@ class Persistence:
             data = self.meta.load()
             for name in data.get("vhosts", []):
                 b.add_vhost(name)
+            if isinstance(data.get("global_parameters"), dict):  # (older data dirs: none)
+                b.global_parameters.update(data["global_parameters"])
             if "access" in data:  # users, permissions, limits (older data dirs: none)
                 b.access.restore(data["access"])
                 self.recovered_access = True

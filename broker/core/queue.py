@@ -224,7 +224,7 @@ class Queue:
             c.sink.deliver(c, self, seq, msg, False)
             return outcome
         if page:
-            store.page(seq, msg)
+            store.page(seq, msg, bool(persist))
         else:
             if store.max_priority and store.tail_start < len(store.tail):
                 # a priority queue never pages new messages, but a recovered durable one
@@ -253,7 +253,7 @@ class Queue:
             if not store.messages and not self._refill():
                 return
             seq, m, _, _ = store.pop()
-            store.discard(seq)
+            store.discard(seq, m)
             self.dead_letter(m, "maxlen")
 
     def total(self) -> int:
@@ -367,7 +367,7 @@ class Queue:
                 break
             seq, msg, redelivered, expires_at = store.pop()
             if expires_at and expires_at <= time.time():
-                store.discard(seq)
+                store.discard(seq, msg)
                 self.dead_letter(msg, "expired")
                 continue
             c.sink.deliver(c, self, seq, msg, redelivered)
@@ -431,7 +431,7 @@ class Queue:
         if not reject:
             store.stats_ack += 1
         if store.log is not None:
-            store.discard(seq)
+            store.discard(seq, msg)
         if reject and self.dlx is not None and not self.deleted:
             self.dead_letter(msg, "rejected")
 
@@ -454,7 +454,7 @@ class Queue:
             if head is None or not head[3] or head[3] > now:
                 break
             seq, m, _, _ = store.pop()
-            store.discard(seq)
+            store.discard(seq, m)
             self.dead_letter(m, "expired")
         self._schedule_expiry()
 

@@ -18,6 +18,7 @@ from leveret.broker.core.arguments import (
     check_equivalent_queue_arguments,
     validate_queue_arguments,
 )
+from leveret.broker.core.backing import GONE_STATS
 from leveret.broker.core.deadletter import cc_keys, cycle_detected, dead_lettered_copy
 from leveret.broker.core.errors import AMQPError, rs
 from leveret.broker.core.exchange import EXCHANGE_CLASSES, DefaultExchange, Exchange, make_exchange
@@ -92,6 +93,7 @@ class VHost:
         self.policies: dict[str, Policy] = {}
         self.operator_policies: dict[str, Policy] = {}
         self.applied: dict[Any, Applied] = {}
+        self.stats_queue_gone = dict.fromkeys(GONE_STATS, 0)  # their other counters
         for xname, xtype in DEFAULT_EXCHANGES:
             self.exchanges[xname] = make_exchange(xtype, xname, durable=True)
 
@@ -228,6 +230,12 @@ class VHost:
         """Deliveries and basic.get-oks from this vhost's queues (``BackingQueue.stats_deliver``,
         the one place a delivery is counted), deleted queues included."""
         return self.stats_deliver_gone + sum(q.store.stats_deliver for q in self.queues.values())
+
+    def queue_stat(self, name: str) -> int:
+        """One of the queue counters in ``GONE_STATS`` summed over this vhost's queues,
+        deleted queues included."""
+        attr = "stats_" + name
+        return self.stats_queue_gone[name] + sum(getattr(q.store, attr) for q in self.queues.values())
 
     @property
     def stats_acked(self) -> int:
@@ -398,6 +406,8 @@ class VHost:
         self.applied.pop(q, None)
         self.stats_deliver_gone += q.store.stats_deliver
         self.stats_ack_gone += q.store.stats_ack
+        for k in GONE_STATS:
+            self.stats_queue_gone[k] += getattr(q.store, "stats_" + k)
         owner = q.exclusive_owner
         if owner is not None and q in owner.exclusive_queues:
             owner.exclusive_queues.remove(q)

@@ -332,6 +332,24 @@ def columns(request: web.Request, items: list[dict[str, Any]]) -> list[dict[str,
     return out
 
 
+def _exclusive_tag(q: Queue) -> str | None:
+    for c in q.consumers:
+        if c.exclusive:
+            return c.tag
+    return None
+
+
+def _single_active_tag(q: Queue) -> str | None:
+    return q.consumers[0].tag if q.single_active and q.consumers else None
+
+
+def _head_timestamp(q: Queue) -> int | None:
+    """RabbitMQ's ``head_message_timestamp``: the timestamp property of the message at the
+    head of the queue, if it is in RAM and has one (else null)."""
+    head = q.store.head()
+    return head[1].props.get("timestamp") if head is not None else None
+
+
 def _dotted(item: dict[str, Any], path: str) -> Any:
     for p in path.split("."):
         item = item.get(p, "") if isinstance(item, dict) else ""
@@ -403,8 +421,9 @@ class Api:
 
         add_policy_routes(self)
         self.policy_info, self.exchange_policy_info = policy_info, exchange_policy_info
+        r(("health", "checks", "virtual-hosts"), GET=self.health_vhosts)
         r(("parameters",), GET=self.empty_list)
-        r(("global-parameters",), GET=self.empty_list)
+        r(("global-parameters",), GET=self.global_parameters)
 
     def route(self, pattern: tuple[Any, ...], **methods: Handler) -> None:
         self.routes.append((pattern, methods))
@@ -473,10 +492,12 @@ class Api:
         except (binascii.Error, ValueError):
             raise HttpError(401, "not_authorised", "Not_Authorized") from None
         user = self.broker.access.authenticate(name, password) if sep else None
+        sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        loopback_ok = user is not None and self.broker.access.loopback_allowed(name, sock[0] if sock else None)
+        self.broker.count_auth("http", loopback_ok)
         if user is None:
             raise HttpError(401, "not_authorised", "Login failed")
-        sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
-        if not self.broker.access.loopback_allowed(name, sock[0] if sock else None):
+        if not loopback_ok:
             raise HttpError(401, "not_authorised", "User can only log in via localhost")
         if not MGMT_TAGS & set(user.tags):
             raise HttpError(401, "not_authorised", "Not management user")
@@ -600,6 +621,10 @@ class Api:
         if ctx.args[0] != self.node:
             raise not_found()
         return json_ok(self.node_info())
+
+    async def global_parameters(self, ctx: Ctx) -> web.Response:
+        ctx.need_admin()  # (RabbitMQ: policymaker or above; only administrators set them)
+        return json_ok([{"name": k, "value": v} for k, v in self.broker.global_parameters.items()])
 
     async def extensions(self, ctx: Ctx) -> web.Response:
         return json_ok([])
@@ -935,13 +960,16 @@ class Api:
             "messages": ready + unacked, "messages_details": rate(0),
             "messages_ready": ready, "messages_ready_details": rate(0),
             "messages_unacknowledged": unacked, "messages_unacknowledged_details": rate(0),
-            "messages_ram": ready, "messages_persistent": 0,
+            "messages_ram": ready, "messages_persistent": q.store.persistent_count,
             "message_bytes": q.store.ready_bytes, "message_bytes_ready": q.store.ready_bytes,
-            "message_bytes_unacknowledged": 0,
+            "message_bytes_unacknowledged": 0, "message_bytes_persistent": q.store.persistent_bytes,
             "consumers": len(q.consumers), "consumer_capacity": 1.0 if q.consumers else 0,
             "consumer_utilisation": 1.0 if q.consumers else 0, "memory": q.store.ready_bytes,
-            **self.policy_info(q.vhost, q), "exclusive_consumer_tag": "", "slave_nodes": [], "synchronised_slave_nodes": [], "recoverable_slaves": [],
-            "head_message_timestamp": "", "reductions": 0, "garbage_collection": {},
+            # RabbitMQ 3.10's nulls: no policy, no mirrors, no exclusive or single active
+            # consumer, no head message (in RAM) with a timestamp property
+            **self.policy_info(q.vhost, q), "exclusive_consumer_tag": _exclusive_tag(q),
+            "recoverable_slaves": None, "single_active_consumer_tag": _single_active_tag(q),
+            "head_message_timestamp": _head_timestamp(q), "reductions": 0, "garbage_collection": {},
             "backing_queue_status": {"mode": "default", "len": ready},
             "message_stats": self.rates.queue_stats([q]),
         }
@@ -1315,6 +1343,12 @@ class Api:
         if alarms:
             return json_ok({"status": "failed", "reason": "resource alarm(s) in effect in the cluster",
                             "alarms": alarms}, 503)
+        return json_ok({"status": "ok"})
+
+    async def health_vhosts(self, ctx: Ctx) -> web.Response:
+        down = self.broker.vhosts_down()
+        if down:
+            return json_ok({"status": "failed", "reason": "Some virtual hosts are down", "virtual-hosts": down}, 503)
         return json_ok({"status": "ok"})
 
     async def health_port(self, ctx: Ctx) -> web.Response:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands as C
 
 from leveret.broker.core.access import READ
+from leveret.broker.core.backing import GONE_STATS
 from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.errors import AMQPError, rs
 from leveret.broker.core.message import Message
@@ -290,6 +291,10 @@ class Channel:
         """Channel closing (either side) or connection gone: release everything."""
         # no late output (fsync confirms, tx.commit-ok) on a closed channel number
         self.state = CLOSING
+        confirms = self.confirms
+        if confirms is not None:  # publishes received in confirm mode, for the node's total
+            self.node.stats_received_confirm_gone += confirms.publish_seq - confirms.counted
+            confirms.counted = confirms.publish_seq
         self._drop_reply_consumer()
         for c in list(self.consumers.values()):
             c.queue.remove_consumer(c)
@@ -440,7 +445,10 @@ class Channel:
         if self.reply_consumer is not None:
             self.node.reply_channels.pop(self.reply_key, None)
             if self.reply_queue is not None:
-                self.node.stats_delivered_gone += self.reply_queue.store.stats_deliver  # (the node's total)
+                store = self.reply_queue.store
+                self.node.stats_delivered_gone += store.stats_deliver  # (the node's totals)
+                for k in GONE_STATS:
+                    self.node.stats_queue_gone[k] += getattr(store, "stats_" + k)
                 self.reply_queue.deleted = True
                 self.reply_queue.purge()
             self.reply_consumer = None
@@ -457,7 +465,7 @@ class Channel:
             c.queue.remove_consumer(c)
 
     def _basic_get(self, m: C.Basic.Get) -> None:
-        q, entry = self.session.get(self._queue_name(m.queue))
+        q, entry = self.session.get(self._queue_name(m.queue), no_ack=m.no_ack)
         if entry is None:
             self.send(C.Basic.GetEmpty())
             return

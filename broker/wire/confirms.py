@@ -20,13 +20,14 @@ if TYPE_CHECKING:
 
 
 class Confirms:
-    __slots__ = ("channel", "conn", "number", "publish_seq", "upto", "sent", "wait_sync", "sync_snapshot", "nacked_ahead")
+    __slots__ = ("channel", "conn", "number", "publish_seq", "counted", "upto", "sent", "wait_sync", "sync_snapshot", "nacked_ahead")
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.conn = channel.conn
         self.number = channel.number
         self.publish_seq = 0
+        self.counted = 0  # of publish_seq: added to the node's received_confirm total at close
         self.upto = 0  # every publish <= this is ready to be acked
         self.sent = 0  # highest publish acked/nacked on the wire
         self.wait_sync: deque[int] = deque()  # persisted publishes awaiting fsync

@@ -23,7 +23,7 @@ from pamqp import decode as pdecode
 
 from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.flow import CREDIT_INITIAL, CREDIT_SHIFT, FlowGate
-from leveret.broker.tls import peer_common_name
+from leveret.broker.tls import external_user
 from leveret.broker.wire.channel import CLOSING, Channel
 from leveret.protocol import methods as M
 from leveret.protocol.constants import (
@@ -484,6 +484,7 @@ class Connection(asyncio.Protocol):
                         f"negotiated channel_max ({self.channel_max})",
                     )
                 self.channels[ch] = Channel(self, ch)
+                self.broker.stats_channels_opened += 1
                 self.send(M.channel_open_ok_frame(ch))
                 return
             raise AMQPError(CHANNEL_ERROR, "expected 'channel.open'", *_ids(method))
@@ -642,9 +643,11 @@ class Connection(asyncio.Protocol):
         external = m.mechanism == "EXTERNAL" and self.external
         if external:
             # the response is not used: the user is the verified certificate's CN
-            user = peer_common_name(self.transport)
-            if user is None or not self.broker.user_exists(user):
-                reason: str | None = f"user '{user}' - invalid credentials"
+            user, why = external_user(self.transport)
+            if user is None:
+                reason: str | None = why  # (RabbitMQ: no name, no login)
+            elif not self.broker.user_exists(user):
+                reason = f"user '{user}' - invalid credentials"
             elif not self.broker.access.loopback_allowed(user, self.local_address):
                 reason = f"user '{user}' can only connect via localhost"
             else:
@@ -660,6 +663,7 @@ class Connection(asyncio.Protocol):
                 self._close_transport()
                 return
             reason = self._login_refused(user, password or "")
+        self.broker.count_auth("amqp091", reason is None)
         if reason is not None:
             # RabbitMQ's words in its log: "PLAIN login refused: user 'guest' can only
             # connect via localhost"

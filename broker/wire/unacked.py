@@ -45,6 +45,7 @@ class UnackedTracker:
         if redelivered:
             store.stats_redeliver += 1
         if not no_ack:
+            store.stats_deliver_manual += 1  # (not on the no-ack path, the fastest one)
             self.entries[tag] = (queue, seq, msg, consumer)
             if consumer is not None:
                 consumer.unacked += 1
@@ -53,7 +54,7 @@ class UnackedTracker:
             if not redelivered and store.log is not None:  # (durable: recovery marks)
                 store.mark_delivered(seq)
         elif store.log is not None:
-            store.discard(seq)
+            store.discard(seq, msg)
         return tag
 
     def ack_one(self, tag: int) -> bool:

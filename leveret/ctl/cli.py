@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from leveret import __version__
 from leveret.ctl import items as I
-from leveret.ctl.client import ApiError, Client, Unavailable, path
+from leveret.ctl.client import ApiError, CertificateFailure, Client, Unavailable, path
 
 PROG = "leveret-ctl"
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_NOUSER = 0, 64, 65, 66, 67
@@ -607,6 +607,10 @@ def delete_queue(ctl: Ctl, args: list[str]) -> None:
          "the name is list_connections' name column", "connections", min_args=2, max_args=2)
 def close_connection(ctl: Ctl, args: list[str]) -> None:
     name, explanation = args
+    if not name:
+        raise UsageError("Bad argument. connection name cannot be an empty string (use the name column of "
+                         "list_connections)",
+                         COMMANDS["close_connection"])
     if "\r" in explanation or "\n" in explanation:
         raise failure(EX_DATAERR, "the explanation must be one line")
     try:
@@ -699,7 +703,8 @@ PURPOSES = {"amqp": "AMQP 0-9-1", "amqp/ssl": "AMQP 0-9-1 over TLS", "http": "HT
 
 
 def _gb(n: Any) -> str:
-    return f"{(n or 0) / 1024 ** 3:.4f} gb"
+    """rabbitmqctl's "gb": 10^9 bytes, rounded to 4 decimals (0.05 gb, 81.5753 gb, 0.0 gb)."""
+    return f"{round((n or 0) / 10 ** 9, 4)} gb"
 
 
 @command("status", "Displays the node's status: version, uptime, listeners, totals, memory, alarms", "node")
@@ -707,13 +712,16 @@ def status(ctl: Ctl, args: list[str]) -> None:
     c = ctl.client
     overview = c.get("overview")
     node_name = overview.get("node", "")
-    ctl.banner(f"Status of node {node_name} ...")
+    product = f"{overview.get('product_name', 'RabbitMQ')} {overview.get('product_version', '')}".strip()
+    # which node and product answered: beside a RabbitMQ on 15672, the default port is its
+    ctl.banner(f"Status of node {node_name} ({product}, management API at {c.base}) ...")
     nodes = c.get("nodes")
     node = next((n for n in nodes if n.get("name") == node_name), nodes[0] if nodes else {})
     vhosts = c.get("vhosts")
     totals = overview.get("object_totals", {})
     info = {
         "node_name": node_name,
+        "management_api": c.base,
         "product_name": overview.get("product_name", "RabbitMQ"),
         "product_version": overview.get("product_version", overview.get("rabbitmq_version")),
         "rabbitmq_version": overview.get("rabbitmq_version"),
@@ -749,6 +757,7 @@ def status(ctl: Ctl, args: list[str]) -> None:
         f"Product name: {info['product_name']}",
         f"Product version: {info['product_version']}",
         f"Node name: {node_name}",
+        f"Management API: {c.base}",
         "", "Alarms", "",
         *([f"Resource alarm: {a}" for a in info["alarms"]] or ["(none)"]),
         "", "Memory", "",
@@ -867,6 +876,11 @@ def main(argv: list[str] | None = None) -> int:
     except ApiError as exc:
         print(api_failure(exc).message, file=err)
         return api_failure(exc).code
+    except CertificateFailure as exc:
+        print(f"Error: the TLS certificate of the management API at {exc} failed verification.\n"
+              "Give the CA certificate that signed it with --cacert FILE (or skip verification "
+              "with --insecure).", file=err)
+        return EX_UNAVAILABLE
     except Unavailable as exc:
         print(f"Error: unable to perform an operation on the node: the management API at {exc} "
               "is not reachable.\nIs the broker running, with its HTTP API on that host and port "

@@ -30,6 +30,10 @@ class Unavailable(Exception):
     """The management API could not be reached."""
 
 
+class CertificateFailure(Unavailable):
+    """The https API's certificate could not be verified (``str``: the URL and why)."""
+
+
 def path(*segments: str) -> str:
     """``/api/seg/seg...``, each segment percent-encoded on its own (vhost ``/`` is ``%2F``)."""
     return "/api/" + "/".join(quote(s, safe="") for s in segments)
@@ -92,7 +96,11 @@ class Client:
                 reason = raw.decode("utf-8", "replace").strip()
             raise ApiError(exc.code, str(error), reason) from None
         except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ssl.SSLCertVerificationError):
+                raise CertificateFailure(f"{self.base}: {exc.reason.verify_message or exc.reason}") from None
             raise Unavailable(f"{self.base}: {exc.reason}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise CertificateFailure(f"{self.base}: {exc.verify_message or exc}") from None
         except (TimeoutError, socket.timeout) as exc:  # noqa: UP041 - socket.timeout is the 3.11 alias
             raise Unavailable(f"{self.base}: timed out ({exc})") from None
         except (ConnectionError, OSError) as exc:

@@ -349,7 +349,7 @@ class _FaultInjector:
                 timer = broker.loop.call_later(rule.seconds, self._fire, key)
                 self.held[key] = (timer, (consumer, queue, seq, msg, redelivered))
             else:  # "drop": the message is gone, as if lost by the broker
-                queue.store.discard(seq)  # a durable queue forgets its log record too
+                queue.store.discard(seq, msg)  # a durable queue forgets its log record too
             return True
         return False
 

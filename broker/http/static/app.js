@@ -309,21 +309,24 @@ const views = {
       main,
       async refresh(o) {
         const qt = o.queue_totals || {};
-        const ms = o.message_stats || {};
         $("ov-ready").textContent = fmtNum(qt.messages_ready);
         $("ov-unacked").textContent = fmtNum(qt.messages_unacknowledged);
         $("ov-total").textContent = fmtNum(qt.messages);
-        $("ov-publish").textContent = fmtRate(rateOf(ms, "publish"));
-        $("ov-deliver").textContent = fmtRate(rateOf(ms, "deliver_get"));
-        $("ov-ack").textContent = fmtRate(rateOf(ms, "ack"));
+        // the rate cards and the chart's legend show one figure: the page's own rate over
+        // the last poll interval (the chart's latest point), not the API's *_details.rate,
+        // which the broker samples on its own clock (http_rate_interval)
+        const s = state.series;
+        const last = s[s.length - 1] || {};
+        for (const k of ["publish", "deliver", "ack"]) {
+          const text = fmtRate(last[k]);
+          $("ov-" + k).textContent = text;
+          $("lg-" + k).textContent = text;
+        }
         const ot = o.object_totals || {};
         $("ov-objects").replaceChildren(...["connections", "channels", "exchanges", "queues", "consumers"].map(
           (k) => stat(k[0].toUpperCase() + k.slice(1), fmtNum(ot[k]), "ov-" + k)));
         $("ov-node").textContent = [o.product_name, o.product_version, "(RabbitMQ " + o.rabbitmq_version + " API)",
                                     o.node ? "node " + o.node : ""].join(" ").trim(); // (node: monitoring users only)
-        const s = state.series;
-        const last = s[s.length - 1] || {};
-        for (const k of ["publish", "deliver", "ack"]) $("lg-" + k).textContent = fmtRate(last[k]);
         for (const k of ["ready", "unacked"]) $("lg-" + k).textContent = fmtNum(last[k]);
         drawChart($("chart-rates"), [
           {color: c("--c1"), values: s.map((p) => p.publish)},
