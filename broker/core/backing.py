@@ -254,6 +254,37 @@ class BackingQueue:
         else:
             self.messages = _merge(msgs, entries)
 
+    def put_returned(self, entries: list[Entry], ahead: bool) -> None:
+        """Returned entries of a quorum queue, in return order: ``ahead`` of the ready
+        messages (after the returns still waiting there, the redelivered entries at the
+        head), else behind them, on disk when the queue pages (each has a log record
+        then: a quorum queue with a log writes every message to it)."""
+        msgs = self.messages
+        assert not isinstance(msgs, PriorityDeque)  # (a quorum queue has no priorities)
+        if not ahead and self.tail_start < len(self.tail):
+            if not isinstance(self.recovered_delivered, set):
+                self.recovered_delivered = set(self.recovered_delivered)
+            for seq, msg, _, _ in entries:
+                pos = seq >> SEQ_SHIFT
+                self.tail.append(pos)
+                self.tail_bytes += msg.size
+                self.recovered_delivered.add(pos)  # redelivered when read back
+            return
+        added = 0
+        for e in entries:
+            added += e[1].size
+        self.ready_bytes += added
+        self.node.queued_bytes += added
+        if not ahead:
+            msgs.extend(entries)
+            return
+        i, n = 0, len(msgs)
+        while i < n and msgs[i][2]:
+            i += 1
+        for e in entries:
+            msgs.insert(i, e)
+            i += 1
+
     # ---------------------------------------------------------------- taking
 
     def pop(self) -> Entry:

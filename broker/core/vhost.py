@@ -23,6 +23,8 @@ from leveret.broker.core.errors import AMQPError, rs
 from leveret.broker.core.exchange import EXCHANGE_CLASSES, DefaultExchange, Exchange, make_exchange
 from leveret.broker.core.message import Message
 from leveret.broker.core.queue import ACCEPTED, Queue
+from leveret.broker.core.queuetype import QUORUM, queue_type
+from leveret.broker.core.quorum import QuorumQueue
 from leveret.protocol.constants import (
     ACCESS_REFUSED,
     COMMAND_INVALID,
@@ -89,7 +91,7 @@ class VHost:
         dests = exchange.route(routing_key, msg)
         if dests:
             for d in dests:
-                if type(d) is not Queue:
+                if not isinstance(d, Queue):
                     break
             else:
                 return dests
@@ -122,7 +124,7 @@ class VHost:
         # (a match to an exchange that routes nowhere does not count as unroutable)
         dests = x.route(rk, msg)
         for d in dests:
-            if type(d) is Queue:
+            if isinstance(d, Queue):
                 out[d] = None
             elif d.name not in seen:
                 self._route_into(d, rk, msg, out, seen)
@@ -280,6 +282,7 @@ class VHost:
             return self.get_queue(name, owner)
         durable = durable and not exclusive  # RabbitMQ: exclusive queues are never durable
         if name == "":
+            queue_type(arguments, name, self.name).check_server_named()
             name = generated_name("amq.gen-")
         elif name.startswith("amq.") and not recovering:  # (a durable server-named queue)
             raise AMQPError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
@@ -290,11 +293,12 @@ class VHost:
             self.check_exclusive(q, owner if exclusive else None, strict=True)
             where = rs("queue", name, self.name)
             check_equivalent(where, (("durable", durable, q.durable), ("auto_delete", auto_delete, q.auto_delete)))
-            check_equivalent_queue_arguments(where, arguments, q.arguments)
+            check_equivalent_queue_arguments(where, arguments, q.arguments, q.qtype)
             q.touch()
             return q
         validate_queue_arguments(arguments, name, self.name, durable, exclusive, auto_delete)
-        q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
+        cls = QuorumQueue if queue_type(arguments, name, self.name) is QUORUM else Queue
+        q = cls(self, name, durable, owner if exclusive else None, auto_delete, arguments)
         self.queues[name] = q
         if exclusive and owner is not None:
             owner.exclusive_queues.append(q)

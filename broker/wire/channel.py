@@ -525,6 +525,7 @@ class Channel:
             return
         self.vhost.check_exclusive(q, self.conn)
         where = f"queue '{name}' in vhost '{self.vhost.name}'"
+        q.qtype.check_delete(m.if_unused, m.if_empty, where)
         if m.if_unused and q.consumers:
             raise AMQPError(PRECONDITION_FAILED, f"{where} in use", 50, 40)
         if m.if_empty and q.total():
@@ -558,6 +559,7 @@ class Channel:
         if tag in self.consumers:
             raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
         where = f"queue '{name}' in vhost '{self.vhost.name}'"
+        q.qtype.check_consume(self.global_prefetch, where)
         if q.consumers and (m.exclusive or any(c.exclusive for c in q.consumers)):
             raise AMQPError(ACCESS_REFUSED, f"{where} in exclusive use", 60, 20)
         args = m.arguments or {}
