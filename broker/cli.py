@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Any
 
-from leveret.broker.config import DEFAULT_HOSTS, Config
+from leveret.broker.config import DEFAULT_HOSTS, MAX_CONSUMER_TIMEOUT, Config
 from leveret.broker.configfile import LOG_LEVELS, ConfigError, load_config_file, render_config
 from leveret.broker.definitions import DefinitionsError, read_definitions
 from leveret.broker.server import VERSION, Broker
@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--heartbeat", type=int, help="heartbeat interval offered to clients (s, default 60)")
     p.add_argument("--frame-max", type=int, help="default 131072")
+    p.add_argument(
+        "--consumer-timeout",
+        type=int,
+        metavar="MS",
+        help="close a channel whose delivery stays unacknowledged this long (ms, default 1800000 as RabbitMQ; 0: off)",
+    )
     p.add_argument("--channel-max", type=int, help="default 2047")
     p.add_argument(
         "--user",
@@ -168,6 +174,7 @@ _DIRECT = (
     "memory_high_watermark",
     "flow_cpu",
     "handshake_timeout",
+    "consumer_timeout",
     "max_message_size",
     "fsync_interval",
     "segment_size",
@@ -225,6 +232,8 @@ def build_config(a: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
             name, _, pw = u.partition(":")
             users[name] = pw
         over["users"] = users
+    if over.get("consumer_timeout") is not None and not 0 <= over["consumer_timeout"] <= MAX_CONSUMER_TIMEOUT:
+        raise ConfigError("--consumer-timeout", "", f"must be between 0 (off) and {MAX_CONSUMER_TIMEOUT} ms")
     if over.get("max_message_size") is not None and not 0 < over["max_message_size"] <= 512 * 1024 * 1024:
         raise ConfigError("--max-message-size", "", "must be between 1 and 536870912 (512 MiB)")
     cfg = dataclasses.replace(cfg, **over)

@@ -28,7 +28,7 @@ import types
 import typing
 from typing import Any
 
-from leveret.broker.config import DEFAULT_USERS, Config
+from leveret.broker.config import DEFAULT_USERS, MAX_CONSUMER_TIMEOUT, Config
 from leveret.broker.core import access as A
 from leveret.broker.definitions import DefinitionsError, read_definitions
 
@@ -99,6 +99,8 @@ def _check_range(field: str, value: Any) -> None:
         raise _Bad(f"not a port number: {value}")
     if field == "max_message_size" and not 0 < value <= _MAX_MESSAGE_SIZE:
         raise _Bad(f"must be between 1 and {_MAX_MESSAGE_SIZE} (512 MiB, RabbitMQ's ceiling), got {value}")
+    if field == "consumer_timeout" and value > MAX_CONSUMER_TIMEOUT:
+        raise _Bad(f"must be between 0 (off) and {MAX_CONSUMER_TIMEOUT} ms, got {value}")
     if field == "frame_max" and 0 < value < 4096:
         raise _Bad(f"must be 0 or at least 4096, got {value}")
     if field in ("channel_max", "heartbeat") and value > 65535:

@@ -1252,7 +1252,7 @@ class Api:
                                             "peer_port": int(peer_port or 0), "user": conn.user},
                         "ack_required": not cons.no_ack, "exclusive": cons.exclusive,
                         "prefetch_count": cons.prefetch, "active": True, "activity_status": "up",
-                        "consumer_timeout": 1800000, "arguments": _jsonable(cons.arguments),
+                        "consumer_timeout": self.broker.config.consumer_timeout, "arguments": _jsonable(cons.arguments),
                     })
         return json_ok(columns(ctx.request, out))
 
