@@ -360,3 +360,27 @@ def test_transient_messages_and_delivery_counts_survive_a_restart(tmp_path: Path
         assert sorted(got) == [(b"m0", 2), (b"m1", 0), (b"m2", 0)]
         ch.queue_delete("qr")
         c.close()
+
+
+@pytest.mark.skipif(bool(REF), reason="looks inside the broker")
+def test_a_return_goes_behind_the_messages_paged_out(tmp_path: Path) -> None:
+    n = 25_000  # past the 20,000 ready messages a queue keeps in RAM
+    with BrokerThread(Config(port=0, data_dir=str(tmp_path / "data"))) as b:
+        c = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = c.channel()
+        ch.queue_declare("qpage", durable=True, arguments=Q)
+        for i in range(n):
+            ch.basic_publish("", "qpage", b"%d" % i)
+        wait_count(ch, "qpage", n, timeout=30)
+        assert b.broker is not None
+        store = b.broker.vhosts["/"].queues["qpage"].store
+        assert len(store.tail) > store.tail_start  # some are paged out
+        m, _, _ = ch.basic_get("qpage")
+        ch.basic_nack(m.delivery_tag, requeue=True)
+        wait_count(ch, "qpage", n)
+        out = []
+        while (g := ch.basic_get("qpage", auto_ack=True))[0] is not None:
+            out.append((int(g[2]), g[0].redelivered, g[1].headers["x-delivery-count"]))
+        assert [x[0] for x in out] == [*range(1, n), 0]
+        assert out[-1] == (0, True, 1) and out[-2] == (n - 1, False, 0)
+        c.close()
