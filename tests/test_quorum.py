@@ -384,3 +384,62 @@ def test_a_return_goes_behind_the_messages_paged_out(tmp_path: Path) -> None:
         assert [x[0] for x in out] == [*range(1, n), 0]
         assert out[-1] == (0, True, 1) and out[-2] == (n - 1, False, 0)
         c.close()
+
+
+def test_rejected_and_expired_copies_carry_no_count_recover_and_connection_close_count(
+    conn: pika.BlockingConnection, amqp_url: str, names: Any
+) -> None:
+    ch = conn.channel()
+    q, qt, qn, qc, dlq, dlx = names(), names(), names(), names(), names(), names("dlx")
+    ch.exchange_declare(dlx, "fanout", auto_delete=True)
+    ch.queue_declare(dlq, durable=True)
+    ch.queue_bind(dlq, dlx)
+    dead = ["x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason"]
+    # rejected after a return: dead-lettered without x-delivery-count
+    ch.queue_declare(q, durable=True, arguments={**Q, "x-dead-letter-exchange": dlx})
+    publish(ch, q, 1)
+    m, _, _ = ch.basic_get(q)
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    wait_count(ch, q, 1)
+    m, p, _ = ch.basic_get(q)
+    assert p.headers == {"x-delivery-count": 1}
+    ch.basic_reject(m.delivery_tag, requeue=False)
+    wait_count(ch, dlq, 1)
+    m, p, _ = ch.basic_get(dlq, auto_ack=True)
+    assert (sorted(p.headers), p.headers["x-death"][0]["reason"]) == (dead, "rejected")
+    # basic.recover returns (and counts)
+    publish(ch, q, 1)
+    ch.basic_get(q)
+    ch.basic_recover(requeue=True)
+    wait_count(ch, q, 1)
+    m, p, _ = ch.basic_get(q, auto_ack=True)
+    assert (m.redelivered, p.headers) == (True, {"x-delivery-count": 1})
+    # a returned message expiring: dead-lettered without x-delivery-count
+    ch.queue_declare(qt, durable=True, arguments={**Q, "x-dead-letter-exchange": dlx, "x-message-ttl": 300})
+    ch.basic_publish("", qt, b"t")
+    wait_count(ch, qt, 1)
+    m, _, _ = ch.basic_get(qt)
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    wait_count(ch, dlq, 1)
+    m, p, _ = ch.basic_get(dlq, auto_ack=True)
+    assert (sorted(p.headers), p.headers["x-death"][0]["reason"]) == (dead, "expired")
+    # a negative delivery limit: the first return goes
+    ch.queue_declare(qn, durable=True, arguments={**Q, "x-dead-letter-exchange": dlx, "x-delivery-limit": -1})
+    publish(ch, qn, 1)
+    m, _, _ = ch.basic_get(qn)
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    wait_count(ch, dlq, 1)
+    assert ch.queue_declare(qn, passive=True).method.message_count == 0
+    ch.queue_purge(dlq)
+    # a consumer's connection closing returns its delivery: counted
+    ch.queue_declare(qc, durable=True, arguments=Q)
+    publish(ch, qc, 1)
+    c2 = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    got: list[int] = []
+    c2.channel().basic_consume(qc, lambda *a: got.append(1))
+    while not got:
+        c2.process_data_events(0.05)
+    c2.close()
+    wait_count(ch, qc, 1)
+    m, p, _ = ch.basic_get(qc, auto_ack=True)
+    assert (m.redelivered, p.headers) == (True, {"x-delivery-count": 1})
