@@ -443,3 +443,37 @@ def test_rejected_and_expired_copies_carry_no_count_recover_and_connection_close
     wait_count(ch, qc, 1)
     m, p, _ = ch.basic_get(qc, auto_ack=True)
     assert (m.redelivered, p.headers) == (True, {"x-delivery-count": 1})
+
+
+@pytest.mark.parametrize("args,first,then", [
+    ({}, ["m3", "m2", "m0", "m1"], ["m4", "m3", "m2", "m0", "m1"]),
+    ({"x-delivery-limit": 5}, ["m2", "m0", "m1", "m3"], ["m4", "m2", "m0", "m1", "m3"]),
+])
+def test_where_returns_go(conn: pika.BlockingConnection, names: Any, args: dict[str, Any], first: list[str],
+                          then: list[str]) -> None:
+    ch = conn.channel()
+    q = names()
+    ch.queue_declare(q, durable=True, arguments={**Q, **args})
+    publish(ch, q, 4)
+    tags = [ch.basic_get(q)[0].delivery_tag for _ in range(3)]
+    for i in (2, 0, 1):
+        ch.basic_nack(tags[i], requeue=True)
+    wait_count(ch, q, 4)
+    got = []
+    for _ in range(4):
+        m, _, b = ch.basic_get(q)
+        got.append((m.delivery_tag, b.decode()))
+    # m3 is taken back with the others in one multiple nack: behind, or after the returns
+    # still waiting (m4 is one of those: returned alone, before)
+    ch.basic_publish("", q, b"m4")
+    wait_count(ch, q, 1)
+    m4, _, _ = ch.basic_get(q)
+    ch.basic_nack(m4.delivery_tag, requeue=True)
+    wait_count(ch, q, 1)
+    ch.basic_nack(got[-1][0], multiple=True, requeue=True)
+    wait_count(ch, q, 5)
+    out = []
+    while (g := ch.basic_get(q, auto_ack=True))[0] is not None:
+        out.append(g[2].decode())
+    assert [b for _, b in got] == first
+    assert out == then

@@ -281,9 +281,10 @@ class BackingQueue:
         i, n = 0, len(msgs)
         while i < n and msgs[i][2]:
             i += 1
-        for e in entries:
-            msgs.insert(i, e)
-            i += 1
+        # (in one go: a channel closing may return thousands)
+        msgs.rotate(-i)
+        msgs.extendleft(reversed(entries))
+        msgs.rotate(i)
 
     # ---------------------------------------------------------------- taking
 
