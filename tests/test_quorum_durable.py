@@ -69,6 +69,13 @@ def test_kill_9_keeps_every_confirmed_message_and_the_delivery_counts(tmp_path: 
             m, p, body = ch.basic_get("qcounted")
             expect[body] = p.headers["x-delivery-count"] + 1
         conn.close()  # the 10 unacked return: each counts one more
+        # one delivered and unacknowledged when the broker is killed: its consumer is gone
+        # with it, which counts as a return
+        holder = pika.BlockingConnection(pika.URLParameters(b.url))
+        m, p, held = holder.channel().basic_get("qcounted")
+        assert p.headers["x-delivery-count"] == expect[held]
+        expect[held] += 1
+        time.sleep(0.2)  # (its "delivered" mark reaches the file)
         script = tmp_path / "pub.py"
         script.write_text(PUBLISHER)
         pub = subprocess.Popen([sys.executable, str(script), b.url, "100000"], stdout=subprocess.PIPE, text=True)
@@ -92,10 +99,22 @@ def test_kill_9_keeps_every_confirmed_message_and_the_delivery_counts(tmp_path: 
         missing = set(confirmed) - set(bodies)
         assert not missing, f"{len(missing)} confirmed messages lost"
         counts = {}
-        while (g := ch.basic_get("qcounted", auto_ack=True))[0] is not None:
-            counts[g[2]] = g[1].headers["x-delivery-count"]
+        for _ in range(10):  # all of them delivered, none acked ...
+            m, p, body = ch.basic_get("qcounted")
+            assert m.redelivered
+            counts[body] = p.headers["x-delivery-count"]
         assert counts == expect
         assert counts[b"c0"] >= 4 and min(counts.values()) >= 2  # (returned before the kill)
+        time.sleep(0.2)
+        b.kill()  # ... and the broker killed again: each counts one more, the held one only once
+        b = start(data_dir, b.port)
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = conn.channel()
+        counts = {}
+        while (g := ch.basic_get("qcounted", auto_ack=True))[0] is not None:
+            assert g[0].redelivered
+            counts[g[2]] = g[1].headers["x-delivery-count"]
+        assert counts == {k: v + 1 for k, v in expect.items()}
         conn.close()
     finally:
         b.stop()

@@ -146,6 +146,9 @@ class BackingQueue:
         self.tail_bytes = 0  # body bytes of the paged-out messages (x-max-length-bytes)
         self.recovered_delivered: set[int] | frozenset[int] = frozenset()
         self.reading_ahead = False  # a read-ahead is scheduled (Queue._read_ahead)
+        #: a quorum queue's look at each message read back from its log:
+        #: ``(seq, message, delivered before a crash) -> (seq, message, redelivered)``
+        self.recovered_hook: Callable[[int, Message, bool], tuple[int, Message, bool]] | None = None
         # the queue's message counters (the management API samples them into rates)
         self.stats_publish = 0
         self.stats_deliver = 0
@@ -262,13 +265,9 @@ class BackingQueue:
         msgs = self.messages
         assert not isinstance(msgs, PriorityDeque)  # (a quorum queue has no priorities)
         if not ahead and self.tail_start < len(self.tail):
-            if not isinstance(self.recovered_delivered, set):
-                self.recovered_delivered = set(self.recovered_delivered)
-            for seq, msg, _, _ in entries:
-                pos = seq >> SEQ_SHIFT
-                self.tail.append(pos)
+            for seq, msg, _, _ in entries:  # (redelivered when read back: see recovered_hook)
+                self.tail.append(seq >> SEQ_SHIFT)
                 self.tail_bytes += msg.size
-                self.recovered_delivered.add(pos)  # redelivered when read back
             return
         added = 0
         for e in entries:
@@ -314,6 +313,7 @@ class BackingQueue:
         msgs = self.messages
         names_of = NAMES.get
         release = plog is self.overflow
+        hook = self.recovered_hook
         loaded = 0
         end = start
         while end < last and (loaded < PAGE_BATCH_BYTES or self.max_priority):
@@ -337,7 +337,11 @@ class BackingQueue:
                 msg = Message(ex_rk, names[0], names[1], header, body)
                 msg.ts = ts
                 exp = expires_at(msg, ts) if queue_ttl or header[FLAGS_HI] & HI_EXPIRATION else 0.0
-                msgs.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, exp))
+                if hook is None:
+                    msgs.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, exp))
+                else:
+                    seq, msg, red = hook(pos << SEQ_SHIFT, msg, pos in redelivered_set)
+                    msgs.append((seq, msg, red, exp))
                 loaded += len(body)
             if release:
                 # an overflow log's records are done with once read back: the messages are

@@ -10,7 +10,10 @@ type's behaviour (``queuetype.QUORUM``); what it changes is off the publish hot 
   basic.recover) counts one, and the message is delivered with ``x-delivery-count`` (a
   long) set to the count; basic.get sets it on a first delivery too (0).  The count is
   kept in the message's header, which a return writes to the log as a new record (the
-  old one acked), so it survives a restart;
+  old one acked), so it survives a restart; the redelivered flag of a message read back
+  from the log is "count above 0", and one that was delivered and unacknowledged when
+  the broker was killed counts that lost delivery as a return (``_read_back``, as
+  rabbit_fifo returns the messages of a consumer that is gone);
 * where a returned message goes: behind the ready messages (RabbitMQ 3.10 re-enqueues
   it) or, on a queue with ``x-delivery-limit``, ahead of them, after the returns still
   waiting (rabbit_fifo's returns queue);
@@ -93,6 +96,24 @@ class QuorumQueue(Queue):
         self.delivery_limit = _int_arg(self.arguments, "x-delivery-limit")
         if self.overflow == "reject-publish-dlx":
             self.overflow = "drop-head"  # (RabbitMQ 3.10's quorum queues)
+        self.store.recovered_hook = self._read_back
+
+    def _read_back(self, seq: int, msg: Message, delivered: bool) -> tuple[int, Message, bool]:
+        """A message read back from the log (recovered, or paged out): redelivered when
+        its count is above 0; one delivered and unacknowledged when the broker was killed
+        lost its consumer, which is a return: it counts one more, written to the log."""
+        count = delivery_count(msg)
+        if not delivered:
+            return seq, msg, bool(count)
+        m = with_delivery_count(msg, (count or 0) + 1)
+        store = self.store
+        try:
+            new_seq = store.write(m, True)
+        except OSError as exc:
+            self.node.disk_error(exc)
+            return seq, m, True
+        store.discard(seq)
+        return new_seq, m, True
 
     def _would_overflow(self, msg: Message) -> bool:
         # rabbit_fifo refuses once the queue is over its limit, not at it
@@ -141,7 +162,6 @@ class QuorumQueue(Queue):
                     self.node.disk_error(exc)
                 else:
                     store.discard(seq)
-                    store.mark_delivered(new_seq)  # (after a crash: redelivered)
             if new_seq is None:
                 new_seq = store.take_seq() if store.log is None else seq
             back.append((new_seq, m, True, self.expires_at(m, now) if self.has_ttl_msgs and m.ts else 0.0))
