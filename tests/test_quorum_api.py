@@ -111,3 +111,18 @@ def test_ctl_list_queues_type(broker: BrokerThread) -> None:
     rows = [line.split("\t") for line in r.stdout.splitlines()]
     assert rows[0] == ["name", "type"]
     assert sorted(rows[1:]) == [["ctl-c", "classic"], ["ctl-q", "quorum"]]
+
+
+def test_http_declare_and_delete_rules(broker: BrokerThread) -> None:
+    api = api_of(broker)
+    status, body = api.call("PUT", "/queues/%2F/hq", {"durable": False, "arguments": Q})
+    assert (status, body["reason"]) == (400, "invalid property 'non-durable' for queue 'hq' in vhost '/'")
+    status, body = api.call("PUT", "/queues/%2F/hq", {"durable": True, "arguments": {**Q, "x-max-priority": 2}})
+    assert (status, body["reason"]) == (
+        400, "invalid arg 'x-max-priority' for queue 'hq' in vhost '/' of queue type rabbit_quorum_queue")
+    assert api.call("PUT", "/queues/%2F/hq", {"durable": True, "arguments": Q})[0] == 201
+    for flag in ("if-unused", "if-empty"):
+        status, body = api.call("DELETE", f"/queues/%2F/hq?{flag}=true")
+        assert (status, body["reason"]) == (400, f"cannot delete queue 'hq' in vhost '/'. queue.delete operations "
+                                                 f"with {flag} flag set are not supported by quorum queues")
+    assert api.call("DELETE", "/queues/%2F/hq")[0] == 204

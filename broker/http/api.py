@@ -981,6 +981,8 @@ class Api:
         ctx.vhost_for_write(vn)
         q = self.get_queue(ctx, vn, name)
         ctx.authz(vn, A.CONFIGURE, "queue", name)
+        q.qtype.check_delete(ctx.request.query.get("if-unused") == "true", ctx.request.query.get("if-empty") == "true",
+                             f"queue '{name}' in vhost '{vn}'")  # (quorum: 400 with RabbitMQ's text)
         if ctx.request.query.get("if-empty") == "true" and q.message_count:
             raise bad_request(f"queue '{name}' in vhost '{vn}' is not empty")
         if ctx.request.query.get("if-unused") == "true" and q.consumers:
