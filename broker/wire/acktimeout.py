@@ -9,7 +9,8 @@ tracker, in tag order) was handed out before the first of those marks that reach
 tag, so it is overdue when that mark is older than the timeout.  The channel is thus
 closed between ``timeout`` and ``timeout`` + 2 × ``interval`` after the delivery, never
 before; the interval is a tenth of the timeout, at most 1 s.  RabbitMQ 3.10 checks the
-oldest pending ack of a channel on its tick the same way, basic.get deliveries included.
+oldest pending ack of a channel on its tick the same way (``channel_tick_interval``, 60 s
+by default), basic.get deliveries included.
 """
 
 from __future__ import annotations
