@@ -117,11 +117,22 @@ def test_declare_argument_values(conn: pika.BlockingConnection, amqp_url: str, n
         406, f"PRECONDITION_FAILED - invalid arg 'x-overflow' for {where}: invalid_overflow")
     assert declare_error(conn, "qv", args={**Q, "x-max-in-memory-length": "a"}) == (
         406, f"PRECONDITION_FAILED - invalid arg 'x-max-in-memory-length' for {where}: \"expected integer, got longstr\"")
+    for arg, value, why in (
+        ("x-quorum-initial-group-size", "a", '"expected integer, got longstr"'),
+        ("x-quorum-initial-group-size", -1, "{value_negative,-1}"),
+        ("x-quorum-initial-group-size", 0, "{value_zero,0}"),
+        ("x-queue-leader-locator", "min-masters", "invalid_queue_locator_arg"),
+        ("x-queue-leader-locator", True, "{unacceptable_type,bool}"),
+        ("x-max-in-memory-bytes", -1, "{value_negative,-1}"),
+    ):
+        assert declare_error(conn, "qv", args={**Q, arg: value}) == (
+            406, f"PRECONDITION_FAILED - invalid arg '{arg}' for {where}: {why}")
     ch = conn.channel()
     for args in ({"x-dead-letter-strategy": "at-least-once", "x-dead-letter-exchange": "dlx"},
                  {"x-dead-letter-strategy": "at-most-once"}, {"x-overflow": "reject-publish-dlx", "x-max-length": 1},
                  {"x-delivery-limit": 3}, {"x-max-in-memory-length": 5, "x-max-in-memory-bytes": 5},
-                 {"x-quorum-initial-group-size": 3}, {"x-single-active-consumer": True, "x-message-ttl": 1000,
+                 {"x-quorum-initial-group-size": 3}, {"x-queue-leader-locator": "random"},
+                 {"x-queue-leader-locator": "least-leaders"}, {"x-single-active-consumer": True, "x-message-ttl": 1000,
                  "x-expires": 100000, "x-max-length-bytes": 10}, {"x-queue-leader-locator": "balanced"},
                  {"x-unknown": 1}):
         ch.queue_declare(names(), durable=True, arguments={**Q, **args})

@@ -108,6 +108,13 @@ def validate_queue_arguments(args: dict[str, Any], name: str, vhost: str, durabl
     if qtype.supported is not None:  # (quorum's own arguments; classic takes them unchecked)
         integer("x-max-in-memory-length")
         integer("x-max-in-memory-bytes")
+        integer("x-quorum-initial-group-size", zero_ok=False)
+        if "x-queue-leader-locator" in args:
+            v = args["x-queue-leader-locator"]
+            if not isinstance(v, str | bytes):
+                raise bad("x-queue-leader-locator", f"{{unacceptable_type,{amqp_type_name(v)}}}")
+            if val_text(v) not in ("client-local", "balanced", "random", "least-leaders"):
+                raise bad("x-queue-leader-locator", "invalid_queue_locator_arg")
         if "x-dead-letter-strategy" in args:
             v = args["x-dead-letter-strategy"]
             if not isinstance(v, str | bytes):
