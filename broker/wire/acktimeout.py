@@ -64,6 +64,8 @@ class AckTimeout:
         marks: dict[Channel, deque[tuple[float, int]]] = {}
         overdue: list[Channel] = []
         for conn in self.broker.connections:
+            if not conn.is_open:
+                continue
             for ch in conn.channels.values():
                 entries = ch.unacked.entries
                 if not entries:
