@@ -488,3 +488,39 @@ def test_where_returns_go(conn: pika.BlockingConnection, names: Any, args: dict[
         out.append(g[2].decode())
     assert [b for _, b in got] == first
     assert out == then
+
+
+def test_consumer_count_as_rabbit_fifo_counts(conn: pika.BlockingConnection, names: Any) -> None:
+    ch = conn.channel()
+    q = names()
+    ch.queue_declare(q, durable=True, arguments=Q)
+    publish(ch, q, 5)
+
+    def count() -> int:
+        return ch.queue_declare(q, passive=True).method.consumer_count
+
+    ch2 = conn.channel()
+    ch2.basic_qos(prefetch_count=2)
+    got: list[int] = []
+    tag = ch2.basic_consume(q, lambda c, m, p, b: got.append(m.delivery_tag))
+    while len(got) < 2:
+        conn.process_data_events(0.05)
+    assert count() == 1
+    ch2.basic_cancel(tag)
+    conn.sleep(0.1)
+    assert count() == 1  # cancelled, still holding two deliveries
+    ch.basic_get(q, auto_ack=True)
+    assert count() == 1  # a no-ack get is no consumer
+    m1, _, _ = ch.basic_get(q)
+    ch.basic_get(q)
+    conn.sleep(0.1)
+    assert count() == 3  # one per unacknowledged get
+    ch.basic_ack(m1.delivery_tag)
+    conn.sleep(0.1)
+    assert count() == 2
+    ch2.basic_ack(got[0])
+    conn.sleep(0.1)
+    assert count() == 2
+    ch2.basic_ack(got[1])
+    conn.sleep(0.1)
+    assert count() == 1

@@ -53,6 +53,7 @@ def test_queue_type_and_fields(broker: BrokerThread) -> None:
     assert (q["messages_persistent"], q["messages_ram"], q["messages_dlx"]) == (3, 0, 0)
     assert q["leader"] == q["node"] and q["members"] == [q["node"]] and q["online"] == [q["node"]]
     assert q["state"] == "running" and q["single_active_consumer_ctag"] is None
+    assert q["consumers"] == 1  # (rabbit_fifo counts the unacknowledged basic.get)
     for classic_only in ("backing_queue_status", "head_message_timestamp", "exclusive_consumer_tag", "idle_since"):
         assert classic_only not in q
     assert api.get("/queues/%2F/cq")["type"] == "classic"

@@ -20,6 +20,9 @@ type's behaviour (``queuetype.QUORUM``); what it changes is off the publish hot 
 * the delivery limit: a return that takes the count past ``x-delivery-limit`` drops the
   message, or dead-letters it with reason ``delivery_limit`` (the dead-lettered copy
   carries no ``x-delivery-count``);
+* the consumer count (queue.declare-ok, the management API) is rabbit_fifo's: the
+  consumers, the cancelled ones still holding unacknowledged deliveries, and one per
+  unacknowledged basic.get;
 * ``x-overflow``: ``reject-publish`` refuses a publish only once the queue is *over*
   its limit (so it admits one message past ``x-max-length``), and
   ``reject-publish-dlx`` acts as ``drop-head``, as 3.10 does.
@@ -34,6 +37,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from leveret.broker.core.backing import SEQ_MASK, Entry
+from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.message import Message
 from leveret.broker.core.queue import Queue, _int_arg
 from leveret.broker.core.queuetype import QUORUM
@@ -97,6 +101,8 @@ class QuorumQueue(Queue):
         if self.overflow == "reject-publish-dlx":
             self.overflow = "drop-head"  # (RabbitMQ 3.10's quorum queues)
         self.store.recovered_hook = self._read_back
+        #: consumers cancelled while holding unacked deliveries (RabbitMQ keeps counting them)
+        self.cancelled: list[Consumer] = []
 
     def _read_back(self, seq: int, msg: Message, delivered: bool) -> tuple[int, Message, bool]:
         """A message read back from the log (recovered, or paged out): redelivered when
@@ -114,6 +120,21 @@ class QuorumQueue(Queue):
             return seq, m, True
         store.discard(seq)
         return new_seq, m, True
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        if consumer in self.consumers and consumer.unacked:
+            self.cancelled.append(consumer)
+        super().remove_consumer(consumer)
+
+    @property
+    def consumer_count(self) -> int:
+        """As rabbit_fifo counts its consumers: the consumers, those cancelled that still
+        hold unacknowledged deliveries, and one per unacknowledged basic.get."""
+        live = [c for c in self.cancelled if c.unacked > 0]
+        if len(live) != len(self.cancelled):
+            self.cancelled = live
+        held = sum(c.unacked for c in self.consumers) + sum(c.unacked for c in live)
+        return len(self.consumers) + len(live) + max(0, self.unacked_count - held)
 
     def _would_overflow(self, msg: Message) -> bool:
         # rabbit_fifo refuses once the queue is over its limit, not at it

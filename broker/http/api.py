@@ -930,7 +930,7 @@ class Api:
         for k in self.CLASSIC_ONLY:
             info.pop(k, None)
         info.update({
-            "type": "quorum", "leader": self.node, "members": [self.node], "online": [self.node],
+            "type": "quorum", "consumers": q.consumer_count, "leader": self.node, "members": [self.node], "online": [self.node],
             "open_files": {self.node: 0}, "messages_dlx": 0, "message_bytes_dlx": 0,
             "messages_persistent": info["messages"], "message_bytes_persistent": info["message_bytes"],
             "messages_ram": 0, "message_bytes_ram": 0, "policy": None, "operator_policy": None,
