@@ -76,6 +76,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--heartbeat", type=int, help="heartbeat interval offered to clients (s, default 60)")
     p.add_argument("--frame-max", type=int, help="default 131072")
+    p.add_argument(
+        "--consumer-timeout",
+        type=int,
+        metavar="MS",
+        help="close a channel whose delivery stays unacknowledged this long (ms, default 1800000 as RabbitMQ; 0: off)",
+    )
     p.add_argument("--channel-max", type=int, help="default 2047")
     p.add_argument(
         "--user",
@@ -190,6 +196,7 @@ _DIRECT = (
     "memory_high_watermark",
     "flow_cpu",
     "handshake_timeout",
+    "consumer_timeout",
     "max_message_size",
     "fsync_interval",
     "segment_size",

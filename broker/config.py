@@ -25,6 +25,8 @@ from leveret.protocol.constants import FRAME_MIN_SIZE
 #: is no IPv6 loopback)
 DEFAULT_HOSTS = ("127.0.0.1", "::1")
 DEFAULT_USERS = {"guest": "guest"}
+#: the longest consumer_timeout accepted (ms): 24 days, under 2^31 as an Erlang timer's
+MAX_CONSUMER_TIMEOUT = 2**31 - 1
 
 # ---------------------------------------------------------------- limits (one constant each)
 PORT_MAX = 65535
@@ -95,6 +97,9 @@ class Config:
     frame_max: int = 131072
     heartbeat: int = 60
     handshake_timeout: float = 10.0  # seconds from accept to connection.open
+    # RabbitMQ's consumer_timeout (ms): a delivery unacknowledged this long closes its
+    # channel (406), its unacked messages requeued; checked on a timer (0: off)
+    consumer_timeout: int = 1_800_000
     close_timeout: float = 3.0
     # memory alarm: block publishers while queued message bytes exceed this
     memory_high_watermark: int = 1 << 30
@@ -161,6 +166,7 @@ class Config:
             "disk_free_limit": (0, None),
             "memory_high_watermark": (1, None),
             "http_max_body": (1, None),
+            "consumer_timeout": (0, MAX_CONSUMER_TIMEOUT),
         }
         for name, (lo, hi) in ints.items():
             v = getattr(self, name)

@@ -30,6 +30,7 @@ from leveret.broker.core.vhost import VHOST_COUNTERS, VHost
 from leveret.broker.definitions import apply_access_definitions, apply_definitions, read_definitions
 from leveret.broker.listener import Listener, check_ports, open_listener
 from leveret.broker.tls import http_context, server_context
+from leveret.broker.wire.acktimeout import AckTimeout
 from leveret.broker.wire.connection import Connection
 
 log = logging.getLogger("leveret")
@@ -113,6 +114,7 @@ class Broker:
         self.busy = self.config.flow_cpu <= 0
         self.in_flow: set[Connection] = set()  # connections waiting for credit
         self._load_timer: asyncio.TimerHandle | None = None
+        self.ack_timeout: AckTimeout | None = None  # consumer_timeout (leveret.broker.wire.acktimeout)
         self._load_mark = (0.0, 0.0)
         self._idle_samples = 0
         self.access = A.AccessControl()
@@ -178,6 +180,9 @@ class Broker:
             raise
         self._load_mark = (self.loop.time(), _cpu_demand())
         self._load_timer = self.loop.call_later(LOAD_INTERVAL, self._sample_load)
+        if self.config.consumer_timeout and self.ack_timeout is None:
+            self.ack_timeout = AckTimeout(self, self.config.consumer_timeout)
+            self.ack_timeout.start()
 
     def _configured_ports(self) -> list[tuple[str, str | list[str] | None, int]]:
         """(flag, hosts, port) of every listener the config asks for."""
@@ -345,6 +350,9 @@ class Broker:
         if self._load_timer is not None:
             self._load_timer.cancel()
             self._load_timer = None
+        if self.ack_timeout is not None:
+            self.ack_timeout.stop()
+            self.ack_timeout = None
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None

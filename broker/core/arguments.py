@@ -8,6 +8,7 @@ from typing import Any
 
 from leveret.broker.core.errors import AMQPError, rs
 from leveret.broker.core.exchange import freeze
+from leveret.broker.core.queuetype import CLASSIC, TYPES, QueueType, queue_type
 from leveret.protocol.constants import PRECONDITION_FAILED
 
 log = logging.getLogger("leveret.vhost")
@@ -61,8 +62,15 @@ def val_text(v: Any) -> str:
 def validate_queue_arguments(
     args: dict[str, Any], name: str, vhost: str, *, durable: bool, exclusive: bool, auto_delete: bool
 ) -> None:
-    """RabbitMQ's x-argument validation for queue.declare (406 with its texts)."""
+    """RabbitMQ's x-argument validation for queue.declare (406 with its texts): the
+    values of the arguments the queue's type accepts, then the type's own rules
+    (:meth:`QueueType.check_declare`: the arguments it refuses, durability)."""
     where = rs("queue", name, vhost)
+    qtype = TYPES.get(val_text(args["x-queue-type"]), CLASSIC) if "x-queue-type" in args else CLASSIC
+    all_args = args
+    if qtype.supported is not None:
+        # an argument the type refuses is refused as such, whatever its value
+        args = {k: v for k, v in args.items() if not qtype.unsupported(k)}
 
     def bad(arg: str, why: str) -> AMQPError:
         return AMQPError(PRECONDITION_FAILED, f"invalid arg '{arg}' for {where}: {why}", 50, 10)
@@ -99,17 +107,25 @@ def validate_queue_arguments(
             )
     if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
         raise bad("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined")
-    qtype = args.get("x-queue-type")
-    if qtype is not None:
-        qt = val_text(qtype)
-        if qt not in ("classic", "quorum", "stream"):
-            raise bad("x-queue-type", f"\"unsupported queue type '{qt}'\"")
-        if qt in ("quorum", "stream"):
-            # accepted as a durable classic queue (documented), with RabbitMQ's checks
-            for prop, on in (("auto-delete", auto_delete), ("exclusive", exclusive), ("non-durable", not durable)):
-                if on:
-                    raise AMQPError(PRECONDITION_FAILED, f"invalid property '{prop}' for {where}", 50, 10)
-            log.warning("queue %r declared with x-queue-type=%s: served as a durable classic queue", name, qt)
+    if qtype.supported is not None:  # (quorum's own arguments; classic takes them unchecked)
+        integer("x-max-in-memory-length")
+        integer("x-max-in-memory-bytes")
+        integer("x-quorum-initial-group-size", zero_ok=False)
+        if "x-queue-leader-locator" in args:
+            v = args["x-queue-leader-locator"]
+            if not isinstance(v, str | bytes):
+                raise bad("x-queue-leader-locator", f"{{unacceptable_type,{amqp_type_name(v)}}}")
+            if val_text(v) not in ("client-local", "balanced", "random", "least-leaders"):
+                raise bad("x-queue-leader-locator", "invalid_queue_locator_arg")
+        if "x-dead-letter-strategy" in args:
+            v = args["x-dead-letter-strategy"]
+            if not isinstance(v, str | bytes):
+                raise bad("x-dead-letter-strategy", f"{{unacceptable_type,{amqp_type_name(v)}}}")
+            if val_text(v) not in ("at-most-once", "at-least-once"):
+                raise bad("x-dead-letter-strategy", "invalid_dlx_strategy")
+    queue_type(args, name, vhost).check_declare(all_args, name, vhost, durable, exclusive, auto_delete)
+    if qtype.name == "stream":
+        log.warning("queue %r declared with x-queue-type=stream: served as a durable classic queue", name)
 
 
 # x-arguments whose values must match on redeclare (RabbitMQ's equivalence check)
@@ -140,9 +156,12 @@ def check_equivalent(
             )
 
 
-def check_equivalent_queue_arguments(where: str, new: dict[str, Any], cur: dict[str, Any]) -> None:
-    """RabbitMQ's equivalence check of a redeclared queue's x-arguments."""
-    for arg in QUEUE_EQUIV_ARGS:
+def check_equivalent_queue_arguments(
+    where: str, new: dict[str, Any], cur: dict[str, Any], qtype: QueueType = CLASSIC
+) -> None:
+    """RabbitMQ's equivalence check of a redeclared queue's x-arguments (and those its
+    type adds, ``QueueType.equivalent``)."""
+    for arg in (*QUEUE_EQUIV_ARGS, *qtype.equivalent) if qtype.equivalent else QUEUE_EQUIV_ARGS:
         new_v, cur_v = new.get(arg), cur.get(arg)
         if freeze(new_v) != freeze(cur_v):
             if isinstance(new_v, int) and isinstance(cur_v, int) and new_v == cur_v:

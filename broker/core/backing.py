@@ -151,6 +151,9 @@ class BackingQueue:
         self.tail_bytes = 0  # body bytes of the paged-out messages (x-max-length-bytes)
         self.recovered_delivered: set[int] | frozenset[int] = frozenset()
         self.reading_ahead = False  # a read-ahead is scheduled (Queue._read_ahead)
+        #: a quorum queue's look at each message read back from its log:
+        #: ``(seq, message, delivered before a crash) -> (seq, message, redelivered)``
+        self.recovered_hook: Callable[[int, Message, bool], tuple[int, Message, bool]] | None = None
         # the queue's message counters (the management API samples them into rates)
         self.stats_publish = 0
         self.stats_deliver = 0
@@ -282,6 +285,34 @@ class BackingQueue:
         else:
             self.messages = _merge(msgs, entries)
 
+    def put_returned(self, entries: list[Entry], ahead: bool) -> None:
+        """Returned entries of a quorum queue, in return order: ``ahead`` of the ready
+        messages (after the returns still waiting there, the redelivered entries at the
+        head), else behind them, on disk when the queue pages (each has a log record
+        then: a quorum queue with a log writes every message to it)."""
+        msgs = self.messages
+        assert not isinstance(msgs, PriorityDeque)  # (a quorum queue has no priorities)
+        if not ahead and self.tail_start < len(self.tail):
+            for seq, msg, _, _ in entries:  # (redelivered when read back: see recovered_hook)
+                self.tail.append(seq >> SEQ_SHIFT)
+                self.tail_bytes += msg.size
+            return
+        added = 0
+        for e in entries:
+            added += e[1].size
+        self.ready_bytes += added
+        self.node.queued_bytes += added
+        if not ahead:
+            msgs.extend(entries)
+            return
+        i, n = 0, len(msgs)
+        while i < n and msgs[i][2]:
+            i += 1
+        # (in one go: a channel closing may return thousands)
+        msgs.rotate(-i)
+        msgs.extendleft(reversed(entries))
+        msgs.rotate(i)
+
     # ---------------------------------------------------------------- taking
 
     def pop(self) -> Entry:
@@ -310,6 +341,7 @@ class BackingQueue:
         msgs = self.messages
         names_of = NAMES.get
         release = plog is self.overflow
+        hook = self.recovered_hook
         loaded = 0
         pers = pers_bytes = 0  # persistent messages read back (from the durable log)
         end = start
@@ -340,7 +372,11 @@ class BackingQueue:
                 msg = Message(ex_rk, names[0], names[1], header, body)
                 msg.ts = ts
                 exp = expires_at(msg, ts) if queue_ttl or header[FLAGS_HI] & HI_EXPIRATION else 0.0
-                msgs.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, exp))
+                if hook is None:
+                    msgs.append((pos << SEQ_SHIFT, msg, pos in redelivered_set, exp))
+                else:
+                    seq, msg, red = hook(pos << SEQ_SHIFT, msg, pos in redelivered_set)
+                    msgs.append((seq, msg, red, exp))
                 loaded += len(body)
             if release:
                 # an overflow log's records are done with once read back: the messages are

@@ -221,6 +221,7 @@ class Session:
         if q is None:
             return None
         v.check_exclusive(q, self.owner)
+        q.qtype.check_delete(if_unused, if_empty, rs("queue", name, v.name))  # (quorum: 540)
         if if_unused and q.consumers:
             raise AMQPError(PRECONDITION_FAILED, f"{rs('queue', name, v.name)} in use", 50, 40)
         if if_empty and q.total():

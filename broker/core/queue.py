@@ -27,6 +27,7 @@ from leveret.broker.core.backing import PAGING, BackingQueue, Entry
 from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.flow import CREDIT_SHIFT, FlowGate
 from leveret.broker.core.message import Message
+from leveret.broker.core.queuetype import CLASSIC
 from leveret.protocol.properties import FLAGS_HI, HI_DELIVERY_MODE, HI_EXPIRATION
 
 if TYPE_CHECKING:
@@ -66,6 +67,13 @@ def _str_arg(args: dict[str, Any], name: str) -> str | None:
 
 
 class Queue:
+    """A classic queue (the quorum queue's class, ``quorum.QuorumQueue``, builds on it)."""
+
+    #: the queue's type (``leveret.broker.core.queuetype``), fixed by its class
+    qtype = CLASSIC
+    #: every message goes to the queue's log, whatever its delivery mode (quorum)
+    persist_all = False
+
     def __init__(
         self,
         vhost: VHost,
@@ -196,7 +204,9 @@ class Queue:
                 self.dead_letter(msg, "maxlen")
             return REFUSED
         ttl = self.ttl_of(msg)
-        persist = store.log is not None and msg.header[FLAGS_HI] & HI_DELIVERY_MODE and msg.persistent
+        persist = store.log is not None and (
+            (msg.header[FLAGS_HI] & HI_DELIVERY_MODE and msg.persistent) or self.persist_all
+        )
         if (ttl is not None or persist) and not msg.ts:
             msg.ts = time.time()
         expires_at = 0.0

@@ -356,6 +356,21 @@ def _dotted(item: dict[str, Any], path: str) -> Any:
     return item
 
 
+#: RabbitMQ 3.10.8's feature flags: (name, description, provided by)
+FEATURE_FLAGS = (
+    ("classic_mirrored_queue_version", "Support setting version for classic mirrored queues", "rabbit"),
+    ("drop_unroutable_metric", "Count unroutable publishes to be dropped in stats", "rabbitmq_management_agent"),
+    ("empty_basic_get_metric", "Count AMQP `basic.get` on empty queues in stats", "rabbitmq_management_agent"),
+    ("implicit_default_bindings", "Default bindings are now implicit, instead of being stored in the database",
+     "rabbit"),
+    ("maintenance_mode_status", "Maintenance mode status", "rabbit"),
+    ("quorum_queue", "Support queues of type `quorum`", "rabbit"),
+    ("stream_queue", "Support queues of type `stream`", "rabbit"),
+    ("user_limits", "Configure connection and channel limits for a user", "rabbit"),
+    ("virtual_host_metadata", "Virtual host metadata (description, tags, etc)", "rabbit"),
+)
+
+
 class Api:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -368,6 +383,7 @@ class Api:
         r(("nodes",), GET=self.nodes)
         r(("nodes", N), GET=self.node_show)
         r(("extensions",), GET=self.extensions)
+        r(("feature-flags",), GET=self.feature_flags)
         r(("vhosts",), GET=self.vhosts)
         r(("vhosts", V), GET=self.vhost_show, PUT=self.vhost_put, DELETE=self.vhost_delete)
         r(("vhosts", V, "permissions"), GET=self.vhost_permissions)
@@ -628,6 +644,13 @@ class Api:
 
     async def extensions(self, ctx: Ctx) -> web.Response:
         return json_ok([])
+
+    async def feature_flags(self, ctx: Ctx) -> web.Response:
+        """RabbitMQ 3.10.8's feature flags, all enabled (clients such as NServiceBus
+        look for ``quorum_queue`` and ``stream_queue``); administrators only, as RabbitMQ."""
+        ctx.need_admin()
+        return json_ok([{"name": n, "desc": d, "doc_url": "", "state": "enabled", "stability": "stable",
+                         "provided_by": p} for n, d, p in FEATURE_FLAGS])
 
     async def empty_list(self, ctx: Ctx) -> web.Response:
         if ctx.args:
@@ -956,7 +979,7 @@ class Api:
         info: dict[str, Any] = {
             "name": q.name, "vhost": q.vhost.name, "durable": q.durable, "auto_delete": q.auto_delete,
             "exclusive": q.exclusive, "arguments": _jsonable(q.arguments), "node": self.node,
-            "state": "running", "type": "classic",
+            "state": "running", "type": q.qtype.name,
             "messages": ready + unacked, "messages_details": rate(0),
             "messages_ready": ready, "messages_ready_details": rate(0),
             "messages_unacknowledged": unacked, "messages_unacknowledged_details": rate(0),
@@ -973,10 +996,30 @@ class Api:
             "backing_queue_status": {"mode": "default", "len": ready},
             "message_stats": self.rates.queue_stats([q]),
         }
+        if q.qtype.name == "quorum":
+            self.quorum_fields(q, info)
+            return info
         if not q.consumers:
             now = time.time()
             info["idle_since"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}+00:00"
         return info
+
+    #: the fields RabbitMQ 3.10's API gives a classic queue only
+    CLASSIC_ONLY = ("backing_queue_status", "exclusive_consumer_tag", "head_message_timestamp", "slave_nodes",
+                    "synchronised_slave_nodes", "recoverable_slaves")
+
+    def quorum_fields(self, q: Queue, info: dict[str, Any]) -> None:
+        """A quorum queue's fields as RabbitMQ 3.10 gives them: its (one) member, leader
+        and online node, every message persistent, none held in RAM."""
+        for k in self.CLASSIC_ONLY:
+            info.pop(k, None)
+        info.update({
+            "type": "quorum", "consumers": q.consumer_count, "leader": self.node, "members": [self.node], "online": [self.node],
+            "open_files": {self.node: 0}, "messages_dlx": 0, "message_bytes_dlx": 0,
+            "messages_persistent": info["messages"], "message_bytes_persistent": info["message_bytes"],
+            "messages_ram": 0, "message_bytes_ram": 0, "policy": None, "operator_policy": None,
+            "single_active_consumer_ctag": (q.consumers[0].tag if q.single_active and q.consumers else None),
+        })
 
     async def queues(self, ctx: Ctx) -> web.Response:
         names = [ctx.args[0]] if ctx.args else ctx.visible_vhosts()
@@ -1271,7 +1314,7 @@ class Api:
                                             "peer_port": int(peer_port or 0), "user": conn.user},
                         "ack_required": not cons.no_ack, "exclusive": cons.exclusive,
                         "prefetch_count": cons.prefetch, "active": True, "activity_status": "up",
-                        "consumer_timeout": 1800000, "arguments": _jsonable(cons.arguments),
+                        "consumer_timeout": self.broker.config.consumer_timeout, "arguments": _jsonable(cons.arguments),
                     })
         return json_ok(columns(ctx.request, out))
 

@@ -412,6 +412,7 @@ class Channel:
         if tag in self.consumers:
             raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
         where = f"queue '{name}' in vhost '{self.vhost.name}'"
+        q.qtype.check_consume(self.global_prefetch, where)
         if q.consumers and (m.exclusive or any(c.exclusive for c in q.consumers)):
             raise AMQPError(ACCESS_REFUSED, f"{where} in exclusive use", 60, 20)
         args = m.arguments or {}

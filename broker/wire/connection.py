@@ -507,6 +507,11 @@ class Connection(asyncio.Protocol):
                 exc.class_id, exc.method_id = _ids(method)
             raise
 
+    def channel_exception(self, ch: int, exc: AMQPError) -> None:
+        """Raise ``exc`` on channel ``ch`` from outside a frame handler (a timer): the
+        channel is closed (a soft code) or the connection."""
+        self._error(ch, exc)
+
     def _error(self, ch: int, exc: AMQPError) -> None:
         if exc.closes_channel and ch != 0 and ch in self.channels:
             channel = self.channels.pop(ch)

@@ -51,7 +51,7 @@ class UnackedTracker:
                 consumer.unacked += 1
                 self.global_unacked += 1
             queue.unacked_count += 1
-            if not redelivered and store.log is not None:  # (durable: recovery marks)
+            if (not redelivered or queue.persist_all) and store.log is not None:  # (durable: recovery marks)
                 store.mark_delivered(seq)
         elif store.log is not None:
             store.discard(seq, msg)
