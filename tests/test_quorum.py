@@ -524,3 +524,47 @@ def test_consumer_count_as_rabbit_fifo_counts(conn: pika.BlockingConnection, nam
     ch2.basic_ack(got[1])
     conn.sleep(0.1)
     assert count() == 1
+
+
+def test_a_delivery_limit_policy_applies_to_a_quorum_queue(tmp_path: Path) -> None:
+    """A ``delivery-limit`` policy (no x-delivery-limit argument) limits returns as the
+    argument does, on a queue that exists before the policy (NServiceBus sets one at
+    startup); the lower of argument and policy wins; deleting the policy lifts it."""
+    from tests.httpapi import Api
+
+    cfg = Config(port=0, http_port=0, data_dir=str(tmp_path / "data"), fsync_interval=0.05)
+    with BrokerThread(cfg) as b:
+        assert b.broker is not None and b.broker.http_port
+        api = Api("127.0.0.1", b.broker.http_port)
+        c = pika.BlockingConnection(pika.URLParameters(b.url))
+        try:
+            ch = c.channel()
+            ch.exchange_declare("qq.dlx", "fanout")
+            ch.queue_declare("qq.dead")
+            ch.queue_bind("qq.dead", "qq.dlx")
+            ch.queue_declare("qq.jobs", durable=True, arguments={**Q, "x-dead-letter-exchange": "qq.dlx"})
+            body = {"pattern": r"^qq\.jobs$", "definition": {"delivery-limit": 1}, "apply-to": "queues"}
+            assert api.call("PUT", "/policies/%2F/limit", body)[0] == 201
+            assert api.get("/queues/%2F/qq.jobs")["effective_policy_definition"] == {"delivery-limit": 1}
+            ch.basic_publish("", "qq.jobs", b"poison")
+            counts = []
+            for _ in range(3):  # delivered, returned once (count 1), returned again: over the limit
+                m, p, _body = ch.basic_get("qq.jobs")
+                if m is None:
+                    break
+                counts.append((p.headers or {}).get("x-delivery-count"))
+                ch.basic_reject(m.delivery_tag, requeue=True)
+            assert counts == [0, 1]
+            wait_count(ch, "qq.dead", 1)
+            m, p, dead = ch.basic_get("qq.dead", auto_ack=True)
+            assert dead == b"poison" and p.headers["x-death"][0]["reason"] == "delivery_limit"
+            # without the policy: no limit
+            assert api.call("DELETE", "/policies/%2F/limit")[0] == 204
+            ch.basic_publish("", "qq.jobs", b"again")
+            for _ in range(4):
+                m, p, _body = ch.basic_get("qq.jobs")
+                assert m is not None
+                ch.basic_reject(m.delivery_tag, requeue=True)
+            assert ch.queue_declare("qq.dead", passive=True).method.message_count == 0
+        finally:
+            c.close()
