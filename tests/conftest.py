@@ -7,6 +7,8 @@ import pytest
 
 from leveret.broker import Broker, Config
 from leveret.testing import BrokerThread, broker_url, running_broker
+from tests.rawamqp import RawClient
+from tests.reference import REFERENCE
 
 
 @pytest.fixture
@@ -31,3 +33,20 @@ def broker_thread() -> Iterator[BrokerThread]:
     """A broker in a background thread, for blocking clients such as pika."""
     with BrokerThread(Config(port=0)) as b:
         yield b
+
+
+@pytest.fixture
+def port(request: pytest.FixtureRequest) -> int:
+    """AMQP port of the broker under test for raw-frame tests (a ``broker_thread``)."""
+    if REFERENCE:
+        return int(REFERENCE)
+    return request.getfixturevalue("broker_thread").port
+
+
+@pytest.fixture
+def client(port: int) -> Iterator[RawClient]:
+    """A raw client with the handshake done and channel 1 open."""
+    with RawClient.connect(port) as c:
+        c.handshake()
+        c.open_channel(1)
+        yield c

@@ -10,7 +10,6 @@ memory-alarm test runs one in a thread to look at its byte count.
 
 from __future__ import annotations
 
-import os
 import resource
 import select
 import socket
@@ -27,9 +26,7 @@ from rawamqp import PROTOCOL_HEADER, RawClient, build_frame, method_frame
 from leveret.broker import Config
 from leveret.broker.wire.publish import max_message_size, too_large
 from leveret.testing import BrokerProcess, BrokerThread
-
-REFERENCE = os.environ.get("LEVERET_REFERENCE_PORT")
-leveret_only = pytest.mark.skipif(REFERENCE is not None, reason="needs a Leveret broker of its own")
+from tests.reference import leveret_only
 
 STORM_ERROR = "cannot accept connections"
 STORM_OVER = "accepting connections again"
@@ -198,13 +195,6 @@ def test_slowloris_peers_are_dropped_at_the_handshake_timeout(tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------------- huge sizes
-
-
-@pytest.fixture
-def port(request: pytest.FixtureRequest) -> int:
-    if REFERENCE:
-        return int(REFERENCE)
-    return request.getfixturevalue("broker_thread").port
 
 
 def test_body_over_max_message_size_is_refused_once_complete_like_rabbitmq(port: int) -> None:

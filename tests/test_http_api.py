@@ -685,3 +685,48 @@ async def test_queue_instances_keep_a_compact_attribute_dict() -> None:
         assert len(vars(q)) <= 30, sorted(vars(q))
     finally:
         await b.stop()
+
+
+# ---------------------------------------------------------------------- what a management user sees
+
+
+def _api(port: int, user: str, password: str) -> Any:
+    return Api("127.0.0.1", port, user, password).call
+
+
+def test_management_user_sees_only_its_vhosts_message_stats_and_no_node_details() -> None:
+    # RabbitMQ: a user without the monitoring tag gets the overview of its own vhosts
+    # (message_stats included: no counts of other vhosts' traffic) and no node, listeners
+    # or contexts; /api/nodes is for monitoring users
+    cfg = Config(port=0, host="127.0.0.1", http_port=0, users={"guest": "guest"}, vhosts=["/", "r3.other"])
+    with BrokerThread(cfg) as b:
+        assert b.broker is not None
+        port = b.broker.http_port
+        admin = _api(port, "guest", "guest")
+        assert admin("PUT", "/users/r3-mgmt", {"password": "pw", "tags": "management"})[0] == 201
+        assert admin("PUT", "/permissions/r3.other/r3-mgmt", {"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))  # vhost /, not the user's
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare("r3.q")
+        for _ in range(5):
+            ch.basic_publish("", "r3.q", b"x")
+        ch.basic_publish("", "r3.nowhere", b"x")  # dropped unroutable
+        conn.close()
+        ov = admin("GET", "/overview")[1]
+        assert ov["message_stats"]["publish"] == 6 and ov["message_stats"]["confirm"] == 6
+        assert ov["node"] and ov["listeners"]
+        mgmt = _api(port, "r3-mgmt", "pw")
+        status, ov = mgmt("GET", "/overview")
+        assert status == 200
+        ms = ov["message_stats"]
+        assert (ms["publish"], ms["confirm"], ms["drop_unroutable"]) == (0, 0, 0), ms
+        assert "listeners" not in ov and "node" not in ov
+        assert ov["queue_totals"]["messages"] == 0 and ov["object_totals"]["queues"] == 0
+        assert mgmt("GET", "/nodes")[0] == 401
+        assert mgmt("GET", f"/nodes/{admin('GET', '/nodes')[1][0]['name']}")[0] == 401
+        # a monitoring user sees the node
+        assert admin("PUT", "/users/r3-mon", {"password": "pw", "tags": "monitoring"})[0] == 201
+        mon = _api(port, "r3-mon", "pw")
+        assert mon("GET", "/nodes")[0] == 200 and mon("GET", "/overview")[1]["message_stats"]["publish"] == 6
+

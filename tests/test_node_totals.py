@@ -57,3 +57,30 @@ async def test_node_delivered_and_acked_are_summed_from_queues_and_never_go_down
             await replies.cancel(tag)
             assert broker.stats_delivered == 6
         assert broker.stats_delivered == 6
+
+
+# ---------------------------------------------------------------------- published
+
+
+async def test_node_published_total_is_summed_from_exchanges_and_never_goes_down() -> None:
+    """The node's published counter is the exchanges' publish_in summed (counted once per
+    publish); deleting an exchange or a whole vhost keeps what was counted."""
+    from leveret.testing import AsyncBroker
+
+    async with AsyncBroker(Config(port=0, vhosts=["/", "gone"])) as b:
+        broker = b.broker
+        async with await aio_pika.connect(b.url_for("gone")) as conn:
+            ch = await conn.channel()
+            x = await ch.declare_exchange("r3.x", aio_pika.ExchangeType.FANOUT)
+            q = await ch.declare_queue("r3.q")
+            await q.bind(x)
+            for _ in range(3):
+                await x.publish(Message(b"m"), "")
+            await ch.default_exchange.publish(Message(b"m"), "r3.q")
+            await q.declare()  # a round trip: all four routed
+            assert broker.stats_published == 4
+            await x.delete()
+            assert broker.stats_published == 4
+        broker.delete_vhost("gone")
+        assert broker.stats_published == 4
+
