@@ -26,6 +26,8 @@ from pamqp import header as pheader
 from pamqp.body import ContentBody
 from pamqp.heartbeat import Heartbeat
 
+from tests.polling import wait_until
+
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
 Received = tuple[int, Any]  # (channel, pamqp frame object)
@@ -352,13 +354,13 @@ def longstr_array(*items: bytes) -> bytes:
 
 def get_raw(c: RawClient, queue: str, no_ack: bool = True) -> tuple[Any, bytes]:
     """basic.get (waiting for the message to get there): (get-ok, raw content header)."""
-    deadline = time.monotonic() + 5
-    while True:
+    def got() -> tuple[Any, bytes] | None:
         c.send_method(1, C.Basic.Get(queue=queue, no_ack=no_ack))
         ok = c.expect(C.Basic.GetOk | C.Basic.GetEmpty, 1)
         if isinstance(ok, C.Basic.GetOk):
             _, raw, _ = c.read_content(1)
             return ok, raw
-        assert time.monotonic() < deadline, f"nothing in {queue}"
-        time.sleep(0.02)
+        return None
+
+    return wait_until(got, what=f"a message in {queue}")
 

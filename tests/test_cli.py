@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from leveret.testing import free_port
 from tests.helpers import leveret_command
+from tests.polling import wait_until
 from tests.rawamqp import RawClient
 from tests.reference import leveret_only
 
@@ -36,15 +36,13 @@ def _run_cli(port: int, *args: str) -> tuple[list[str], str, str]:
     )
     accepted = []
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def listening() -> bool:
             assert proc.poll() is None, proc.communicate()
-            try:
-                socket.create_connection((hosts[0], port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the broker did not start"
-                time.sleep(0.05)
+            socket.create_connection((hosts[0], port), timeout=0.2).close()
+            return True
+
+        wait_until(listening, 20, what="the broker to start", interval=0.05, ignore=(OSError,))
         for host in ("127.0.0.1", "127.0.0.2", "::1"):
             try:
                 with RawClient.connect(port, host=host, timeout=2) as c:

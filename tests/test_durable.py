@@ -29,6 +29,7 @@ from leveret.broker.core.persistence import decode_table, encode_table
 from leveret.storage import DataDirLocked
 from leveret.testing import BrokerProcess, BrokerThread, broker_url, free_port, running_broker
 from tests.helpers import leveret_command, ready_count
+from tests.polling import async_wait_until
 from tests.rawamqp import RawClient, build_frame, still_works
 from tests.reference import leveret_only
 
@@ -371,10 +372,7 @@ async def test_real_disk_full_nacks_keeps_stored_messages_and_recovers(tmp_path:
                 assert not set(got) & set(nacked)
                 assert set(got[len(confirmed):]) <= {i for i, _ in pending}
             # the acked segments are deleted, space returns, the publisher is unblocked
-            for _ in range(50):
-                await asyncio.sleep(0.1)
-                if not broker.alarm:
-                    break
+            await async_wait_until(lambda: not broker.alarm, what="the disk alarm to clear", interval=0.1)
             assert not broker.alarm
             for _, fut in pending:  # confirmed once the disk took it
                 await asyncio.wait_for(fut, 5)

@@ -15,16 +15,8 @@ from aio_pika.exceptions import ChannelPreconditionFailed
 from pamqp import commands as C
 from pamqp.commands import Basic
 
+from tests.polling import async_wait_until
 from tests.rawamqp import RawClient, get_raw, header_table, longstr_array, publish_raw_headers
-
-
-async def until(pred: Any, timeout: float = 5.0) -> None:
-    """Wait for a condition instead of sleeping a fixed time (robust on a loaded machine)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def drain(q: AbstractQueue) -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -286,13 +278,13 @@ async def test_single_active_consumer_failover_keeps_order(url: str) -> None:
         await q2.consume(cb("two"))
         for i in range(4):
             await ch1.default_exchange.publish(Message(b"%d" % i), "sac")
-        await until(lambda: len(got) >= 4)
+        await async_wait_until(lambda: len(got) >= 4)
         await asyncio.sleep(0.05)
         assert got == [("one", b"0"), ("one", b"1"), ("one", b"2"), ("one", b"3")]
         await q1.cancel(tag1)
         for i in range(4, 6):
             await ch1.default_exchange.publish(Message(b"%d" % i), "sac")
-        await until(lambda: len(got) >= 6)
+        await async_wait_until(lambda: len(got) >= 6)
         assert got[4:] == [("two", b"4"), ("two", b"5")]
 
 
@@ -312,7 +304,7 @@ async def test_consumer_priority(url: str) -> None:
         await q.consume(cb("high"), arguments={"x-priority": 10})
         for _ in range(5):
             await ch.default_exchange.publish(Message(b"x"), q.name)
-        await until(lambda: len(got) >= 5)
+        await async_wait_until(lambda: len(got) >= 5)
         # the high-priority consumer takes all it has credit for, the rest goes lower
         assert got == ["high"] * 3 + ["low"] * 2
 

@@ -12,6 +12,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker
 
 from leveret.testing import BrokerThread
+from tests.polling import wait_until
 
 
 @pytest.fixture
@@ -33,10 +34,7 @@ def drain(ch: BlockingChannel, q: str) -> list[tuple[bytes, Any]]:
 
 
 def wait_count(ch: BlockingChannel, q: str, n: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while ch.queue_declare(q, passive=True).method.message_count != n:
-        assert time.monotonic() < deadline, f"{q} never reached {n} messages"
-        ch.connection.sleep(0.02)
+    wait_until(lambda: ch.queue_declare(q, passive=True).method.message_count == n, timeout, what=f"{n} messages in {q}")
 
 
 def dlx(ch: BlockingChannel, name: str = "pdlx") -> str:

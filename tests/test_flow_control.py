@@ -21,6 +21,7 @@ from leveret.broker import Config
 from leveret.broker.core.flow import CREDIT_INITIAL, FLOW_LEN
 from leveret.broker.wire import connection
 from leveret.testing import BrokerThread
+from tests.polling import wait_until
 
 N = 30_000
 BODY = b"m" * 100
@@ -83,9 +84,7 @@ def test_fast_publisher_is_slowed_while_the_consumer_lags_and_released_when_it_c
         stop, done = threading.Event(), threading.Event()
         pace, got = [0.001], [0]
         consumer = _consume(b.url, "fc", stop, pace, got)
-        deadline = time.monotonic() + 10
-        while not (b.broker and b.broker.vhosts["/"].queues["fc"].consumers) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: b.broker and b.broker.vhosts["/"].queues["fc"].consumers, 10, what="the consumer on fc")
         publisher = _raw_publisher(b.port, "fc", N, done)
         # the consumer lags (about 1 ms per message): the publisher waits for credit
         peak, saw_flow = 0, False
@@ -102,9 +101,7 @@ def test_fast_publisher_is_slowed_while_the_consumer_lags_and_released_when_it_c
         pace[0] = 0
         assert done.wait(30), "the publisher was held for ever"
         publisher.join(5)
-        deadline = time.monotonic() + 30
-        while got[0] < N and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: got[0] >= N, 30, what=f"the consumer to get {N} messages")
         assert got[0] == N
         assert not b.broker.in_flow
         stop.set()

@@ -26,6 +26,7 @@ from rawamqp import PROTOCOL_HEADER, RawClient, build_frame, method_frame
 from leveret.broker import Config
 from leveret.broker.wire.publish import max_message_size, too_large
 from leveret.testing import BrokerProcess, BrokerThread
+from tests.polling import wait_until
 from tests.reference import leveret_only
 
 STORM_ERROR = "cannot accept connections"
@@ -43,14 +44,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def log_lines(path: Path, text: str) -> list[str]:

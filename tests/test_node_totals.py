@@ -5,13 +5,12 @@ ack, as in RabbitMQ's ``ack`` counter)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import aio_pika
 from aio_pika import Message
 
 from leveret.broker import Config
 from leveret.testing import AsyncBroker
+from tests.polling import async_wait_until
 
 
 async def test_node_delivered_and_acked_are_summed_from_queues_and_never_go_down() -> None:
@@ -48,10 +47,7 @@ async def test_node_delivered_and_acked_are_summed_from_queues_and_never_go_down
             (key,) = broker.reply_channels  # the reply consumer's key
             ch2 = await conn.channel()
             await ch2.default_exchange.publish(Message(b"reply"), f"amq.rabbitmq.reply-to.{key}")
-            for _ in range(100):
-                if got_reply:
-                    break
-                await asyncio.sleep(0.02)
+            await async_wait_until(lambda: got_reply, what="the reply")
             assert got_reply == [b"reply"]
             assert broker.stats_delivered == 6
             await replies.cancel(tag)

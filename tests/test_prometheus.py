@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from leveret.broker import Config
 from leveret.testing import BrokerThread
+from tests.polling import wait_until
 
 
 @pytest.fixture
@@ -109,11 +110,11 @@ def test_metrics_follow_a_known_workload(broker: BrokerThread) -> None:
     finally:
         conn.close()
         other.close()
-    m = scrape(broker)
-    deadline = time.monotonic() + 5
-    while value(m, "rabbitmq_connections") and time.monotonic() < deadline:
-        time.sleep(0.05)
-        m = scrape(broker)
+    def without_connections() -> dict[str, list[tuple[dict[str, str], float]]]:
+        s = scrape(broker)
+        return s if value(s, "rabbitmq_connections") == 0 else {}
+
+    m = wait_until(without_connections, what="rabbitmq_connections to be 0", interval=0.05)
     assert value(m, "rabbitmq_connections") == 0
     assert value(m, "rabbitmq_connections_opened_total") == 2
     assert value(m, "rabbitmq_connections_closed_total") == 2
