@@ -2,7 +2,8 @@
 answered with close-ok and a clean EOF even while its frames still arrive, and a
 channel.close of the broker crossing the client's own.
 
-``LEVERET_REFERENCE_PORT=5672`` runs these tests against a real RabbitMQ.
+``LEVERET_REFERENCE_URL=amqp://guest:guest@127.0.0.1:5672/`` runs these tests against a real
+RabbitMQ (see tests/conftest.py).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ near-frame_max body frames on many channels.
 The brokers that need a limit of their own (few descriptors, a short handshake timeout)
 run as ``python -m leveret`` subprocesses, their log in a file the test reads; the
 memory-alarm test runs one in a thread to look at its byte count.
-``LEVERET_REFERENCE_PORT=5672`` runs the oversized-body test against a real RabbitMQ.
+``LEVERET_REFERENCE_URL=amqp://guest:guest@127.0.0.1:5672/`` runs the oversized-body test against a
+real RabbitMQ (see tests/conftest.py).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Protocol errors with raw frames: the exact reply code, which close (channel or
 connection), the class/method ids, and that the broker and its other clients carry on.
 
-Every expectation was checked against RabbitMQ 3.10.  ``LEVERET_REFERENCE_PORT=5672``
-runs the same tests against a real RabbitMQ (tests that need a Leveret of their own are
-skipped then).
+Every expectation was checked against RabbitMQ 3.10.
+``LEVERET_REFERENCE_URL=amqp://guest:guest@127.0.0.1:5672/`` runs the same tests against a
+real RabbitMQ (tests that need a Leveret of their own are skipped then; see
+tests/conftest.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Complements tests/test_basic_aiopika.py and tests/test_semantics_pika.py.  Every
 expectation was checked against RabbitMQ 3.10:
 ``LEVERET_REFERENCE_URL=amqp://guest:guest@127.0.0.1:5672/`` runs these tests against a
-real RabbitMQ instead (checks of Leveret's internals are skipped then).
+real RabbitMQ instead (checks of Leveret's internals are skipped then; see tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from aiormq.exceptions import (
 from leveret.broker import Broker
 from tests.helpers import ready_count
 from tests.polling import async_wait_until
-
-REFERENCE = os.environ.get("LEVERET_REFERENCE_URL")
-leveret_only = pytest.mark.skipif(REFERENCE is not None, reason="needs a Leveret broker of its own")
+from tests.reference import REFERENCE, leveret_only
 
 Connect = Callable[[], Awaitable[AbstractRobustConnection]]
 

@@ -2,7 +2,8 @@
 
 Every expectation was checked against RabbitMQ 3.10:
 ``LEVERET_REFERENCE_URL=amqp://guest:guest@127.0.0.1:5672/`` runs these tests against a
-real RabbitMQ instead (the ones that need a Leveret of their own are skipped).
+real RabbitMQ instead (the ones that need a Leveret of their own are skipped; see
+tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ from leveret.broker import Config
 from leveret.testing import BrokerThread
 from tests.polling import describe, wait_until
 from tests.rawamqp import RawClient, build_frame, method_frame, publish_frames
-
-REFERENCE = os.environ.get("LEVERET_REFERENCE_URL")
-leveret_only = pytest.mark.skipif(REFERENCE is not None, reason="needs a Leveret broker of its own")
+from tests.reference import REFERENCE, leveret_only
 
 
 @pytest.fixture
