@@ -104,6 +104,7 @@ amqp.connect(url, (err, conn) => {
 """
 
 
+@pytest.mark.external
 def test_amqplib_close_right_after_a_burst_of_sends(port: int, tmp_path: Path) -> None:
     """Node amqplib (callback API): sendToQueue a few hundred messages, then
     connection.close(cb) at once: the callback is called without error."""

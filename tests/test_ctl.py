@@ -24,6 +24,9 @@ from leveret.testing import SubprocessBroker, free_port
 
 Broker = tuple[SubprocessBroker, int]
 
+# every command is a process of its own: about a second or more per test
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[Broker]:

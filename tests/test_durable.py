@@ -144,6 +144,7 @@ CRASH_PUBLISHER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_kill_9_under_load_loses_no_confirmed_message(data_dir: str, seed: int, tmp_path: Path) -> None:
     rnd = random.Random(seed)
@@ -183,6 +184,7 @@ def test_kill_9_under_load_loses_no_confirmed_message(data_dir: str, seed: int, 
         b.stop()
 
 
+@pytest.mark.slow
 async def test_ttl_counts_from_publish_across_restart_and_dead_letters_stay_persistent(data_dir: str) -> None:
     b = start(data_dir)
     try:
@@ -270,6 +272,7 @@ async def test_write_error_nacks_and_keeps_what_was_stored(data_dir: str) -> Non
             assert (await q.get(timeout=2)).body == b"kept"
 
 
+@pytest.mark.slow
 async def test_old_unacked_message_does_not_pin_disk_use(tmp_path: Path) -> None:
     from leveret.broker import Config
     from leveret.testing import broker_url, running_broker
@@ -297,6 +300,7 @@ async def test_old_unacked_message_does_not_pin_disk_use(tmp_path: Path) -> None
             assert qlog.live_count == 0
 
 
+@pytest.mark.slow
 async def test_priority_queue_order_after_recovery(tmp_path: Path) -> None:
     from leveret.broker import Config
     from leveret.testing import broker_url, running_broker
@@ -323,6 +327,7 @@ async def test_priority_queue_order_after_recovery(tmp_path: Path) -> None:
     assert got == expected
 
 
+@pytest.mark.slow
 async def test_real_disk_full_nacks_keeps_stored_messages_and_recovers(tmp_path: Path) -> None:
     """A real ENOSPC: the data directory on a 3 MiB tmpfs."""
     import subprocess as sp
@@ -459,6 +464,7 @@ async def test_max_length_bytes_counts_paged_out_messages(
             assert got == ([5, 6, 7, 8, 9] if overflow == "drop-head" else [0, 1, 2, 3, 4])
 
 
+@pytest.mark.slow
 async def test_compaction_keeps_the_delivered_flag_of_live_records(tmp_path: Path) -> None:
     # a delivered (unacked, then requeued) persistent message comes back redelivered
     # after a restart, also when its segment was compacted in between
@@ -594,6 +600,7 @@ async def test_priority_queue_recovered_messages_come_before_ones_published_afte
     assert got == [b"old1", b"old3", b"old5", b"new-p3", b"old0", b"old2", b"old4", b"new-p0"]
 
 
+@pytest.mark.slow
 def test_expired_messages_recovered_past_the_first_page_batch_are_not_delivered(tmp_path: Path) -> None:
     """A durable queue without x-message-ttl, recovered after a restart: its messages are
     all paged out, and nothing tells the queue yet that some carry an expiration.  Those
@@ -631,6 +638,7 @@ def test_expired_messages_recovered_past_the_first_page_batch_are_not_delivered(
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @leveret_only
 def test_a_second_broker_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     data = str(tmp_path / "data")

@@ -7,6 +7,7 @@ import threading
 
 import aio_pika
 import pika
+import pytest
 from pamqp import commands as C
 from rawamqp import RawClient
 
@@ -79,6 +80,7 @@ def test_memory_alarm_blocks_publishers_and_unblocks() -> None:
         conn.close()
 
 
+@pytest.mark.slow
 async def test_publisher_that_never_reads_is_paused_not_buffered(broker: Broker) -> None:
     # A raw client that pipelines queue.declare forever without reading the replies:
     # the server stops reading from it instead of buffering replies without bound.
@@ -139,6 +141,7 @@ def test_partial_bodies_count_towards_the_memory_alarm() -> None:
         c.close()
 
 
+@pytest.mark.slow
 def test_blocked_publisher_is_not_dropped_for_missed_heartbeats() -> None:
     import time
 

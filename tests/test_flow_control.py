@@ -77,6 +77,7 @@ def _depth(b: BrokerThread, queue: str) -> int:
     return q.store.total()
 
 
+@pytest.mark.slow
 def test_fast_publisher_is_slowed_while_the_consumer_lags_and_released_when_it_catches_up() -> None:
     with BrokerThread(Config(port=0, flow_cpu=0)) as b:
         with pika.BlockingConnection(pika.URLParameters(b.url)) as c:
@@ -201,6 +202,7 @@ def _numbered(n: int, start: int = 0) -> bytes:
     return b"".join(publish_frames(1, "", "held", b"%08d" % i) for i in range(start, start + n))
 
 
+@pytest.mark.slow
 def test_a_publisher_out_of_credit_mid_read_has_the_rest_of_the_read_held_then_handled_in_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

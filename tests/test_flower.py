@@ -34,6 +34,9 @@ pytest.importorskip("flower")
 pytest.importorskip("celery")
 
 FLOWER_AUTH = ("flo", "wer")
+
+# Celery worker processes and Flower
+pytestmark = [pytest.mark.external, pytest.mark.slow]
 APP = """
 from celery import Celery
 from kombu import Queue

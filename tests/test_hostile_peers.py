@@ -97,6 +97,7 @@ def _burst(port: int, n: int) -> tuple[list[socket.socket], int, int]:
     return socks, served, refused
 
 
+@pytest.mark.slow
 @leveret_only
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_connection_storm_past_the_fd_limit(loop: str, tmp_path: Path) -> None:
@@ -142,6 +143,7 @@ def test_connection_storm_past_the_fd_limit(loop: str, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- slowloris
 
 
+@pytest.mark.slow
 @leveret_only
 def test_slowloris_peers_are_dropped_at_the_handshake_timeout(tmp_path: Path) -> None:
     """Hundreds of peers that connect and never speak, and peers that trickle their
@@ -293,6 +295,7 @@ def test_huge_announced_bodies_on_many_channels_hold_no_memory() -> None:
         round_trip(bp.port)
 
 
+@pytest.mark.slow
 @leveret_only
 def test_partial_bodies_on_many_channels_count_towards_the_memory_alarm() -> None:
     """Bodies within the limit, sent in near-frame_max frames on many channels and never

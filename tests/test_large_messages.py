@@ -218,6 +218,7 @@ def test_parser_pieces_of_a_large_body_are_views() -> None:
 # ---------------------------------------------------------------------- flow control
 
 
+@pytest.mark.slow
 def test_large_messages_engage_flow_control_by_bytes() -> None:
     """A publisher of 256 KiB messages outrunning a lagging consumer is held once the
     backlog passes FLOW_BYTES, long before FLOW_LEN messages (or the memory alarm), and

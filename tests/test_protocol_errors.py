@@ -164,6 +164,7 @@ def test_truncated_frame_then_silence_during_handshake_times_out() -> None:
         assert 0.3 < time.monotonic() - t0 < 3
 
 
+@pytest.mark.slow
 def test_truncated_frame_then_silence_killed_by_heartbeat(port: int, bystander: Bystander) -> None:
     with RawClient.connect(port) as c:
         c.handshake(heartbeat=1)
@@ -498,6 +499,7 @@ def test_method_before_connection_open(port: int, channel: int, method: object, 
 # ---------------------------------------------------------------------- heartbeats
 
 
+@pytest.mark.slow
 def test_silent_peer_is_disconnected_and_a_beating_peer_stays(port: int) -> None:
     with RawClient.connect(port) as silent, RawClient.connect(port) as beating:
         silent.handshake(heartbeat=1)

@@ -247,6 +247,7 @@ const amqp = require('amqplib');
 """
 
 
+@pytest.mark.external
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 @pytest.mark.skipif(not (NODE_DIR / "node_modules" / "amqplib").is_dir(), reason="run npm ci in interop/clients/node")
 @pytest.mark.parametrize("external", [False, True], ids=["plain", "external"])
