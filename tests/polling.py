@@ -1,5 +1,7 @@
-"""Waiting for a condition in tests: ``wait_until`` (blocking) and ``async_wait_until``
-(inside ``async def`` tests, where a blocking wait would stall the client under test).
+"""Waiting for a condition in tests: ``wait_until`` (blocking), ``async_wait_until``
+(inside ``async def`` tests, where a blocking wait would stall the client under test) and
+``pump_until`` (``wait_until`` for pika's BlockingConnection, whose callbacks only run
+while its I/O loop does).
 
 Poll instead of sleeping a fixed time: quick when the condition comes at once, patient on a
 loaded machine.  Both return the first true value of ``pred()``; on timeout they fail with
@@ -15,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -88,3 +90,31 @@ async def async_wait_until(
         if loop.time() >= deadline:
             raise _timed_out(pred, timeout, what, last)
         await asyncio.sleep(interval)
+
+
+class EventLoopClient(Protocol):
+    """A blocking client with an I/O loop to run (pika's BlockingConnection)."""
+
+    def process_data_events(self, time_limit: float | None = ...) -> None: ...
+
+
+def pump_until(
+    conns: EventLoopClient | Sequence[EventLoopClient],
+    pred: Callable[[], T],
+    timeout: float = TIMEOUT,
+    what: str | None = None,
+    pump: float = 0.02,
+) -> T:
+    """``wait_until`` for blocking clients: between the checks, run each connection's I/O
+    loop for ``pump`` seconds instead of sleeping, so that its callbacks (deliveries,
+    cancels, returns) run."""
+    clients = list(conns) if isinstance(conns, Sequence) else [conns]
+
+    def pumped() -> T:
+        value = pred()
+        if not value:
+            for c in clients:
+                c.process_data_events(time_limit=pump)
+        return value
+
+    return wait_until(pumped, timeout, what=what or describe(pred), interval=0)

@@ -21,7 +21,7 @@ from leveret.broker import Config
 from leveret.broker.core.flow import CREDIT_INITIAL, FLOW_LEN
 from leveret.broker.wire import connection
 from leveret.testing import BrokerThread
-from tests.polling import wait_until
+from tests.polling import pump_until, wait_until
 
 N = 30_000
 BODY = b"m" * 100
@@ -134,9 +134,7 @@ def test_purge_or_cancel_releases_a_waiting_publisher_and_others_are_unaffected(
         stuck.process_data_events(0.1)
         done = threading.Event()
         publisher = _raw_publisher(b.port, "stuck", N, done)
-        deadline = time.monotonic() + 10
-        while not (b.broker and b.broker.in_flow) and time.monotonic() < deadline:
-            stuck.process_data_events(0.01)
+        pump_until(stuck, lambda: b.broker and b.broker.in_flow, 10, what="flow to engage", pump=0.01)
         assert b.broker is not None and b.broker.in_flow, "flow never engaged"
         # another connection, another queue: not slowed
         with pika.BlockingConnection(pika.URLParameters(b.url)) as other:
@@ -169,9 +167,7 @@ def test_a_broker_that_is_no_longer_busy_releases_waiting_publishers(monkeypatch
         stuck.process_data_events(0.1)
         done = threading.Event()
         publisher = _raw_publisher(b.port, "idle", N, done)
-        deadline = time.monotonic() + 10
-        while not (b.broker and b.broker.in_flow) and time.monotonic() < deadline:
-            stuck.process_data_events(0.01)
+        pump_until(stuck, lambda: b.broker and b.broker.in_flow, 10, what="flow to engage", pump=0.01)
         assert b.broker is not None and b.broker.in_flow, "flow never engaged"
         b.broker.config.flow_cpu = 1000.0
         assert done.wait(20), "the publisher was not released when the node went idle"

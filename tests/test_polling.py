@@ -1,12 +1,14 @@
-"""tests/polling.py: the suite's one way to wait for a condition."""
+"""tests/polling.py: the suite's way to wait for a condition."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pika
 import pytest
 
-from tests.polling import async_wait_until, wait_until
+from leveret.testing import BrokerThread
+from tests.polling import async_wait_until, pump_until, wait_until
 
 
 def test_wait_until_returns_the_first_true_value() -> None:
@@ -44,3 +46,17 @@ async def test_async_wait_until_lets_the_loop_run_and_awaits_coroutine_condition
     assert await async_wait_until(later) == "done"
     with pytest.raises(AssertionError, match="timed out after 0.05 s waiting for nothing; last value: ''"):
         await async_wait_until(lambda: "", timeout=0.05, what="nothing")
+
+
+def test_pump_until_runs_pikas_io_loop_between_the_checks(broker_thread: BrokerThread) -> None:
+    with pika.BlockingConnection(pika.URLParameters(broker_thread.url)) as conn:
+        ch = conn.channel()
+        q = ch.queue_declare("", exclusive=True).method.queue
+        got: list[bytes] = []
+        ch.basic_consume(q, lambda c, m, p, body: got.append(body), auto_ack=True)
+        ch.basic_publish("", q, b"m")
+        # the delivery callback runs only inside pika's I/O loop: a plain wait_until
+        # would never see it
+        assert pump_until(conn, lambda: got) == [b"m"]
+        with pytest.raises(AssertionError, match="timed out after 0.1 s waiting for a second message; last value: False"):
+            pump_until(conn, lambda: len(got) > 1, 0.1, what="a second message")

@@ -26,7 +26,7 @@ from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker, Unr
 
 from leveret.broker import Config
 from leveret.testing import BrokerThread
-from tests.polling import describe, wait_until
+from tests.polling import pump_until
 from tests.rawamqp import RawClient, build_frame, method_frame, publish_frames
 from tests.reference import REFERENCE, leveret_only
 
@@ -80,18 +80,6 @@ def drain(channel: BlockingChannel, queue: str) -> list[bytes]:
         if method is None:
             return out
         out.append(body)
-
-
-def pump_until(conn: pika.BlockingConnection, cond: Callable[[], bool], timeout: float = 3.0) -> None:
-    """``wait_until`` with pika's I/O loop run between the checks (callbacks run there)."""
-
-    def pumped() -> bool:
-        if cond():
-            return True
-        conn.process_data_events(time_limit=0.02)
-        return False
-
-    wait_until(pumped, timeout, what=describe(cond), interval=0)
 
 
 def settle(conn: pika.BlockingConnection, seconds: float = 0.15) -> None:
