@@ -26,6 +26,8 @@ from pamqp import header as pheader
 from pamqp.body import ContentBody
 from pamqp.heartbeat import Heartbeat
 
+from tests.polling import wait_until
+
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
 Received = tuple[int, Any]  # (channel, pamqp frame object)
@@ -269,3 +271,96 @@ class RawClient:
                 return got
             except TimeoutError:
                 continue
+
+
+# ---------------------------------------------------------------------- shared test helpers
+
+
+def still_works(port: int) -> None:
+    """A new connection to ``port`` still opens a channel and declares a queue."""
+    with RawClient.connect(port) as c:
+        c.handshake()
+        c.open_channel(1)
+        assert c.declare_queue(1, exclusive=True).queue.startswith("amq.gen-")
+
+
+# field tables read straight from the bytes, with their field types (pamqp would convert)
+
+FIELD_FORMATS = {"t": ">B", "b": ">b", "B": ">B", "s": ">h", "u": ">H", "I": ">i", "i": ">I", "l": ">q", "f": ">f", "d": ">d", "T": ">Q"}
+
+
+def typed_value(buf: bytes, pos: int) -> tuple[tuple[str, Any], int]:
+    """One field value as (type letter, value), read straight from the bytes."""
+    t = chr(buf[pos])
+    pos += 1
+    if t in FIELD_FORMATS:
+        f = struct.Struct(FIELD_FORMATS[t])
+        return (t, f.unpack_from(buf, pos)[0]), pos + f.size
+    if t == "V":
+        return (t, None), pos
+    n = struct.unpack_from(">I", buf, pos)[0]
+    data, end = buf[pos + 4 : pos + 4 + n], pos + 4 + n
+    if t == "S":
+        return (t, data), end
+    if t == "F":
+        return (t, typed_table(data)), end
+    if t == "A":
+        items, p = [], 0
+        while p < len(data):
+            v, p = typed_value(data, p)
+            items.append(v)
+        return (t, items), end
+    raise AssertionError(f"unexpected field type {t!r}")
+
+
+def typed_table(buf: bytes) -> list[tuple[str, tuple[str, Any]]]:
+    """A field table (without its size) as [(key, (type letter, value))] in wire order."""
+    out, pos = [], 0
+    while pos < len(buf):
+        n = buf[pos]
+        key = buf[pos + 1 : pos + 1 + n].decode()
+        value, pos = typed_value(buf, pos + 1 + n)
+        out.append((key, value))
+    return out
+
+
+def header_table(raw_header: bytes) -> list[tuple[str, tuple[str, Any]]]:
+    """The headers table of a raw content header payload (after content-type/-encoding)."""
+    flags = struct.unpack_from(">H", raw_header, 12)[0]
+    pos = 14
+    for bit in (0x8000, 0x4000):
+        if flags & bit:
+            pos += 1 + raw_header[pos]
+    assert flags & 0x2000, "no headers"
+    n = struct.unpack_from(">I", raw_header, pos)[0]
+    return typed_table(raw_header[pos + 4 : pos + 4 + n])
+
+
+def publish_raw_headers(c: RawClient, queue: str, table: bytes, body: bytes = b"hi", expiration: str | None = None) -> None:
+    """basic.publish whose headers table is exactly ``table`` (field types and order as given)."""
+    flags, props = 0x2000, struct.pack(">I", len(table)) + table
+    if expiration is not None:
+        flags |= 0x0100
+        props += bytes((len(expiration),)) + expiration.encode()
+    c.send(method_frame(1, C.Basic.Publish(exchange="", routing_key=queue)))
+    c.send(build_frame(2, 1, struct.pack(">HHQH", 60, 0, len(body), flags) + props) + build_frame(3, 1, body))
+
+
+def longstr_array(*items: bytes) -> bytes:
+    """A field value: an array of longstrs."""
+    body = b"".join(b"S" + struct.pack(">I", len(i)) + i for i in items)
+    return b"A" + struct.pack(">I", len(body)) + body
+
+
+def get_raw(c: RawClient, queue: str, no_ack: bool = True) -> tuple[Any, bytes]:
+    """basic.get (waiting for the message to get there): (get-ok, raw content header)."""
+    def got() -> tuple[Any, bytes] | None:
+        c.send_method(1, C.Basic.Get(queue=queue, no_ack=no_ack))
+        ok = c.expect(C.Basic.GetOk | C.Basic.GetEmpty, 1)
+        if isinstance(ok, C.Basic.GetOk):
+            _, raw, _ = c.read_content(1)
+            return ok, raw
+        return None
+
+    return wait_until(got, what=f"a message in {queue}")
+

@@ -1,7 +1,7 @@
 """Users, permissions, topic permissions, vhost access and limits, through pika.
 
 One test per row of RabbitMQ's permission table (allowed and refused), with RabbitMQ
-3.10's reply codes and texts.  With ``REFERENCE_AMQP_URL`` set (a local RabbitMQ), the
+3.10's reply codes and texts.  With ``LEVERET_REFERENCE_URL`` set (a local RabbitMQ), the
 tests marked ``reference`` run against it instead: the user and vhost are set up with
 ``rabbitmqctl`` and removed afterwards.
 
@@ -13,7 +13,6 @@ queue it may configure and read.  amq.direct and amq.topic are writable and read
 from __future__ import annotations
 
 import logging
-import os
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from leveret.broker import Config
 from leveret.broker.core import access as A
 from leveret.testing import BrokerThread
 from tests.netutil import non_loopback_address
+from tests.reference import REFERENCE
 
 USER, PASSWORD, VHOST = "lv-bob", "bob-secret", "lv-acc"
 CONFIGURE = r"^\w*c\w*\."
@@ -35,7 +35,6 @@ WRITE = r"^\w*w\w*\.|^amq\.(direct|topic)$"
 READ = r"^\w*r\w*\.|^amq\.(direct|topic)$"
 TOPIC_WRITE, TOPIC_READ = r"^ok\.", r"^rok\."
 
-REFERENCE = os.environ.get("REFERENCE_AMQP_URL")
 
 
 @dataclass

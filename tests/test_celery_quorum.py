@@ -24,6 +24,8 @@ from leveret.broker import Config
 from leveret.testing import SubprocessBroker, free_port
 from tests.httpapi import Api
 
+pytestmark = [pytest.mark.external, pytest.mark.slow]  # a Celery worker process
+
 celery = pytest.importorskip("celery")
 
 APP = """

@@ -114,6 +114,7 @@ def test_print_config_masks_command_line_users() -> None:
     assert "visible to other local users" in r.stderr  # the warning about argv
 
 
+@pytest.mark.slow
 def test_flags_override_the_file_and_LEVERET_CONFIG_is_the_fallback(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text("port = 5999\nmax_message_size = 4096\n[limits]\nchannel_max = 9\n")

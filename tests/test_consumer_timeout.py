@@ -19,6 +19,8 @@ from leveret.broker import Config
 from leveret.broker.configfile import ConfigError, load_config_file
 from leveret.testing import BrokerThread
 
+pytestmark = pytest.mark.slow  # waits for timeouts
+
 TIMEOUT_MS = 400
 
 

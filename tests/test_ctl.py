@@ -24,6 +24,9 @@ from leveret.testing import SubprocessBroker, free_port
 
 Broker = tuple[SubprocessBroker, int]
 
+# every command is a process of its own: about a second or more per test
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[Broker]:
@@ -537,3 +540,19 @@ def test_error_paths_exit_codes(broker: Broker) -> None:
     # https against the plain HTTP listener: the TLS handshake fails, the API is unreachable
     r = run(http, "--scheme", "https", "--insecure", "list_queues")
     assert r.returncode == 69 and f"https://127.0.0.1:{http}" in r.stderr
+
+
+# ---------------------------------------------------------------------- certificates
+
+
+def test_ctl_unreadable_cacert_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    # --cacert naming a missing or non-PEM file: rabbitmqctl's "input missing" (66) with
+    # a message, not a Python traceback (exit 1)
+    bad = tmp_path / "not-a-cert.pem"
+    bad.write_text("hello\n")
+    for cafile in (str(tmp_path / "missing.pem"), str(bad)):
+        r = subprocess.run([sys.executable, "-m", "leveret.ctl", "--scheme", "https", "--port", "1", "--cacert", cafile,
+                            "list_vhosts"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 66, (r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr and cafile in r.stderr
+

@@ -181,6 +181,8 @@ def painted(page: Any, canvas_id: str, rgb: tuple[int, int, int]) -> int:
     }""", [canvas_id, list(rgb)])
 
 
+@pytest.mark.slow
+@pytest.mark.external
 def test_dashboard_end_to_end(broker: tuple[SubprocessBroker, int], page: Page, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -292,6 +294,7 @@ def test_dashboard_end_to_end(broker: tuple[SubprocessBroker, int], page: Page, 
     assert page.errors == []
 
 
+@pytest.mark.external
 def test_wrong_password_shows_the_reason(broker: tuple[SubprocessBroker, int], page: Page) -> None:
     from playwright.sync_api import expect
 
@@ -313,6 +316,7 @@ def test_wrong_password_shows_the_reason(broker: tuple[SubprocessBroker, int], p
     assert p.evaluate("sessionStorage.getItem('leveret.auth')") is None
 
 
+@pytest.mark.external
 def test_names_are_text_and_vhosts_are_encoded(broker: tuple[SubprocessBroker, int], page: Page) -> None:
     """A queue named like markup is shown as its name, in a vhost whose name has a slash.
     (Declared and filled through the API: pika's queue.declare-ok of such a name fails.)"""

@@ -4,9 +4,13 @@ and killed with SIGKILL, checked through real clients."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import os
 import random
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -17,8 +21,17 @@ import aio_pika
 import pika
 import pytest
 from aio_pika import DeliveryMode, ExchangeType, Message
+from pamqp import commands as C
 
-from leveret.testing import BrokerProcess
+import leveret.broker.core.backing as broker_queue
+from leveret.broker import Config
+from leveret.broker.core.persistence import decode_table, encode_table
+from leveret.storage import DataDirLocked
+from leveret.testing import BrokerProcess, BrokerThread, broker_url, free_port, running_broker
+from tests.helpers import leveret_command, ready_count
+from tests.polling import async_wait_until
+from tests.rawamqp import RawClient, build_frame, still_works
+from tests.reference import leveret_only
 
 
 @pytest.fixture
@@ -131,6 +144,7 @@ CRASH_PUBLISHER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_kill_9_under_load_loses_no_confirmed_message(data_dir: str, seed: int, tmp_path: Path) -> None:
     rnd = random.Random(seed)
@@ -173,6 +187,7 @@ def test_kill_9_under_load_loses_no_confirmed_message(data_dir: str, seed: int, 
 TTL_MS = 6000  # (long enough for a stop and a start on a loaded machine)
 
 
+@pytest.mark.slow
 async def test_ttl_counts_from_publish_across_restart_and_dead_letters_stay_persistent(data_dir: str) -> None:
     b = start(data_dir)
     try:
@@ -264,6 +279,7 @@ async def test_write_error_nacks_and_keeps_what_was_stored(data_dir: str) -> Non
             assert (await q.get(timeout=2)).body == b"kept"
 
 
+@pytest.mark.slow
 async def test_old_unacked_message_does_not_pin_disk_use(tmp_path: Path) -> None:
     from leveret.broker import Config
     from leveret.testing import broker_url, running_broker
@@ -291,6 +307,7 @@ async def test_old_unacked_message_does_not_pin_disk_use(tmp_path: Path) -> None
             assert qlog.live_count == 0
 
 
+@pytest.mark.slow
 async def test_priority_queue_order_after_recovery(tmp_path: Path) -> None:
     from leveret.broker import Config
     from leveret.testing import broker_url, running_broker
@@ -317,6 +334,7 @@ async def test_priority_queue_order_after_recovery(tmp_path: Path) -> None:
     assert got == expected
 
 
+@pytest.mark.slow
 async def test_real_disk_full_nacks_keeps_stored_messages_and_recovers(tmp_path: Path) -> None:
     """A real ENOSPC: the data directory on a 3 MiB tmpfs."""
     import subprocess as sp
@@ -366,10 +384,7 @@ async def test_real_disk_full_nacks_keeps_stored_messages_and_recovers(tmp_path:
                 assert not set(got) & set(nacked)
                 assert set(got[len(confirmed):]) <= {i for i, _ in pending}
             # the acked segments are deleted, space returns, the publisher is unblocked
-            for _ in range(50):
-                await asyncio.sleep(0.1)
-                if not broker.alarm:
-                    break
+            await async_wait_until(lambda: not broker.alarm, what="the disk alarm to clear", interval=0.1)
             assert not broker.alarm
             for _, fut in pending:  # confirmed once the disk took it
                 await asyncio.wait_for(fut, 5)
@@ -398,3 +413,276 @@ async def test_deleted_vhost_does_not_come_back(tmp_path: Path) -> None:
         broker.delete_vhost("gone")
     async with running_broker(Config(port=0, data_dir=data)) as broker:
         assert "gone" not in broker.vhosts
+
+
+# ---------------------------------------------------------------------- paged-out messages, recovery, persisted argument tables, the data directory lock
+
+
+async def test_paged_out_messages_expire_and_dead_letter_on_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a durable TTL queue beyond PAGE_MAX: the expiry timer must go on past the
+    # messages held in RAM, into the paged-out tail
+    monkeypatch.setattr(broker_queue, "PAGE_MAX", 5)
+    monkeypatch.setattr(broker_queue, "FLOW_LEN", 4)
+    monkeypatch.setattr(broker_queue, "PAGE_BATCH", 3)
+    async with running_broker(Config(port=0, data_dir=str(tmp_path / "d"))) as b:
+        async with await aio_pika.connect(broker_url(b)) as conn:
+            ch = await conn.channel(publisher_confirms=True)
+            dlq = await ch.declare_queue("ttl-dlq", durable=True)
+            await ch.declare_queue(
+                "ttl-src", durable=True, arguments={"x-message-ttl": 100, "x-dead-letter-exchange": "",
+                                                     "x-dead-letter-routing-key": "ttl-dlq"}
+            )
+            for i in range(12):
+                await ch.default_exchange.publish(aio_pika.Message(b"%d" % i, delivery_mode=2), "ttl-src")
+            await asyncio.sleep(0.6)
+            src = b.vhosts["/"].queues["ttl-src"]
+            assert src.total() == 0
+            assert src.log.live_count == 0
+            got = []
+            while (m := await dlq.get(fail=False)) is not None:
+                got.append(int(m.body))
+                await m.ack()
+            assert got == list(range(12))
+
+
+@pytest.mark.parametrize("overflow", ["drop-head", "reject-publish"])
+async def test_max_length_bytes_counts_paged_out_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overflow: str
+) -> None:
+    monkeypatch.setattr(broker_queue, "PAGE_MAX", 3)
+    monkeypatch.setattr(broker_queue, "FLOW_LEN", 2)
+    monkeypatch.setattr(broker_queue, "PAGE_BATCH", 2)
+    async with running_broker(Config(port=0, data_dir=str(tmp_path / "d"))) as b:
+        async with await aio_pika.connect(broker_url(b)) as conn:
+            ch = await conn.channel(publisher_confirms=False)
+            q = await ch.declare_queue(
+                "mlb", durable=True, arguments={"x-max-length-bytes": 5, "x-overflow": overflow}
+            )
+            for i in range(10):
+                await ch.default_exchange.publish(aio_pika.Message(b"%d" % i, delivery_mode=2), "mlb")
+            await asyncio.sleep(0.1)
+            assert b.vhosts["/"].queues["mlb"].total() == 5
+            got = []
+            while (m := await q.get(fail=False)) is not None:
+                got.append(int(m.body))
+                await m.ack()
+            assert got == ([5, 6, 7, 8, 9] if overflow == "drop-head" else [0, 1, 2, 3, 4])
+
+
+@pytest.mark.slow
+async def test_compaction_keeps_the_delivered_flag_of_live_records(tmp_path: Path) -> None:
+    # a delivered (unacked, then requeued) persistent message comes back redelivered
+    # after a restart, also when its segment was compacted in between
+    cfg = Config(port=0, data_dir=str(tmp_path / "d"), segment_size=1024, fsync_interval=30.0)
+    async with running_broker(cfg) as b:
+        async with await aio_pika.connect(broker_url(b)) as conn:
+            ch = await conn.channel(publisher_confirms=True)
+            q = await ch.declare_queue("cq", durable=True)
+            for i in range(60):
+                await ch.default_exchange.publish(aio_pika.Message(b"%03d" % i + b"x" * 100, delivery_mode=2), "cq")
+            kept = []
+            for i in range(60):
+                m = await q.get()
+                if i % 6 == 3:
+                    kept.append(m)  # delivered, left unacked
+                else:
+                    await m.ack()
+            await ch.declare_queue("cq", passive=True)  # round trip: the acks are in
+            qq = b.vhosts["/"].queues["cq"]
+            qq.maybe_compact()
+            assert [int(m.body[:3]) for m in kept] == list(range(3, 60, 6))
+    # (the connection closed: the kept messages went back to the queue)
+    async with running_broker(cfg) as b:
+        async with await aio_pika.connect(broker_url(b)) as conn:
+            q = await (await conn.channel()).declare_queue("cq", passive=True)
+            got = []
+            while (m := await q.get(fail=False)) is not None:
+                got.append((int(m.body[:3]), m.redelivered))
+                await m.ack()
+            assert got == [(i, True) for i in range(3, 60, 6)]
+
+
+ALL_TYPES = {
+    "s": "text",
+    "b": bytearray(b"\x00\xffbytes"),
+    "i": 7,
+    "big": 2**40,
+    "neg": -5,
+    "f": 1.5,
+    "t": True,
+    "v": None,
+    "d": decimal.Decimal("3.14"),
+    "ts": datetime.datetime(2020, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+    "tbl": {"nested": {"deeper": [1, "two", bytearray(b"3")]}},
+    "arr": [1, [2, 3], {"k": "v"}],
+}
+
+
+async def test_server_named_durable_queue_and_argument_tables_survive_restart(tmp_path: Path) -> None:
+    cfg = Config(port=0, data_dir=str(tmp_path / "data"), fsync_interval=0.05)
+    async with running_broker(cfg) as b:
+        async with await aio_pika.connect(broker_url(b)) as conn:
+            ch = await conn.channel()
+            q = await ch.declare_queue("", durable=True)
+            name = q.name
+            assert name.startswith("amq.gen-")
+            x = await ch.declare_exchange("r2.dh", ExchangeType.HEADERS, durable=True)
+            dq = await ch.declare_queue("r2.dhq", durable=True)
+            await dq.bind(x, arguments={"x-match": "any", **ALL_TYPES})
+            await ch.default_exchange.publish(Message(b"kept", delivery_mode=2), name)
+    async with running_broker(cfg) as b:
+        async with await aio_pika.connect(broker_url(b)) as conn:
+            ch = await conn.channel()
+            q = await ch.declare_queue(name, passive=True)
+            m = await q.get(timeout=2)
+            assert m.body == b"kept"
+            await m.ack()
+            dq = await ch.declare_queue("r2.dhq", passive=True)
+            # the binding is still there, with the same arguments: unbinding with them
+            # removes it, so a matching message no longer arrives
+            x = await ch.get_exchange("r2.dh")
+            await x.publish(Message(b"1", headers={"d": decimal.Decimal("3.14")}), "")
+            await asyncio.sleep(0.05)
+            assert await ready_count(ch, "r2.dhq") == 1
+            await dq.unbind(x, arguments={"x-match": "any", **ALL_TYPES})
+            await x.publish(Message(b"2", headers={"d": decimal.Decimal("3.14")}), "")
+            await asyncio.sleep(0.05)
+            assert await ready_count(ch, "r2.dhq") == 1
+
+
+def test_persisted_argument_tables_keep_doubles_and_non_utf8_strings() -> None:
+    # pamqp decodes a longstr that is not UTF-8 to bytes (which it cannot encode) and
+    # encodes every float as a 32-bit 'f': both broke the definitions file
+    table = {"d": 0.1, "s": b"\xff\xfe", "n": {"a": [0.3, b"\x80"]}, "x": bytearray(b"\x00")}
+    assert decode_table(encode_table(table)) == table
+
+
+def test_durable_queue_with_non_utf8_string_argument_is_saved(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    raw_s = b"\xff\xfe"
+    table = struct.pack(">B", 5) + b"x-str" + b"S" + struct.pack(">I", len(raw_s)) + raw_s
+    payload = (
+        struct.pack(">HHH", 50, 10, 0)
+        + struct.pack(">B", 7) + b"r2.utf8"
+        + bytes((0b0010,))  # durable
+        + struct.pack(">I", len(table)) + table
+    )
+    with BrokerThread(Config(port=0, data_dir=data)) as b:
+        with RawClient.connect(b.port) as c:
+            c.handshake()
+            c.open_channel(1)
+            c.send(build_frame(1, 1, payload))
+            c.expect(C.Queue.DeclareOk, 1)
+    with BrokerThread(Config(port=0, data_dir=data)) as b:
+        with RawClient.connect(b.port) as c:
+            c.handshake()
+            c.open_channel(1)
+            c.declare_queue(1, "r2.utf8", passive=True)
+
+
+async def test_priority_queue_recovered_messages_come_before_ones_published_after_restart(tmp_path: Path) -> None:
+    # a durable priority queue recovers its messages as a paged-out tail; one published
+    # after the restart (before any consumer) must not jump ahead of older messages of
+    # the same or a higher priority
+    data = str(tmp_path / "d")
+    args = {"x-max-priority": 3}
+    async with running_broker(Config(port=0, data_dir=data)) as broker:
+        async with await aio_pika.connect(broker_url(broker)) as conn:
+            ch = await conn.channel(publisher_confirms=True)
+            await ch.declare_queue("r3.pq", durable=True, arguments=args)
+            for i in range(6):
+                await ch.default_exchange.publish(
+                    Message(b"old%d" % i, priority=3 if i % 2 else 0, delivery_mode=DeliveryMode.PERSISTENT), "r3.pq")
+    async with running_broker(Config(port=0, data_dir=data)) as broker:
+        async with await aio_pika.connect(broker_url(broker)) as conn:
+            ch = await conn.channel(publisher_confirms=True)
+            q = await ch.declare_queue("r3.pq", durable=True, arguments=args)
+            await ch.default_exchange.publish(Message(b"new-p0", priority=0), "r3.pq")
+            await ch.default_exchange.publish(Message(b"new-p3", priority=3), "r3.pq")
+            got = []
+            while (m := await q.get(fail=False, no_ack=True)) is not None:
+                got.append(m.body)
+    assert got == [b"old1", b"old3", b"old5", b"new-p3", b"old0", b"old2", b"old4", b"new-p0"]
+
+
+@pytest.mark.slow
+def test_expired_messages_recovered_past_the_first_page_batch_are_not_delivered(tmp_path: Path) -> None:
+    """A durable queue without x-message-ttl, recovered after a restart: its messages are
+    all paged out, and nothing tells the queue yet that some carry an expiration.  Those
+    past the first PAGE_BATCH are read back by the one consumer's dispatch loop; expired,
+    they must be dropped (RabbitMQ never delivers an expired message), not delivered."""
+    data_dir = str(tmp_path / "data")
+    plain, expiring = 2500, 20
+    with BrokerThread(Config(port=0, data_dir=data_dir)) as b:
+        with pika.BlockingConnection(pika.URLParameters(b.url)) as c:
+            ch = c.channel()
+            ch.queue_declare("dq", durable=True)
+            persistent = pika.BasicProperties(delivery_mode=2)
+            for i in range(plain):
+                ch.basic_publish("", "dq", b"keep-%d" % i, persistent)
+            short = pika.BasicProperties(delivery_mode=2, expiration="200")
+            for i in range(expiring):
+                ch.basic_publish("", "dq", b"gone-%d" % i, short)
+            ch.queue_declare("dq", durable=True, passive=True)  # (a round trip)
+    time.sleep(0.5)  # the last ones have expired (their TTL counts from the publish)
+    with BrokerThread(Config(port=0, data_dir=data_dir)) as b:
+        with pika.BlockingConnection(pika.URLParameters(b.url)) as c:
+            ch = c.channel()
+            got: list[bytes] = []
+            for _method, _props, body in ch.consume("dq", auto_ack=True, inactivity_timeout=1.0):
+                if body is None:
+                    break
+                got.append(body)
+            ch.cancel()
+            left = ch.queue_declare("dq", durable=True, passive=True).method.message_count
+    gone = [m for m in got if m.startswith(b"gone-")]
+    assert not gone, f"{len(gone)} expired messages were delivered"
+    assert len(got) == plain and left == 0
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@leveret_only
+def test_a_second_broker_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    with BrokerProcess(args=["--data-dir", data]) as first:
+        assert first.proc is not None
+        r = subprocess.run(
+            leveret_command(free_port(), "--host", "127.0.0.1", "--data-dir", data),
+            capture_output=True, text=True, timeout=30, cwd=ROOT,
+        )
+        assert r.returncode != 0
+        assert f"data directory {data} is in use by another Leveret broker (PID {first.proc.pid}" in r.stderr, r.stderr
+        assert "listening on" not in r.stdout + r.stderr
+        # in-process too
+        with pytest.raises(DataDirLocked) as exc:
+            BrokerThread(Config(port=0, data_dir=data)).start()
+        assert exc.value.pid == first.proc.pid
+        still_works(first.port)  # the first one carries on
+    # stopped: the directory is free again, for a restart in the same directory
+    with BrokerProcess(args=["--data-dir", data]) as again:
+        still_works(again.port)
+        again.kill()  # kill -9 leaves no stale lock
+    with BrokerThread(Config(port=0, data_dir=data)) as b:
+        still_works(b.port)
+        with pytest.raises(DataDirLocked):
+            BrokerThread(Config(port=0, data_dir=data)).start()
+    with BrokerThread(Config(port=0, data_dir=data)) as b:
+        still_works(b.port)
+
+
+@leveret_only
+def test_a_broker_that_fails_to_listen_frees_its_data_dir(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            BrokerThread(Config(port=taken.getsockname()[1], data_dir=data)).start()
+    with BrokerThread(Config(port=0, data_dir=data)) as b:
+        still_works(b.port)
+

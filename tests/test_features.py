@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import struct
+import time
 from typing import Any
 
 import aio_pika
@@ -10,16 +12,11 @@ import pytest
 from aio_pika import ExchangeType, Message
 from aio_pika.abc import AbstractChannel, AbstractQueue
 from aio_pika.exceptions import ChannelPreconditionFailed
+from pamqp import commands as C
 from pamqp.commands import Basic
 
-
-async def until(pred: Any, timeout: float = 5.0) -> None:
-    """Wait for a condition instead of sleeping a fixed time (robust on a loaded machine)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+from tests.polling import async_wait_until
+from tests.rawamqp import RawClient, get_raw, header_table, longstr_array, publish_raw_headers
 
 
 async def drain(q: AbstractQueue) -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -281,13 +278,13 @@ async def test_single_active_consumer_failover_keeps_order(url: str) -> None:
         await q2.consume(cb("two"))
         for i in range(4):
             await ch1.default_exchange.publish(Message(b"%d" % i), "sac")
-        await until(lambda: len(got) >= 4)
+        await async_wait_until(lambda: len(got) >= 4)
         await asyncio.sleep(0.05)
         assert got == [("one", b"0"), ("one", b"1"), ("one", b"2"), ("one", b"3")]
         await q1.cancel(tag1)
         for i in range(4, 6):
             await ch1.default_exchange.publish(Message(b"%d" % i), "sac")
-        await until(lambda: len(got) >= 6)
+        await async_wait_until(lambda: len(got) >= 6)
         assert got[4:] == [("two", b"4"), ("two", b"5")]
 
 
@@ -307,7 +304,7 @@ async def test_consumer_priority(url: str) -> None:
         await q.consume(cb("high"), arguments={"x-priority": 10})
         for _ in range(5):
             await ch.default_exchange.publish(Message(b"x"), q.name)
-        await until(lambda: len(got) >= 5)
+        await async_wait_until(lambda: len(got) >= 5)
         # the high-priority consumer takes all it has credit for, the rest goes lower
         assert got == ["high"] * 3 + ["low"] * 2
 
@@ -410,3 +407,67 @@ async def test_dead_lettering_routes_by_the_original_bcc_keys_too(url: str) -> N
         assert got_rk.body == got_bcc.body == b"m"
         assert "BCC" not in got_bcc.headers
         assert got_bcc.headers["x-death"][0]["routing-keys"] == [src.name]
+
+
+# ---------------------------------------------------------------------- overflow, TTL, direct reply-to and BCC (raw frames where the wire matters)
+
+
+async def test_requeue_into_a_full_reject_publish_queue_keeps_the_message(url: str) -> None:
+    # RabbitMQ only drops the head for x-overflow=drop-head; a requeued message is never
+    # dropped from a reject-publish queue
+    async with await aio_pika.connect(url) as conn:
+        ch = await conn.channel()
+        q = await ch.declare_queue(
+            "", exclusive=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+        )
+        await ch.default_exchange.publish(aio_pika.Message(b"a"), q.name)
+        a = await q.get(fail=True)
+        await ch.default_exchange.publish(aio_pika.Message(b"b"), q.name)
+        await a.reject(requeue=True)
+        got = []
+        while (m := await q.get(fail=False)) is not None:
+            got.append(m.body)
+            await m.ack()
+        assert got == [b"a", b"b"]
+
+
+def test_basic_get_message_count_leaves_out_expired_messages_now_at_the_head(client: RawClient) -> None:
+    q = client.declare_queue(1, exclusive=True).queue
+    client.publish(1, "", q, b"long", expiration="100000")
+    client.publish(1, "", q, b"short", expiration="1")
+    client.publish(1, "", q, b"long2", expiration="100000")
+    client.publish(1, "", q, b"short2", expiration="1")
+    time.sleep(0.1)
+    client.send_method(1, C.Basic.Get(queue=q, no_ack=True))
+    ok = client.expect(C.Basic.GetOk, 1)
+    assert client.read_content(1)[2] == b"long"
+    assert ok.message_count == 2  # "short" went too; "short2" is not at the head yet
+    assert client.declare_queue(1, q, passive=True).message_count == 2
+    got = client.get(1, q)
+    assert got is not None and got[2] == b"long2" and got[0].message_count == 0
+    assert client.get(1, q) is None
+
+
+@pytest.mark.parametrize("passive", [True, False], ids=["passive", "not-passive"])
+def test_declare_of_the_direct_reply_to_pseudo_queue(client: RawClient, passive: bool) -> None:
+    ok = client.rpc(1, C.Queue.Declare(queue="amq.rabbitmq.reply-to", passive=passive), C.Queue.DeclareOk)
+    assert (ok.queue, ok.message_count, ok.consumer_count) == ("amq.rabbitmq.reply-to", 0, 1)
+    # nowait: no declare-ok
+    client.send_method(1, C.Queue.Declare(queue="amq.rabbitmq.reply-to", passive=passive, nowait=True))
+    client.rpc(1, C.Basic.Qos(prefetch_count=1), C.Basic.QosOk)
+
+
+@pytest.mark.parametrize("passive", [True, False], ids=["passive", "not-passive"])
+def test_declare_of_an_unknown_reply_to_name_is_not_found(client: RawClient, passive: bool) -> None:
+    client.send_method(1, C.Queue.Declare(queue="amq.rabbitmq.reply-to.abc", passive=passive))
+    m = client.expect_channel_close(1, 404, 50, 10)
+    assert m.reply_text == "NOT_FOUND - no queue 'amq.rabbitmq.reply-to.abc' in vhost '/'"
+
+
+def test_bcc_removal_keeps_the_other_header_fields_as_published(client: RawClient) -> None:
+    q = client.declare_queue(1, exclusive=True).queue
+    table = b"\x02zz" + b"l" + struct.pack(">q", 5) + b"\x03BCC" + longstr_array(b"nowhere") + b"\x02mm" + b"I" + struct.pack(">i", 7)
+    publish_raw_headers(client, q, table)
+    _, raw = get_raw(client, q)
+    assert header_table(raw) == [("zz", ("l", 5)), ("mm", ("I", 7))]
+

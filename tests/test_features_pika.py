@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker
 
 from leveret.testing import BrokerThread
+from tests.polling import pump_until, wait_until
 
 
 @pytest.fixture
@@ -33,10 +33,7 @@ def drain(ch: BlockingChannel, q: str) -> list[tuple[bytes, Any]]:
 
 
 def wait_count(ch: BlockingChannel, q: str, n: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while ch.queue_declare(q, passive=True).method.message_count != n:
-        assert time.monotonic() < deadline, f"{q} never reached {n} messages"
-        ch.connection.sleep(0.02)
+    wait_until(lambda: ch.queue_declare(q, passive=True).method.message_count == n, timeout, what=f"{n} messages in {q}")
 
 
 def dlx(ch: BlockingChannel, name: str = "pdlx") -> str:
@@ -115,17 +112,12 @@ def test_single_active_consumer_and_consumer_priority(ch: BlockingChannel, broke
     ch.basic_consume(q, lambda c, m, p, b: got.append("second"), auto_ack=True)
     for _ in range(3):
         ch.basic_publish("", q, b"x")
-    deadline = time.monotonic() + 5
-    while len(got) < 3 and time.monotonic() < deadline:
-        other.process_data_events(0.02)
-        ch.connection.process_data_events(0.02)
+    pump_until([other, ch.connection], lambda: len(got) >= 3)
     ch.connection.process_data_events(0.1)
     assert got == ["first"] * 3
     other.close()  # the active consumer goes: the next one takes over
     ch.basic_publish("", q, b"x")
-    deadline = time.monotonic() + 5
-    while len(got) < 4 and time.monotonic() < deadline:
-        ch.connection.process_data_events(0.02)
+    pump_until(ch.connection, lambda: len(got) >= 4)
     assert got == ["first"] * 3 + ["second"]
     # consumer priorities
     q2 = ch.queue_declare("", exclusive=True).method.queue
@@ -134,9 +126,7 @@ def test_single_active_consumer_and_consumer_priority(ch: BlockingChannel, broke
     ch.basic_consume(q2, lambda c, m, p, b: seen.append("high"), auto_ack=True, arguments={"x-priority": 5})
     for _ in range(4):
         ch.basic_publish("", q2, b"x")
-    deadline = time.monotonic() + 5
-    while len(seen) < 4 and time.monotonic() < deadline:
-        ch.connection.process_data_events(0.02)
+    pump_until(ch.connection, lambda: len(seen) >= 4)
     assert seen == ["high"] * 4
 
 

@@ -7,12 +7,14 @@ import threading
 
 import aio_pika
 import pika
+import pytest
 from pamqp import commands as C
 from rawamqp import RawClient
 
 from leveret.broker import Broker, Config
 from leveret.broker.wire.connection import State
 from leveret.testing import BrokerThread, broker_url, running_broker
+from tests.polling import wait_until
 
 
 async def test_consumer_that_does_not_read_gets_no_more_than_the_high_water_mark() -> None:
@@ -79,6 +81,7 @@ def test_memory_alarm_blocks_publishers_and_unblocks() -> None:
         conn.close()
 
 
+@pytest.mark.slow
 async def test_publisher_that_never_reads_is_paused_not_buffered(broker: Broker) -> None:
     # A raw client that pipelines queue.declare forever without reading the replies:
     # the server stops reading from it instead of buffering replies without bound.
@@ -118,7 +121,6 @@ def test_partial_bodies_count_towards_the_memory_alarm() -> None:
     """Many channels each holding part of a large message must not grow memory without
     bound: the bytes held count towards the alarm, which stops reading the publisher."""
     import struct
-    import time
 
     from rawamqp import method_frame
 
@@ -140,9 +142,7 @@ def test_partial_bodies_count_towards_the_memory_alarm() -> None:
                     c.send(body_frame)
         except (TimeoutError, OSError):
             pass  # the broker stopped reading from us: that is the point
-        deadline = time.monotonic() + 5
-        while not b.broker.alarm and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: b.broker.alarm, what="the memory alarm")
         assert b.broker.alarm
         assert b.broker.queued_bytes < 64 * 1024 * 1024  # reading stopped: bounded
         # other connections still work: a consumer-side connection can get and purge
@@ -154,6 +154,7 @@ def test_partial_bodies_count_towards_the_memory_alarm() -> None:
         c.close()
 
 
+@pytest.mark.slow
 def test_blocked_publisher_is_not_dropped_for_missed_heartbeats() -> None:
     import time
 

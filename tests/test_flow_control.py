@@ -21,6 +21,7 @@ from leveret.broker import Config
 from leveret.broker.core.flow import CREDIT_INITIAL, FLOW_LEN
 from leveret.broker.wire import connection
 from leveret.testing import BrokerThread
+from tests.polling import pump_until, wait_until
 
 N = 30_000
 BODY = b"m" * 100
@@ -76,6 +77,7 @@ def _depth(b: BrokerThread, queue: str) -> int:
     return q.store.total()
 
 
+@pytest.mark.slow
 def test_fast_publisher_is_slowed_while_the_consumer_lags_and_released_when_it_catches_up() -> None:
     with BrokerThread(Config(port=0, flow_cpu=0)) as b:
         with pika.BlockingConnection(pika.URLParameters(b.url)) as c:
@@ -83,9 +85,7 @@ def test_fast_publisher_is_slowed_while_the_consumer_lags_and_released_when_it_c
         stop, done = threading.Event(), threading.Event()
         pace, got = [0.001], [0]
         consumer = _consume(b.url, "fc", stop, pace, got)
-        deadline = time.monotonic() + 10
-        while not (b.broker and b.broker.vhosts["/"].queues["fc"].consumers) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: b.broker and b.broker.vhosts["/"].queues["fc"].consumers, 10, what="the consumer on fc")
         publisher = _raw_publisher(b.port, "fc", N, done)
         # the consumer lags (about 1 ms per message): the publisher waits for credit
         peak, saw_flow = 0, False
@@ -102,9 +102,7 @@ def test_fast_publisher_is_slowed_while_the_consumer_lags_and_released_when_it_c
         pace[0] = 0
         assert done.wait(30), "the publisher was held for ever"
         publisher.join(5)
-        deadline = time.monotonic() + 30
-        while got[0] < N and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: got[0] >= N, 30, what=f"the consumer to get {N} messages")
         assert got[0] == N
         assert not b.broker.in_flow
         stop.set()
@@ -136,9 +134,7 @@ def test_purge_or_cancel_releases_a_waiting_publisher_and_others_are_unaffected(
         stuck.process_data_events(0.1)
         done = threading.Event()
         publisher = _raw_publisher(b.port, "stuck", N, done)
-        deadline = time.monotonic() + 10
-        while not (b.broker and b.broker.in_flow) and time.monotonic() < deadline:
-            stuck.process_data_events(0.01)
+        pump_until(stuck, lambda: b.broker and b.broker.in_flow, 10, what="flow to engage", pump=0.01)
         assert b.broker is not None and b.broker.in_flow, "flow never engaged"
         # another connection, another queue: not slowed
         with pika.BlockingConnection(pika.URLParameters(b.url)) as other:
@@ -171,9 +167,7 @@ def test_a_broker_that_is_no_longer_busy_releases_waiting_publishers(monkeypatch
         stuck.process_data_events(0.1)
         done = threading.Event()
         publisher = _raw_publisher(b.port, "idle", N, done)
-        deadline = time.monotonic() + 10
-        while not (b.broker and b.broker.in_flow) and time.monotonic() < deadline:
-            stuck.process_data_events(0.01)
+        pump_until(stuck, lambda: b.broker and b.broker.in_flow, 10, what="flow to engage", pump=0.01)
         assert b.broker is not None and b.broker.in_flow, "flow never engaged"
         b.broker.config.flow_cpu = 1000.0
         assert done.wait(20), "the publisher was not released when the node went idle"
@@ -204,6 +198,7 @@ def _numbered(n: int, start: int = 0) -> bytes:
     return b"".join(publish_frames(1, "", "held", b"%08d" % i) for i in range(start, start + n))
 
 
+@pytest.mark.slow
 def test_a_publisher_out_of_credit_mid_read_has_the_rest_of_the_read_held_then_handled_in_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

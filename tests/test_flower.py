@@ -18,7 +18,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -29,11 +28,15 @@ import pytest
 
 from leveret.broker import Config
 from leveret.testing import SubprocessBroker, free_port
+from tests.polling import wait_until
 
 pytest.importorskip("flower")
 pytest.importorskip("celery")
 
 FLOWER_AUTH = ("flo", "wer")
+
+# Celery worker processes and Flower
+pytestmark = [pytest.mark.external, pytest.mark.slow]
 APP = """
 from celery import Celery
 from kombu import Queue
@@ -78,20 +81,19 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
             proc.wait(5)
 
 
-def _wait(what: str, check: Callable[[], Any], timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: the process exited with {proc.returncode}")
-        try:
-            last = check()
-            if last:
-                return last
-        except (OSError, urllib.error.URLError, ValueError) as exc:
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+# what a check of Flower's HTTP answers may raise while Flower is not ready yet
+NOT_READY = (OSError, urllib.error.URLError, ValueError)
+
+
+def _while_running(proc: subprocess.Popen[bytes], check: Callable[[], Any]) -> Callable[[], Any]:
+    """``check``, failing at once once ``proc`` has exited (no point waiting then)."""
+
+    def checked() -> Any:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args!r} exited with {proc.returncode}")
+        return check()
+
+    return checked
 
 
 class Env:
@@ -128,7 +130,8 @@ class Env:
             f"--basic_auth={FLOWER_AUTH[0]}:{FLOWER_AUTH[1]}",
             "--inspect_timeout=2000",
         )
-        _wait("Flower to answer", lambda: self.flower("/healthcheck") == "OK", proc=p)
+        wait_until(_while_running(p, lambda: self.flower("/healthcheck") == "OK"), 30, what="Flower to answer",
+                   interval=0.2, ignore=NOT_READY)
         return p
 
     def flower(self, path: str) -> str:
@@ -172,8 +175,8 @@ def test_flower_shows_every_celery_queue_and_its_counts(env: Env) -> None:
     flower = env.start_flower()
 
     # the Broker page: each Celery queue, its messages, unacked, ready and consumers
-    rows = _wait("the queues on Flower's /broker page",
-                 lambda: (r := broker_rows(env.flower("/broker"))) and set(r) >= {"default", "images"} and r, proc=flower)
+    rows = wait_until(_while_running(flower, lambda: (r := broker_rows(env.flower("/broker"))) and set(r) >= {"default", "images"} and r),
+                      30, what="the queues on Flower's /broker page", interval=0.2, ignore=NOT_READY)
     assert rows["default"][:4] == ["3", "0", "3", "0"], rows
     assert rows["images"][:4] == ["5", "0", "5", "0"], rows
     assert rows["default"][4] and rows["default"][4] != "None"  # idle since
@@ -198,7 +201,8 @@ def test_flower_sees_a_worker_run_tasks(env: Env) -> None:
         return tasks if len(done) == 3 else {}
 
     try:
-        tasks = _wait("Flower to see the 3 tasks succeed (task events over celeryev)", tasks_done, 60, proc=worker)
+        tasks = wait_until(_while_running(worker, tasks_done), 60, interval=0.2, ignore=NOT_READY,
+                           what="Flower to see the 3 tasks succeed (task events over celeryev)")
     except AssertionError:
         raise AssertionError(f"{env.log('worker')}\n---- flower\n{env.log('flower')}") from None
     assert sorted(t["result"] for t in tasks.values()) == ["1", "2", "3"]
@@ -206,9 +210,9 @@ def test_flower_sees_a_worker_run_tasks(env: Env) -> None:
     assert all(t["worker"] == next(iter(tasks.values()))["worker"] for t in tasks.values())
 
     # the worker is known to Flower (its events, and its replies to inspect broadcasts)
-    workers = _wait("the worker in Flower's /api/workers",
-                    lambda: {k: w for k, w in env.flower_json("/api/workers?refresh=1").items()
-                             if w.get("active_queues")}, 30, proc=flower)
+    workers = wait_until(_while_running(flower, lambda: {k: w for k, w in env.flower_json("/api/workers?refresh=1").items()
+                                                         if w.get("active_queues")}),
+                         30, what="the worker in Flower's /api/workers", interval=0.2, ignore=NOT_READY)
     (name, info), = workers.items()
     assert name.startswith("w1@")
     assert [q["name"] for q in info["active_queues"]] == ["default"]
@@ -218,5 +222,6 @@ def test_flower_sees_a_worker_run_tasks(env: Env) -> None:
         r = broker_rows(env.flower("/broker"))
         return r if r.get("default", [])[:4] == ["0", "0", "0", "1"] else {}
 
-    rows = _wait("the worker's queue on /broker, drained, with its consumer", worker_queue)
+    rows = wait_until(worker_queue, 30, what="the worker's queue on /broker, drained, with its consumer", interval=0.2,
+                      ignore=NOT_READY)
     assert set(rows) == {"default"}

@@ -5,12 +5,12 @@ near-frame_max body frames on many channels.
 The brokers that need a limit of their own (few descriptors, a short handshake timeout)
 run as ``python -m leveret`` subprocesses, their log in a file the test reads; the
 memory-alarm test runs one in a thread to look at its byte count.
-``LEVERET_REFERENCE_PORT=5672`` runs the oversized-body test against a real RabbitMQ.
+``LEVERET_REFERENCE_URL=amqp://guest:guest@127.0.0.1:5672/`` runs the oversized-body test against a
+real RabbitMQ (see tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import os
 import resource
 import select
 import socket
@@ -27,9 +27,8 @@ from rawamqp import PROTOCOL_HEADER, RawClient, build_frame, method_frame
 from leveret.broker import Config
 from leveret.broker.wire.publish import max_message_size, too_large
 from leveret.testing import BrokerProcess, BrokerThread
-
-REFERENCE = os.environ.get("LEVERET_REFERENCE_PORT")
-leveret_only = pytest.mark.skipif(REFERENCE is not None, reason="needs a Leveret broker of its own")
+from tests.polling import wait_until
+from tests.reference import leveret_only
 
 STORM_ERROR = "cannot accept connections"
 STORM_OVER = "accepting connections again"
@@ -46,14 +45,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def log_lines(path: Path, text: str) -> list[str]:
@@ -106,6 +97,7 @@ def _burst(port: int, n: int) -> tuple[list[socket.socket], int, int]:
     return socks, served, refused
 
 
+@pytest.mark.slow
 @leveret_only
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_connection_storm_past_the_fd_limit(loop: str, tmp_path: Path) -> None:
@@ -151,6 +143,7 @@ def test_connection_storm_past_the_fd_limit(loop: str, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- slowloris
 
 
+@pytest.mark.slow
 @leveret_only
 def test_slowloris_peers_are_dropped_at_the_handshake_timeout(tmp_path: Path) -> None:
     """Hundreds of peers that connect and never speak, and peers that trickle their
@@ -198,13 +191,6 @@ def test_slowloris_peers_are_dropped_at_the_handshake_timeout(tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------------- huge sizes
-
-
-@pytest.fixture
-def port(request: pytest.FixtureRequest) -> int:
-    if REFERENCE:
-        return int(REFERENCE)
-    return request.getfixturevalue("broker_thread").port
 
 
 def test_body_over_max_message_size_is_refused_once_complete_like_rabbitmq(port: int) -> None:
@@ -309,6 +295,7 @@ def test_huge_announced_bodies_on_many_channels_hold_no_memory() -> None:
         round_trip(bp.port)
 
 
+@pytest.mark.slow
 @leveret_only
 def test_partial_bodies_on_many_channels_count_towards_the_memory_alarm() -> None:
     """Bodies within the limit, sent in near-frame_max frames on many channels and never

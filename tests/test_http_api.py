@@ -12,7 +12,6 @@ import base64
 import json
 import socket
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from leveret.broker.core import access as A
 from leveret.testing import BrokerThread
 from tests.httpapi import Api
 from tests.netutil import non_loopback_address
+from tests.polling import wait_until
 
 MAX_BODY = 64 * 1024
 
@@ -49,15 +49,6 @@ def api(broker: BrokerThread) -> Api:
 def connect(broker: BrokerThread, vhost: str = "/") -> pika.BlockingConnection:
     return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port, vhost,
                                                              pika.PlainCredentials("guest", "guest")))
-
-
-def wait_for(pred: Any, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(0.02)
 
 
 def queue_names(api: Api, vhost: str = "%2F") -> list[str]:
@@ -97,7 +88,7 @@ def test_overview_counts_what_clients_did(api: Api, broker: BrokerThread) -> Non
         ch.queue_declare("ov.q")
         for _ in range(3):
             ch.basic_publish("", "ov.q", b"x")
-        assert wait_for(lambda: api.get("/queues/%2F/ov.q")["messages"] == 3)
+        wait_until(lambda: api.get("/queues/%2F/ov.q")["messages"] == 3)
         ov = api.get("/overview")
         assert ov["rabbitmq_version"].startswith("3.") and ov["cluster_name"]
         assert ov["object_totals"]["connections"] >= 1 and ov["object_totals"]["channels"] >= 1
@@ -340,7 +331,7 @@ def test_connections_channels_consumers_and_closing_a_connection(api: Api, broke
             conn.process_data_events(time_limit=3)
             conn.process_data_events(time_limit=1)
         assert info.value.reply_code == 320 and "Closed via management plugin" in info.value.reply_text
-        assert wait_for(lambda: all(c["name"] != name for c in api.get("/connections")))
+        wait_until(lambda: all(c["name"] != name for c in api.get("/connections")))
     finally:
         if conn.is_open:
             conn.close()
@@ -471,7 +462,7 @@ def test_definitions_import_rabbitmq_file_and_round_trip(api: Api, broker: Broke
                                                                  pika.PlainCredentials("defs-app", "test12")))
         conn.channel().basic_publish("defs.x", "a.b", b"routed")
         conn.close()
-        assert wait_for(lambda: api.get("/queues/defs-vh/defs.q")["messages"] == 1)
+        wait_until(lambda: api.get("/queues/defs-vh/defs.q")["messages"] == 1)
         exported = api.get("/definitions")
         for key in ("rabbit_version", "users", "vhosts", "permissions", "topic_permissions", "policies",
                     "queues", "exchanges", "bindings"):
@@ -533,7 +524,7 @@ def test_message_stats_and_rates_per_queue_vhost_and_node() -> None:
             for _ in range(40):
                 ch.basic_publish("", "rate.q", b"x")
             ch.basic_publish("", "rate.other", b"y")
-            assert wait_for(lambda: api.get("/queues/rv/rate.q")["message_stats"]["publish_details"]["rate"] > 0)
+            wait_until(lambda: api.get("/queues/rv/rate.q")["message_stats"]["publish_details"]["rate"] > 0)
             stats = api.get("/queues/rv/rate.q")["message_stats"]
             assert stats["publish"] == 40 and stats["deliver_get"] == 0 and stats["ack"] == 0
             for _ in range(10):
@@ -542,7 +533,7 @@ def test_message_stats_and_rates_per_queue_vhost_and_node() -> None:
             method, _, _ = ch.basic_get("rate.q")
             ch.basic_nack(method.delivery_tag, requeue=True)
             ch.basic_get("rate.q", auto_ack=True)  # the redelivery
-            assert wait_for(lambda: api.get("/queues/rv/rate.q")["message_stats"]["ack_details"]["rate"] > 0)
+            wait_until(lambda: api.get("/queues/rv/rate.q")["message_stats"]["ack_details"]["rate"] > 0)
             stats = api.get("/queues/rv/rate.q")["message_stats"]
             assert (stats["publish"], stats["deliver_get"], stats["ack"], stats["redeliver"]) == (40, 12, 10, 1)
             vstats = api.get("/vhosts/rv")["message_stats"]
@@ -550,7 +541,7 @@ def test_message_stats_and_rates_per_queue_vhost_and_node() -> None:
             node = api.get("/overview")["message_stats"]
             assert node["publish"] == 41 and node["deliver_get"] == 12 and node["ack"] == 10
             # idle again: the rates fall back to 0
-            assert wait_for(lambda: api.get("/queues/rv/rate.q")["message_stats"]["publish_details"]["rate"] == 0.0)
+            wait_until(lambda: api.get("/queues/rv/rate.q")["message_stats"]["publish_details"]["rate"] == 0.0)
         finally:
             conn.close()
 
@@ -717,3 +708,48 @@ def test_get_of_a_large_message_published_over_amqp(api: Api, broker: BrokerThre
         assert got[0]["payload_bytes"] == len(body)
     finally:
         api.call("DELETE", "/queues/%2F/big.q")
+
+
+# ---------------------------------------------------------------------- what a management user sees
+
+
+def _api(port: int, user: str, password: str) -> Any:
+    return Api("127.0.0.1", port, user, password).call
+
+
+def test_management_user_sees_only_its_vhosts_message_stats_and_no_node_details() -> None:
+    # RabbitMQ: a user without the monitoring tag gets the overview of its own vhosts
+    # (message_stats included: no counts of other vhosts' traffic) and no node, listeners
+    # or contexts; /api/nodes is for monitoring users
+    cfg = Config(port=0, host="127.0.0.1", http_port=0, users={"guest": "guest"}, vhosts=["/", "r3.other"])
+    with BrokerThread(cfg) as b:
+        assert b.broker is not None
+        port = b.broker.http_port
+        admin = _api(port, "guest", "guest")
+        assert admin("PUT", "/users/r3-mgmt", {"password": "pw", "tags": "management"})[0] == 201
+        assert admin("PUT", "/permissions/r3.other/r3-mgmt", {"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))  # vhost /, not the user's
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare("r3.q")
+        for _ in range(5):
+            ch.basic_publish("", "r3.q", b"x")
+        ch.basic_publish("", "r3.nowhere", b"x")  # dropped unroutable
+        conn.close()
+        ov = admin("GET", "/overview")[1]
+        assert ov["message_stats"]["publish"] == 6 and ov["message_stats"]["confirm"] == 6
+        assert ov["node"] and ov["listeners"]
+        mgmt = _api(port, "r3-mgmt", "pw")
+        status, ov = mgmt("GET", "/overview")
+        assert status == 200
+        ms = ov["message_stats"]
+        assert (ms["publish"], ms["confirm"], ms["drop_unroutable"]) == (0, 0, 0), ms
+        assert "listeners" not in ov and "node" not in ov
+        assert ov["queue_totals"]["messages"] == 0 and ov["object_totals"]["queues"] == 0
+        assert mgmt("GET", "/nodes")[0] == 401
+        assert mgmt("GET", f"/nodes/{admin('GET', '/nodes')[1][0]['name']}")[0] == 401
+        # a monitoring user sees the node
+        assert admin("PUT", "/users/r3-mon", {"password": "pw", "tags": "monitoring"})[0] == 201
+        mon = _api(port, "r3-mon", "pw")
+        assert mon("GET", "/nodes")[0] == 200 and mon("GET", "/overview")[1]["message_stats"]["publish"] == 6
+

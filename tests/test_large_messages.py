@@ -22,6 +22,7 @@ from leveret.protocol.constants import FRAME_BODY_PART
 from leveret.protocol.frames import FrameParser
 from leveret.protocol.methods import content_frames
 from leveret.testing import BrokerThread
+from tests.polling import wait_until
 
 MiB = 1 << 20
 
@@ -217,6 +218,7 @@ def test_parser_pieces_of_a_large_body_are_views() -> None:
 # ---------------------------------------------------------------------- flow control
 
 
+@pytest.mark.slow
 def test_large_messages_engage_flow_control_by_bytes() -> None:
     """A publisher of 256 KiB messages outrunning a lagging consumer is held once the
     backlog passes FLOW_BYTES, long before FLOW_LEN messages (or the memory alarm), and
@@ -263,10 +265,8 @@ def test_large_messages_engage_flow_control_by_bytes() -> None:
 
         consumer = threading.Thread(target=consume, daemon=True)
         consumer.start()
-        deadline = time.monotonic() + 10
-        while not broker.vhosts["/"].queues.get("big-flow") or not broker.vhosts["/"].queues["big-flow"].consumers:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: broker.vhosts["/"].queues.get("big-flow") and broker.vhosts["/"].queues["big-flow"].consumers,
+                   10, what="the consumer on big-flow")
         publisher = threading.Thread(target=publish, daemon=True)
         publisher.start()
         q = broker.vhosts["/"].queues["big-flow"]
@@ -283,9 +283,7 @@ def test_large_messages_engage_flow_control_by_bytes() -> None:
         pace[0] = 0
         assert done.wait(60), "the publisher was held for ever"
         publisher.join(5)
-        deadline = time.monotonic() + 60
-        while got[0] < n and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: got[0] >= n, 60, what=f"the consumer to get {n} messages")
         assert got[0] == n
         stop.set()
         consumer.join(5)

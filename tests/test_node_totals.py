@@ -5,13 +5,12 @@ ack, as in RabbitMQ's ``ack`` counter)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import aio_pika
 from aio_pika import Message
 
 from leveret.broker import Config
 from leveret.testing import AsyncBroker
+from tests.polling import async_wait_until
 
 
 async def test_node_delivered_and_acked_are_summed_from_queues_and_never_go_down() -> None:
@@ -48,12 +47,36 @@ async def test_node_delivered_and_acked_are_summed_from_queues_and_never_go_down
             (key,) = broker.reply_channels  # the reply consumer's key
             ch2 = await conn.channel()
             await ch2.default_exchange.publish(Message(b"reply"), f"amq.rabbitmq.reply-to.{key}")
-            for _ in range(100):
-                if got_reply:
-                    break
-                await asyncio.sleep(0.02)
+            await async_wait_until(lambda: got_reply, what="the reply")
             assert got_reply == [b"reply"]
             assert broker.stats_delivered == 6
             await replies.cancel(tag)
             assert broker.stats_delivered == 6
         assert broker.stats_delivered == 6
+
+
+# ---------------------------------------------------------------------- published
+
+
+async def test_node_published_total_is_summed_from_exchanges_and_never_goes_down() -> None:
+    """The node's published counter is the exchanges' publish_in summed (counted once per
+    publish); deleting an exchange or a whole vhost keeps what was counted."""
+    from leveret.testing import AsyncBroker
+
+    async with AsyncBroker(Config(port=0, vhosts=["/", "gone"])) as b:
+        broker = b.broker
+        async with await aio_pika.connect(b.url_for("gone")) as conn:
+            ch = await conn.channel()
+            x = await ch.declare_exchange("r3.x", aio_pika.ExchangeType.FANOUT)
+            q = await ch.declare_queue("r3.q")
+            await q.bind(x)
+            for _ in range(3):
+                await x.publish(Message(b"m"), "")
+            await ch.default_exchange.publish(Message(b"m"), "r3.q")
+            await q.declare()  # a round trip: all four routed
+            assert broker.stats_published == 4
+            await x.delete()
+            assert broker.stats_published == 4
+        broker.delete_vhost("gone")
+        assert broker.stats_published == 4
+

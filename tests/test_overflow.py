@@ -13,6 +13,7 @@ import pytest
 from leveret.broker import Config
 from leveret.broker.core import backing
 from leveret.testing import BrokerThread
+from tests.polling import pump_until
 
 
 @pytest.fixture
@@ -135,14 +136,13 @@ def test_a_draining_queue_reads_ahead_of_its_consumers(small_pages: None, monkey
                 ch.basic_ack(method.delivery_tag)  # type: ignore[attr-defined]
 
         ch.basic_consume("ahead", on_msg)
-        deadline = time.monotonic() + 10
-        while len(got) < 410 and time.monotonic() < deadline:
-            conn.process_data_events(0.05)
+        pump_until(conn, lambda: len(got) >= 410, 10, pump=0.05)
         conn.process_data_events(0.3)  # (the consumer is stuck now: 10 unacked)
         assert len(got) == 410
         assert len(q.store.messages) >= 120, len(q.store.messages)  # read ahead, not run dry
         ch.basic_ack(tags[-1], multiple=True)
-        while len(got) < n and time.monotonic() < deadline + 20:
+        deadline = time.monotonic() + 30  # (each round acks what it got: not a plain wait)
+        while len(got) < n and time.monotonic() < deadline:
             conn.process_data_events(0.05)
             if tags:
                 ch.basic_ack(tags[-1], multiple=True)

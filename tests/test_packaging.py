@@ -185,6 +185,7 @@ def make_sample_project(root: Path) -> None:
     (root / "test_sample.py").write_text(textwrap.dedent(SAMPLE_TEST).lstrip())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_user_project_with_its_own_broker_protocol_storage_packages(
@@ -270,6 +271,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wheels[0]
 
 
+@pytest.mark.slow
 def test_wheel_builds_without_setuptools_warnings(wheel: Path) -> None:
     """No deprecation with a deadline (``project.license`` as a table) and no package left
     out of ``packages`` (``leveret.broker.http.static``): setuptools' build warnings."""
@@ -311,6 +313,7 @@ def test_every_test_dependency_is_pinned_by_the_constraints_file() -> None:
     assert "tests/constraints.txt" in (REPO / "interop" / "install.sh").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_wheel_installs_only_leveret(wheel: Path) -> None:
     dist_info = f"leveret-{project_version()}.dist-info"
@@ -352,6 +355,7 @@ def test_wheel_installs_only_leveret(wheel: Path) -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_wheel_has_every_source_module(wheel: Path) -> None:
     """Every .py file of broker/, protocol/, storage/, leveret/ (subpackages included, e.g.
@@ -364,6 +368,7 @@ def test_wheel_has_every_source_module(wheel: Path) -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_wheel_has_the_dashboards_static_files(wheel: Path) -> None:
     """The web dashboard's files (broker/http/static/, package data) are in the wheel where
@@ -396,6 +401,7 @@ print(json.dumps(result))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_wheel_imports_without_the_checkout(wheel: Path, tmp_path: Path) -> None:
     """Every module imports from the wheel alone: an interpreter with neither the checkout

@@ -35,6 +35,7 @@ def run_perf(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[st
     return proc, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_open_loop_run(amqp_url: str, leveret: Any, tmp_path: Path) -> None:
     proc, s = run_perf(
         tmp_path,

@@ -19,6 +19,8 @@ from leveret.testing import SubprocessBroker, free_port
 from tests.test_ctl import run
 from tests.test_rabbitmqadmin import SCRIPT, _missing
 
+pytestmark = [pytest.mark.external, pytest.mark.slow]  # rabbitmqadmin, leveret-ctl processes
+
 Broker = tuple[SubprocessBroker, int]
 
 

@@ -3,7 +3,6 @@ text parser and checked against a known workload run through pika."""
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -14,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from leveret.broker import Config
 from leveret.testing import BrokerThread
+from tests.polling import pump_until, wait_until
 
 
 @pytest.fixture
@@ -65,9 +65,7 @@ def test_metrics_follow_a_known_workload(broker: BrokerThread) -> None:
         ch2.basic_qos(prefetch_count=3)
         got: list[int] = []
         ch2.basic_consume("pm.a", lambda c, meth, p, b: got.append(meth.delivery_tag))
-        deadline = time.monotonic() + 5
-        while len(got) < 3 and time.monotonic() < deadline:
-            conn.process_data_events(time_limit=0.05)
+        pump_until(conn, lambda: len(got) >= 3, pump=0.05)
         assert len(got) == 3
 
         m = scrape(broker)
@@ -109,11 +107,11 @@ def test_metrics_follow_a_known_workload(broker: BrokerThread) -> None:
     finally:
         conn.close()
         other.close()
-    m = scrape(broker)
-    deadline = time.monotonic() + 5
-    while value(m, "rabbitmq_connections") and time.monotonic() < deadline:
-        time.sleep(0.05)
-        m = scrape(broker)
+    def without_connections() -> dict[str, list[tuple[dict[str, str], float]]]:
+        s = scrape(broker)
+        return s if value(s, "rabbitmq_connections") == 0 else {}
+
+    m = wait_until(without_connections, what="rabbitmq_connections to be 0", interval=0.05)
     assert value(m, "rabbitmq_connections") == 0
     assert value(m, "rabbitmq_connections_opened_total") == 2
     assert value(m, "rabbitmq_connections_closed_total") == 2

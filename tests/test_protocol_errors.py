@@ -1,15 +1,15 @@
 """Protocol errors with raw frames: the exact reply code, which close (channel or
 connection), the class/method ids, and that the broker and its other clients carry on.
 
-Every expectation was checked against RabbitMQ 3.10.  ``LEVERET_REFERENCE_PORT=5672``
-runs the same tests against a real RabbitMQ (tests that need a Leveret of their own are
-skipped then).
+Every expectation was checked against RabbitMQ 3.10.
+``LEVERET_REFERENCE_URL=amqp://guest:guest@127.0.0.1:5672/`` runs the same tests against a
+real RabbitMQ (tests that need a Leveret of their own are skipped then; see
+tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import struct
 import threading
@@ -18,6 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 from pamqp import commands as C
+from pamqp import frame as pframe
+from pamqp import header as pheader
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
@@ -34,16 +36,7 @@ from tests.rawamqp import (
     method_frame,
     publish_frames,
 )
-
-REFERENCE = os.environ.get("LEVERET_REFERENCE_PORT")
-leveret_only = pytest.mark.skipif(REFERENCE is not None, reason="needs a Leveret broker of its own")
-
-
-@pytest.fixture
-def port(request: pytest.FixtureRequest) -> int:
-    if REFERENCE:
-        return int(REFERENCE)
-    return request.getfixturevalue("broker_thread").port
+from tests.reference import leveret_only
 
 
 @pytest.fixture(autouse=True)
@@ -86,15 +79,6 @@ def bystander(port: int) -> Iterator[Bystander]:
     b = Bystander(port)
     yield b
     b.c.close()
-
-
-@pytest.fixture
-def client(port: int) -> Iterator[RawClient]:
-    """A raw client with the handshake done and channel 1 open."""
-    with RawClient.connect(port) as c:
-        c.handshake()
-        c.open_channel(1)
-        yield c
 
 
 def no_close_frame(frames: list) -> None:
@@ -180,6 +164,7 @@ def test_truncated_frame_then_silence_during_handshake_times_out() -> None:
         assert 0.3 < time.monotonic() - t0 < 3
 
 
+@pytest.mark.slow
 def test_truncated_frame_then_silence_killed_by_heartbeat(port: int, bystander: Bystander) -> None:
     with RawClient.connect(port) as c:
         c.handshake(heartbeat=1)
@@ -514,6 +499,7 @@ def test_method_before_connection_open(port: int, channel: int, method: object, 
 # ---------------------------------------------------------------------- heartbeats
 
 
+@pytest.mark.slow
 def test_silent_peer_is_disconnected_and_a_beating_peer_stays(port: int) -> None:
     with RawClient.connect(port) as silent, RawClient.connect(port) as beating:
         silent.handshake(heartbeat=1)
@@ -688,3 +674,66 @@ def test_sigterm_sends_connection_forced_and_exits() -> None:
             c.expect_connection_close(320, 0, 0)
             c.expect_socket_closed()
         assert bp.proc.wait(10) == 0
+
+
+# ---------------------------------------------------------------------- content frames and start-ok
+
+
+def test_channel_close_while_content_expected_is_unexpected_frame(broker_thread: BrokerThread) -> None:
+    # RabbitMQ 3.10: a channel.close in the middle of a publish's content is a 505
+    with RawClient.connect(broker_thread.port) as c:
+        c.handshake()
+        c.open_channel(1)
+        c.send(
+            method_frame(1, C.Basic.Publish(exchange="", routing_key="x"))
+            + pframe.marshal(pheader.ContentHeader(0, 10, C.Basic.Properties()), 1)
+            + method_frame(1, C.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
+        )
+        c.expect_connection_close(505, 60, 40)
+
+
+@pytest.mark.parametrize("what", ["header", "body"])
+def test_content_frame_on_a_channel_never_opened(port: int, what: str) -> None:
+    """RabbitMQ: 505 UNEXPECTED_FRAME, as for content without a publish (the issue
+    expected 504; RabbitMQ 3.10 sends 505)."""
+    with RawClient.connect(port) as c:
+        c.handshake()
+        c.send(content_frames(5, b"abc") if what == "header" else build_frame(3, 5, b"abc"))
+        m = c.expect_connection_close(505, 0, 0)
+        assert m.reply_text == "UNEXPECTED_FRAME - expected method frame, got non method frame instead"
+
+
+@pytest.mark.parametrize(
+    "mechanism,response",
+    [
+        ("EXTERNAL", ""),
+        ("FOO", "\0guest\0guest"),
+        ("plain", "\0guest\0guest"),
+        ("PLAIN", "guestguest"),
+        ("PLAIN", "\0guest"),
+        ("PLAIN", "x\0guest\0guest"),
+        ("PLAIN", "\0guest\0guest\0"),
+        ("AMQPLAIN", "garbage"),
+    ],
+    ids=["external", "unknown", "lowercase", "no-nuls", "one-nul", "authzid", "three-nuls", "amqplain-garbage"],
+)
+def test_start_ok_with_a_mechanism_not_offered_or_a_malformed_response_closes_the_socket(
+    port: int, mechanism: str, response: str
+) -> None:
+    """Only wrong credentials get connection.close 403 (authentication_failure_close):
+    anything else wrong in start-ok is a protocol error, and RabbitMQ closes the socket
+    without a connection.close."""
+    with RawClient.connect(port) as c:
+        c.send(PROTOCOL_HEADER)
+        c.expect(C.Connection.Start, 0)
+        c.send_method(
+            0,
+            C.Connection.StartOk(
+                client_properties={"capabilities": {"authentication_failure_close": True}},
+                mechanism=mechanism,
+                response=response,
+                locale="en_US",
+            ),
+        )
+        assert c.expect_socket_closed(timeout=8) == []  # RabbitMQ waits 3 s first
+

@@ -2,13 +2,12 @@
 declare rules and their texts, the delivery count and limit, where returns go,
 reject-publish, global qos and queue.delete flags, persistence.
 
-Every expectation here was taken from RabbitMQ 3.10.8.  With REFERENCE_AMQP_URL set
+Every expectation here was taken from RabbitMQ 3.10.8.  With LEVERET_REFERENCE_URL set
 (e.g. ``amqp://guest:guest@127.0.0.1:5672/some-vhost``), the tests that need no broker
 restart run against that broker instead, to check them."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,8 +21,8 @@ from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker, Nac
 
 from leveret.broker import Config
 from leveret.testing import BrokerThread
+from tests.reference import REFERENCE as REF  # noqa: E402
 
-REF = os.environ.get("REFERENCE_AMQP_URL")
 Q = {"x-queue-type": "quorum"}
 
 

@@ -19,6 +19,8 @@ import pytest
 
 from leveret.testing import BrokerProcess
 
+pytestmark = pytest.mark.slow  # kill -9 and restarts
+
 Q = {"x-queue-type": "quorum"}
 
 PUBLISHER = textwrap.dedent('''

@@ -26,6 +26,9 @@ from leveret.testing import SubprocessBroker, free_port
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SCRIPT = os.environ.get("RABBITMQADMIN") or shutil.which("rabbitmqadmin")
 
+# rabbitmqadmin (Debian's script) as subprocesses against a broker subprocess
+pytestmark = [pytest.mark.external, pytest.mark.slow]
+
 
 def _missing() -> None:
     if IN_CI:

@@ -3,7 +3,7 @@
 Complements tests/test_basic_aiopika.py and tests/test_semantics_pika.py.  Every
 expectation was checked against RabbitMQ 3.10:
 ``LEVERET_REFERENCE_URL=amqp://guest:guest@127.0.0.1:5672/`` runs these tests against a
-real RabbitMQ instead (checks of Leveret's internals are skipped then).
+real RabbitMQ instead (checks of Leveret's internals are skipped then; see tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from aiormq.exceptions import (
 )
 
 from leveret.broker import Broker
-
-REFERENCE = os.environ.get("LEVERET_REFERENCE_URL")
-leveret_only = pytest.mark.skipif(REFERENCE is not None, reason="needs a Leveret broker of its own")
+from tests.helpers import ready_count
+from tests.polling import async_wait_until
+from tests.reference import REFERENCE, leveret_only
 
 Connect = Callable[[], Awaitable[AbstractRobustConnection]]
 
@@ -61,24 +61,6 @@ async def conn(connect: Connect) -> AbstractRobustConnection:
 
 def unique(prefix: str) -> str:
     return f"test-{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-async def eventually(cond: Callable[[], Awaitable[bool] | bool], timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        r = cond()
-        if not isinstance(r, bool):
-            r = await r
-        if r:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
-async def ready_count(ch: aio_pika.abc.AbstractChannel, name: str) -> int:
-    q = await ch.declare_queue(name, passive=True)
-    assert q.declaration_result.message_count is not None
-    return q.declaration_result.message_count
 
 
 async def noop(message: AbstractIncomingMessage) -> None:
@@ -117,7 +99,7 @@ async def test_exclusive_queue_deleted_with_its_connection(connect: Connect, req
     if not REFERENCE:
         broker: Broker = request.getfixturevalue("broker")
         assert q.name not in broker.vhosts["/"].queues
-        await eventually(lambda: len(broker.connections) == 1)
+        await async_wait_until(lambda: len(broker.connections) == 1)
 
 
 async def test_auto_delete_queue_and_declare_counts(conn: AbstractRobustConnection) -> None:
@@ -130,7 +112,7 @@ async def test_auto_delete_queue_and_declare_counts(conn: AbstractRobustConnecti
     got: list[AbstractIncomingMessage] = []
     tag1 = await q.consume(collect(got))
     tag2 = await q.consume(noop)
-    await eventually(lambda: len(got) == 2)
+    await async_wait_until(lambda: len(got) == 2)
     declared = await ch.declare_queue(name, auto_delete=True)  # redeclare: counts
     assert declared.declaration_result.consumer_count == 2
     assert declared.declaration_result.message_count == 1  # 5 - 2 - 2 unacked
@@ -226,7 +208,7 @@ async def test_server_sent_cancel_when_queue_deleted(conn: AbstractRobustConnect
     )
     tag = await q.consume(noop)
     await (await conn.channel()).queue_delete(name)
-    await eventually(lambda: cancelled == [tag])
+    await async_wait_until(lambda: cancelled == [tag])
     assert not ch.is_closed
     await ch.declare_queue("", exclusive=True)  # the channel still works
 
@@ -253,10 +235,10 @@ async def test_nack_multiple_requeue_and_redelivered_flag(conn: AbstractRobustCo
     await c.set_qos(prefetch_count=4)
     got: list[AbstractIncomingMessage] = []
     await (await c.get_queue(q.name, ensure=False)).consume(collect(got))
-    await eventually(lambda: len(got) == 4)
+    await async_wait_until(lambda: len(got) == 4)
     assert not any(m.redelivered for m in got)
     await got[2].nack(multiple=True, requeue=True)  # 0, 1, 2 back, in order
-    await eventually(lambda: len(got) == 7)
+    await async_wait_until(lambda: len(got) == 7)
     assert [(m.body, m.redelivered) for m in got[4:]] == [(b"0", True), (b"1", True), (b"2", True)]
     await got[4].reject(requeue=False)
     await got[6].ack(multiple=True)  # 3, 1 (5), 2 (6)
@@ -275,11 +257,11 @@ async def test_global_qos_shared_by_consumers(conn: AbstractRobustConnection) ->
     got: list[AbstractIncomingMessage] = []
     for q in queues:
         await (await c.get_queue(q.name, ensure=False)).consume(collect(got))
-    await eventually(lambda: len(got) == 3)
+    await async_wait_until(lambda: len(got) == 3)
     await asyncio.sleep(0.1)
     assert len(got) == 3
     await got[0].ack()
-    await eventually(lambda: len(got) == 4)
+    await async_wait_until(lambda: len(got) == 4)
     await asyncio.sleep(0.1)
     assert len(got) == 4
 
@@ -292,10 +274,10 @@ async def test_recover_and_requeue_on_channel_close(conn: AbstractRobustConnecti
     c = await conn.channel()
     got: list[AbstractIncomingMessage] = []
     await (await c.get_queue(q.name, ensure=False)).consume(collect(got))
-    await eventually(lambda: len(got) == 3)
+    await async_wait_until(lambda: len(got) == 3)
     await got[1].ack()
     await (await c.get_underlay_channel()).basic_recover(requeue=True)
-    await eventually(lambda: len(got) == 5)
+    await async_wait_until(lambda: len(got) == 5)
     assert [(m.body, m.redelivered) for m in got[3:]] == [(b"0", True), (b"2", True)]
     await c.close()
     assert await drain(q) == [b"0", b"2"]
@@ -363,7 +345,7 @@ async def test_large_body_consumed(conn: AbstractRobustConnection, size: int) ->
     await ch.default_exchange.publish(Message(body, headers={"n": size}), q.name)
     received: list[AbstractIncomingMessage] = []
     await q.consume(collect(received), no_ack=True)
-    await eventually(lambda: bool(received), 10)
+    await async_wait_until(lambda: bool(received), 10)
     msg = received[0]
     assert len(msg.body) == size and msg.body == body and msg.headers == {"n": size}
 
@@ -381,21 +363,21 @@ async def test_client_close_requeues_unacked(connect: Connect, request: pytest.F
     wch = await worker.channel()
     got: list[AbstractIncomingMessage] = []
     await (await wch.get_queue(name, ensure=False)).consume(collect(got))
-    await eventually(lambda: len(got) == 3)
+    await async_wait_until(lambda: len(got) == 3)
     await got[0].ack()
     await worker.close()
 
     async def requeued() -> bool:
         return await ready_count(kch, name) == 2
 
-    await eventually(requeued)
+    await async_wait_until(requeued)
     q = await kch.declare_queue(name, passive=True)
     assert [(m.body, m.redelivered) for m in [await q.get(no_ack=True) for _ in range(2)]] == [
         (b"1", True), (b"2", True)]
     await q.delete()
     if not REFERENCE:
         broker: Broker = request.getfixturevalue("broker")
-        await eventually(lambda: len(broker.connections) == 1)
+        await async_wait_until(lambda: len(broker.connections) == 1)
 
 
 @leveret_only

@@ -2,7 +2,8 @@
 
 Every expectation was checked against RabbitMQ 3.10:
 ``LEVERET_REFERENCE_URL=amqp://guest:guest@127.0.0.1:5672/`` runs these tests against a
-real RabbitMQ instead (the ones that need a Leveret of their own are skipped).
+real RabbitMQ instead (the ones that need a Leveret of their own are skipped; see
+tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker, Unr
 
 from leveret.broker import Config
 from leveret.testing import BrokerThread
+from tests.polling import pump_until
 from tests.rawamqp import RawClient, build_frame, method_frame, publish_frames
-
-REFERENCE = os.environ.get("LEVERET_REFERENCE_URL")
-leveret_only = pytest.mark.skipif(REFERENCE is not None, reason="needs a Leveret broker of its own")
+from tests.reference import REFERENCE, leveret_only
 
 
 @pytest.fixture
@@ -80,13 +80,6 @@ def drain(channel: BlockingChannel, queue: str) -> list[bytes]:
         if method is None:
             return out
         out.append(body)
-
-
-def wait_until(conn: pika.BlockingConnection, cond: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        conn.process_data_events(time_limit=0.02)
 
 
 def settle(conn: pika.BlockingConnection, seconds: float = 0.15) -> None:
@@ -266,7 +259,7 @@ def test_queue_declare_server_named_and_counts(conn: pika.BlockingConnection, ch
     other = conn.channel()
     other.basic_qos(prefetch_count=1)
     other.basic_consume(name, lambda *a: None, consumer_tag="c1")
-    wait_until(conn, lambda: ch.queue_declare(name, passive=True).method.message_count == 2)
+    pump_until(conn, lambda: ch.queue_declare(name, passive=True).method.message_count == 2)
     again = ch.queue_declare(name, passive=True).method
     # the consumer took one message (unacked): declare-ok counts ready messages only
     assert (again.message_count, again.consumer_count) == (2, 1)
@@ -396,7 +389,7 @@ def test_queue_delete_conditions_and_count(conn: pika.BlockingConnection, ch: Bl
         conn.channel().queue_delete(q, if_unused=True)
     assert closed_code(ei) == 406 and ei.value.reply_text.endswith(f"queue '{q}' in vhost '/' in use")
     c2.close()  # its unacked deliveries are requeued
-    wait_until(conn, lambda: ch.queue_declare(q, passive=True).method.message_count == 4)
+    pump_until(conn, lambda: ch.queue_declare(q, passive=True).method.message_count == 4)
     assert ch.basic_get(q)[2] == b"0"  # one unacked: delete-ok counts ready messages only
     assert ch.queue_delete(q).method.message_count == 3
     assert ch.queue_delete(q).method.message_count == 0  # missing: delete-ok
@@ -465,7 +458,7 @@ def test_consume_and_cancel(conn: pika.BlockingConnection, ch: BlockingChannel) 
     got: list[bytes] = []
     tag = ch.basic_consume(q, lambda c, m, p, b: got.append(b), auto_ack=True)
     ch.basic_publish("", q, b"m")
-    wait_until(conn, lambda: got == [b"m"])
+    pump_until(conn, lambda: got == [b"m"])
     ch.basic_cancel(tag)
     ch.basic_publish("", q, b"after cancel")
     settle(conn)
@@ -511,7 +504,7 @@ def test_server_cancels_consumer_when_queue_deleted(conn: pika.BlockingConnectio
     ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
     tag = ch.basic_consume(name, lambda *a: None)
     conn.channel().queue_delete(name)
-    wait_until(conn, lambda: cancelled == [tag])
+    pump_until(conn, lambda: cancelled == [tag])
     assert ch.is_open  # the channel lives on
     ch.basic_publish("", unique("nobody"), b"x")
 
@@ -535,7 +528,7 @@ def test_get_and_get_empty_message_count(ch: BlockingChannel) -> None:
 def _consume_all(conn: pika.BlockingConnection, c: BlockingChannel, q: str, n: int) -> list[tuple[int, bytes, bool]]:
     got: list[tuple[int, bytes, bool]] = []
     c.basic_consume(q, lambda ch_, m, p, b: got.append((m.delivery_tag, b, m.redelivered)))
-    wait_until(conn, lambda: len(got) >= n)
+    pump_until(conn, lambda: len(got) >= n)
     return got
 
 
@@ -552,7 +545,7 @@ def test_ack_nack_reject_multiple_and_requeue(conn: pika.BlockingConnection, ch:
     c.basic_nack(6, requeue=False)  # 5 dropped
     c.basic_reject(7, requeue=True)  # 6 back
     # 7 still unacked; the requeued ones come back redelivered, in queue order
-    wait_until(conn, lambda: len(got) == 11)
+    pump_until(conn, lambda: len(got) == 11)
     assert [(b, r) for _, b, r in got[8:]] == [(b"2", True), (b"3", True), (b"6", True)]
     assert [t for t, _, _ in got[8:]] == [9, 10, 11]
     c.basic_ack(0, multiple=True)  # everything outstanding
@@ -601,7 +594,7 @@ def test_unacked_requeued_when_connection_closes(connect: Callable[[], pika.Bloc
     got = _consume_all(worker, wc, name, 3)
     wc.basic_ack(got[0][0])
     worker.close()
-    wait_until(keeper, lambda: kc.queue_declare(name, passive=True).method.message_count == 2)
+    pump_until(keeper, lambda: kc.queue_declare(name, passive=True).method.message_count == 2)
     out = [(m[2], m[0].redelivered) for m in (kc.basic_get(name, auto_ack=True) for _ in range(2))]
     assert out == [(b"1", True), (b"2", True)]
     kc.queue_delete(name)
@@ -614,7 +607,7 @@ def test_basic_recover_redelivers_unacked(conn: pika.BlockingConnection, ch: Blo
     c = conn.channel()
     got = _consume_all(conn, c, q, 2)
     c.basic_recover(requeue=True)
-    wait_until(conn, lambda: len(got) == 4)
+    pump_until(conn, lambda: len(got) == 4)
     assert [(b, r) for _, b, r in got[2:]] == [(b"0", True), (b"1", True)]
 
 
@@ -813,7 +806,7 @@ def test_client_close_releases_everything(connect: Callable[[], pika.BlockingCon
     bc.queue_declare(shared, auto_delete=True)
     ca.basic_consume(shared, lambda *x: None, consumer_tag="a-consumer")
     bc.basic_publish("", shared, b"held by a")
-    wait_until(b, lambda: bc.queue_declare(shared, passive=True).method.message_count == 0)
+    pump_until(b, lambda: bc.queue_declare(shared, passive=True).method.message_count == 0)
     a.close()
     assert not a.is_open
     # a's consumer went away: the auto-delete queue and its message with it

@@ -32,6 +32,7 @@ from pamqp import commands as C
 
 from leveret.broker.config import Config
 from leveret.testing import AsyncBroker, BrokerThread, free_port
+from tests.polling import wait_until
 from tests.rawamqp import PROTOCOL_HEADER, RawClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,20 +165,6 @@ def start_mechanisms(sock: socket.socket) -> str:
     return mech.decode() if isinstance(mech, bytes) else mech
 
 
-def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in caplog.text and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert text in caplog.text
-
-
-def wait_no_connections(b: BrokerThread, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while b.connections() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert b.connections() == []
-
-
 # ---------------------------------------------------------------------- listener and clients
 
 
@@ -260,6 +247,7 @@ const amqp = require('amqplib');
 """
 
 
+@pytest.mark.external
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 @pytest.mark.skipif(not (NODE_DIR / "node_modules" / "amqplib").is_dir(), reason="run npm ci in interop/clients/node")
 @pytest.mark.parametrize("external", [False, True], ids=["plain", "external"])
@@ -364,7 +352,7 @@ def test_external_unknown_user_is_refused(pki: PKI, start_broker: Callable[..., 
     ctx = pki.client_context(pki.client("mallory"))
     with pytest.raises(REFUSED, match="ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL"):
         pika.BlockingConnection(pika_params(b, ctx, external=True))
-    wait_no_connections(b)
+    wait_until(lambda: b.connections() == [], what="the broker to have no connections")
 
 
 def test_external_without_a_certificate_is_refused(pki: PKI, start_broker: Callable[..., BrokerThread]) -> None:
@@ -390,9 +378,9 @@ def test_external_with_a_certificate_without_a_cn_is_refused(
     caplog.set_level(logging.INFO, logger="leveret")
     with pytest.raises(REFUSED, match="ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL"):
         pika.BlockingConnection(pika_params(b, ctx, external=True))
-    wait_for_log(caplog, "EXTERNAL login refused: no name found")
+    wait_until(lambda: "EXTERNAL login refused: no name found" in caplog.text, what="the refusal in the log")
     assert "user 'None'" not in caplog.text
-    wait_no_connections(b)
+    wait_until(lambda: b.connections() == [], what="the broker to have no connections")
     # the same certificate with a password login is fine (the certificate only lacks a name)
     assert pika_round_trip(pika_params(b, ctx), b"by password") == b"by password"
 
@@ -404,7 +392,7 @@ def test_external_without_a_certificate_logs_why(
     caplog.set_level(logging.INFO, logger="leveret")
     with pytest.raises(REFUSED):
         pika.BlockingConnection(pika_params(b, pki.client_context(), external=True))
-    wait_for_log(caplog, "EXTERNAL login refused: no peer certificate")
+    wait_until(lambda: "EXTERNAL login refused: no peer certificate" in caplog.text, what="the refusal in the log")
 
 
 def test_external_offered_only_on_tls_with_peer_verification(
@@ -467,8 +455,8 @@ def test_plain_tcp_client_on_the_tls_port_gets_a_clean_close(
     # closed at once (not at the 30 s handshake timeout), nothing AMQP sent back
     assert not data.startswith(b"AMQP") and b"\x01\x00\x00" not in data[:3]
     assert elapsed < 3.0
-    wait_no_connections(b)
-    wait_for_log(caplog, "TLS handshake failed with 127.0.0.1:")
+    wait_until(lambda: b.connections() == [], what="the broker to have no connections")
+    wait_until(lambda: "TLS handshake failed with 127.0.0.1:" in caplog.text, what="the handshake failure in the log")
     # and the listener still serves TLS clients
     assert pika_round_trip(pika_params(b, pki.client_context()), b"still") == b"still"
 
@@ -533,9 +521,9 @@ def test_bad_client_certificate_is_refused(
     except (ssl.SSLError, ConnectionError):
         pass
     assert got == b"", f"the broker answered a client with a {case} certificate: {got!r}"
-    wait_no_connections(b)
+    wait_until(lambda: b.connections() == [], what="the broker to have no connections")
     reason = {"expired": "certificate has expired", "untrusted": "unable to get local issuer", "none": "did not return a certificate"}
-    wait_for_log(caplog, reason[case])
+    wait_until(lambda: reason[case] in caplog.text, what=f"{reason[case]!r} in the log")
 
 
 def _tls11_client_context(pki: PKI) -> ssl.SSLContext | None:
@@ -594,7 +582,7 @@ def test_tls_1_1_client_is_refused(pki: PKI, start_broker: Callable[..., BrokerT
     # the client sees an EOF in the handshake)
     with pytest.raises(ssl.SSLError):
         tls_socket(b.tls_port, ctx).close()
-    wait_no_connections(b)
+    wait_until(lambda: b.connections() == [], what="the broker to have no connections")
     # TLS 1.2 is accepted
     ctx12 = pki.client_context()
     ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -637,9 +625,7 @@ def test_deliveries_go_out_in_full_tls_records(
         c.declare_queue(1, "records")
         for _ in range(n):
             c.publish(1, "", "records", body)
-        deadline = time.monotonic() + 5
-        while b.message_count("records") < n and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: b.message_count("records") >= n, what=f"{n} messages in 'records'")
         c.send_method(1, C.Basic.Consume(queue="records", consumer_tag="t", no_ack=True))
         sizes, total = [], 0
         while total < n * len(body):  # SSLSocket.recv returns one record at most

@@ -29,8 +29,15 @@ CASES = {
 }
 
 
+# each example starts its own broker subprocess and runs for seconds
+pytestmark = pytest.mark.slow
+EXTERNAL = {"celery_flask/demo.py"}  # starts Celery worker processes
+
+
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("example", list(CASES))
+@pytest.mark.parametrize(
+    "example", [pytest.param(name, marks=pytest.mark.external if name in EXTERNAL else ()) for name in CASES]
+)
 def test_example(example: str) -> None:
     missing = [m for m in CASES[example] if importlib.util.find_spec(m) is None]
     if missing:

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "interop" / "run.py"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-pytestmark = pytest.mark.timeout(600)
+# node, php, ruby, amqp-tools (and Python clients) in one run of about half a minute
+pytestmark = [pytest.mark.timeout(600), pytest.mark.external, pytest.mark.slow]
 
 
 def _load_runner() -> Any:

@@ -194,6 +194,7 @@ def test_ini_options(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
 
 
+@pytest.mark.slow
 def test_parallel_with_xdist_each_worker_has_its_own_broker(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,11 +17,14 @@ import struct
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from leveret.storage import QueueLog
+
+pytestmark = pytest.mark.slow  # a hundred examples of up to 50 steps
 
 SEG = 512
 
