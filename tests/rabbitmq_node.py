@@ -8,7 +8,8 @@ rabbitmq_federation and rabbitmq_management enabled.
     node.start()                     # the same node again, same data: durable queues come back
     node.stop()                      # always safe; the fixtures call it at teardown
 
-``rabbitmq_node_or_skip()`` skips the test when Debian's rabbitmq-server is not installed,
+The fixture ``rabbit`` (import ``rabbit_fixture`` into a test module) is one node per
+module.  ``rabbitmq_node_or_skip()`` skips the test when Debian's rabbitmq-server is not installed,
 except under CI=true, where that is a failure (interop/install.sh installs it there).
 A node start takes about 4-6 s on the 2-core machine: share one per module.
 """
@@ -35,7 +36,13 @@ from leveret.testing import free_port
 
 _BIN = "/usr/lib/rabbitmq/bin"
 _COUNTER = itertools.count(1)
-PLUGINS = ("rabbitmq_shovel", "rabbitmq_federation", "rabbitmq_management")
+PLUGINS = (
+    "rabbitmq_shovel",
+    "rabbitmq_shovel_management",
+    "rabbitmq_federation",
+    "rabbitmq_federation_management",
+    "rabbitmq_management",
+)
 
 
 def _tool(name: str) -> str | None:
@@ -270,8 +277,8 @@ class RabbitNode:
         self.cleanup()
 
 
-@pytest.fixture(scope="module")
-def rabbit() -> Iterator[RabbitNode]:
+@pytest.fixture(scope="module", name="rabbit")
+def rabbit_fixture() -> Iterator[RabbitNode]:
     """One private RabbitMQ node for the test module (skipped, or failed under CI=true,
     without rabbitmq-server); stopped and its folders removed at teardown."""
     rabbitmq_node_or_skip()
