@@ -29,6 +29,7 @@ from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHOST_COUNTERS, VHost
 from leveret.broker.definitions import apply_access_definitions, apply_definitions, read_definitions
 from leveret.broker.listener import Listener, check_ports, open_listener
+from leveret.broker.shovel import ShovelManager
 from leveret.broker.tls import http_context, server_context
 from leveret.broker.wire.connection import Connection
 from leveret.protocol.constants import ACCESS_REFUSED, NOT_FOUND
@@ -112,6 +113,7 @@ class Broker:
         self._load_mark = (0.0, 0.0)
         self._idle_samples = 0
         self.access = A.AccessControl()
+        self.shovels = ShovelManager(self)  # dynamic shovels (leveret.broker.shovel)
         self._access_loading = True  # (no per-change work while the config is applied)
         self.access.on_change = self._access_changed
         self.default_users: list[str] = []  # full permissions on every vhost (Config.users)
@@ -140,6 +142,7 @@ class Broker:
                 self.persistence = None
                 raise
         try:
+            self.shovels.load()
             if self._definitions is not None:
                 apply_definitions(self, self._definitions, self.config.load_definitions or "")
             if self.persistence is not None and self.persistence.recovered_access:
@@ -169,6 +172,7 @@ class Broker:
             raise
         self._load_mark = (self.loop.time(), _cpu_demand())
         self._load_timer = self.loop.call_later(LOAD_INTERVAL, self._sample_load)
+        self.shovels.start()
 
     def _configured_ports(self) -> list[tuple[str, str | list[str] | None, int]]:
         """(flag, hosts, port) of every listener the config asks for."""
@@ -328,6 +332,7 @@ class Broker:
 
     async def stop(self, timeout: float = 1.0) -> None:
         """Close the listener, send connection.close 320 to every client, then stop."""
+        await self.shovels.stop()
         for srv in (self.http, self.prometheus):
             if srv is not None:
                 await srv.stop()
@@ -462,6 +467,7 @@ class Broker:
         self.stats_delivered_gone += v.stats_delivered
         self.stats_acked_gone += v.stats_acked
         self.access.forget_vhost(name)
+        self.shovels.vhost_deleted(name)
         self._save_definitions()
 
     def _save_definitions(self) -> None:
