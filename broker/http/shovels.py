@@ -99,16 +99,16 @@ class ShovelHandlers:
             raise bad_request("[{key_missing,value}]")
         value = body["value"]
         try:
-            self.check_user_uris(ctx.user.name, value)
+            self.check_user_uris(ctx.user.name, name, value)
             created = self.broker.shovels.declare(vhost, name, value, owner=ctx.user.name)
         except ShovelInvalid as exc:
             raise bad_request(_escape(str(exc))) from None
         return no_content(201 if created else 204)
 
-    def check_user_uris(self, user: str, value: Any) -> None:
+    def check_user_uris(self, user: str, name: str, value: Any) -> None:
         """RabbitMQ's validate_params_user: a local URI's vhost must exist and be open to
         the user (checked after the definition itself)."""
-        validate("shovel", value)
+        validate(name, value)
         access = self.broker.access
         for key in ("src-uri", "dest-uri"):
             for raw in uris(value[key]):
