@@ -405,6 +405,7 @@ class Shovel:
 
         assert self.src_uri is not None and self.dest_uri is not None
         src = dest = None
+        outboxes: tuple[_Outbox, ...] = ()
         try:
             src = await self._connect(self.src_uri)
             dest = await self._connect(self.dest_uri)
@@ -431,6 +432,7 @@ class Shovel:
             await sch.basic_qos(prefetch_count=self.prefetch)
             done = asyncio.get_running_loop().create_future()
             mover = _Mover(self, sch, dch, spec, remaining, done)
+            outboxes = mover.outboxes
             await sch.basic_consume(queue, mover.on_message, no_ack=self.ack_mode == "no-ack")
             self.state, self.reason, self.since = "running", None, time.time()
             self.sessions += 1
@@ -452,6 +454,8 @@ class Shovel:
             raise ConnectionError("connection closed")
         finally:
             self.pending = 0
+            for box in outboxes:
+                box.close()
             for c in (src, dest):
                 if c is not None:
                     with contextlib.suppress(Exception):
@@ -464,12 +468,11 @@ class _Mover:
 
     def __init__(self, shovel: Shovel, sch: Any, dch: Any, spec: Any, remaining: int | None,
                  done: asyncio.Future[bool]) -> None:
-        from aiormq.abc import ChannelFrame
         from pamqp.header import ContentHeader
 
         self.shovel, self.sch, self.dch, self.spec = shovel, sch, dch, spec
         self.remaining, self.done = remaining, done
-        self.frame, self.header = ChannelFrame, ContentHeader
+        self.header = ContentHeader
         v = shovel.value
         if "dest-queue" in v:
             self.exchange: str | None = ""
@@ -481,6 +484,9 @@ class _Mover:
         self.timestamp = v.get("dest-add-timestamp-header", v.get("add-timestamp-header", False))
         self.set_props = v.get("dest-publish-properties", v.get("publish-properties", {})) or {}
         self.ack_mode = shovel.ack_mode
+        self.src_out = _Outbox(sch)
+        self.dest_out = _Outbox(dch)
+        self.outboxes = (self.src_out, self.dest_out)
         self.in_flight = 0  # deliveries taken but not counted against delete-after yet
         self.stop_taking = False
         self.last: asyncio.Future[Any] | None = None
@@ -515,7 +521,7 @@ class _Mover:
         drain = None
         if self.ack_mode == "on-publish":
             drain = dch.create_future()
-        dch.write_queue.put_nowait(self.frame.marshall(frames=frames, channel_number=dch.number, drain_future=drain))
+        self.dest_out.send(frames, drain)
         sh.forwarded += 1
         sh.manager.forwarded += 1
         if fut is not None:
@@ -542,7 +548,7 @@ class _Mover:
         if sch.is_closed:
             return
         method = self.spec.Basic.Ack(delivery_tag=tag) if ok else self.spec.Basic.Nack(delivery_tag=tag, requeue=True)
-        sch.write_queue.put_nowait(self.frame.marshall(frames=[method], channel_number=sch.number))
+        self.src_out.send([method])
         if ok:
             self.shovel.acked += 1
             self.shovel.manager.acked += 1
@@ -561,9 +567,7 @@ class _Mover:
     async def drain(self) -> None:
         # the acks are queued on the source connection's writer: let it write them
         f = self.sch.create_future()
-        self.sch.write_queue.put_nowait(
-            self.frame.marshall(frames=[self.spec.Basic.Qos(prefetch_count=self.shovel.prefetch)],
-                                channel_number=self.sch.number, drain_future=f))
+        self.src_out.send([], f)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(f, 10)
 
@@ -596,6 +600,65 @@ class _Mover:
             headers["x-shovelled-timestamp"] = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         p.headers = headers
         return p
+
+
+class _Outbox:
+    """The frames of one channel, in order, written by one task into aiormq's (bounded)
+    write queue: a full queue holds the frames here instead of failing, and what piled
+    up goes as one batch.  ``send(frames, drained)``: ``drained`` (a future) is set once
+    those frames are written to the socket."""
+
+    BATCH = 4096  # frames per write
+
+    def __init__(self, ch: Any) -> None:
+        from collections import deque
+
+        from aiormq.abc import ChannelFrame
+
+        self.ch = ch
+        self.marshall = ChannelFrame.marshall
+        self.items: deque[tuple[list[Any], asyncio.Future[Any] | None]] = deque()
+        self.event = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def send(self, frames: list[Any], drained: asyncio.Future[Any] | None = None) -> None:
+        self.items.append((frames, drained))
+        self.event.set()
+
+    async def _run(self) -> None:
+        ch = self.ch
+        while True:
+            await self.event.wait()
+            self.event.clear()
+            while self.items:
+                frames: list[Any] = []
+                drains: list[asyncio.Future[Any]] = []
+                while self.items and len(frames) < self.BATCH:
+                    f, d = self.items.popleft()
+                    frames += f
+                    if d is not None:
+                        drains.append(d)
+                written = ch.create_future() if drains else None
+                await ch.write_queue.put(self.marshall(frames=frames, channel_number=ch.number, drain_future=written))
+                if written is not None:
+                    written.add_done_callback(lambda w, ds=drains: _resolve(w, ds))
+
+    def close(self) -> None:
+        self.task.cancel()
+        for _, d in self.items:
+            if d is not None and not d.done():
+                d.cancel()
+        self.items.clear()
+
+
+def _resolve(written: asyncio.Future[Any], drains: list[asyncio.Future[Any]]) -> None:
+    failed = written.cancelled() or written.exception() is not None
+    for d in drains:
+        if not d.done():
+            if failed:
+                d.cancel()
+            else:
+                d.set_result(None)
 
 
 async def _ensure_queue(conn: Any, queue: str, args: dict[str, Any]) -> int:
