@@ -487,6 +487,9 @@ class _Mover:
         self.src_out = _Outbox(sch)
         self.dest_out = _Outbox(dch)
         self.outboxes = (self.src_out, self.dest_out)
+        self.settled: set[int] = set()  # source delivery tags done, above acked_upto
+        self.acked_upto = 0
+        self.flush_scheduled = False
         self.in_flight = 0  # deliveries taken but not counted against delete-after yet
         self.stop_taking = False
         self.last: asyncio.Future[Any] | None = None
@@ -547,14 +550,32 @@ class _Mover:
         sch = self.sch
         if sch.is_closed:
             return
-        method = self.spec.Basic.Ack(delivery_tag=tag) if ok else self.spec.Basic.Nack(delivery_tag=tag, requeue=True)
-        self.src_out.send([method])
+        if ok:
+            # acks go as one ack(multiple) up to the highest tag below which every
+            # delivery is settled (deliveries are settled in order but for nacks)
+            self.settled.add(tag)
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush_acks)
+        else:
+            self.settled.add(tag)
+            self.src_out.send([self.spec.Basic.Nack(delivery_tag=tag, requeue=True)])
         if ok:
             self.shovel.acked += 1
             self.shovel.manager.acked += 1
             self._count_done()
         elif self.remaining is not None:
             self.in_flight -= 1
+
+    def _flush_acks(self) -> None:
+        self.flush_scheduled = False
+        settled, tag = self.settled, self.acked_upto
+        while tag + 1 in settled:
+            tag += 1
+            settled.discard(tag)
+        if tag > self.acked_upto and not self.sch.is_closed:
+            self.acked_upto = tag
+            self.src_out.send([self.spec.Basic.Ack(delivery_tag=tag, multiple=True)])
 
     def _count_done(self) -> None:
         if self.remaining is None:
@@ -566,6 +587,7 @@ class _Mover:
 
     async def drain(self) -> None:
         # the acks are queued on the source connection's writer: let it write them
+        self._flush_acks()
         f = self.sch.create_future()
         self.src_out.send([], f)
         with contextlib.suppress(Exception):
