@@ -772,7 +772,7 @@ def status(ctl: Ctl, args: list[str]) -> None:
 
 # ------------------------------------------------------------------ help
 
-SECTIONS = ("node", "users", "access control", "vhosts", "queues", "connections", "definitions")
+SECTIONS = ("node", "users", "access control", "vhosts", "queues", "connections", "definitions", "shovels")
 
 GLOBAL_HELP = f"""Usage:
   {PROG} [options] <command> [<command options>] [<args>]
@@ -875,6 +875,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
+
+from leveret.ctl import shovels as _shovels  # noqa: E402, F401  (registers the shovel commands)
 
 if __name__ == "__main__":
     sys.exit(main())
