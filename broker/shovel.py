@@ -395,7 +395,7 @@ class Shovel:
         import aiormq
 
         url = uri.client_url(self.manager.local_endpoint(self.owner) if uri.local else None)
-        props = {"connection_name": f"Shovel {self.name}", "product": "Leveret shovel"}
+        props: dict[str, Any] = {"connection_name": f"Shovel {self.name}", "product": "Leveret shovel"}
         return await asyncio.wait_for(aiormq.connect(url, client_properties=props), 30)
 
     async def _session(self) -> bool:
@@ -801,16 +801,16 @@ class ShovelManager:
     def get(self, vhost: str, name: str) -> Shovel | None:
         return self.shovels.get((vhost, name))
 
-    def list(self, vhost: str | None = None) -> list[Shovel]:
+    def list_shovels(self, vhost: str | None = None) -> list[Shovel]:
         return [s for (vn, _), s in sorted(self.shovels.items()) if vhost is None or vn == vhost]
 
     def parameters(self, vhosts: list[str] | None = None) -> list[dict[str, Any]]:
         """The shovels as RabbitMQ exports its runtime parameters."""
         return [{"value": s.value, "vhost": s.vhost, "component": "shovel", "name": s.name}
-                for s in self.list() if vhosts is None or s.vhost in vhosts]
+                for s in self.list_shovels() if vhosts is None or s.vhost in vhosts]
 
     def vhost_deleted(self, vhost: str) -> None:
-        for sh in self.list(vhost):
+        for sh in self.list_shovels(vhost):
             self.shovels.pop((sh.vhost, sh.name), None)
             sh.stopping = True
             if sh.task is not None:
@@ -843,7 +843,7 @@ class ShovelManager:
         if path is None:
             return
         data = {"shovels": [{"vhost": s.vhost, "name": s.name, "value": s.value, "owner": s.owner}
-                            for s in self.list()]}
+                            for s in self.list_shovels()]}
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(data, f)
@@ -853,9 +853,9 @@ class ShovelManager:
 
     def start(self) -> None:
         self.running = True
-        for sh in self.list():
+        for sh in self.list_shovels():
             sh.start()
 
     async def stop(self) -> None:
         self.running = False
-        await asyncio.gather(*(sh.stop() for sh in self.list()), return_exceptions=True)
+        await asyncio.gather(*(sh.stop() for sh in self.list_shovels()), return_exceptions=True)

@@ -139,7 +139,7 @@ def render(broker: Broker, per_object: bool) -> str:
 
 def shovel_metrics(out: Any, b: Broker) -> None:
     """Leveret's shovels (leveret.broker.shovel): what each moved, and its state."""
-    shovels = b.shovels.list()
+    shovels = b.shovels.list_shovels()
 
     def lab(s: Any) -> dict[str, str]:
         return {"vhost": s.vhost, "shovel": s.name}

@@ -131,7 +131,7 @@ class ShovelHandlers:
         vhost = ctx.args[0] if ctx.args else None
         if vhost is not None:
             self._vhost(ctx, vhost)
-        return json_ok(columns(ctx.request, [s.status() for s in self.broker.shovels.list(vhost)]))
+        return json_ok(columns(ctx.request, [s.status() for s in self.broker.shovels.list_shovels(vhost)]))
 
     async def restart(self, ctx: Ctx) -> web.Response:
 
