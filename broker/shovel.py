@@ -357,8 +357,7 @@ class Shovel:
         task, self.task = self.task, None
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.wait({task}, timeout=5)
 
     async def restart(self) -> None:
         await self.stop()
@@ -436,7 +435,10 @@ class Shovel:
             await sch.basic_consume(queue, mover.on_message, no_ack=self.ack_mode == "no-ack")
             self.state, self.reason, self.since = "running", None, time.time()
             self.sessions += 1
-            closed = [asyncio.ensure_future(c.closing) for c in (src, dest)]
+            # the end of the session: src-delete-after reached, or either connection or
+            # channel closed (a destination refusing a publish closes its channel)
+            ends = (src, dest, sch, dch)
+            closed = [c.closing for c in ends]  # (observers: cancelling them is harmless)
             try:
                 waits: list[asyncio.Future[Any]] = [done, *closed]
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -447,19 +449,25 @@ class Shovel:
                 # wait for the last confirms and acks to be written
                 await mover.drain()
                 return True
-            for c in (src, dest):
+            for c in ends:
                 if c.is_closed:
-                    exc = c.closing.exception() if c.closing.done() and not c.closing.cancelled() else None
-                    raise ConnectionError(_reason(exc) if exc else "connection closed")
-            raise ConnectionError("connection closed")
+                    f = c.closing
+                    exc = f.exception() if f.done() and not f.cancelled() else None
+                    raise ConnectionError(_reason(exc) if exc else "closed")
+            raise ConnectionError("closed")
         finally:
             self.pending = 0
             for box in outboxes:
                 box.close()
-            for c in (src, dest):
-                if c is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(c.close(), 5)
+            closing = [asyncio.ensure_future(c.close()) for c in (src, dest) if c is not None and not c.is_closed]
+            if closing:
+                # both at once, and not for long: a peer that does not answer close-ok is dropped
+                _done, late = await asyncio.wait(closing, timeout=2)
+                for f in late:
+                    f.cancel()
+                for f in closing:
+                    if f.done() and not f.cancelled():
+                        f.exception()  # (retrieved: a failed close is not logged as unhandled)
 
 
 class _Mover:

@@ -360,3 +360,26 @@ def test_ctl_prometheus_and_rabbitmqadmin(broker: BrokerThread, api: Api) -> Non
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "parameter deleted" in r.stdout, (r.stdout, r.stderr)
     assert api.get("/shovels") == []
+
+
+def test_refusing_destination_keeps_messages_at_the_source(broker: BrokerThread, api: Api) -> None:
+    """A destination that refuses the publishes (its exchange is missing: channel closed
+    404) leaves every message at the source; once it accepts, they move."""
+    publish(broker.url, "rf.src", [b"%d" % i for i in range(50)])
+    value = {"src-uri": "amqp://", "src-queue": "rf.src", "dest-uri": "amqp://", "dest-exchange": "rf.missing",
+             "dest-exchange-key": "k", "reconnect-delay": 0.3}
+    assert api.call("PUT", "/parameters/shovel/%2F/rf", {"value": value})[0] == 201
+    st = wait_until(lambda: [s for s in api.get("/shovels") if s["state"] == "terminated"], what="terminated")
+    assert "NOT_FOUND - no exchange 'rf.missing' in vhost '/'" in st[0]["reason"]
+    time.sleep(0.5)
+    assert count(broker.url, "rf.src") == 50  # nothing lost, nothing acked
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+    ch = conn.channel()
+    ch.exchange_declare("rf.missing", "direct")
+    ch.queue_declare("rf.dst", exclusive=True)
+    ch.queue_bind("rf.dst", "rf.missing", "k")
+    wait_until(lambda: ch.queue_declare("rf.dst", passive=True).method.message_count >= 50, what="moved")
+    assert count(broker.url, "rf.src") == 0
+    assert api.call("DELETE", "/parameters/shovel/%2F/rf")[0] == 204
+    ch.exchange_delete("rf.missing")
+    conn.close()
