@@ -145,7 +145,7 @@ def test_throughput_against_rabbitmqs_own_shovel(rabbit: RabbitNode, leveret: Br
             value.update({"src-uri": f"amqp://guest:guest@127.0.0.1:{leveret.port}", "dest-uri": "amqp://"})
             rabbit.api("PUT", f"/parameters/shovel/%2F/{q}", {"value": value})
         wait_until(lambda q=q: count(rabbit.url, q) >= n and count(leveret.url, q) == 0,
-                   timeout=300, what=f"{who}'s shovel done", every=0.02)
+                   timeout=300, what=f"{who}'s shovel done", every=0.1)
         results[who] = time.monotonic() - t0
         assert len(drain_numbers(rabbit.url, q)) == n
     line = (f"\nshovel throughput, {n} persistent 100-byte messages Leveret -> RabbitMQ, on-confirm: "
