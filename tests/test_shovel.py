@@ -383,3 +383,15 @@ def test_refusing_destination_keeps_messages_at_the_source(broker: BrokerThread,
     assert api.call("DELETE", "/parameters/shovel/%2F/rf")[0] == 204
     ch.exchange_delete("rf.missing")
     conn.close()
+
+
+def test_a_list_of_source_uris_is_tried_in_turn(broker: BrokerThread, api: Api) -> None:
+    dead = free_port()
+    publish(broker.url, "li.src", [b"x", b"y"])
+    value = {"src-uri": [f"amqp://guest:guest@127.0.0.1:{dead}", "amqp://"], "src-queue": "li.src",
+             "dest-uri": "amqp://", "dest-queue": "li.dst", "reconnect-delay": 0.2}
+    assert api.call("PUT", "/parameters/shovel/%2F/li", {"value": value})[0] == 201
+    wait_until(lambda: count(broker.url, "li.dst") == 2, what="moved through the second URI")
+    st = api.get("/shovels/%2F")[0]
+    assert (st["state"], st["src_uri"]) == ("running", "amqp://")
+    assert api.call("DELETE", "/parameters/shovel/%2F/li")[0] == 204
