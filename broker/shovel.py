@@ -432,6 +432,13 @@ class Shovel:
             done = asyncio.get_running_loop().create_future()
             mover = _Mover(self, sch, dch, spec, remaining, done)
             outboxes = mover.outboxes
+            cancelled = asyncio.get_running_loop().create_future()
+
+            def on_cancel(frame: Any) -> None:  # the source queue was deleted
+                if not cancelled.done():
+                    cancelled.set_result(None)
+
+            sch.on_consumer_cancel_callbacks.add(on_cancel)
             await sch.basic_consume(queue, mover.on_message, no_ack=self.ack_mode == "no-ack")
             self.state, self.reason, self.since = "running", None, time.time()
             self.sessions += 1
@@ -440,7 +447,7 @@ class Shovel:
             ends = (src, dest, sch, dch)
             closed = [c.closing for c in ends]  # (observers: cancelling them is harmless)
             try:
-                waits: list[asyncio.Future[Any]] = [done, *closed]
+                waits: list[asyncio.Future[Any]] = [done, cancelled, *closed]
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for f in closed:
@@ -449,6 +456,8 @@ class Shovel:
                 # wait for the last confirms and acks to be written
                 await mover.drain()
                 return True
+            if cancelled.done():
+                raise ConnectionError(f"the source cancelled the consumer (queue '{queue}' deleted?)")
             for c in ends:
                 if c.is_closed:
                     f = c.closing

@@ -395,3 +395,22 @@ def test_a_list_of_source_uris_is_tried_in_turn(broker: BrokerThread, api: Api) 
     st = api.get("/shovels/%2F")[0]
     assert (st["state"], st["src_uri"]) == ("running", "amqp://")
     assert api.call("DELETE", "/parameters/shovel/%2F/li")[0] == 204
+
+
+def test_source_queue_deleted_then_back(broker: BrokerThread, api: Api) -> None:
+    """The source queue deleted under a running shovel: its consumer is cancelled, the
+    shovel is terminated, then starts again (declaring the queue, as RabbitMQ's does)."""
+    publish(broker.url, "gone.src", [b"1"])
+    value = {"src-uri": "amqp://", "src-queue": "gone.src", "dest-uri": "amqp://", "dest-queue": "gone.dst",
+             "reconnect-delay": 0.3}
+    assert api.call("PUT", "/parameters/shovel/%2F/gone", {"value": value})[0] == 201
+    wait_until(lambda: count(broker.url, "gone.dst") == 1, what="moved")
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+    conn.channel().queue_delete("gone.src")
+    conn.close()
+    # a new session (the queue declared again): the shovel carries on with new messages
+    wait_until(lambda: count(broker.url, "gone.src") == 0, what="the source queue back")
+    publish(broker.url, "gone.src", [b"2"])
+    wait_until(lambda: count(broker.url, "gone.dst") == 2, what="moved after the queue came back")
+    assert api.get("/shovels/%2F")[0]["state"] == "running"
+    assert api.call("DELETE", "/parameters/shovel/%2F/gone")[0] == 204
