@@ -770,7 +770,11 @@ class ShovelManager:
 
     def trusted_login(self, user: str, password: str) -> bool:
         """A shovel's own connection to this broker (the secret never leaves the process)."""
-        return bool(password) and secrets.compare_digest(password, self.local_secret) and self.broker.user_exists(user)
+        return (
+            bool(password)
+            and secrets.compare_digest(password.encode("utf-8", "surrogatepass"), self.local_secret.encode())
+            and self.broker.user_exists(user)
+        )
 
     # -------------------------------------------------------------- parameters
 

@@ -414,3 +414,19 @@ def test_source_queue_deleted_then_back(broker: BrokerThread, api: Api) -> None:
     wait_until(lambda: count(broker.url, "gone.dst") == 2, what="moved after the queue came back")
     assert api.get("/shovels/%2F")[0]["state"] == "running"
     assert api.call("DELETE", "/parameters/shovel/%2F/gone")[0] == 204
+
+
+def test_non_ascii_passwords_still_log_in(broker: BrokerThread, api: Api) -> None:
+    """The shovel's own-login check runs first for every login: a non-ASCII password
+    must reach the usual check (and a wrong one be refused as before)."""
+    assert api.call("PUT", "/users/sh-uni", {"password": "pässwörd-ü", "tags": ""})[0] == 201
+    assert api.call("PUT", "/permissions/%2F/sh-uni", {"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
+    port = broker.port
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", port, credentials=pika.PlainCredentials("sh-uni", "pässwörd-ü")))
+    assert conn.is_open
+    conn.close()
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", port, credentials=pika.PlainCredentials("sh-uni", "wröng")))
+    api.call("DELETE", "/users/sh-uni")
