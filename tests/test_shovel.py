@@ -430,3 +430,16 @@ def test_non_ascii_passwords_still_log_in(broker: BrokerThread, api: Api) -> Non
         pika.BlockingConnection(pika.ConnectionParameters(
             "127.0.0.1", port, credentials=pika.PlainCredentials("sh-uni", "wröng")))
     api.call("DELETE", "/users/sh-uni")
+
+
+@pytest.mark.parametrize("ack_mode", ["on-confirm", "on-publish"])
+def test_numeric_delete_after_moves_that_many(broker: BrokerThread, api: Api, ack_mode: str) -> None:
+    src, dst = f"num.{ack_mode}.src", f"num.{ack_mode}.dst"
+    publish(broker.url, src, [b"%d" % i for i in range(10)])
+    value = {"src-uri": "amqp://", "src-queue": src, "src-delete-after": 4, "src-prefetch-count": 3,
+             "dest-uri": "amqp://", "dest-queue": dst, "ack-mode": ack_mode}
+    assert api.call("PUT", f"/parameters/shovel/%2F/num-{ack_mode}", {"value": value})[0] == 201
+    wait_until(lambda: api.get("/shovels") == [], what="the shovel done and gone")
+    wait_until(lambda: count(broker.url, src) == 6, what="the rest back at the source")
+    assert [b for _, b in drain(broker.url, dst)] == [b"0", b"1", b"2", b"3"]
+    assert [b for _, b in drain(broker.url, src)] == [b"%d" % i for i in range(4, 10)]
