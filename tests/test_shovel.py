@@ -130,9 +130,16 @@ def test_invalid_definitions_refused_with_rabbitmq_texts(api: Api, value: dict[s
     assert api.get("/shovels") == []
 
 
-def test_no_value(api: Api) -> None:
+def test_no_value_and_no_vhost(api: Api) -> None:
     status, body = api.call("PUT", "/parameters/shovel/%2F/probe", {})
     assert (status, body) == (400, {"error": "bad_request", "reason": "[{key_missing,value}]"})
+    value = {"src-uri": "amqp://", "src-queue": "a", "dest-uri": "amqp://"}
+    assert api.call("PUT", "/parameters/shovel/no-such-vhost/x", {"value": value}) == (
+        404, {"error": "not_found", "reason": "vhost_not_found"})
+    for path in ("/parameters/shovel/no-such-vhost", "/shovels/no-such-vhost"):
+        assert api.call("GET", path) == (404, {"error": "Object Not Found", "reason": "Not Found"})
+    assert api.call("DELETE", "/shovels/vhost/no-such-vhost/x/restart") == (
+        404, {"error": "Object Not Found", "reason": "Not Found"})
 
 
 def test_local_shovel_moves_a_queue_and_deletes_itself(broker: BrokerThread, api: Api) -> None:

@@ -93,7 +93,8 @@ class ShovelHandlers:
 
         vhost, name = ctx.args
         self._policymaker(ctx, vhost)
-        self._vhost(ctx, vhost)
+        if vhost not in self.broker.vhosts:
+            raise HttpError(404, "not_found", "vhost_not_found")  # (RabbitMQ's words for a PUT)
         body = await ctx.body()
         if "value" not in body:
             raise bad_request("[{key_missing,value}]")
