@@ -8,10 +8,11 @@ rabbitmq_federation and rabbitmq_management enabled.
     node.start()                     # the same node again, same data: durable queues come back
     node.stop()                      # always safe; the fixtures call it at teardown
 
-The fixture ``rabbit`` (import ``rabbit_fixture`` into a test module) is one node per
-module.  ``rabbitmq_node_or_skip()`` skips the test when Debian's rabbitmq-server is not installed,
+The fixture ``rabbit`` (registered in tests/conftest.py) is one node per test session.
+``rabbitmq_node_or_skip()`` skips the test when Debian's rabbitmq-server is not installed,
 except under CI=true, where that is a failure (interop/install.sh installs it there).
-A node start takes about 4-6 s on the 2-core machine: share one per module.
+A first node start took 8-26 s on the 2-core machine, a restart 11-13 s: one node per
+session, restarted only by the test that needs it.
 """
 
 from __future__ import annotations
@@ -277,10 +278,11 @@ class RabbitNode:
         self.cleanup()
 
 
-@pytest.fixture(scope="module", name="rabbit")
+@pytest.fixture(scope="session", name="rabbit")
 def rabbit_fixture() -> Iterator[RabbitNode]:
-    """One private RabbitMQ node for the test module (skipped, or failed under CI=true,
-    without rabbitmq-server); stopped and its folders removed at teardown."""
+    """One private RabbitMQ node for the test session (skipped, or failed under CI=true,
+    without rabbitmq-server); stopped and its folders removed at teardown.  Registered
+    for every test by tests/conftest.py; tests use names of their own on it."""
     rabbitmq_node_or_skip()
     node = RabbitNode()
     try:

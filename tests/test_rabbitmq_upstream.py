@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pika
 import pytest
-from rabbitmq_node import RabbitNode, rabbit_fixture  # noqa: F401  (the module fixture `rabbit`)
+from rabbitmq_node import RabbitNode
 
 from leveret.broker import Config
 from leveret.testing import BrokerThread
