@@ -6,7 +6,8 @@ naming the file, the key and the reason; :func:`apply_definitions` applies it to
 in RabbitMQ's import order: users, vhosts, permissions, topic permissions, the vhost
 limits (the "vhost-limits" parameters), global parameters (stored and exported back:
 ``cluster_name``, ``internal_cluster_id``, ...), policies (and operator policies),
-exchanges, queues, bindings.  Other parameters are skipped, with one warning per section
+exchanges, queues, bindings, and the shovels (the "shovel" parameters,
+leveret.broker.shovel).  Other parameters are skipped, with one warning per section
 when the definitions are applied (not when they are only checked).
 """
 
@@ -102,6 +103,10 @@ def check_definitions(data: Any, path: str = "definitions") -> dict[str, list[di
                     raise DefinitionsError(path, f"parameters[{value.index(p)}].value", str(exc)) from None
             out["vhost_limits"] = [{"vhost": p["vhost"], "value": p["value"]} for p in limits]
             value = [p for p in value if p not in limits]
+            # shovels (component "shovel"): checked as RabbitMQ does, started by apply
+            shovels = [p for p in value if isinstance(p, dict) and p.get("component") == "shovel"]
+            out["shovels"] = [_shovel_entry(path, value.index(p), p) for p in shovels]
+            value = [p for p in value if p not in shovels]
         if key in SKIPPED:
             if value:  # (warned about by apply_definitions: once, not at every check)
                 out.setdefault("skipped", []).append({"key": key, "count": len(value) if isinstance(value, list) else 1})
@@ -112,6 +117,18 @@ def check_definitions(data: Any, path: str = "definitions") -> dict[str, list[di
             raise DefinitionsError(path, key, "expected a list")
         out[key] = [_entry(path, key, i, e) for i, e in enumerate(value)]
     return out
+
+
+def _shovel_entry(path: str, i: int, p: dict[str, Any]) -> dict[str, Any]:
+    from leveret.broker.shovel import ShovelInvalid, validate
+
+    if not isinstance(p.get("vhost"), str) or not isinstance(p.get("name"), str):
+        raise DefinitionsError(path, f"parameters[{i}]", "expected vhost, name and value")
+    try:
+        validate(p["name"], p.get("value"))
+    except ShovelInvalid as exc:
+        raise DefinitionsError(path, f"parameters[{i}].value", str(exc).strip()) from None
+    return {"vhost": p["vhost"], "name": p["name"], "value": p["value"]}
 
 
 def _entry(path: str, section: str, i: int, e: Any) -> dict[str, Any]:
@@ -269,6 +286,9 @@ def apply_definitions(broker: Broker, defs: dict[str, list[dict[str, Any]]], pat
                          arguments=b["arguments"])
         except AMQPError as exc:
             raise DefinitionsError(path, f"bindings[{i}]", exc.reply_text) from None
+    for sh in defs.get("shovels", []):  # last, as RabbitMQ applies runtime parameters after bindings
+        broker.add_vhost(sh["vhost"])
+        broker.shovels.declare(sh["vhost"], sh["name"], sh["value"])
 
 
 def apply_access_definitions(broker: Broker, defs: dict[str, list[dict[str, Any]]], path: str = "definitions") -> None:
@@ -334,6 +354,7 @@ def export_definitions(broker: Broker, vhost: str | None = None) -> dict[str, An
     head = {"rabbit_version": "3.10.8", "rabbitmq_version": "3.10.8", "product_name": "Leveret", "product_version": broker.server_properties()["version"]}
     limits = [{"vhost": vn, "component": "vhost-limits", "name": "limits", "value": lim}
               for vn, lim in acc["vhost_limits"].items() if vn in names]
+    limits += broker.shovels.parameters(names)  # the shovels, as RabbitMQ exports them
     if vhost is not None:
         for e in (*queues, *exchanges, *bindings):
             del e["vhost"]

@@ -29,6 +29,7 @@ from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHOST_COUNTERS, VHost
 from leveret.broker.definitions import apply_access_definitions, apply_definitions, read_definitions
 from leveret.broker.listener import Listener, check_ports, open_listener
+from leveret.broker.shovel import ShovelManager
 from leveret.broker.tls import http_context, server_context
 from leveret.broker.wire.acktimeout import AckTimeout
 from leveret.broker.wire.connection import Connection
@@ -118,6 +119,7 @@ class Broker:
         self._load_mark = (0.0, 0.0)
         self._idle_samples = 0
         self.access = A.AccessControl()
+        self.shovels = ShovelManager(self)  # dynamic shovels (leveret.broker.shovel)
         self._access_loading = True  # (no per-change work while the config is applied)
         self.access.on_change = self._access_changed
         self.default_users: list[str] = []  # full permissions on every vhost (Config.users)
@@ -151,6 +153,7 @@ class Broker:
                 self.persistence = None
                 raise
         try:
+            self.shovels.load()
             if self._definitions is not None:
                 apply_definitions(self, self._definitions, self.config.load_definitions or "")
             if self.persistence is not None and self.persistence.recovered_access:
@@ -183,6 +186,7 @@ class Broker:
         if self.config.consumer_timeout and self.ack_timeout is None:
             self.ack_timeout = AckTimeout(self, self.config.consumer_timeout)
             self.ack_timeout.start()
+        self.shovels.start()
 
     def _configured_ports(self) -> list[tuple[str, str | list[str] | None, int]]:
         """(flag, hosts, port) of every listener the config asks for."""
@@ -342,6 +346,7 @@ class Broker:
 
     async def stop(self, timeout: float = 1.0) -> None:
         """Close the listener, send connection.close 320 to every client, then stop."""
+        await self.shovels.stop()
         for srv in (self.http, self.prometheus):
             if srv is not None:
                 await srv.stop()
@@ -489,6 +494,7 @@ class Broker:
         for k in GONE_STATS:
             self.stats_queue_gone[k] += v.queue_stat(k)
         self.access.forget_vhost(name)
+        self.shovels.vhost_deleted(name)
         self._save_definitions()
 
     def _save_definitions(self) -> None:

@@ -9,6 +9,10 @@
 #   - rabbitmqadmin (the v1 script of RabbitMQ 3.x, for tests/test_rabbitmqadmin.py), taken
 #     from Debian's rabbitmq-server package without installing it (apt-get download +
 #     dpkg-deb -x) into /usr/local/bin, unless one is already on PATH
+#   - Debian's rabbitmq-server (with its rabbitmq_shovel, rabbitmq_federation and
+#     rabbitmq_management plugins), for the tests that run a private RabbitMQ node next to
+#     Leveret (tests/rabbitmq_node.py); installed without starting the system service
+#     (a policy-rc.d for the time of the install): the tests start nodes of their own
 #   - npm ci in interop/clients/node (amqplib and amqp-connection-manager, pinned by
 #     package-lock.json)
 #   - the Python clients/frameworks from interop/requirements.txt, with $PYTHON (default:
@@ -32,6 +36,21 @@ elif ! command -v npm > /dev/null 2>&1; then
 fi
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  # keep the system node from starting (the tests run private nodes on ports of their own)
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 0755 "$policy"
+    own_policy=1
+  fi
+  apt-get install -y -q --no-install-recommends rabbitmq-server
+  if [ "$own_policy" -eq 1 ]; then
+    rm -f "$policy"
+  fi
+fi
 
 if ! command -v rabbitmqadmin > /dev/null 2>&1; then
   tmp=$(mktemp -d)

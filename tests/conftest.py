@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from rabbitmq_node import rabbit_fixture  # noqa: F401  (the `rabbit` fixture: a private RabbitMQ node)
 
 from leveret.broker import Broker, Config
 from leveret.testing import BrokerThread, broker_url, running_broker

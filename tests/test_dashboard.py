@@ -414,3 +414,29 @@ def test_overview_rate_cards_and_chart_legend_show_one_rate(broker: tuple[Subpro
     for s in seen:
         assert (s["ov-publish"], s["ov-deliver"], s["ov-ack"]) == (s["lg-publish"], s["lg-deliver"], s["lg-ack"]), s
     assert page.errors == []
+
+
+def test_shovels_listed_with_state_and_counts(broker: tuple[SubprocessBroker, int], page: Page) -> None:
+    from playwright.sync_api import expect
+
+    b, http = broker
+    api = Api("127.0.0.1", http)
+    conn = pika_connection(b)
+    try:
+        ch = conn.channel()
+        ch.queue_declare("dash.sh.src")
+        for i in range(7):
+            ch.basic_publish("", "dash.sh.src", f"m{i}".encode())
+        value = {"src-uri": "amqp://", "src-queue": "dash.sh.src", "dest-uri": "amqp://", "dest-queue": "dash.sh.dst"}
+        assert api.call("PUT", "/parameters/shovel/%2F/dash-shovel", {"value": value})[0] == 201
+        p = page.page
+        p.goto(page.base)
+        page.login("guest", "guest")
+        page.nav("shovels")
+        row = p.locator('#shovels-table tr[data-vhost="/"][data-shovel="dash-shovel"]')
+        expect(row.locator("td.state")).to_have_text("running")
+        expect(row.locator("td.forwarded")).to_have_text("7")
+        assert api.call("DELETE", "/parameters/shovel/%2F/dash-shovel")[0] == 204
+        expect(p.locator("#shovels-table td.empty")).to_have_text("no shovels")
+    finally:
+        conn.close()

@@ -337,11 +337,57 @@ class HeadersExchange(Exchange):
         return tuple(out)
 
 
+class FederationUpstreamExchange(FanoutExchange):
+    """``x-federation-upstream``: the exchange RabbitMQ's federation link declares on its
+    upstream (internal, bound to the federated exchange): a fanout that drops a message
+    which has made ``x-max-hops`` hops already (its ``x-received-from`` list) or came from
+    the downstream itself (an entry with the ``x-downstream-name`` cluster and the
+    ``x-downstream-vhost`` vhost), as rabbit_federation_upstream_exchange does."""
+
+    type = "x-federation-upstream"
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        hops = self.arguments.get("x-max-hops")
+        if hops is None:
+            raise AMQPError(PRECONDITION_FAILED, "Argument x-max-hops missing")
+        if isinstance(hops, bool) or not isinstance(hops, int):
+            raise AMQPError(PRECONDITION_FAILED, "Argument x-max-hops must be of type long")
+        self.max_hops = hops
+        name = self.arguments.get("x-downstream-name")
+        vhost = self.arguments.get("x-downstream-vhost")
+        self.downstream = (_text(name), _text(vhost))
+
+    def route(self, routing_key: str, msg: Any) -> list[Any] | tuple[Any, ...]:
+        if msg.has_headers:
+            hops = msg.headers.get("x-received-from")
+            if isinstance(hops, list):
+                if len(hops) >= self.max_hops:
+                    return ()
+                dname, dvhost = self.downstream
+                for hop in hops:
+                    if (
+                        isinstance(hop, dict)
+                        and _text(hop.get("cluster-name")) == dname
+                        and _text(hop.get("vhost")) == dvhost
+                        and dname is not None
+                    ):
+                        return ()
+        return self._dests
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value if isinstance(value, str) else None
+
+
 EXCHANGE_CLASSES: dict[str, type[Exchange]] = {
     "direct": DirectExchange,
     "fanout": FanoutExchange,
     "topic": TopicExchange,
     "headers": HeadersExchange,
+    "x-federation-upstream": FederationUpstreamExchange,
 }
 
 

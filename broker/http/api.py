@@ -378,6 +378,9 @@ class Api:
         self.node = f"leveret@{socket.gethostname()}"
         self.routes: list[tuple[tuple[Any, ...], dict[str, Handler]]] = []
         r = self.route
+        from leveret.broker.http.shovels import add_routes as shovel_routes
+
+        shovel_routes(self)  # /api/parameters/shovel/..., /api/shovels (before the generic routes)
         r(("overview",), GET=self.overview)
         r(("whoami",), GET=self.whoami)
         r(("nodes",), GET=self.nodes)

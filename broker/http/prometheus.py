@@ -360,7 +360,32 @@ def render(broker: Broker, per_object: bool) -> str:
                [({}, int(b.memory_alarm))])
     out.metric("rabbitmq_alarms_free_disk_space_watermark", "gauge", "1 if the disk alarm is in effect",
                [({}, int(b.disk_alarm))])
+    if b.shovels.shovels or b.shovels.forwarded:
+        shovel_metrics(out, b)
     return out.text()
+
+
+def shovel_metrics(out: Any, b: Broker) -> None:
+    """Leveret's shovels (leveret.broker.shovel): what each moved, and its state."""
+    shovels = b.shovels.list_shovels()
+
+    def lab(s: Any) -> dict[str, str]:
+        return {"vhost": s.vhost, "shovel": s.name}
+
+    out.metric("leveret_shovels", "gauge", "Dynamic shovels by state",
+               [({"state": st}, sum(1 for s in shovels if s.state == st)) for st in ("running", "starting", "terminated")])
+    out.metric("leveret_global_shovel_messages_forwarded_total", "counter",
+               "Messages shovels published to their destinations (deleted shovels included)",
+               [({}, b.shovels.forwarded)])
+    out.metric("leveret_global_shovel_messages_acknowledged_total", "counter",
+               "Messages shovels acknowledged at their sources (deleted shovels included)", [({}, b.shovels.acked)])
+    out.metric("leveret_shovel_messages_forwarded_total", "counter",
+               "Messages this shovel published to its destination", [(lab(s), s.forwarded) for s in shovels])
+    out.metric("leveret_shovel_messages_acknowledged_total", "counter",
+               "Messages this shovel acknowledged at its source (with on-confirm: once the destination confirmed them)",
+               [(lab(s), s.acked) for s in shovels])
+    out.metric("leveret_shovel_running", "gauge", "1 if the shovel is running",
+               [(lab(s), int(s.state == "running")) for s in shovels])
 
 
 def make_app(broker: Broker) -> web.Application:

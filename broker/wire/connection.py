@@ -703,6 +703,8 @@ class Connection(asyncio.Protocol):
         loopback-only user (``loopback_users``) on a connection that did not arrive on a
         loopback address (RabbitMQ looks at the local address of the socket)."""
         access = self.broker.access
+        if self.broker.shovels.trusted_login(user, password):
+            return None  # a shovel of this broker (leveret.broker.shovel)
         if access.authenticate(user, password) is None:
             return f"user '{user}' - invalid credentials"
         if not access.loopback_allowed(user, self.local_address):

@@ -784,7 +784,7 @@ def status(ctl: Ctl, args: list[str]) -> None:
 
 # ------------------------------------------------------------------ help
 
-SECTIONS = ("node", "users", "access control", "vhosts", "queues", "policies", "connections", "definitions")
+SECTIONS = ("node", "users", "access control", "vhosts", "queues", "policies", "connections", "definitions", "shovels")
 
 GLOBAL_HELP = f"""Usage:
   {PROG} [options] <command> [<command options>] [<args>]
@@ -894,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 from leveret.ctl import policies as _policies  # noqa: E402,F401  (registers the policy commands)
+from leveret.ctl import shovels as _shovels  # noqa: E402, F401  (registers the shovel commands)
 
 if __name__ == "__main__":
     sys.exit(main())

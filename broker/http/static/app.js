@@ -467,6 +467,37 @@ const views = {
     };
   },
 
+  shovels() {
+    // /api/shovels (monitoring users); the rate is worked out here from the counter
+    const holder = el("div", {id: "shovels-table"});
+    let last = null;
+    return {
+      main: el("div", {}, el("h1", {}, "Shovels"), holder),
+      async refresh() {
+        const ss = await api("/shovels");
+        const now = Date.now();
+        const before = last;
+        last = {at: now, counts: new Map(ss.map((s) => [s.vhost + "\u0000" + s.name, s.messages_forwarded]))};
+        const rate = (s) => {
+          if (!before) return null;
+          const prev = before.counts.get(s.vhost + "\u0000" + s.name);
+          const dt = (now - before.at) / 1000;
+          return typeof prev === "number" && dt > 0 ? Math.max(0, s.messages_forwarded - prev) / dt : null;
+        };
+        const ends = (s, side) => [s[side + "_queue"] || s[side + "_exchange"] || "", s[side + "_uri"] || ""]
+          .filter(Boolean).join(" @ ");
+        holder.replaceChildren(table(["Name", "Virtual host", "State", "Source", "Destination", "Forwarded#",
+                                      "Acked#", "Pending#", "Rate#"],
+          ss.map((s) => el("tr", {"data-vhost": s.vhost, "data-shovel": s.name},
+            el("td", {class: "name"}, s.name), el("td", {}, s.vhost),
+            el("td", {class: "state", title: s.reason || ""}, s.state),
+            el("td", {}, ends(s, "src")), el("td", {}, ends(s, "dest")),
+            el("td", {class: "n forwarded"}, fmtNum(s.messages_forwarded)),
+            num(s.messages_acknowledged), num(s.messages_pending), rateCell(rate(s)))), "no shovels"));
+      },
+    };
+  },
+
   connections() {
     const conns = el("div", {id: "connections-table"});
     const chans = el("div", {id: "channels-table"});
