@@ -335,6 +335,8 @@ class Broker:
         for v in self.vhosts.values():
             for q in v.queues.values():
                 q.cancel_timers()
+            for x in v.exchanges.values():
+                x.close()
         await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ output batching

@@ -278,6 +278,7 @@ class Persistence:
         self._loading = True
         try:
             data = self.meta.load()
+            known = set()
             for name in data.get("vhosts", []):
                 b.add_vhost(name)
             if "access" in data:  # users, permissions, limits (older data dirs: none)
@@ -287,9 +288,16 @@ class Persistence:
                 v = b.vhosts.get(e["vhost"])
                 if v is None or e["name"] in v.exchanges:
                     continue
-                v.declare_exchange(e["name"], e["type"], False, True, e["auto_delete"], e["internal"], decode_table(e["arguments"]))
+                try:
+                    x = v.declare_exchange(
+                        e["name"], e["type"], False, True, e["auto_delete"], e["internal"], decode_table(e["arguments"])
+                    )
+                except Exception as exc:  # (an exchange type this version does not know)
+                    log.error("cannot restore exchange %r: %s", e, exc)
+                    continue
+                if x.type == "x-delayed-message":
+                    known.add(self.delayed_key(v.name, x.name))  # (its log: the messages it holds)
             nq = nmsg = 0
-            known = set()
             for qd in data.get("queues", []):
                 v = b.vhosts.get(qd["vhost"])
                 if v is None:
@@ -333,6 +341,12 @@ class Persistence:
     @staticmethod
     def key(q: Queue) -> str:
         return f"{q.vhost.name}\x00{q.name}"
+
+    @staticmethod
+    def delayed_key(vhost: str, exchange: str) -> str:
+        """The ``MessageStore`` key of a durable delayed exchange's log (no queue key
+        starts with \x01)."""
+        return f"\x01delayed\x00{vhost}\x00{exchange}"
 
     def attach(self, q: Queue) -> None:
         """Give a new durable queue its log, recovering what it holds."""

@@ -19,8 +19,16 @@ from leveret.broker.core.arguments import (
     validate_queue_arguments,
 )
 from leveret.broker.core.deadletter import cc_keys, cycle_detected, dead_lettered_copy
+from leveret.broker.core.delayed import DelayedStore
 from leveret.broker.core.errors import AMQPError, rs
-from leveret.broker.core.exchange import EXCHANGE_CLASSES, DefaultExchange, Exchange, make_exchange
+from leveret.broker.core.exchange import (
+    EXCHANGE_CLASSES,
+    DefaultExchange,
+    DelayedExchange,
+    DelayedHold,
+    Exchange,
+    make_exchange,
+)
 from leveret.broker.core.message import Message
 from leveret.broker.core.queue import ACCEPTED, Queue
 from leveret.protocol.constants import (
@@ -122,8 +130,8 @@ class VHost:
         # (a match to an exchange that routes nowhere does not count as unroutable)
         dests = x.route(rk, msg)
         for d in dests:
-            if type(d) is Queue:
-                out[d] = None
+            if type(d) is Queue or type(d) is DelayedHold:
+                out[d] = None  # type: ignore[index]
             elif d.name not in seen:
                 self._route_into(d, rk, msg, out, seen)
         if not dests and x.alternate is not None and x.alternate not in seen:
@@ -153,7 +161,6 @@ class VHost:
             not_default(name)  # RabbitMQ 3.10 refuses a passive declare of "" too
             return self.get_exchange(name)
         if type_ not in EXCHANGE_CLASSES:
-            # x-* plugin types are not available here either
             raise AMQPError(COMMAND_INVALID, f"unknown exchange type '{type_}'")
         not_default(name)
         x = self.exchanges.get(name)
@@ -162,9 +169,12 @@ class VHost:
                 raise AMQPError(
                     ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'"
                 )
+            EXCHANGE_CLASSES[type_].validate(arguments)
             x = make_exchange(
                 type_, name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments
             )
+            if type(x) is DelayedExchange:
+                x.store = DelayedStore(self, x)  # (a durable one recovers what its log holds)
             self.exchanges[name] = x
             self.node.definitions_changed(x if durable else None)
             return x
@@ -211,6 +221,7 @@ class VHost:
 
     def _remove_exchange(self, x: Exchange) -> None:
         x.deleted = True
+        x.removed()
         self.stats_publish_gone += x.stats_publish_in
         self.exchanges.pop(x.name, None)
         x.bindings.clear()

@@ -1,0 +1,276 @@
+"""The messages an ``x-delayed-message`` exchange holds until they are due.
+
+One :class:`DelayedStore` per delayed exchange (``DelayedExchange.store``).  A message
+the exchange holds (its ``x-delay`` header, see ``exchange.delay_of``) comes in through
+``DelayedHold.publish`` -> :meth:`DelayedStore.hold`:
+
+* a *persistent* message in a *durable* exchange (with a data directory) is appended to
+  the exchange's own log (a ``storage.QueueLog`` in the node's ``MessageStore``, key
+  ``Persistence.delayed_key``), the record's time field holding its due time in ms; the
+  outcome is ``PERSISTED``, so a publisher confirm waits for the fsync.  Only
+  ``(due << 64) | position`` stays in RAM: one int in a heap (~48 bytes) plus the log's
+  5 bytes per record; the body stays on disk until the message is due.
+* any other message stays in RAM (``ram``, by a sequence number that takes the place of
+  the position, with bit 63 set) and counts in ``node.queued_bytes``: the memory alarm
+  bounds it, as it bounds queues.
+
+One timer per store, set for the earliest due time (``_schedule``): never one per
+message.  When it fires, every entry due (up to ``BATCH`` per loop iteration) leaves the
+heap in due order (publish order within a millisecond); the logged ones are read back
+with one ``pread`` per run of records (``QueueLog.read_records``), their ``x-delay``
+header becomes ``-delay`` (signedint) as the plugin writes it, and they are routed through
+the exchange again (``VHost.route``: bindings, exchange-to-exchange, alternate exchange),
+now at once.  Their records are acked once the fsync after that routing has completed
+(so a message routed into a durable queue is on disk there before it leaves this log: a
+crash in between routes it again after the restart, never loses it).
+
+Recovery (the durable exchange is declared again from the definitions) scans the log,
+takes each record's due time from its time field, and schedules the first: late ones go
+at once, in due order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from leveret.broker.core.deadletter import cc_keys
+from leveret.broker.core.exchange import delay_of
+from leveret.broker.core.message import NAMES, Message, exchange_rk
+from leveret.broker.core.queue import ACCEPTED, PERSISTED, REFUSED
+from leveret.protocol import properties as P
+from leveret.protocol.body import Body
+from leveret.storage import record
+
+if TYPE_CHECKING:
+    from leveret.broker.core.exchange import DelayedExchange
+    from leveret.broker.core.vhost import VHost
+    from leveret.storage import QueueLog
+
+log = logging.getLogger("leveret.delayed")
+
+_SLOT = (1 << 64) - 1  # the low 64 bits of a heap entry: a log position or a RAM slot
+_RAM = 1 << 63  # a RAM slot (positions stay below: segment numbers are < 2**31)
+BATCH = 4096  # entries released per loop iteration at most
+_TS = struct.Struct(">d")  # the record's time field (after its flags byte)
+
+
+def _now_ms() -> float:
+    return time.time() * 1000.0
+
+
+def delay_done(msg: Message, delay: int) -> None:
+    """Rewrite ``x-delay`` to ``-delay`` (signedint, as the plugin does; a long below
+    -2**31), every other byte of the header as it was."""
+    at = msg.props.get("_headers_at")
+    if at is None:
+        return
+    try:
+        fields = P.table_fields(msg.header, at)
+    except P.PropertyError:
+        return
+    fields[b"x-delay"] = P.signedint_value(-delay) if delay <= 1 << 31 else P.long_value(-delay)
+    msg.set_header(P.rewrite(msg.header, {P.F_HEADERS: P.table_bytes(fields)}))
+
+
+class _AckWhenSynced:
+    """Group-commit waiter: acks released records once what they were routed into is on
+    disk."""
+
+    __slots__ = ("store", "positions")
+
+    def __init__(self, store: DelayedStore, positions: list[int]) -> None:
+        self.store = store
+        self.positions = positions
+
+    def sync_started(self) -> None:
+        pass
+
+    def synced(self, ok: bool) -> None:
+        store = self.store
+        qlog = store.log
+        if store.closed or qlog is None:
+            return
+        if not ok:  # (the routed copies may not be on disk: keep ours, ask again)
+            persistence = store.node.persistence
+            if persistence is not None:
+                persistence.request_sync(self)
+            return
+        for pos in self.positions:
+            qlog.ack(pos)
+
+
+class DelayedStore:
+    """The messages one delayed exchange holds (see the module docstring)."""
+
+    def __init__(self, vhost: VHost, exchange: DelayedExchange) -> None:
+        self.vhost = vhost
+        self.node = vhost.node
+        self.exchange = exchange
+        self.heap: list[int] = []  # (due ms << 64) | slot
+        self.ram: dict[int, Message] = {}  # RAM slot -> message
+        self.count = 0  # messages held (messages_delayed)
+        self.ram_bytes = 0  # bodies held in RAM (also in node.queued_bytes)
+        self.closed = False
+        self._seq = 0
+        self._timer: Any = None
+        self._timer_due = 0.0  # what the timer is set for (ms), 0: no timer
+        self.log: QueueLog | None = None
+        self.key: str | None = None
+        persistence = self.node.persistence
+        if exchange.durable and persistence is not None:
+            self.key = persistence.delayed_key(vhost.name, exchange.name)
+            self.log = persistence.store.open_queue(self.key)
+            self._recover()
+
+    def _recover(self) -> None:
+        assert self.log is not None
+        heap = self.heap
+        unpack = _TS.unpack_from
+
+        def on_record(pos: int, payload: memoryview) -> None:
+            heap.append((int(unpack(payload, 1)[0]) << 64) | pos)
+
+        self.log.recover(on_record)
+        heapq.heapify(heap)
+        self.count = len(heap)
+        if heap:
+            log.info("delayed exchange %r in vhost %r: %d messages recovered", self.exchange.name, self.vhost.name, len(heap))
+            self._schedule(heap[0] >> 64)
+
+    # ------------------------------------------------------------------ holding
+
+    def hold(self, msg: Message) -> int:
+        """Keep ``msg`` until its delay is over; the :class:`Enqueued` outcome."""
+        if self.closed:
+            return ACCEPTED
+        due = int(_now_ms()) + delay_of(msg.headers)
+        qlog = self.log
+        if qlog is not None and msg.persistent:
+            body = msg.body
+            if body.__class__ is Body:
+                payload = record.encode_parts(0, float(due), msg.ex_rk, msg.header, body)  # type: ignore[arg-type]
+            else:
+                payload = record.encode(0, float(due), msg.ex_rk, msg.header, body)  # type: ignore[arg-type]
+            try:
+                slot = qlog.append(payload)
+            except OSError as exc:
+                self.node.disk_error(exc)
+                return REFUSED
+            outcome = PERSISTED
+        else:
+            self._seq += 1
+            slot = _RAM | self._seq
+            self.ram[slot] = msg
+            size = msg.size
+            self.ram_bytes += size
+            self.node.queued_bytes += size
+            outcome = ACCEPTED
+        heapq.heappush(self.heap, (due << 64) | slot)
+        self.count += 1
+        if not self._timer_due or due < self._timer_due:
+            self._schedule(due)
+        return outcome
+
+    def _schedule(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = self.node.loop.call_later(max(0.0, (due - _now_ms()) / 1000.0), self._fire)
+
+    # ------------------------------------------------------------------ releasing
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_due = 0.0
+        if self.closed:
+            return
+        now = _now_ms() + 0.5
+        heap = self.heap
+        batch = []
+        pop = heapq.heappop
+        while heap and heap[0] >> 64 <= now and len(batch) < BATCH:
+            batch.append(pop(heap))
+        if batch:
+            try:
+                self._release(batch)
+            finally:
+                if heap:
+                    self._schedule(0 if len(batch) >= BATCH else heap[0] >> 64)
+                self.node.flush_all()
+        elif heap:
+            self._schedule(heap[0] >> 64)
+
+    def _release(self, batch: list[int]) -> None:
+        """Route the entries of ``batch`` (in due order) through the exchange."""
+        positions = sorted(k & _SLOT for k in batch if not k & _RAM)
+        records: dict[int, Any] = {}
+        if positions:
+            assert self.log is not None
+            records = dict(zip(positions, self.log.read_records(positions), strict=True))
+        self.count -= len(batch)
+        for k in batch:
+            slot = k & _SLOT
+            if slot & _RAM:
+                msg = self.ram.pop(slot)
+                self.ram_bytes -= msg.size
+                self.node.queued_bytes -= msg.size
+            else:
+                rec = records[slot]
+                if isinstance(rec, Exception):
+                    log.error("delayed exchange %r: cannot read a held message back: %s", self.exchange.name, rec)
+                    continue
+                _, _, ex_rk, header, body = rec
+                names = NAMES.get(ex_rk) or exchange_rk(ex_rk)
+                msg = Message(ex_rk, names[0], names[1], header, body)
+            try:
+                self._route(msg)
+            except Exception:  # (one bad message must not stop the others)
+                log.exception("delayed exchange %r: routing a due message failed", self.exchange.name)
+        if positions:
+            persistence = self.node.persistence
+            if persistence is not None and self.log is not None:
+                persistence.request_sync(_AckWhenSynced(self, positions))
+
+    def _route(self, msg: Message) -> None:
+        x = self.exchange
+        vhost = self.vhost
+        headers = msg.headers if msg.has_headers else {}
+        delay = delay_of(headers)
+        if delay:
+            delay_done(msg, delay)
+        extra = cc_keys(headers, "CC") if "CC" in headers else []
+        if msg.bcc:
+            extra += msg.bcc
+        if extra:
+            queues: Any = vhost.route_keys(x, (msg.routing_key, *extra), msg)
+        else:
+            queues = vhost.route(x, msg.routing_key, msg)
+        if queues:
+            vhost.enqueue(queues, msg)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self, delete: bool = False) -> None:
+        """Stop the timer and let go of the RAM messages; ``delete`` (the exchange was
+        deleted): the log goes too."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_due = 0.0
+        if self.closed:
+            return
+        self.closed = True
+        self.node.queued_bytes -= self.ram_bytes
+        self.ram_bytes = 0
+        self.ram.clear()
+        if delete:
+            self.heap = []
+            self.count = 0
+            persistence = self.node.persistence
+            if self.key is not None and persistence is not None:
+                persistence.store.delete_queue(self.key)
+            self.log = None
