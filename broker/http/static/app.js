@@ -502,7 +502,8 @@ const views = {
           el("td", {}, el("a", {href: "#/exchange/" + enc(x.vhost) + "/" + enc(seg(x.name))}, x.name || "(AMQP default)")),
           el("td", {}, x.vhost), el("td", {}, x.type),
           el("td", {}, [x.durable ? "durable" : "transient", x.auto_delete ? "auto-delete" : "",
-                        x.internal ? "internal" : ""].filter(Boolean).join(", ")))), "no exchanges"));
+                        x.internal ? "internal" : "",
+                        x.messages_delayed !== undefined ? x.messages_delayed + " delayed" : ""].filter(Boolean).join(", ")))), "no exchanges"));
         if (selected) {
           const bs = await api("/exchanges/" + enc(vhost) + "/" + enc(seg(name)) + "/bindings/source");
           bindings.replaceChildren(table(["To", "Type", "Routing key", "Arguments"], bs.map((b) => el("tr", {},
