@@ -212,6 +212,7 @@ class DelayedStore:
             assert self.log is not None
             records = dict(zip(positions, self.log.read_records(positions), strict=True))
         self.count -= len(batch)
+        persisted = 0
         for k in batch:
             slot = k & _SLOT
             if slot & _RAM:
@@ -227,15 +228,21 @@ class DelayedStore:
                 names = NAMES.get(ex_rk) or exchange_rk(ex_rk)
                 msg = Message(ex_rk, names[0], names[1], header, body)
             try:
-                self._route(msg)
+                persisted |= self._route(msg)
             except Exception:  # (one bad message must not stop the others)
                 log.exception("delayed exchange %r: routing a due message failed", self.exchange.name)
         if positions:
             persistence = self.node.persistence
-            if persistence is not None and self.log is not None:
+            if persisted and persistence is not None:
+                # (a copy went to a queue's log: ours go once that is on disk)
                 persistence.request_sync(_AckWhenSynced(self, positions))
+            else:
+                # nothing of them needs the disk now (the acks are fsynced by the next
+                # periodic sync; a crash before that routes them again)
+                _AckWhenSynced(self, positions).synced(True)
 
-    def _route(self, msg: Message) -> None:
+    def _route(self, msg: Message) -> int:
+        """Route a due message; PERSISTED if a queue wrote it to its log."""
         x = self.exchange
         vhost = self.vhost
         headers = msg.headers if msg.has_headers else {}
@@ -249,8 +256,7 @@ class DelayedStore:
             queues: Any = vhost.route_keys(x, (msg.routing_key, *extra), msg)
         else:
             queues = vhost.route(x, msg.routing_key, msg)
-        if queues:
-            vhost.enqueue(queues, msg)
+        return vhost.enqueue(queues, msg) & PERSISTED if queues else 0
 
     # ------------------------------------------------------------------ lifecycle
 
