@@ -55,6 +55,7 @@ log = logging.getLogger("leveret.delayed")
 _SLOT = (1 << 64) - 1  # the low 64 bits of a heap entry: a log position or a RAM slot
 _RAM = 1 << 63  # a RAM slot (positions stay below: segment numbers are < 2**31)
 BATCH = 4096  # entries released per loop iteration at most
+_NEAR = 1 << 16  # records closer than this in the log are read back in one pread
 _TS = struct.Struct(">d")  # the record's time field (after its flags byte)
 
 
@@ -210,7 +211,15 @@ class DelayedStore:
         records: dict[int, Any] = {}
         if positions:
             assert self.log is not None
-            records = dict(zip(positions, self.log.read_records(positions), strict=True))
+            read = self.log.read_records
+            # records due together are scattered over the log: read runs of near ones
+            # with one pread each, not the gaps between far ones
+            start = 0
+            for i in range(1, len(positions) + 1):
+                if i == len(positions) or positions[i] - positions[i - 1] > _NEAR:
+                    run = positions[start:i]
+                    records.update(zip(run, read(run), strict=True))
+                    start = i
         self.count -= len(batch)
         persisted = 0
         for k in batch:

@@ -97,7 +97,7 @@ class VHost:
         dests = exchange.route(routing_key, msg)
         if dests:
             for d in dests:
-                if type(d) is not Queue:
+                if type(d) is not Queue and type(d) is not DelayedHold:
                     break
             else:
                 return dests
