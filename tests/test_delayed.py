@@ -295,9 +295,9 @@ def test_kill_9_keeps_confirmed_delayed_messages_and_delivers_them_on_time(tmp_p
         for body, at, headers in got:
             assert at >= due[body] - 0.005, f"{body!r} came early"
             if body.startswith(b"late"):
-                assert at - restarted < 1.0, f"{body!r} was not routed at once after the restart"
+                assert at - restarted < 1.5, f"{body!r} was not routed at once after the restart"
             else:
-                assert at - due[body] < 0.3, f"{body!r} came {at - due[body]:.3f} s late"
+                assert at - due[body] < 0.5, f"{body!r} came {at - due[body]:.3f} s late"
             assert headers["x-delay"] < 0
         c.close()
         # routed and acked: nothing comes back after another restart

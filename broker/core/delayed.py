@@ -1,8 +1,10 @@
 """The messages an ``x-delayed-message`` exchange holds until they are due.
 
 One :class:`DelayedStore` per delayed exchange (``DelayedExchange.store``).  A message
-the exchange holds (its ``x-delay`` header, see ``exchange.delay_of``) comes in through
-``DelayedHold.publish`` -> :meth:`DelayedStore.hold`:
+the exchange holds (its ``x-delay`` header, see ``exchange.message_delay``) comes in
+through ``DelayedHold.publish`` -> :meth:`DelayedStore.hold`, which rewrites its
+``x-delay`` to ``-delay`` (signedint, as the plugin writes it on routing) right away, so
+that releasing it needs no look at its headers:
 
 * a *persistent* message in a *durable* exchange (with a data directory) is appended to
   the exchange's own log (a ``storage.QueueLog`` in the node's ``MessageStore``, key
@@ -17,10 +19,9 @@ the exchange holds (its ``x-delay`` header, see ``exchange.delay_of``) comes in 
 One timer per store, set for the earliest due time (``_schedule``): never one per
 message.  When it fires, every entry due (up to ``BATCH`` per loop iteration) leaves the
 heap in due order (publish order within a millisecond); the logged ones are read back
-with one ``pread`` per run of records (``QueueLog.read_records``), their ``x-delay``
-header becomes ``-delay`` (signedint) as the plugin writes it, and they are routed through
-the exchange again (``VHost.route``: bindings, exchange-to-exchange, alternate exchange),
-now at once.  Their records are acked once the fsync after that routing has completed
+with one ``pread`` per run of near records (``QueueLog.read_records``), and they are
+routed as the exchange's ``x-delayed-type`` (``VHost.route`` from its inner exchange: the
+same bindings, exchange-to-exchange bindings and alternate exchange).  Their records are acked once the fsync after that routing has completed
 (so a message routed into a durable queue is on disk there before it leaves this log: a
 crash in between routes it again after the restart, never loses it).
 
@@ -38,7 +39,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from leveret.broker.core.deadletter import cc_keys
-from leveret.broker.core.exchange import delay_of
 from leveret.broker.core.message import NAMES, Message, exchange_rk
 from leveret.broker.core.queue import ACCEPTED, PERSISTED, REFUSED
 from leveret.protocol import properties as P
@@ -63,18 +63,12 @@ def _now_ms() -> float:
     return time.time() * 1000.0
 
 
-def delay_done(msg: Message, delay: int) -> None:
-    """Rewrite ``x-delay`` to ``-delay`` (signedint, as the plugin does; a long below
-    -2**31), every other byte of the header as it was."""
-    at = msg.props.get("_headers_at")
-    if at is None:
-        return
-    try:
-        fields = P.table_fields(msg.header, at)
-    except P.PropertyError:
-        return
+def released_header(header: bytes, fields: dict[bytes, bytes], delay: int) -> bytes:
+    """The content header with ``x-delay`` rewritten to ``-delay`` (signedint, as the
+    plugin does; a long below -2**31), every other byte as it was.  Done when the message
+    is taken, so releasing it needs no look at its headers."""
     fields[b"x-delay"] = P.signedint_value(-delay) if delay <= 1 << 31 else P.long_value(-delay)
-    msg.set_header(P.rewrite(msg.header, {P.F_HEADERS: P.table_bytes(fields)}))
+    return P.rewrite(header, {P.F_HEADERS: P.table_bytes(fields)})
 
 
 class _AckWhenSynced:
@@ -144,18 +138,20 @@ class DelayedStore:
 
     # ------------------------------------------------------------------ holding
 
-    def hold(self, msg: Message) -> int:
-        """Keep ``msg`` until its delay is over; the :class:`Enqueued` outcome."""
+    def hold(self, msg: Message, delay: int, fields: dict[bytes, bytes]) -> int:
+        """Keep ``msg`` for ``delay`` ms (``fields``: its raw header table, see
+        ``exchange.message_delay``); the :class:`Enqueued` outcome."""
         if self.closed:
             return ACCEPTED
-        due = int(_now_ms()) + delay_of(msg.headers)
+        due = int(_now_ms()) + delay
+        header = released_header(msg.header, fields, delay)
         qlog = self.log
         if qlog is not None and msg.persistent:
             body = msg.body
             if body.__class__ is Body:
-                payload = record.encode_parts(0, float(due), msg.ex_rk, msg.header, body)  # type: ignore[arg-type]
+                payload = record.encode_parts(0, float(due), msg.ex_rk, header, body)  # type: ignore[arg-type]
             else:
-                payload = record.encode(0, float(due), msg.ex_rk, msg.header, body)  # type: ignore[arg-type]
+                payload = record.encode(0, float(due), msg.ex_rk, header, body)  # type: ignore[arg-type]
             try:
                 slot = qlog.append(payload)
             except OSError as exc:
@@ -165,7 +161,9 @@ class DelayedStore:
         else:
             self._seq += 1
             slot = _RAM | self._seq
-            self.ram[slot] = msg
+            held = Message(msg.ex_rk, msg.exchange, msg.routing_key, header, msg.body)  # (msg may be in queues too)
+            held.bcc = msg.bcc
+            self.ram[slot] = held
             size = msg.size
             self.ram_bytes += size
             self.node.queued_bytes += size
@@ -251,14 +249,13 @@ class DelayedStore:
                 _AckWhenSynced(self, positions).synced(True)
 
     def _route(self, msg: Message) -> int:
-        """Route a due message; PERSISTED if a queue wrote it to its log."""
-        x = self.exchange
+        """Route a due message (its header already says ``-delay``) as the exchange's
+        ``x-delayed-type``, through its inner exchange: the same bindings, exchange
+        bindings and alternate exchange, without the delay check; PERSISTED if a queue
+        wrote it to its log."""
+        x = self.exchange.inner
         vhost = self.vhost
-        headers = msg.headers if msg.has_headers else {}
-        delay = delay_of(headers)
-        if delay:
-            delay_done(msg, delay)
-        extra = cc_keys(headers, "CC") if "CC" in headers else []
+        extra = cc_keys(msg.headers, "CC") if b"\x02CC" in msg.header else []
         if msg.bcc:
             extra += msg.bcc
         if extra:

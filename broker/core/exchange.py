@@ -492,7 +492,11 @@ def delay_of(headers: dict[str, Any]) -> int:
     """The delay a message's ``x-delay`` header asks for, in ms, as the plugin reads it:
     an integer, a string holding one, a float or decimal truncated; 0 (route at once) for
     anything else, for 0 or less, and above :data:`DELAY_MAX`."""
-    value = headers.get("x-delay")
+    return delay_value(headers.get("x-delay"))
+
+
+def delay_value(value: Any) -> int:
+    """:func:`delay_of` of one ``x-delay`` value."""
     if value is None or isinstance(value, bool):
         return 0
     if isinstance(value, int):
@@ -508,6 +512,22 @@ def delay_of(headers: dict[str, Any]) -> int:
             return 0
         delay = int(text)
     return delay if 0 < delay <= DELAY_MAX else 0
+
+
+def message_delay(msg: Any) -> tuple[int, dict[bytes, bytes] | None]:
+    """``(delay, raw header fields)`` of a message with headers: its ``x-delay``
+    (:func:`delay_value`), read from the raw table without decoding the other fields."""
+    at = msg.props.get("_headers_at")
+    if at is None:
+        return 0, None
+    try:
+        fields = P.table_fields(msg.header, at)
+        raw = fields.get(b"x-delay")
+        if raw is None:
+            return 0, None
+        return delay_value(P.field_value(raw)), fields
+    except P.PropertyError:
+        return 0, None
 
 
 def delayed_type(arguments: Args) -> str:
@@ -529,14 +549,18 @@ class DelayedHold:
     routes it again when it is due.  Looks enough like a queue for ``VHost.enqueue``,
     ``Channel._route`` and dead lettering."""
 
-    __slots__ = ("exchange",)
+    __slots__ = ("exchange", "delay", "fields")
     name = None  # (never the name of a queue a message died in)
 
     def __init__(self, exchange: DelayedExchange) -> None:
         self.exchange = exchange
+        # what DelayedExchange.route read of the message it answered with this hold for
+        # (route and publish follow each other for one message, with no other between)
+        self.delay = 0
+        self.fields: dict[bytes, bytes] = {}
 
     def publish(self, msg: Any) -> int:
-        return self.exchange.store.hold(msg)
+        return self.exchange.store.hold(msg, self.delay, self.fields)
 
 
 class DelayedExchange(Exchange):
@@ -568,8 +592,13 @@ class DelayedExchange(Exchange):
         self.inner._add(dest, routing_key, args)
 
     def route(self, routing_key: str, msg: Any) -> list[Any] | tuple[Any, ...]:
-        if msg.header[P.FLAGS_HI] & P.HI_HEADERS and delay_of(msg.headers):
-            return self._held
+        if msg.header[P.FLAGS_HI] & P.HI_HEADERS:
+            delay, fields = message_delay(msg)
+            if delay:
+                hold = self._held[0]
+                hold.delay = delay
+                hold.fields = fields  # type: ignore[assignment]
+                return self._held
         return self.inner.route(routing_key, msg)
 
     def removed(self) -> None:
