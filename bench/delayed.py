@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log = Path(data_dir + ".log")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "leveret", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data_dir,
-           "--log-level", "warning", "--http-port", "0", "--prometheus-port", "0"]
+           "--log-level", "warning", "--http-port", "0", "--prometheus-port", "0",
+           "--segment-size", str(args.segment_size)]
     with log.open("wb") as f:
         broker = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
     try:
@@ -191,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ch.queue_bind(q, "delayed-bench", f"k{i}")
         conn.close()
         idle_rss = proc_status(broker.pid, "VmRSS")
+        load_before = os.getloadavg()[0]
 
         ready, results = mp.Event(), mp.Queue()
         hold = args.hold if args.hold is not None else args.n / args.expected_rate + 5
@@ -266,6 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sock.close()
         return {
             "messages": args.n,
+            "load_average_1m_at_start": load_before,
             "queues": args.queues,
             "body_bytes": args.size,
             "spread_s": args.spread,
@@ -282,6 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "lateness_ms_p99": round(percentile(late, 0.99), 1),
             "lateness_ms_max": round(max(late), 1) if late else None,
             "early": sum(1 for v in late if v < -1),
+            "load_average_1m_at_end": os.getloadavg()[0],
         }
     finally:
         broker.terminate()
@@ -303,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expected-rate", type=float, default=8000.0, help="publish rate assumed for --hold's default")
     p.add_argument("--size", type=int, default=1024, help="body bytes (default 1024; at least 8)")
     p.add_argument("--window", type=int, default=300, help="unconfirmed publishes at most (default 300)")
+    p.add_argument("--segment-size", type=int, default=8 << 20, help="the broker's log segment size (default 8 MiB)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)

@@ -55,6 +55,7 @@ log = logging.getLogger("leveret.delayed")
 _SLOT = (1 << 64) - 1  # the low 64 bits of a heap entry: a log position or a RAM slot
 _RAM = 1 << 63  # a RAM slot (positions stay below: segment numbers are < 2**31)
 BATCH = 4096  # entries released per loop iteration at most
+MAX_FDS = 512  # read fds and ack-file fds the log keeps open, each (4 GiB of 8 MiB segments)
 _NEAR = 1 << 16  # records closer than this in the log are read back in one pread
 _TS = struct.Struct(">d")  # the record's time field (after its flags byte)
 
@@ -119,6 +120,9 @@ class DelayedStore:
         if exchange.durable and persistence is not None:
             self.key = persistence.delayed_key(vhost.name, exchange.name)
             self.log = persistence.store.open_queue(self.key)
+            # due messages are read back, and acked, all over the log: keep its segments'
+            # files open rather than open and close (and fsync) one per read or ack
+            self.log.max_fds = MAX_FDS
             self._recover()
 
     def _recover(self) -> None:
