@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import struct
 import time
 from typing import TYPE_CHECKING, Any
@@ -147,7 +148,7 @@ class DelayedStore:
         ``exchange.message_delay``); the :class:`Enqueued` outcome."""
         if self.closed:
             return ACCEPTED
-        due = int(_now_ms()) + delay
+        due = math.ceil(_now_ms()) + delay  # (never before delay ms have passed)
         header = released_header(msg.header, fields, delay)
         qlog = self.log
         if qlog is not None and msg.persistent:
@@ -191,7 +192,7 @@ class DelayedStore:
         self._timer_due = 0.0
         if self.closed:
             return
-        now = _now_ms() + 0.5
+        now = _now_ms()
         heap = self.heap
         batch = []
         pop = heapq.heappop
