@@ -218,6 +218,27 @@ def test_transient_held_messages_count_for_the_memory_alarm(broker: BrokerThread
     assert b.queued_bytes == base
 
 
+def test_deleting_the_vhost_drops_what_its_delayed_exchanges_hold(broker: BrokerThread, api: Api) -> None:
+    b = broker.broker
+    assert b is not None
+    base = b.queued_bytes
+    assert api.call("PUT", "/vhosts/dv")[0] in (201, 204)
+    assert api.call("PUT", "/permissions/dv/guest", {"configure": ".*", "write": ".*", "read": ".*"})[0] in (201, 204)
+    c = pika.BlockingConnection(pika.URLParameters(broker.url_for("dv")))
+    ch = c.channel()
+    ch.exchange_declare("dx", "x-delayed-message", arguments=DIRECT)
+    ch.queue_declare("q")
+    ch.queue_bind("q", "dx", "k")
+    for _ in range(5):
+        ch.basic_publish("dx", "k", b"x" * 1000, delayed(300))
+    ch.queue_declare("q", passive=True)  # (a round trip: the publishes are in)
+    assert b.queued_bytes - base >= 5000
+    assert api.call("DELETE", "/vhosts/dv")[0] == 204
+    assert b.queued_bytes == base  # what the exchange held is gone with it
+    time.sleep(0.5)  # and its timer does not fire into a deleted vhost
+    assert b.queued_bytes == base
+
+
 # ---------------------------------------------------------------- visible
 
 
