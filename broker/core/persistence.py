@@ -288,15 +288,14 @@ class Persistence:
                 v = b.vhosts.get(e["vhost"])
                 if v is None or e["name"] in v.exchanges:
                     continue
+                if e["type"] == "x-delayed-message":
+                    known.add(self.delayed_key(v.name, e["name"]))  # (its log: the messages it holds)
                 try:
-                    x = v.declare_exchange(
+                    v.declare_exchange(
                         e["name"], e["type"], False, True, e["auto_delete"], e["internal"], decode_table(e["arguments"])
                     )
-                except Exception as exc:  # (an exchange type this version does not know)
+                except Exception as exc:  # (a type or arguments this version refuses: the rest still starts)
                     log.error("cannot restore exchange %r: %s", e, exc)
-                    continue
-                if x.type == "x-delayed-message":
-                    known.add(self.delayed_key(v.name, x.name))  # (its log: the messages it holds)
             nq = nmsg = 0
             for qd in data.get("queues", []):
                 v = b.vhosts.get(qd["vhost"])
