@@ -14,7 +14,9 @@ exchange, due over ``--spread`` seconds, then routed to ``--queues`` queues.
   the time left until then, so all N are held at once when publishing ends (``--hold``
   defaults to an estimate of the publishing time plus 5 s; the run says so if publishing
   took longer).  Publish rate = N / time to the last confirm.
-* The broker's RSS is sampled every 0.2 s; peak is its VmHWM.
+* The broker's RSS is sampled every 0.5 s, and the messages waiting in the queues (the
+  management API): lateness that comes with a backlog there is the consumer's, not the
+  exchange's; peak RSS is the broker's VmHWM.
 
     python bench/delayed.py -n 100000
     python bench/delayed.py -n 1000000 --queues 10
@@ -23,6 +25,7 @@ exchange, due over ``--spread`` seconds, then routed to ``--queues`` queues.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import multiprocessing as mp
 import os
@@ -35,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -166,10 +170,11 @@ def percentile(values: list[float], q: float) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = tempfile.mkdtemp(prefix="leveret-delayed-bench-")
     port = free_port()
+    http_port = free_port()
     log = Path(data_dir + ".log")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "leveret", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data_dir,
-           "--log-level", "warning", "--http-port", "0", "--prometheus-port", "0",
+           "--log-level", "warning", "--http-port", str(http_port), "--prometheus-port", "0",
            "--segment-size", str(args.segment_size)]
     with log.open("wb") as f:
         broker = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -202,14 +207,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ready.wait(10)
 
         samples: list[tuple[float, float]] = []
+        backlog = [0, 0]  # the most messages seen waiting in the queues (management API), samples
         stop = threading.Event()
+        auth = "Basic " + base64.b64encode(b"guest:guest").decode()
 
         def sample() -> None:
             while not stop.is_set():
                 rss = proc_status(broker.pid, "VmRSS")
                 if rss is not None:
                     samples.append((time.monotonic(), rss))
-                stop.wait(0.2)
+                try:
+                    req = urllib.request.Request(f"http://127.0.0.1:{http_port}/api/queues", headers={"Authorization": auth})
+                    with urllib.request.urlopen(req, timeout=5) as r:
+                        backlog[0] = max(backlog[0], sum(q.get("messages", 0) for q in json.loads(r.read())))
+                    backlog[1] += 1
+                except OSError:
+                    pass
+                stop.wait(0.5)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -285,6 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "lateness_ms_p99": round(percentile(late, 0.99), 1),
             "lateness_ms_max": round(max(late), 1) if late else None,
             "early": sum(1 for v in late if v < -1),
+            "most_waiting_in_queues": f"{backlog[0]} ({backlog[1]} samples)",
             "load_average_1m_at_end": os.getloadavg()[0],
         }
     finally:
