@@ -200,6 +200,22 @@ def test_due_messages_follow_exchange_bindings_and_the_alternate_exchange(conn: 
     assert [b for b, _, _ in collect(ch, "unrouted", 1)] == [b"ae"]
 
 
+def test_cc_and_bcc_keys_route_the_due_message_and_transactions_hold_it(conn: pika.BlockingConnection) -> None:
+    ch = conn.channel()
+    ch.exchange_declare("dx", "x-delayed-message", arguments=DIRECT)
+    for q in ("main", "copy", "blind"):
+        ch.queue_declare(q)
+        ch.queue_bind(q, "dx", q)
+    ch.tx_select()
+    ch.basic_publish("dx", "main", b"m", pika.BasicProperties(headers={"x-delay": 200, "CC": ["copy"], "BCC": ["blind"]}))
+    ch.tx_commit()
+    time.sleep(0.1)
+    assert all(ch.basic_get(q)[0] is None for q in ("main", "copy", "blind"))
+    for q in ("main", "copy", "blind"):
+        [(body, _, headers)] = collect(ch, q, 1)
+        assert body == b"m" and headers["x-delay"] == -200 and "BCC" not in headers and headers["CC"] == ["copy"]
+
+
 def test_transient_held_messages_count_for_the_memory_alarm(broker: BrokerThread, conn: pika.BlockingConnection) -> None:
     b = broker.broker
     assert b is not None
@@ -355,6 +371,39 @@ def test_deleting_a_durable_delayed_exchange_drops_its_messages(tmp_path: Path) 
         c = pika.BlockingConnection(pika.URLParameters(b.url))
         assert c.channel().queue_declare("dq", durable=True, passive=True).method.message_count == 0
         c.close()
+    finally:
+        b.stop()
+
+
+def test_a_durable_consistent_hash_exchange_keeps_its_ring_across_a_restart(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    b = start(data)
+    try:
+        def placement(url: str) -> dict[bytes, str]:
+            c = pika.BlockingConnection(pika.URLParameters(url))
+            ch = c.channel()
+            for i in range(300):
+                ch.basic_publish("hx", f"key-{i}", b"%d" % i)
+            ch.queue_declare("h3", durable=True, passive=True)  # (a round trip)
+            out = {}
+            for q in ("h1", "h2", "h3"):
+                while (m := ch.basic_get(q, auto_ack=True))[0] is not None:
+                    out[m[2]] = q
+            c.close()
+            return out
+
+        c = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = c.channel()
+        ch.exchange_declare("hx", "x-consistent-hash", durable=True)
+        for q, w in (("h1", "1"), ("h2", "2"), ("h3", "1")):
+            ch.queue_declare(q, durable=True)
+            ch.queue_bind(q, "hx", w)
+        c.close()
+        before = placement(b.url)
+        assert len(before) == 300 and len(set(before.values())) == 3
+        assert b.stop() == 0
+        b = start(data, b.port)
+        assert placement(b.url) == before
     finally:
         b.stop()
 
