@@ -114,7 +114,7 @@ class DelayedStore:
         self.closed = False
         self._seq = 0
         self._timer: Any = None
-        self._timer_due = 0.0  # what the timer is set for (ms), 0: no timer
+        self._timer_due: float | None = None  # what the timer is set for (ms; 0: at once)
         self.log: QueueLog | None = None
         self.key: str | None = None
         persistence = self.node.persistence
@@ -175,7 +175,7 @@ class DelayedStore:
             outcome = ACCEPTED
         heapq.heappush(self.heap, (due << 64) | slot)
         self.count += 1
-        if not self._timer_due or due < self._timer_due:
+        if self._timer_due is None or due < self._timer_due:
             self._schedule(due)
         return outcome
 
@@ -189,7 +189,7 @@ class DelayedStore:
 
     def _fire(self) -> None:
         self._timer = None
-        self._timer_due = 0.0
+        self._timer_due = None
         if self.closed:
             return
         now = _now_ms()
@@ -277,7 +277,7 @@ class DelayedStore:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._timer_due = 0.0
+        self._timer_due = None
         if self.closed:
             return
         self.closed = True
