@@ -431,3 +431,26 @@ def test_kombu_publishes_through_a_delayed_exchange(broker: BrokerThread) -> Non
                     pass
     assert got and got[0][0] == {"job": 1}
     assert 0.3 <= got[0][1] - t0 < 0.8
+
+
+def test_celery_task_through_a_delayed_exchange_runs_on_a_worker_after_its_delay(broker: BrokerThread) -> None:
+    """Celery: a task queue bound to a delayed exchange, ``apply_async`` with an ``x-delay``
+    header, a real worker: the task runs once the delay is over."""
+    import celery
+    from celery.contrib.testing.worker import start_worker
+    from kombu import Exchange, Queue
+
+    app = celery.Celery("delayed-tests", broker=broker.url, backend="rpc://")
+    later = Exchange("celery-later", type="x-delayed-message", arguments={"x-delayed-type": "direct"})
+    app.conf.task_queues = [Queue("celery-later", later, routing_key="later")]
+    app.conf.task_default_queue = "celery-later"
+
+    @app.task(name="tests.stamp")
+    def stamp() -> float:
+        return time.time()
+
+    with start_worker(app, perform_ping_check=False, pool="threads", concurrency=1, shutdown_timeout=30):
+        t0 = time.time()
+        result = stamp.apply_async(exchange="celery-later", routing_key="later", headers={"x-delay": 1000})
+        ran_at = result.get(timeout=10)
+    assert 1.0 <= ran_at - t0 < 3.0
