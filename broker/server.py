@@ -367,6 +367,8 @@ class Broker:
         for v in self.vhosts.values():
             for q in v.queues.values():
                 q.cancel_timers()
+            for x in v.exchanges.values():
+                x.close()
         await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ output batching
@@ -486,6 +488,8 @@ class Broker:
                 c.close_forced(320, f"vhost '{name}' is deleted")
         for q in list(v.queues.values()):
             v.delete_queue(q)
+        for x in v.exchanges.values():
+            x.removed()  # (a delayed exchange's timer and log)
         for k in VHOST_COUNTERS:
             self.stats_deleted_vhosts[k] += getattr(v, "stats_" + k)
         self.stats_published_gone += v.stats_published

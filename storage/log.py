@@ -151,6 +151,9 @@ class QueueLog:
         self._rfds: dict[int, _Segment] = {}  # read-only fds of inactive segments
         self._afds: dict[int, _Segment] = {}  # open ack-file fds
         self._ack_pending: dict[int, _Segment] = {}  # segments with unflushed acks
+        # fds kept open of each kind: a queue reads and acks near its head, a delayed
+        # exchange's log all over (it raises this)
+        self.max_fds = _MAX_FDS
         # what the next sync job must cover
         self._msgs_dirty = False  # active segment written since the last sync_job
         self._sync_fds: list[int] = []  # dirty fds already closed by us, owned by next job
@@ -387,7 +390,7 @@ class QueueLog:
             del pending[seg.n]
 
     def _open_acks(self, seg: _Segment) -> None:
-        if len(self._afds) >= _MAX_FDS:
+        if len(self._afds) >= self.max_fds:
             victim = next(iter(self._afds.values()))
             del self._afds[victim.n]
             fd, victim.afd = victim.afd, None
@@ -416,7 +419,7 @@ class QueueLog:
 
     def _read_fd(self, seg: _Segment) -> int:
         if seg.fd is None:
-            if len(self._rfds) >= _MAX_FDS:
+            if len(self._rfds) >= self.max_fds:
                 self._release_fd(next(iter(self._rfds.values())))
             seg.fd = os.open(os.path.join(self.path, _name("msgs", seg.n, seg.gen)),
                              os.O_RDONLY)

@@ -262,10 +262,16 @@ def test_dashboard_end_to_end(broker: tuple[SubprocessBroker, int], page: Page, 
         expect(conns.first).to_contain_text("guest")
         expect(p.locator("#channels-table tbody tr").filter(has_text="(1)")).to_have_count(1)
 
-        # exchanges, and an exchange's source bindings
+        # exchanges, and an exchange's source bindings; a delayed exchange shows what it holds
+        ch.exchange_declare("dash.later", "x-delayed-message", arguments={"x-delayed-type": "direct"})
+        for _ in range(2):
+            ch.basic_publish("dash.later", "k", b"m", pika.BasicProperties(headers={"x-delay": 600_000}))
         page.nav("exchanges")
         direct = p.locator('#exchanges-table tr[data-vhost="/"][data-exchange="amq.direct"]')
         expect(direct).to_contain_text("direct")
+        later = p.locator('#exchanges-table tr[data-vhost="/"][data-exchange="dash.later"]')
+        expect(later).to_contain_text("x-delayed-message")
+        expect(later).to_contain_text("2 delayed")
         direct.locator("a").click()
         p.wait_for_url(lambda u: u.endswith("#/exchange/%2F/amq.direct"))
         expect(p.locator("#exchange-name")).to_have_text("amq.direct")

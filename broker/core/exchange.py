@@ -9,16 +9,26 @@ type keeps an index built for its match rule:
 * topic: a trie over dot-separated words (with ``*`` and ``#`` nodes) plus a bounded
   cache of routing key -> destinations, cleared whenever a binding changes
 * headers: a list of compiled bindings, each checked against the message headers
+* x-consistent-hash: a ring of (cumulative weight, destination); jump consistent hashing
+  of the routing key (or a header, or a property) picks a bucket out of the total weight
+* x-delayed-message: routes as its ``x-delayed-type`` (an inner exchange of that type
+  holds the index); a message with a positive ``x-delay`` header goes to the exchange's
+  :class:`DelayedHold` instead, the one destination that keeps it until it is due
+  (``leveret.broker.core.delayed``)
 """
 
 from __future__ import annotations
 
 import datetime
 import decimal
+import hashlib
+import re
+from bisect import bisect_right
 from typing import Any
 
 from leveret.broker.core.errors import AMQPError
-from leveret.protocol.constants import PRECONDITION_FAILED
+from leveret.protocol import properties as P
+from leveret.protocol.constants import COMMAND_INVALID, PRECONDITION_FAILED
 
 Args = dict[str, Any]
 
@@ -66,7 +76,25 @@ class Exchange:
         self.stats_publish_in = 0
         self.stats_unroutable = 0
 
+    @classmethod
+    def validate(cls, arguments: Args) -> None:
+        """The type's checks of a new exchange's arguments (406); none by default."""
+
+    def check_binding(self, routing_key: str, args: Args) -> None:
+        """The type's checks of a new binding (406); none by default."""
+
+    def removed(self) -> None:
+        """The exchange was deleted (a delayed exchange drops what it holds)."""
+
+    def close(self) -> None:
+        """The node stops (a delayed exchange stops its timer)."""
+
+    def info(self) -> dict[str, Any]:
+        """The type's items in the management API (RabbitMQ's ``info/1``)."""
+        return {}
+
     def bind(self, dest: Any, routing_key: str, args: Args) -> bool:
+        self.check_binding(routing_key, args)
         key = (dest, routing_key, freeze(args))
         if key in self.bindings:
             return False
@@ -304,9 +332,8 @@ class HeadersExchange(Exchange):
         self._rules: list[tuple[Any, bool, bool, list[tuple[str, Any]]]] = []
         super().__init__(*a, **kw)
 
-    def bind(self, dest: Any, routing_key: str, args: Args) -> bool:
+    def check_binding(self, routing_key: str, args: Args) -> None:
         check_x_match(args)
-        return super().bind(dest, routing_key, args)
 
     def _clear(self) -> None:
         self._rules = []
@@ -376,10 +403,253 @@ class FederationUpstreamExchange(FanoutExchange):
         return self._dests
 
 
+# ---------------------------------------------------------------- x-consistent-hash
+
+#: what Erlang's list_to_integer / binary_to_integer accept (RabbitMQ parses weights and
+#: string x-delay values with them)
+_INTEGER = re.compile(r"[+-]?[0-9]+\Z")
+HASH_PROPERTIES = ("correlation_id", "message_id", "timestamp")
+_UNDEFINED = b"\x00undefined"  # what a missing header or property hashes as (it still routes)
+
+
 def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "surrogateescape")
     return value if isinstance(value, str) else None
+
+
+def binding_weight(routing_key: str) -> int:
+    """The weight a consistent-hash binding key stands for; RabbitMQ's 406 otherwise."""
+    if not _INTEGER.match(routing_key):
+        raise AMQPError(
+            PRECONDITION_FAILED,
+            f"The binding key must be an integer: {erl_binary(routing_key.encode('utf-8', 'surrogateescape'))}",
+        )
+    weight = int(routing_key)
+    if weight < 1:
+        raise AMQPError(PRECONDITION_FAILED, "The binding key must be greater than 0")
+    return weight
+
+
+def hash_source(arguments: Args) -> tuple[str | None, str | None]:
+    """``(hash-header, hash-property)`` of a consistent-hash exchange, checked as RabbitMQ
+    does (406): not both, and a property among message_id, correlation_id, timestamp."""
+    header, prop = arguments.get("hash-header"), arguments.get("hash-property")
+    for name, value in (("hash-header", header), ("hash-property", prop)):
+        if value is not None and _text(value) is None:
+            # (RabbitMQ 3.10 crashes the connection here: 541 INTERNAL_ERROR)
+            raise AMQPError(PRECONDITION_FAILED, f"Invalid argument, '{name}' must be a string")
+    header, prop = _text(header), _text(prop)
+    if header is not None and prop is not None:
+        raise AMQPError(PRECONDITION_FAILED, "hash-header and hash-property are mutually exclusive")
+    if prop is not None and prop not in HASH_PROPERTIES:
+        raise AMQPError(PRECONDITION_FAILED, f"Unsupported property: {prop}")
+    return header, prop
+
+
+def hash_bytes(value: Any) -> bytes:
+    """The bytes a header or property value is hashed as (typed, so 5 and "5" differ)."""
+    if value is None:
+        return _UNDEFINED
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, datetime.datetime):  # (the timestamp property, as its seconds)
+        return str(int(value.replace(tzinfo=value.tzinfo or datetime.UTC).timestamp())).encode()
+    return f"{type(value).__name__}:{value!r}".encode()
+
+
+def jump_hash(key: int, buckets: int) -> int:
+    """Lamping and Veach's jump consistent hash: a bucket in ``[0, buckets)`` for a 64-bit
+    key; growing ``buckets`` moves a key only into one of the new buckets."""
+    b, j = -1, 0
+    while j < buckets:
+        b = j
+        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        j = int((b + 1) * (2147483648.0 / ((key >> 33) + 1)))
+    return b
+
+
+class ConsistentHashExchange(Exchange):
+    """RabbitMQ's ``x-consistent-hash``: each destination takes as many buckets as the
+    weight in its binding key (its first binding's: a second binding to the same queue
+    adds none, as RabbitMQ), in binding order; a message goes to the owner of the bucket
+    jump hashing picks for its routing key, or the header ``hash-header``, or the property
+    ``hash-property``.  The buckets are kept as cumulative weights (no table per bucket:
+    a weight of 10^20 costs nothing)."""
+
+    type = "x-consistent-hash"
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        self._ends: list[int] = []  # cumulative weights, one per destination
+        self._ring: list[Any] = []  # the destinations, in binding order
+        super().__init__(*a, **kw)
+        self._header, self._property = hash_source(self.arguments)
+
+    @classmethod
+    def validate(cls, arguments: Args) -> None:
+        hash_source(arguments)
+
+    def check_binding(self, routing_key: str, args: Args) -> None:
+        binding_weight(routing_key)
+
+    def _clear(self) -> None:
+        self._ends = []
+        self._ring = []
+
+    def _add(self, dest: Any, routing_key: str, args: Args) -> None:
+        if dest in self._ring:
+            return
+        self._ends.append((self._ends[-1] if self._ends else 0) + binding_weight(routing_key))
+        self._ring.append(dest)
+
+    def route(self, routing_key: str, msg: Any) -> list[Any] | tuple[Any, ...]:
+        ring = self._ring
+        if not ring:
+            return ()
+        if self._header is not None:
+            data = hash_bytes(msg.headers.get(self._header) if msg.has_headers else None)
+        elif self._property is not None:
+            value = msg.props.get(self._property)
+            data = hash_bytes(str(value) if type(value) is int else value)  # (timestamp: its decimal text)
+        else:
+            data = routing_key.encode("utf-8", "surrogateescape")
+        if len(ring) == 1:
+            return (ring[0],)
+        key = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+        return (ring[bisect_right(self._ends, jump_hash(key, self._ends[-1]))],)
+
+
+# ---------------------------------------------------------------- x-delayed-message
+
+#: the longest delay the plugin holds a message for (an Erlang timer's limit), in ms
+DELAY_MAX = 4294967295
+
+
+def delay_of(headers: dict[str, Any]) -> int:
+    """The delay a message's ``x-delay`` header asks for, in ms, as the plugin reads it:
+    an integer, a string holding one, a float or decimal truncated; 0 (route at once) for
+    anything else, for 0 or less, and above :data:`DELAY_MAX`."""
+    return delay_value(headers.get("x-delay"))
+
+
+def delay_value(value: Any) -> int:
+    """:func:`delay_of` of one ``x-delay`` value."""
+    if value is None or isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        delay = value
+    elif isinstance(value, float | decimal.Decimal):
+        try:
+            delay = int(value)
+        except (ValueError, OverflowError, ArithmeticError):
+            return 0
+    else:
+        text = _text(value)
+        if text is None or not _INTEGER.match(text):
+            return 0
+        delay = int(text)
+    return delay if 0 < delay <= DELAY_MAX else 0
+
+
+def message_delay(msg: Any) -> tuple[int, dict[bytes, bytes] | None]:
+    """``(delay, raw header fields)`` of a message with headers: its ``x-delay``
+    (:func:`delay_value`), read from the raw table without decoding the other fields."""
+    at = msg.props.get("_headers_at")
+    if at is None:
+        return 0, None
+    try:
+        fields = P.table_fields(msg.header, at)
+        raw = fields.get(b"x-delay")
+        if raw is None:
+            return 0, None
+        return delay_value(P.field_value(raw)), fields
+    except P.PropertyError:
+        return 0, None
+
+
+def delayed_type(arguments: Args) -> str:
+    """The ``x-delayed-type`` of a delayed exchange, checked as the plugin does."""
+    value = arguments.get("x-delayed-type")
+    text = _text(value)
+    if text == "x-delayed-message":
+        raise AMQPError(PRECONDITION_FAILED, "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'")
+    if text is None:
+        raise AMQPError(PRECONDITION_FAILED, "Invalid argument, 'x-delayed-type' must be an existing exchange type")
+    if text not in EXCHANGE_CLASSES:
+        raise AMQPError(COMMAND_INVALID, f"unknown exchange type '{text}'")
+    return text
+
+
+class DelayedHold:
+    """The destination a delayed exchange routes a delayed message to: ``publish`` hands
+    it to the exchange's store (``leveret.broker.core.delayed.DelayedStore``), which
+    routes it again when it is due.  Looks enough like a queue for ``VHost.enqueue``,
+    ``Channel._route`` and dead lettering."""
+
+    __slots__ = ("exchange", "delay", "fields")
+    name = None  # (never the name of a queue a message died in)
+
+    def __init__(self, exchange: DelayedExchange) -> None:
+        self.exchange = exchange
+        # what DelayedExchange.route read of the message it answered with this hold for
+        # (route and publish follow each other for one message, with no other between)
+        self.delay = 0
+        self.fields: dict[bytes, bytes] = {}
+
+    def publish(self, msg: Any) -> int:
+        return self.exchange.store.hold(msg, self.delay, self.fields)
+
+
+class DelayedExchange(Exchange):
+    """The plugin's ``x-delayed-message``: an exchange of its ``x-delayed-type`` (the
+    ``inner`` one keeps the bindings' index) that holds back messages with a positive
+    ``x-delay``."""
+
+    type = "x-delayed-message"
+
+    def __init__(self, name: str, durable: bool = False, auto_delete: bool = False, internal: bool = False,
+                 arguments: Args | None = None) -> None:
+        args = dict(arguments or {})
+        self.inner = EXCHANGE_CLASSES[delayed_type(args)](name, arguments=args)
+        super().__init__(name, durable, auto_delete, internal, args)
+        self._held = (DelayedHold(self),)
+        self.store: Any = None  # its DelayedStore, given by the vhost
+
+    @classmethod
+    def validate(cls, arguments: Args) -> None:
+        EXCHANGE_CLASSES[delayed_type(arguments)].validate(arguments)
+
+    def check_binding(self, routing_key: str, args: Args) -> None:
+        self.inner.check_binding(routing_key, args)
+
+    def _clear(self) -> None:
+        self.inner._clear()
+
+    def _add(self, dest: Any, routing_key: str, args: Args) -> None:
+        self.inner._add(dest, routing_key, args)
+
+    def route(self, routing_key: str, msg: Any) -> list[Any] | tuple[Any, ...]:
+        if msg.header[P.FLAGS_HI] & P.HI_HEADERS:
+            delay, fields = message_delay(msg)
+            if delay:
+                hold = self._held[0]
+                hold.delay = delay
+                hold.fields = fields  # type: ignore[assignment]
+                return self._held
+        return self.inner.route(routing_key, msg)
+
+    def removed(self) -> None:
+        if self.store is not None:
+            self.store.close(delete=True)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def info(self) -> dict[str, Any]:
+        return {"messages_delayed": self.store.count if self.store is not None else 0}
 
 
 EXCHANGE_CLASSES: dict[str, type[Exchange]] = {
@@ -388,12 +658,13 @@ EXCHANGE_CLASSES: dict[str, type[Exchange]] = {
     "topic": TopicExchange,
     "headers": HeadersExchange,
     "x-federation-upstream": FederationUpstreamExchange,
+    "x-consistent-hash": ConsistentHashExchange,
+    "x-delayed-message": DelayedExchange,
 }
 
 
 def make_exchange(type_: str, name: str, **kw: Any) -> Exchange:
     return EXCHANGE_CLASSES[type_](name, **kw)
-
 
 class DefaultExchange(Exchange):
     """The nameless direct exchange of a vhost: routing key = queue name, no bindings."""

@@ -282,6 +282,7 @@ class Persistence:
         self._loading = True
         try:
             data = self.meta.load()
+            known = set()
             for name in data.get("vhosts", []):
                 b.add_vhost(name)
             if isinstance(data.get("global_parameters"), dict):  # (older data dirs: none)
@@ -302,10 +303,14 @@ class Persistence:
                 v = b.vhosts.get(e["vhost"])
                 if v is None or e["name"] in v.exchanges:
                     continue
-                v.declare_exchange(e["name"], e["type"], durable=True, auto_delete=e["auto_delete"], internal=e["internal"],
-                                   arguments=decode_table(e["arguments"]))
+                if e["type"] == "x-delayed-message":
+                    known.add(self.delayed_key(v.name, e["name"]))  # (its log: the messages it holds)
+                try:
+                    v.declare_exchange(e["name"], e["type"], durable=True, auto_delete=e["auto_delete"],
+                                       internal=e["internal"], arguments=decode_table(e["arguments"]))
+                except Exception as exc:  # (a type or arguments this version refuses: the rest still starts)
+                    log.error("cannot restore exchange %r: %s", e, exc)
             nq = nmsg = 0
-            known = set()
             for qd in data.get("queues", []):
                 v = b.vhosts.get(qd["vhost"])
                 if v is None:
@@ -350,6 +355,12 @@ class Persistence:
     @staticmethod
     def key(q: Queue) -> str:
         return f"{q.vhost.name}\x00{q.name}"
+
+    @staticmethod
+    def delayed_key(vhost: str, exchange: str) -> str:
+        """The ``MessageStore`` key of a durable delayed exchange's log (no queue key
+        starts with \x01)."""
+        return f"\x01delayed\x00{vhost}\x00{exchange}"
 
     def attach(self, q: Queue) -> None:
         """Give a new durable queue its log, recovering what it holds."""

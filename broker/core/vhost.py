@@ -20,8 +20,16 @@ from leveret.broker.core.arguments import (
 )
 from leveret.broker.core.backing import GONE_STATS
 from leveret.broker.core.deadletter import cc_keys, cycle_detected, dead_lettered_copy
+from leveret.broker.core.delayed import DelayedStore
 from leveret.broker.core.errors import AMQPError, rs
-from leveret.broker.core.exchange import EXCHANGE_CLASSES, DefaultExchange, Exchange, make_exchange
+from leveret.broker.core.exchange import (
+    EXCHANGE_CLASSES,
+    DefaultExchange,
+    DelayedExchange,
+    DelayedHold,
+    Exchange,
+    make_exchange,
+)
 from leveret.broker.core.message import Message
 from leveret.broker.core.policy import (
     NONE,
@@ -107,7 +115,7 @@ class VHost:
         dests = exchange.route(routing_key, msg)
         if dests:
             for d in dests:
-                if type(d) is not Queue and type(d) is not QuorumQueue:  # (classic: one test)
+                if type(d) is not Queue and type(d) is not QuorumQueue and type(d) is not DelayedHold:  # (classic: one test)
                     break
             else:
                 return dests
@@ -148,8 +156,8 @@ class VHost:
         # (a match to an exchange that routes nowhere does not count as unroutable)
         dests = x.route(rk, msg)
         for d in dests:
-            if type(d) is Queue or type(d) is QuorumQueue:
-                out[d] = None
+            if type(d) is Queue or type(d) is QuorumQueue or type(d) is DelayedHold:
+                out[d] = None  # type: ignore[index]
             elif d.name not in seen:
                 self._route_into(d, rk, msg, out, seen)
         if not dests and x.alternate is not None and x.alternate not in seen:
@@ -183,7 +191,6 @@ class VHost:
             not_default(name)  # RabbitMQ 3.10 refuses a passive declare of "" too
             return self.get_exchange(name)
         if type_ not in EXCHANGE_CLASSES:
-            # x-* plugin types are not available here either
             raise AMQPError(COMMAND_INVALID, f"unknown exchange type '{type_}'")
         not_default(name)
         x = self.exchanges.get(name)
@@ -192,9 +199,12 @@ class VHost:
                 raise AMQPError(
                     ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'"
                 )
+            EXCHANGE_CLASSES[type_].validate(arguments)
             x = make_exchange(
                 type_, name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments
             )
+            if type(x) is DelayedExchange:
+                x.store = DelayedStore(self, x)  # (a durable one recovers what its log holds)
             self.exchanges[name] = x
             if self.policies or self.operator_policies:
                 self._apply_to_exchange(x, self._match("exchange", name))
@@ -258,6 +268,7 @@ class VHost:
     def _remove_exchange(self, x: Exchange) -> None:
         x.deleted = True
         self.applied.pop(x, None)
+        x.removed()
         self.stats_publish_gone += x.stats_publish_in
         self.exchanges.pop(x.name, None)
         x.bindings.clear()

@@ -891,7 +891,8 @@ class Api:
     def exchange_info(self, vn: str, x: Any) -> dict[str, Any]:
         return {"name": x.name, "vhost": vn, "type": x.type, "durable": x.durable, "auto_delete": x.auto_delete,
                 "internal": x.internal, "arguments": _jsonable(x.arguments), "user_who_performed_action": "",
-                "message_stats": self.rates.exchange_stats(x), **self.exchange_policy_info(self.broker.vhosts[vn], x)}
+                "message_stats": self.rates.exchange_stats(x), **self.exchange_policy_info(self.broker.vhosts[vn], x),
+                **x.info()}
 
     async def exchanges(self, ctx: Ctx) -> web.Response:
         names = [ctx.args[0]] if ctx.args else ctx.visible_vhosts()

@@ -60,7 +60,8 @@ QUEUES = Items(
     ("name", "messages"),
 )
 
-EXCHANGES = Items(_plain("name", "type", "durable", "auto_delete", "internal", "arguments", "policy"),
+EXCHANGES = Items({**_plain("name", "type", "durable", "auto_delete", "internal", "arguments", "policy"),
+                   "messages_delayed": key("messages_delayed")},  # (x-delayed-message exchanges only)
                   ("name", "type"))
 
 BINDINGS = Items(

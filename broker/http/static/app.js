@@ -538,7 +538,8 @@ const views = {
           el("td", {}, el("a", {href: "#/exchange/" + enc(x.vhost) + "/" + enc(seg(x.name))}, x.name || "(AMQP default)")),
           el("td", {}, x.vhost), el("td", {}, x.type),
           el("td", {}, [x.durable ? "durable" : "transient", x.auto_delete ? "auto-delete" : "",
-                        x.internal ? "internal" : ""].filter(Boolean).join(", ")),
+                        x.internal ? "internal" : "",
+                        x.messages_delayed !== undefined ? x.messages_delayed + " delayed" : ""].filter(Boolean).join(", ")),
           el("td", {class: "x-policy"}, x.policy || ""))), "no exchanges"));
         if (selected) {
           const bs = await api("/exchanges/" + enc(vhost) + "/" + enc(seg(name)) + "/bindings/source");

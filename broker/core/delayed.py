@@ -1,0 +1,293 @@
+"""The messages an ``x-delayed-message`` exchange holds until they are due.
+
+One :class:`DelayedStore` per delayed exchange (``DelayedExchange.store``).  A message
+the exchange holds (its ``x-delay`` header, see ``exchange.message_delay``) comes in
+through ``DelayedHold.publish`` -> :meth:`DelayedStore.hold`, which rewrites its
+``x-delay`` to ``-delay`` (signedint, as the plugin writes it on routing) right away, so
+that releasing it needs no look at its headers:
+
+* a *persistent* message in a *durable* exchange (with a data directory) is appended to
+  the exchange's own log (a ``storage.QueueLog`` in the node's ``MessageStore``, key
+  ``Persistence.delayed_key``), the record's time field holding its due time in ms; the
+  outcome is ``PERSISTED``, so a publisher confirm waits for the fsync.  Only
+  ``(due << 64) | position`` stays in RAM: one int in a heap (~48 bytes) plus the log's
+  5 bytes per record; the body stays on disk until the message is due.
+* any other message stays in RAM (``ram``, by a sequence number that takes the place of
+  the position, with bit 63 set) and counts in ``node.queued_bytes``: the memory alarm
+  bounds it, as it bounds queues.
+
+One timer per store, set for the earliest due time (``_schedule``): never one per
+message.  When it fires, every entry due (up to ``BATCH`` per loop iteration) leaves the
+heap in due order (publish order within a millisecond); the logged ones are read back
+with one ``pread`` per run of near records (``QueueLog.read_records``), and they are
+routed as the exchange's ``x-delayed-type`` (``VHost.route`` from its inner exchange: the
+same bindings, exchange-to-exchange bindings and alternate exchange).  Their records are acked once the fsync after that routing has completed
+(so a message routed into a durable queue is on disk there before it leaves this log: a
+crash in between routes it again after the restart, never loses it).
+
+Recovery (the durable exchange is declared again from the definitions) scans the log,
+takes each record's due time from its time field, and schedules the first: late ones go
+at once, in due order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from leveret.broker.core.deadletter import cc_keys
+from leveret.broker.core.message import NAMES, Message, exchange_rk
+from leveret.broker.core.queue import ACCEPTED, PERSISTED, REFUSED
+from leveret.protocol import properties as P
+from leveret.protocol.body import Body
+from leveret.storage import record
+
+if TYPE_CHECKING:
+    from leveret.broker.core.exchange import DelayedExchange
+    from leveret.broker.core.vhost import VHost
+    from leveret.storage import QueueLog
+
+log = logging.getLogger("leveret.delayed")
+
+_SLOT = (1 << 64) - 1  # the low 64 bits of a heap entry: a log position or a RAM slot
+_RAM = 1 << 63  # a RAM slot (positions stay below: segment numbers are < 2**31)
+BATCH = 4096  # entries released per loop iteration at most
+MAX_FDS = 512  # read fds and ack-file fds the log keeps open, each (4 GiB of 8 MiB segments)
+_NEAR = 1 << 16  # records closer than this in the log are read back in one pread
+_TS = struct.Struct(">d")  # the record's time field (after its flags byte)
+
+
+def _now_ms() -> float:
+    return time.time() * 1000.0
+
+
+def released_header(header: bytes, fields: dict[bytes, bytes], delay: int) -> bytes:
+    """The content header with ``x-delay`` rewritten to ``-delay`` (signedint, as the
+    plugin does; a long below -2**31), every other byte as it was.  Done when the message
+    is taken, so releasing it needs no look at its headers."""
+    fields[b"x-delay"] = P.signedint_value(-delay) if delay <= 1 << 31 else P.long_value(-delay)
+    return P.rewrite(header, {P.F_HEADERS: P.table_bytes(fields)})
+
+
+class _AckWhenSynced:
+    """Group-commit waiter: acks released records once what they were routed into is on
+    disk."""
+
+    __slots__ = ("store", "positions")
+
+    def __init__(self, store: DelayedStore, positions: list[int]) -> None:
+        self.store = store
+        self.positions = positions
+
+    def sync_started(self) -> None:
+        pass
+
+    def synced(self, ok: bool) -> None:
+        store = self.store
+        qlog = store.log
+        if store.closed or qlog is None:
+            return
+        if not ok:  # (the routed copies may not be on disk: keep ours, ask again)
+            persistence = store.node.persistence
+            if persistence is not None:
+                persistence.request_sync(self)
+            return
+        for pos in self.positions:
+            qlog.ack(pos)
+
+
+class DelayedStore:
+    """The messages one delayed exchange holds (see the module docstring)."""
+
+    def __init__(self, vhost: VHost, exchange: DelayedExchange) -> None:
+        self.vhost = vhost
+        self.node = vhost.node
+        self.exchange = exchange
+        self.heap: list[int] = []  # (due ms << 64) | slot
+        self.ram: dict[int, Message] = {}  # RAM slot -> message
+        self.count = 0  # messages held (messages_delayed)
+        self.ram_bytes = 0  # bodies held in RAM (also in node.queued_bytes)
+        self.closed = False
+        self._seq = 0
+        self._timer: Any = None
+        self._timer_due: float | None = None  # what the timer is set for (ms; 0: at once)
+        self.log: QueueLog | None = None
+        self.key: str | None = None
+        persistence = self.node.persistence
+        if exchange.durable and persistence is not None:
+            self.key = persistence.delayed_key(vhost.name, exchange.name)
+            self.log = persistence.store.open_queue(self.key)
+            # due messages are read back, and acked, all over the log: keep its segments'
+            # files open rather than open and close (and fsync) one per read or ack
+            self.log.max_fds = MAX_FDS
+            self._recover()
+
+    def _recover(self) -> None:
+        assert self.log is not None
+        heap = self.heap
+        unpack = _TS.unpack_from
+
+        def on_record(pos: int, payload: memoryview) -> None:
+            heap.append((int(unpack(payload, 1)[0]) << 64) | pos)
+
+        self.log.recover(on_record)
+        heapq.heapify(heap)
+        self.count = len(heap)
+        if heap:
+            log.info("delayed exchange %r in vhost %r: %d messages recovered", self.exchange.name, self.vhost.name, len(heap))
+            self._schedule(heap[0] >> 64)
+
+    # ------------------------------------------------------------------ holding
+
+    def hold(self, msg: Message, delay: int, fields: dict[bytes, bytes]) -> int:
+        """Keep ``msg`` for ``delay`` ms (``fields``: its raw header table, see
+        ``exchange.message_delay``); the :class:`Enqueued` outcome."""
+        if self.closed:
+            return ACCEPTED
+        due = math.ceil(_now_ms()) + delay  # (never before delay ms have passed)
+        header = released_header(msg.header, fields, delay)
+        qlog = self.log
+        if qlog is not None and msg.persistent:
+            body = msg.body
+            if body.__class__ is Body:
+                payload = record.encode_parts(0, float(due), msg.ex_rk, header, body)  # type: ignore[arg-type]
+            else:
+                payload = record.encode(0, float(due), msg.ex_rk, header, body)  # type: ignore[arg-type]
+            try:
+                slot = qlog.append(payload)
+            except OSError as exc:
+                self.node.disk_error(exc)
+                return REFUSED
+            outcome = PERSISTED
+        else:
+            self._seq += 1
+            slot = _RAM | self._seq
+            held = Message(msg.ex_rk, msg.exchange, msg.routing_key, header, msg.body)  # (msg may be in queues too)
+            held.bcc = msg.bcc
+            self.ram[slot] = held
+            size = msg.size
+            self.ram_bytes += size
+            self.node.queued_bytes += size
+            outcome = ACCEPTED
+        heapq.heappush(self.heap, (due << 64) | slot)
+        self.count += 1
+        if self._timer_due is None or due < self._timer_due:
+            self._schedule(due)
+        return outcome
+
+    def _schedule(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = self.node.loop.call_later(max(0.0, (due - _now_ms()) / 1000.0), self._fire)
+
+    # ------------------------------------------------------------------ releasing
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_due = None
+        if self.closed:
+            return
+        now = _now_ms()
+        heap = self.heap
+        batch: list[int] = []
+        pop = heapq.heappop
+        while heap and heap[0] >> 64 <= now and len(batch) < BATCH:
+            batch.append(pop(heap))
+        if batch:
+            try:
+                self._release(batch)
+            finally:
+                if heap:
+                    self._schedule(0 if len(batch) >= BATCH else heap[0] >> 64)
+                self.node.flush_all()
+        elif heap:
+            self._schedule(heap[0] >> 64)
+
+    def _release(self, batch: list[int]) -> None:
+        """Route the entries of ``batch`` (in due order) through the exchange."""
+        positions = sorted(k & _SLOT for k in batch if not k & _RAM)
+        records: dict[int, Any] = {}
+        if positions:
+            assert self.log is not None
+            read = self.log.read_records
+            # records due together are scattered over the log: read runs of near ones
+            # with one pread each, not the gaps between far ones
+            start = 0
+            for i in range(1, len(positions) + 1):
+                if i == len(positions) or positions[i] - positions[i - 1] > _NEAR:
+                    run = positions[start:i]
+                    records.update(zip(run, read(run), strict=True))
+                    start = i
+        self.count -= len(batch)
+        persisted = 0
+        for k in batch:
+            slot = k & _SLOT
+            if slot & _RAM:
+                msg = self.ram.pop(slot)
+                self.ram_bytes -= msg.size
+                self.node.queued_bytes -= msg.size
+            else:
+                rec = records[slot]
+                if isinstance(rec, Exception):
+                    log.error("delayed exchange %r: cannot read a held message back: %s", self.exchange.name, rec)
+                    continue
+                _, _, ex_rk, header, body = rec
+                names = NAMES.get(ex_rk) or exchange_rk(ex_rk)
+                msg = Message(ex_rk, names[0], names[1], header, body)
+            try:
+                persisted |= self._route(msg)
+            except Exception:  # (one bad message must not stop the others)
+                log.exception("delayed exchange %r: routing a due message failed", self.exchange.name)
+        if positions:
+            persistence = self.node.persistence
+            if persisted and persistence is not None:
+                # (a copy went to a queue's log: ours go once that is on disk)
+                persistence.request_sync(_AckWhenSynced(self, positions))
+            else:
+                # nothing of them needs the disk now (the acks are fsynced by the next
+                # periodic sync; a crash before that routes them again)
+                _AckWhenSynced(self, positions).synced(True)
+
+    def _route(self, msg: Message) -> int:
+        """Route a due message (its header already says ``-delay``) as the exchange's
+        ``x-delayed-type``, through its inner exchange: the same bindings, exchange
+        bindings and alternate exchange, without the delay check; PERSISTED if a queue
+        wrote it to its log."""
+        x = self.exchange.inner
+        vhost = self.vhost
+        extra = cc_keys(msg.headers, "CC") if b"\x02CC" in msg.header else []
+        if msg.bcc:
+            extra += msg.bcc
+        if extra:
+            queues: Any = vhost.route_keys(x, (msg.routing_key, *extra), msg)
+        else:
+            queues = vhost.route(x, msg.routing_key, msg)
+        return vhost.enqueue(queues, msg) & PERSISTED if queues else 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self, delete: bool = False) -> None:
+        """Stop the timer and let go of the RAM messages; ``delete`` (the exchange was
+        deleted): the log goes too."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_due = None
+        if self.closed:
+            return
+        self.closed = True
+        self.node.queued_bytes -= self.ram_bytes
+        self.ram_bytes = 0
+        self.ram.clear()
+        if delete:
+            self.heap = []
+            self.count = 0
+            persistence = self.node.persistence
+            if self.key is not None and persistence is not None:
+                persistence.store.delete_queue(self.key)
+            self.log = None
