@@ -320,15 +320,7 @@ class Session:
         the entry out (a channel's unacked tracking) or settles it (:meth:`get_messages`)."""
         self.authz(READ, "queue", name)
         q = self.vhost.get_queue(name, self.owner)
-        entry = q.get()
-        store = q.store
-        if entry is None:
-            store.stats_get_empty += 1
-        else:
-            store.stats_get += 1
-            if no_ack:
-                store.stats_get_noack += 1
-        return q, entry
+        return q, q.get(no_ack)
 
     def get_messages(self, name: str, count: int, *, requeue: bool, reject: bool = False) -> list[tuple[Message, bool, int]]:
         """basic.get up to ``count`` messages, then requeue them (``requeue``),
@@ -342,16 +334,10 @@ class Session:
             if entry is None:
                 break
             seq, msg, redelivered, _ = entry
-            store = q.store
-            store.stats_deliver += 1
-            if redelivered:
-                store.stats_redeliver += 1
+            q.got_settled(seq, msg, redelivered, requeue, reject)
             if requeue:
                 back.append((seq, msg))
-            else:
-                q.unacked_count += 1
-                q.settle(seq, msg, reject)
-            out.append((msg, redelivered, store.total()))
+            out.append((msg, redelivered, q.total()))
         if back and q is not None:
             q.requeue(back)
         return out

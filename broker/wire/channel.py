@@ -446,10 +446,10 @@ class Channel:
         if self.reply_consumer is not None:
             self.node.reply_channels.pop(self.reply_key, None)
             if self.reply_queue is not None:
-                store = self.reply_queue.store
-                self.node.stats_delivered_gone += store.stats_deliver  # (the node's totals)
+                counts = self.reply_queue.counters()
+                self.node.stats_delivered_gone += counts["deliver"]  # (the node's totals)
                 for k in GONE_STATS:
-                    self.node.stats_queue_gone[k] += getattr(store, "stats_" + k)
+                    self.node.stats_queue_gone[k] += counts[k]
                 self.reply_queue.deleted = True
                 self.reply_queue.purge()
             self.reply_consumer = None

@@ -40,21 +40,12 @@ class UnackedTracker:
     ) -> int:
         """Give a message a delivery tag: track it as unacked, or let it go (no-ack)."""
         tag = self.delivery_tag = self.delivery_tag + 1
-        store = queue.store
-        store.stats_deliver += 1
-        if redelivered:
-            store.stats_redeliver += 1
+        queue.handed_out(seq, msg, redelivered, no_ack)  # (the queue's books)
         if not no_ack:
-            store.stats_deliver_manual += 1  # (not on the no-ack path, the fastest one)
             self.entries[tag] = (queue, seq, msg, consumer)
             if consumer is not None:
                 consumer.unacked += 1
                 self.global_unacked += 1
-            queue.unacked_count += 1
-            if (not redelivered or queue.persist_all) and store.log is not None:  # (durable: recovery marks)
-                store.mark_delivered(seq)
-        elif store.log is not None:
-            store.discard(seq, msg)
         return tag
 
     def ack_one(self, tag: int) -> bool:
@@ -101,12 +92,11 @@ class UnackedTracker:
                 consumer.unacked -= 1
                 self.global_unacked -= 1
             if requeue:
-                q.unacked_count -= 1
                 back.setdefault(q, []).append((seq, msg))
             else:
                 q.settle(seq, msg, reject)
         for q, items in back.items():
-            q.requeue(items)
+            q.returned(items)
 
     def restore(self, pairs: list[tuple[int, Unacked]]) -> None:
         """tx.rollback: acked deliveries go back to the unacked set under their tags."""
