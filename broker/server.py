@@ -666,6 +666,14 @@ class Broker:
                    for c in self.connections for ch in c.channels.values() if ch.confirms is not None)
         return self.stats_received_confirm_gone + live
 
+    def reply_queue_gone(self, q: Queue) -> None:
+        """A direct reply-to consumer's pseudo-queue goes: its counters stay in the node's
+        totals (as a deleted vhost's do)."""
+        counts = q.counters()
+        self.stats_delivered_gone += counts["deliver"]
+        for k in GONE_STATS:
+            self.stats_queue_gone[k] += counts[k]
+
     def count_auth(self, protocol: str, ok: bool) -> None:
         """A login attempt (AMQP connection.start-ok, an HTTP request's Basic credentials)."""
         counts = self.stats_auth[protocol]

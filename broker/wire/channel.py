@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands as C
 
 from leveret.broker.core.access import READ
-from leveret.broker.core.backing import GONE_STATS
 from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.errors import AMQPError, rs
 from leveret.broker.core.message import Message
@@ -446,10 +445,7 @@ class Channel:
         if self.reply_consumer is not None:
             self.node.reply_channels.pop(self.reply_key, None)
             if self.reply_queue is not None:
-                counts = self.reply_queue.counters()
-                self.node.stats_delivered_gone += counts["deliver"]  # (the node's totals)
-                for k in GONE_STATS:
-                    self.node.stats_queue_gone[k] += counts[k]
+                self.node.reply_queue_gone(self.reply_queue)  # (its counters, in the node's totals)
                 self.reply_queue.deleted = True
                 self.reply_queue.purge()
             self.reply_consumer = None

@@ -51,7 +51,7 @@ from leveret.protocol.constants import (
 from leveret.protocol.frames import HEARTBEAT_FRAME, Frame, FrameError, FrameParser
 
 if TYPE_CHECKING:
-    from leveret.broker.server import Broker
+    from leveret.broker.wire.node import WireNode
 
 log = logging.getLogger("leveret.connection")
 
@@ -86,8 +86,8 @@ _DRAIN_MAX = 30.0  # RabbitMQ's CLOSING_TIMEOUT: the longest wait for the client
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, broker: Broker, tls: ssl.SSLContext | None = None) -> None:
-        self.broker = broker
+    def __init__(self, broker: WireNode, tls: ssl.SSLContext | None = None) -> None:
+        self.broker: WireNode = broker  # (the node: the server's Broker)
         self.loop = broker.loop
         # made at accept, before a TLS handshake: the handshake timeout counts from here
         self.accepted_at = self.loop.time()

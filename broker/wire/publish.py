@@ -43,7 +43,7 @@ from leveret.protocol.constants import (
 )
 
 if TYPE_CHECKING:
-    from leveret.broker.core.node import Node
+    from leveret.broker.wire.node import WireNode
 
 
 
@@ -71,7 +71,7 @@ class PublishAssembly:
         "_oversize",
     )
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: WireNode) -> None:
         self.node = node
         #: the basic.publish waiting for its header/body: (ex_rk, exchange, routing key);
         #: None when no content is expected
