@@ -27,6 +27,7 @@ from leveret.broker.core.message import Message
 from leveret.broker.core.operations import REPLY_TO, Session
 from leveret.broker.core.queue import ACCEPTED, FLOW, PERSISTED, Queue
 from leveret.broker.core.vhost import generated_name
+from leveret.broker.views import ChannelInfo
 from leveret.broker.wire.confirms import Confirms
 from leveret.broker.wire.publish import PublishAssembly
 from leveret.broker.wire.tx import Transaction
@@ -95,6 +96,20 @@ class Channel:
     @property
     def global_unacked(self) -> int:
         return self.unacked.global_unacked
+
+    def info(self) -> ChannelInfo:
+        """What the management API (and Prometheus' channel gauges) show of this channel."""
+        c, tx = self.confirms, self.tx
+        return ChannelInfo(
+            number=self.number,
+            consumer_count=len(self.consumers) - (self.reply_consumer is not None),  # (reply-to is none)
+            messages_unacknowledged=len(self.unacked),
+            messages_unconfirmed=c.publish_seq - c.sent if c is not None else 0,
+            messages_uncommitted=len(tx.publishes) if tx is not None else 0,
+            acks_uncommitted=len(tx.acks) if tx is not None else 0,
+            prefetch_count=self.consumer_prefetch, global_prefetch_count=self.global_prefetch,
+            confirm=self.confirms is not None, transactional=self.tx is not None, ident=self,
+        )
 
     # ------------------------------------------------------------------ helpers
 

@@ -16,6 +16,7 @@ import asyncio
 import enum
 import logging
 import ssl
+import time
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
@@ -23,7 +24,8 @@ from pamqp import decode as pdecode
 
 from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.flow import CREDIT_INITIAL, CREDIT_SHIFT, FlowGate
-from leveret.broker.tls import external_user
+from leveret.broker.tls import external_user, tls_details
+from leveret.broker.views import ConnectionInfo
 from leveret.broker.wire.channel import CLOSING, Channel
 from leveret.protocol import methods as M
 from leveret.protocol.constants import (
@@ -91,6 +93,7 @@ class Connection(asyncio.Protocol):
         self.loop = broker.loop
         # made at accept, before a TLS handshake: the handshake timeout counts from here
         self.accepted_at = self.loop.time()
+        self.connected_at = int(time.time() * 1000)  # (ms since the epoch: the management API's)
         self.tls = tls is not None  # accepted by the amqps listener
         # EXTERNAL (user = client certificate CN) is offered only where peers are verified
         self.external = tls is not None and tls.verify_mode != ssl.CERT_NONE
@@ -114,6 +117,7 @@ class Connection(asyncio.Protocol):
         self.client_properties: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
         self.user = ""
+        self.mechanism = ""  # the authentication mechanism of connection.start-ok
         self.vhost: Any = None
         self.exclusive_queues: list[Any] = []
         self.peer = ""
@@ -195,6 +199,29 @@ class Connection(asyncio.Protocol):
         """``queue``'s log was compacted: move the seqs of our deliveries from it."""
         for ch in self.channels.values():
             ch.remap_unacked(queue, remap)
+
+    def info(self) -> ConnectionInfo | None:
+        """What the management API shows of this connection (None: not open, or closed
+        and draining: not listed)."""
+        if self.vhost is None or self.draining:
+            return None
+        transport = self.transport
+        local = transport.get_extra_info("sockname") if transport is not None else None
+        host, port = (local[0], local[1]) if local else ("", 0)
+        peer_host, _, peer_port = self.peer.rpartition(":")
+        tls = tls_details(transport) if self.tls else None
+        return ConnectionInfo(
+            name=f"{self.peer} -> {host}:{port}" if local else f"{self.peer} -> ?",
+            user=self.user, vhost=self.vhost.name, blocked=self.blocked,
+            peer_host=peer_host, peer_port=int(peer_port or 0), host=host, port=port,
+            ssl=self.tls, ssl_protocol=tls[0] if tls else None, ssl_key_exchange=tls[1] if tls else None,
+            ssl_cipher=tls[2] if tls else None, ssl_hash=tls[3] if tls else None,
+            auth_mechanism=self.mechanism, connected_at=self.connected_at,
+            frame_max=self.frame_max, channel_max=self.channel_max, heartbeat=self.heartbeat,
+            client_properties=self.client_properties, send_pend=self.out_bytes,
+            channels=tuple(ch.info() for ch in list(self.channels.values())),
+            close=self.close_forced,
+        )
 
     def can_write(self) -> bool:
         if self.paused_writing or self.state >= S_CLOSING:
@@ -643,6 +670,7 @@ class Connection(asyncio.Protocol):
 
     def _start_ok(self, m: C.Connection.StartOk) -> None:
         self.client_properties = m.client_properties or {}
+        self.mechanism = m.mechanism
         caps = self.client_properties.get("capabilities")
         self.capabilities = caps if isinstance(caps, dict) else {}
         external = m.mechanism == "EXTERNAL" and self.external
