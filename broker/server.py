@@ -32,6 +32,7 @@ from leveret.broker.listener import Listener, check_ports, open_listener
 from leveret.broker.tls import http_context, server_context
 from leveret.broker.wire.acktimeout import AckTimeout
 from leveret.broker.wire.connection import Connection
+from leveret.protocol.constants import CONNECTION_FORCED
 
 log = logging.getLogger("leveret")
 
@@ -478,7 +479,7 @@ class Broker:
             return
         for c in list(self.connections):
             if c.vhost is v:
-                c.close_forced(320, f"vhost '{name}' is deleted")
+                c.close_forced(CONNECTION_FORCED, f"vhost '{name}' is deleted")
         for q in list(v.queues.values()):
             v.delete_queue(q)
         for k in VHOST_COUNTERS:
@@ -570,7 +571,7 @@ class Broker:
             self.default_users.remove(name)
         for c in list(self.connections):
             if c.user == name:
-                c.close_forced(320, f"user '{name}' is deleted")
+                c.close_forced(CONNECTION_FORCED, f"user '{name}' is deleted")
         return True
 
     def _need_vhost(self, vhost: str) -> None:

@@ -41,6 +41,7 @@ from leveret.protocol.constants import (
     NOT_FOUND,
     PRECONDITION_FAILED,
     RESOURCE_LOCKED,
+    Method,
 )
 
 if TYPE_CHECKING:
@@ -396,8 +397,7 @@ class VHost:
             raise AMQPError(
                 NOT_ALLOWED,
                 f"access to vhost '{self.name}' refused for user '{user}': connection limit ({limit}) is reached",
-                10,
-                40,
+                *Method.CONNECTION_OPEN,
             )
 
     def delete_queue(self, q: Queue) -> int:

@@ -47,6 +47,7 @@ from leveret.protocol.constants import (
     NOT_FOUND,
     NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
+    Method,
 )
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class Channel:
             if not bits and self.tx is None:
                 # the hot path: one plain ack
                 if not self.unacked.ack_one(tag):
-                    raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
+                    raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", *Method.BASIC_ACK)
                 self.conn.want_dispatch(self)
                 return
             self._ack(tag, bool(bits & 1), "ack", False)
@@ -332,7 +333,7 @@ class Channel:
 
     def _channel_flow(self, m: C.Channel.Flow) -> None:
         if not m.active:
-            raise AMQPError(NOT_IMPLEMENTED, "active=false", 20, 20)
+            raise AMQPError(NOT_IMPLEMENTED, "active=false", *Method.CHANNEL_FLOW)
         self.send(C.Channel.FlowOk(active=True))
 
     def _channel_flow_ok(self, m: Any) -> None:
@@ -404,7 +405,7 @@ class Channel:
     # basic class
     def _basic_qos(self, m: C.Basic.Qos) -> None:
         if m.prefetch_size:
-            raise AMQPError(NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
+            raise AMQPError(NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})", *Method.BASIC_QOS)
         if m.global_:
             self.global_prefetch = m.prefetch_count
         else:
@@ -424,11 +425,11 @@ class Channel:
         q = self.vhost.get_queue(name, self.conn)
         tag = m.consumer_tag or generated_name("amq.ctag-")
         if tag in self.consumers:
-            raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+            raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", *Method.BASIC_CONSUME)
         where = f"queue '{name}' in vhost '{self.vhost.name}'"
         q.qtype.check_consume(self.global_prefetch, where)
         if q.consumers and (m.exclusive or any(c.exclusive for c in q.consumers)):
-            raise AMQPError(ACCESS_REFUSED, f"{where} in exclusive use", 60, 20)
+            raise AMQPError(ACCESS_REFUSED, f"{where} in exclusive use", *Method.BASIC_CONSUME)
         args = m.arguments or {}
         c = Consumer(tag, self, q, m.no_ack, m.exclusive, self.consumer_prefetch, args)
         self.consumers[tag] = c
@@ -439,12 +440,12 @@ class Channel:
     def _reply_consume(self, m: C.Basic.Consume) -> None:
         """Direct reply-to: consume from the pseudo-queue amq.rabbitmq.reply-to."""
         if not m.no_ack:
-            raise AMQPError(PRECONDITION_FAILED, "reply consumer cannot acknowledge", 60, 20)
+            raise AMQPError(PRECONDITION_FAILED, "reply consumer cannot acknowledge", *Method.BASIC_CONSUME)
         if self.reply_consumer is not None:
-            raise AMQPError(PRECONDITION_FAILED, "reply consumer already set", 60, 20)
+            raise AMQPError(PRECONDITION_FAILED, "reply consumer already set", *Method.BASIC_CONSUME)
         tag = m.consumer_tag or generated_name("amq.ctag-")
         if tag in self.consumers:
-            raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+            raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", *Method.BASIC_CONSUME)
         q = Queue(self.vhost, REPLY_TO)
         c = Consumer(tag, self, q, True, False, 0, {})
         self.reply_queue = q
@@ -495,7 +496,7 @@ class Channel:
     # confirm / tx
     def _confirm_select(self, m: C.Confirm.Select) -> None:
         if self.tx is not None:
-            raise AMQPError(PRECONDITION_FAILED, "cannot switch from tx to confirm mode", 85, 10)
+            raise AMQPError(PRECONDITION_FAILED, "cannot switch from tx to confirm mode", *Method.CONFIRM_SELECT)
         if self.confirms is None:
             self.confirms = Confirms(self)
         if not m.nowait:
@@ -503,7 +504,7 @@ class Channel:
 
     def _tx_select(self, m: C.Tx.Select) -> None:
         if self.confirms is not None:
-            raise AMQPError(PRECONDITION_FAILED, "cannot switch from confirm to tx mode", 90, 10)
+            raise AMQPError(PRECONDITION_FAILED, "cannot switch from confirm to tx mode", *Method.TX_SELECT)
         if self.tx is None:
             self.tx = Transaction()
         self.send(C.Tx.SelectOk())
@@ -511,7 +512,7 @@ class Channel:
     def _tx_commit(self, m: C.Tx.Commit) -> None:
         tx = self.tx
         if tx is None:
-            raise AMQPError(PRECONDITION_FAILED, "channel is not transactional", 90, 20)
+            raise AMQPError(PRECONDITION_FAILED, "channel is not transactional", *Method.TX_COMMIT)
         publishes, acks = tx.take()
         outcome = ACCEPTED
         for msg, mandatory, extra_keys in publishes:
@@ -531,7 +532,7 @@ class Channel:
 
     def _tx_rollback(self, m: C.Tx.Rollback) -> None:
         if self.tx is None:
-            raise AMQPError(PRECONDITION_FAILED, "channel is not transactional", 90, 30)
+            raise AMQPError(PRECONDITION_FAILED, "channel is not transactional", *Method.TX_ROLLBACK)
         for pairs, _, _ in self.tx.rollback():
             # the acked deliveries go back to the unacked set under their own tags
             self.unacked.restore(pairs)

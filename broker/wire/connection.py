@@ -49,6 +49,7 @@ from leveret.protocol.constants import (
     NOT_IMPLEMENTED,
     PROTOCOL_HEADER,
     UNEXPECTED_FRAME,
+    Method,
 )
 from leveret.protocol.frames import HEARTBEAT_FRAME, Frame, FrameError, FrameParser
 
@@ -77,13 +78,10 @@ class State(enum.IntEnum):
 
 
 # plain module names for the hot paths' comparisons
-S_HEADER, S_START_OK, S_SECURE_OK, S_TUNE_OK = State.HEADER, State.START_OK, State.SECURE_OK, State.TUNE_OK
+S_HEADER, S_START_OK, S_TUNE_OK = State.HEADER, State.START_OK, State.TUNE_OK
 S_OPEN, S_OPENED, S_CLOSING, S_CLOSED = State.OPEN, State.OPENED, State.CLOSING, State.CLOSED
 
 _FAST = frozenset({BASIC_PUBLISH, BASIC_ACK, BASIC_NACK, BASIC_REJECT})
-_CHANNEL_OPEN = (20 << 16) | 10
-_CHANNEL_CLOSE = (20 << 16) | 40
-_CHANNEL_CLOSE_OK = (20 << 16) | 41
 _DRAIN_MAX = 30.0  # RabbitMQ's CLOSING_TIMEOUT: the longest wait for the client's EOF after close-ok
 
 
@@ -498,7 +496,7 @@ class Connection(asyncio.Protocol):
                 elif isinstance(method, C.Channel.Close):
                     self.send(M.encode_method(ch, C.Channel.CloseOk()))
                 elif isinstance(method, C.Channel.Open):
-                    raise AMQPError(CHANNEL_ERROR, "second 'channel.open' seen", 20, 10)
+                    raise AMQPError(CHANNEL_ERROR, "second 'channel.open' seen", *Method.CHANNEL_OPEN)
                 return
             if self.state != S_OPENED:
                 # RabbitMQ: any frame on a channel before connection.open-ok
@@ -524,7 +522,7 @@ class Connection(asyncio.Protocol):
             return
         if isinstance(method, C.Channel.CloseOk):
             # not closing: RabbitMQ treats it as a connection error
-            raise AMQPError(COMMAND_INVALID, "unimplemented method", 20, 41)
+            raise AMQPError(COMMAND_INVALID, "unimplemented method", *Method.CHANNEL_CLOSE_OK)
         if method.index >> 16 == 10:
             raise AMQPError(COMMAND_INVALID, f"connection method {method.name} on channel {ch}", *_ids(method))
         try:
@@ -748,15 +746,15 @@ class Connection(asyncio.Protocol):
         # while the server has a limit, is refused (the socket is closed)
         frame_max = m.frame_max
         if 0 < frame_max < FRAME_MIN_SIZE:
-            raise AMQPError(NOT_ALLOWED, f"frame_max={frame_max} < {FRAME_MIN_SIZE} min", 10, 31)
+            raise AMQPError(NOT_ALLOWED, f"frame_max={frame_max} < {FRAME_MIN_SIZE} min", *Method.CONNECTION_TUNE_OK)
         if cfg.frame_max and not 0 < frame_max <= cfg.frame_max:
-            raise AMQPError(NOT_ALLOWED, f"frame_max={frame_max} > {cfg.frame_max} max", 10, 31)
+            raise AMQPError(NOT_ALLOWED, f"frame_max={frame_max} > {cfg.frame_max} max", *Method.CONNECTION_TUNE_OK)
         frame_max = frame_max or cfg.frame_max
         self.frame_max = frame_max
         self.parser.frame_max = frame_max
         cm = m.channel_max
         if cfg.channel_max and not 0 < cm <= cfg.channel_max:
-            raise AMQPError(NOT_ALLOWED, f"channel_max={cm} > {cfg.channel_max} max", 10, 31)
+            raise AMQPError(NOT_ALLOWED, f"channel_max={cm} > {cfg.channel_max} max", *Method.CONNECTION_TUNE_OK)
         self.channel_max = cm
         self.heartbeat = m.heartbeat
         self.state = S_OPEN
@@ -770,14 +768,14 @@ class Connection(asyncio.Protocol):
         opened = [c for c in broker.connections if c.state == S_OPENED]
         limit = broker.config.max_connections
         if limit and len(opened) >= limit:
-            raise AMQPError(NOT_ALLOWED, f"connection refused: node connection limit ({limit}) is reached", 10, 40)
+            raise AMQPError(NOT_ALLOWED, f"connection refused: node connection limit ({limit}) is reached", *Method.CONNECTION_OPEN)
         vhost = broker.vhosts.get(name)
         if vhost is not None:  # (a vhost that is not there has no limits)
             vhost.check_connection_limit(user, sum(1 for c in opened if c.vhost is vhost))
         if vhost is None:
-            raise AMQPError(NOT_ALLOWED, f"vhost {name} not found", 10, 40)
+            raise AMQPError(NOT_ALLOWED, f"vhost {name} not found", *Method.CONNECTION_OPEN)
         if not broker.access.can_open(user, name):
-            raise AMQPError(NOT_ALLOWED, f"access to vhost '{name}' refused for user '{user}'", 10, 40)
+            raise AMQPError(NOT_ALLOWED, f"access to vhost '{name}' refused for user '{user}'", *Method.CONNECTION_OPEN)
         self.vhost = vhost
         self.state = S_OPENED
         for t in self._timers:

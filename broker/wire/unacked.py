@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from leveret.broker.core.errors import AMQPError
-from leveret.protocol.constants import PRECONDITION_FAILED
+from leveret.protocol.constants import PRECONDITION_FAILED, Method
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from leveret.broker.core.queue import Queue
 
 Unacked = tuple["Queue", int, "Message", "Consumer | None"]
-ACK_METHOD_IDS = {"ack": 80, "nack": 120, "reject": 90}
+ACK_METHODS = {"ack": Method.BASIC_ACK, "nack": Method.BASIC_NACK, "reject": Method.BASIC_REJECT}
 
 
 class UnackedTracker:
@@ -69,7 +69,7 @@ class UnackedTracker:
             entries.clear()
             return pairs
         if tag not in entries:
-            raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, ACK_METHOD_IDS[kind])
+            raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", *ACK_METHODS[kind])
         if not multiple:
             return [(tag, entries.pop(tag))]
         pairs = []
