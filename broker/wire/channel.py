@@ -51,7 +51,7 @@ from leveret.protocol.constants import (
 )
 
 if TYPE_CHECKING:
-    from leveret.broker.wire.connection import Connection
+    from leveret.broker.wire.machine import ConnectionMachine
 
 REPLY_TO_PREFIX = REPLY_TO + "."
 
@@ -67,7 +67,7 @@ OPEN, CLOSING = 1, 2
 
 
 class Channel:
-    def __init__(self, conn: Connection, number: int) -> None:
+    def __init__(self, conn: ConnectionMachine, number: int) -> None:
         self.conn = conn
         self.node = conn.broker
         self.number = number
