@@ -92,9 +92,6 @@ class Listener:
         self.ssl_context = ssl_context  # None: plain TCP
         self.handshake_timeout = handshake_timeout  # for the TLS handshake
         self.open_connections = open_connections  # for the log line: how many are open
-        self.accepted = 0  # connections handed to a protocol, in total
-        self.refused = 0  # connections closed unserved for want of descriptors, in total
-        self.bursts = 0  # bursts of refusals so far
         self._spare = _open_spare()
         self._closed = False
         self._reading = False
@@ -105,11 +102,6 @@ class Listener:
         self._last_refusal = 0.0
         self._last_log = 0.0
         self._pending: set[asyncio.Task[object]] = set()
-
-    @property
-    def in_burst(self) -> bool:
-        """Connections were refused within the last ``QUIET`` seconds."""
-        return self._burst_timer is not None
 
     def start(self) -> None:
         if self._closed or self._reading:
@@ -169,7 +161,6 @@ class Listener:
             self._serve(conn)
 
     def _serve(self, conn: socket.socket) -> None:
-        self.accepted += 1
         try:
             conn.setblocking(False)
         except OSError:  # pragma: no cover - the peer is already gone
@@ -243,10 +234,8 @@ class Listener:
 
     def _note_refused(self, n: int, exc: OSError) -> None:
         now = self.loop.time()
-        self.refused += n
         self._last_refusal = now
         if self._burst_timer is None:
-            self.bursts += 1
             self._burst_start = self._last_log = now
             self._burst_refused = n
             self._burst_timer = self.loop.call_later(QUIET, self._check_burst)

@@ -33,6 +33,7 @@ from leveret.broker.shovel import ShovelManager
 from leveret.broker.tls import http_context, server_context
 from leveret.broker.wire.acktimeout import AckTimeout
 from leveret.broker.wire.connection import Connection
+from leveret.protocol.constants import CONNECTION_FORCED
 
 log = logging.getLogger("leveret")
 
@@ -485,7 +486,7 @@ class Broker:
             return
         for c in list(self.connections):
             if c.vhost is v:
-                c.close_forced(320, f"vhost '{name}' is deleted")
+                c.close_forced(CONNECTION_FORCED, f"vhost '{name}' is deleted")
         for q in list(v.queues.values()):
             v.delete_queue(q)
         for x in v.exchanges.values():
@@ -580,7 +581,7 @@ class Broker:
             self.default_users.remove(name)
         for c in list(self.connections):
             if c.user == name:
-                c.close_forced(320, f"user '{name}' is deleted")
+                c.close_forced(CONNECTION_FORCED, f"user '{name}' is deleted")
         return True
 
     def _need_vhost(self, vhost: str) -> None:
@@ -610,6 +611,11 @@ class Broker:
 
     def authenticate(self, user: str, password: str) -> bool:
         return self.access.authenticate(user, password) is not None
+
+    def trusted_login(self, user: str, password: str) -> bool:
+        """A login of one of this broker's own clients: a shovel's local end
+        (``leveret.broker.shovel``), with a secret that never leaves the process."""
+        return self.shovels.trusted_login(user, password)
 
     def user_exists(self, user: str) -> bool:
         """The user is known (EXTERNAL logs in by client certificate, without a password)."""
@@ -675,6 +681,14 @@ class Broker:
         live = sum(ch.confirms.publish_seq - ch.confirms.counted
                    for c in self.connections for ch in c.channels.values() if ch.confirms is not None)
         return self.stats_received_confirm_gone + live
+
+    def reply_queue_gone(self, q: Queue) -> None:
+        """A direct reply-to consumer's pseudo-queue goes: its counters stay in the node's
+        totals (as a deleted vhost's do)."""
+        counts = q.counters()
+        self.stats_delivered_gone += counts["deliver"]
+        for k in GONE_STATS:
+            self.stats_queue_gone[k] += counts[k]
 
     def count_auth(self, protocol: str, ok: bool) -> None:
         """A login attempt (AMQP connection.start-ok, an HTTP request's Basic credentials)."""

@@ -99,3 +99,41 @@ def external_user(transport: Any) -> tuple[str | None, str]:
     if not names:
         return None, "no name found"
     return ",".join(names), ""
+
+
+def tls_details(transport: Any) -> tuple[str, str, str, str] | None:
+    """The TLS session of an amqps connection as RabbitMQ's management API names it:
+    (``ssl_protocol``, ``ssl_key_exchange``, ``ssl_cipher``, ``ssl_hash``), e.g.
+    ("tlsv1.3", "any", "aes_256_gcm", "aead"), in Erlang's ``ssl`` names (OpenSSL's suite
+    name translated); None when the transport is not TLS."""
+    obj = transport.get_extra_info("ssl_object") if transport is not None else None
+    if obj is None:
+        return None
+    version = obj.version() or ""
+    cipher = obj.cipher()
+    kx, name, mac = _suite(cipher[0]) if cipher else ("", "", "")
+    return version.lower(), kx, name, mac
+
+
+def _suite(name: str) -> tuple[str, str, str]:
+    """OpenSSL's cipher suite name -> Erlang's (key exchange, cipher, mac)."""
+    if name.startswith("TLS_"):  # TLS 1.3: TLS_AES_256_GCM_SHA384 (the key exchange is not in it)
+        return "any", "_".join(name[4:].lower().split("_")[:-1]), "aead"
+    parts = name.split("-")  # TLS 1.2: ECDHE-RSA-AES256-GCM-SHA384, AES128-SHA ...
+    kx = "rsa"
+    if len(parts) > 2 and parts[0] in ("ECDHE", "DHE", "ECDH", "DH"):
+        kx, parts = f"{parts[0]}_{parts[1]}".lower(), parts[2:]
+    aead = any(p in ("GCM", "CCM", "POLY1305") for p in parts)
+    if aead:
+        parts = [p for p in parts if not p.startswith("SHA")]
+        mac = "aead"
+    else:
+        mac, parts = parts[-1].lower(), [*parts[:-1], "CBC"]
+    words = []
+    for p in parts:
+        low = p.lower()
+        if low.startswith("aes") and low[3:].isdigit():
+            words += ["aes", low[3:]]
+        else:
+            words.append(low)
+    return kx, "_".join(words), mac

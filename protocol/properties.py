@@ -155,10 +155,6 @@ def field_table(table: dict[str, Any]) -> bytes:
     return _U32.pack(len(fields)) + fields
 
 
-def with_body_size(header_payload: bytes, size: int) -> bytes:
-    return _HEADER.pack(60, 0, size) + header_payload[12:]
-
-
 # ---------------------------------------------------------------------- raw rewriting
 #
 # What the broker writes into a content header itself (x-death, the x-first-death-*

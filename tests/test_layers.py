@@ -70,9 +70,8 @@ RULES = [
     Rule("wire-is-below-the-server",
          applies_to=(WIRE,),
          forbidden=(SERVER, CLI, TESTING, HTTP),
-         type_only=(SERVER,),
-         why="connections and channels sit on the core and the codec, under the server "
-             "(which they name in annotations only)"),
+         why="connections and channels sit on the core and the codec, under the server, "
+             "which they reach through the interface wire.node.WireNode only"),
     Rule("http-is-above-the-server",
          applies_to=(HTTP,),
          forbidden=(CLI, TESTING, WIRE),

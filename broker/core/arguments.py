@@ -9,7 +9,7 @@ from typing import Any
 from leveret.broker.core.errors import AMQPError, rs
 from leveret.broker.core.exchange import freeze
 from leveret.broker.core.queuetype import CLASSIC, TYPES, QueueType, queue_type
-from leveret.protocol.constants import PRECONDITION_FAILED
+from leveret.protocol.constants import PRECONDITION_FAILED, Method
 
 log = logging.getLogger("leveret.vhost")
 
@@ -73,7 +73,7 @@ def validate_queue_arguments(
         args = {k: v for k, v in args.items() if not qtype.unsupported(k)}
 
     def bad(arg: str, why: str) -> AMQPError:
-        return AMQPError(PRECONDITION_FAILED, f"invalid arg '{arg}' for {where}: {why}", 50, 10)
+        return AMQPError(PRECONDITION_FAILED, f"invalid arg '{arg}' for {where}: {why}", *Method.QUEUE_DECLARE)
 
     def integer(arg: str, zero_ok: bool = True) -> None:
         if arg not in args:
@@ -102,8 +102,7 @@ def validate_queue_arguments(
             raise AMQPError(
                 PRECONDITION_FAILED,
                 f"invalid type '{amqp_type_name(args[arg])}' for arg '{arg}' in {where}",
-                50,
-                10,
+                *Method.QUEUE_DECLARE,
             )
     if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
         raise bad("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined")

@@ -33,7 +33,7 @@ from leveret.broker.core.message import Message
 from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import not_default
 from leveret.protocol import properties as P
-from leveret.protocol.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED
+from leveret.protocol.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, Method
 from leveret.protocol.methods import shortstr
 
 if TYPE_CHECKING:
@@ -54,11 +54,11 @@ def validate_expiration(exp: str) -> None:
     while n < len(digits) and digits[n].isdigit():
         n += 1
     if n == 0:
-        raise AMQPError(PRECONDITION_FAILED, f"invalid expiration '{exp}': no_integer", 60, 40)
+        raise AMQPError(PRECONDITION_FAILED, f"invalid expiration '{exp}': no_integer", *Method.BASIC_PUBLISH)
     if n < len(digits):
-        raise AMQPError(PRECONDITION_FAILED, f"invalid expiration '{exp}': {{leftover_string,\"{digits[n:]}\"}}", 60, 40)
+        raise AMQPError(PRECONDITION_FAILED, f"invalid expiration '{exp}': {{leftover_string,\"{digits[n:]}\"}}", *Method.BASIC_PUBLISH)
     if exp.startswith("-") and int(digits):
-        raise AMQPError(PRECONDITION_FAILED, f"invalid expiration '{exp}': {{value_negative,{int(exp)}}}", 60, 40)
+        raise AMQPError(PRECONDITION_FAILED, f"invalid expiration '{exp}': {{value_negative,{int(exp)}}}", *Method.BASIC_PUBLISH)
 
 
 class Session:
@@ -223,9 +223,9 @@ class Session:
         v.check_exclusive(q, self.owner)
         q.qtype.check_delete(if_unused, if_empty, rs("queue", name, v.name))  # (quorum: 540)
         if if_unused and q.consumers:
-            raise AMQPError(PRECONDITION_FAILED, f"{rs('queue', name, v.name)} in use", 50, 40)
+            raise AMQPError(PRECONDITION_FAILED, f"{rs('queue', name, v.name)} in use", *Method.QUEUE_DELETE)
         if if_empty and q.total():
-            raise AMQPError(PRECONDITION_FAILED, f"{rs('queue', name, v.name)} not empty", 50, 40)
+            raise AMQPError(PRECONDITION_FAILED, f"{rs('queue', name, v.name)} not empty", *Method.QUEUE_DELETE)
         return v.delete_queue(q)
 
     def purge(self, name: str) -> int:
@@ -242,10 +242,10 @@ class Session:
         no check next time goes into ``write_ok``."""
         self.authz(WRITE, "exchange", name)
         if x is None:
-            raise AMQPError(NOT_FOUND, f"no exchange '{name}' in vhost '{self.vhost.name}'", 60, 40)
+            raise AMQPError(NOT_FOUND, f"no exchange '{name}' in vhost '{self.vhost.name}'", *Method.BASIC_PUBLISH)
         if x.internal:
             raise AMQPError(
-                ACCESS_REFUSED, f"cannot publish to internal exchange '{name}' in vhost '{self.vhost.name}'", 60, 40
+                ACCESS_REFUSED, f"cannot publish to internal exchange '{name}' in vhost '{self.vhost.name}'", *Method.BASIC_PUBLISH
             )
         if not self.topic_authz(WRITE, x, routing_key):
             if len(self.write_ok) >= _WRITE_CACHE_MAX:
@@ -262,7 +262,7 @@ class Session:
         uid = props.get("user_id")
         if uid is not None and self.user is not None and uid != self.user:
             raise AMQPError(
-                PRECONDITION_FAILED, f"user_id property set to '{uid}' but authenticated user was '{self.user}'", 60, 40
+                PRECONDITION_FAILED, f"user_id property set to '{uid}' but authenticated user was '{self.user}'", *Method.BASIC_PUBLISH
             )
         exp = props.get("expiration")
         if exp is not None:
@@ -270,7 +270,7 @@ class Session:
         rewrite: dict[int, bytes | None] = {}
         if props.get("reply_to") == REPLY_TO:
             if reply_to is None:
-                raise AMQPError(PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40)
+                raise AMQPError(PRECONDITION_FAILED, "fast reply consumer does not exist", *Method.BASIC_PUBLISH)
             rewrite[P.F_REPLY_TO] = reply_to()
         extra: list[str] | None = None
         if msg.has_headers:
@@ -320,15 +320,7 @@ class Session:
         the entry out (a channel's unacked tracking) or settles it (:meth:`get_messages`)."""
         self.authz(READ, "queue", name)
         q = self.vhost.get_queue(name, self.owner)
-        entry = q.get()
-        store = q.store
-        if entry is None:
-            store.stats_get_empty += 1
-        else:
-            store.stats_get += 1
-            if no_ack:
-                store.stats_get_noack += 1
-        return q, entry
+        return q, q.get(no_ack)
 
     def get_messages(self, name: str, count: int, *, requeue: bool, reject: bool = False) -> list[tuple[Message, bool, int]]:
         """basic.get up to ``count`` messages, then requeue them (``requeue``),
@@ -342,16 +334,10 @@ class Session:
             if entry is None:
                 break
             seq, msg, redelivered, _ = entry
-            store = q.store
-            store.stats_deliver += 1
-            if redelivered:
-                store.stats_redeliver += 1
+            q.got_settled(seq, msg, redelivered, requeue, reject)
             if requeue:
                 back.append((seq, msg))
-            else:
-                q.unacked_count += 1
-                q.settle(seq, msg, reject)
-            out.append((msg, redelivered, store.total()))
+            out.append((msg, redelivered, q.total()))
         if back and q is not None:
             q.requeue(back)
         return out

@@ -60,7 +60,6 @@ class Syncer:
         self.in_flight = False
         self._retry: asyncio.TimerHandle | None = None
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="leveret-fsync")
-        self.syncs = 0
 
     def request(self, waiter: Any) -> None:
         self.waiting.append(waiter)
@@ -97,7 +96,6 @@ class Syncer:
 
     def _done(self, fut: asyncio.Future[None], waiters: list[Any]) -> None:
         self.in_flight = False
-        self.syncs += 1
         ok = True
         exc = fut.exception()
         if exc is not None:
@@ -155,7 +153,6 @@ class Persistence:
         self.syncer: Syncer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._disk_timer: asyncio.TimerHandle | None = None
-        self._dirty_since_sync = False
         self._loading = False
         self.recovered_access = False  # recover() found saved users and permissions
 
@@ -348,7 +345,6 @@ class Persistence:
             nmsg,
             time.monotonic() - started,
         )
-        self.recovered = (nq, nmsg, time.monotonic() - started)
 
     # ------------------------------------------------------------------ queues
 

@@ -399,8 +399,10 @@ class Queue:
         if not self.deleted and len(store.messages) < backing.READ_AHEAD and self._refill(backing.READ_AHEAD_CHUNK):
             self.dispatch()
 
-    def get(self) -> Entry | None:
-        """basic.get: the head entry, taken out of the queue (None: empty)."""
+    def get(self, no_ack: bool = False) -> Entry | None:
+        """basic.get: the head entry, taken out of the queue (None: empty), counted (get,
+        get without ack, get-empty).  Whoever takes it hands it out (:meth:`handed_out`)
+        or settles it (:meth:`got_settled`)."""
         self.touch()
         store = self.store
         if not store.messages:
@@ -408,7 +410,11 @@ class Queue:
         if self.has_ttl_msgs:
             self.drop_expired()
         if not store.messages:
+            store.stats_get_empty += 1
             return None
+        store.stats_get += 1
+        if no_ack:
+            store.stats_get_noack += 1
         entry = store.pop()
         if self.has_ttl_msgs:
             # as RabbitMQ: expired messages now at the head go too, so get-ok's
@@ -433,6 +439,53 @@ class Queue:
         if self.has_limits and self.overflow == "drop-head":
             # (RabbitMQ: reject-publish* queues never drop a requeued message)
             self._enforce_limits()
+
+    # ---------------------------------------------------------------- the queue's books
+    # (what was handed out and how it was settled: the counters and the log's marks are
+    # written here only, whoever hands a message out -- a channel, the management API)
+
+    def handed_out(self, seq: int, msg: Message, redelivered: bool, no_ack: bool) -> None:
+        """A delivery or basic.get-ok left the queue: counted; with an ack to come it is
+        unacked (and, the first time, marked delivered in the log: recovery redelivers
+        it); without one (no-ack) its log record is acked now."""
+        store = self.store
+        store.stats_deliver += 1
+        if redelivered:
+            store.stats_redeliver += 1
+        if not no_ack:
+            store.stats_deliver_manual += 1  # (not on the no-ack path, the fastest one)
+            self.unacked_count += 1
+            if (not redelivered or self.persist_all) and store.log is not None:  # (durable: recovery marks)
+                store.mark_delivered(seq)
+        elif store.log is not None:
+            store.discard(seq, msg)
+
+    def got_settled(self, seq: int, msg: Message, redelivered: bool, requeue: bool, reject: bool) -> None:
+        """A basic.get settled at once (the management API's get): counted as a delivery,
+        then acked, or rejected (dead-lettered), unless it goes back (``requeue``: the
+        caller returns those together, :meth:`requeue`)."""
+        store = self.store
+        store.stats_deliver += 1
+        if redelivered:
+            store.stats_redeliver += 1
+        if not requeue:
+            self.unacked_count += 1
+            self.settle(seq, msg, reject)
+
+    def returned(self, entries: list[tuple[int, Message]]) -> None:
+        """Unacked deliveries come back (nack/reject with requeue, recover, their channel
+        closed): no longer unacked, requeued (:meth:`requeue`)."""
+        self.unacked_count -= len(entries)
+        self.requeue(entries)
+
+    def counters(self) -> dict[str, int]:
+        """The queue's message counters by name (``deliver``, ``ack`` and those of
+        ``backing.GONE_STATS``), for the totals kept of a queue that goes."""
+        store = self.store
+        out = {k: getattr(store, "stats_" + k) for k in backing.GONE_STATS}
+        out["deliver"] = store.stats_deliver
+        out["ack"] = store.stats_ack
+        return out
 
     def settle(self, seq: int, msg: Message, reject: bool) -> None:
         """A delivery was acked (or rejected without requeue: dead-lettered)."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from leveret.broker.core.errors import AMQPError, rs
-from leveret.protocol.constants import NOT_IMPLEMENTED, PRECONDITION_FAILED
+from leveret.protocol.constants import NOT_IMPLEMENTED, PRECONDITION_FAILED, Method
 
 #: the queue x-arguments RabbitMQ 3.10 knows (rabbit_amqqueue's declare arguments and the
 #: queue types' capabilities); one it does not know is ignored by every type
@@ -103,22 +103,22 @@ class QueueType:
             for arg in args:
                 if self.unsupported(arg):
                     raise AMQPError(
-                        PRECONDITION_FAILED, f"invalid arg '{arg}' for {where} of queue type {self.module}", 50, 10
+                        PRECONDITION_FAILED, f"invalid arg '{arg}' for {where} of queue type {self.module}", *Method.QUEUE_DECLARE
                     )
         if self.durable_only:
             for prop, on in (("auto-delete", auto_delete), ("exclusive-owner", exclusive), ("non-durable", not durable)):
                 if on:
-                    raise AMQPError(PRECONDITION_FAILED, f"invalid property '{prop}' for {where}", 50, 10)
+                    raise AMQPError(PRECONDITION_FAILED, f"invalid property '{prop}' for {where}", *Method.QUEUE_DECLARE)
 
     def check_server_named(self) -> None:
         """A server-named queue (declared with the name ""): classic queues only."""
         if self.durable_only:
-            raise AMQPError(PRECONDITION_FAILED, f"Cannot declare a server-named queue for type {self.module}", 50, 10)
+            raise AMQPError(PRECONDITION_FAILED, f"Cannot declare a server-named queue for type {self.module}", *Method.QUEUE_DECLARE)
 
     def check_consume(self, global_prefetch: int, where: str) -> None:
         """basic.consume on a channel with a global prefetch limit: 540 (connection)."""
         if global_prefetch and not self.global_qos:
-            raise AMQPError(NOT_IMPLEMENTED, f"{where} does not support global qos", 60, 20)
+            raise AMQPError(NOT_IMPLEMENTED, f"{where} does not support global qos", *Method.BASIC_CONSUME)
 
     def check_delete(self, if_unused: bool, if_empty: bool, where: str) -> None:
         """queue.delete with if-unused / if-empty: 540 (connection) where unsupported."""
@@ -129,8 +129,7 @@ class QueueType:
                 raise AMQPError(
                     NOT_IMPLEMENTED,
                     f"cannot delete {where}. queue.delete operations with {flag} flag set are not supported by quorum queues",
-                    50,
-                    40,
+                    *Method.QUEUE_DELETE,
                 )
 
 
@@ -198,7 +197,6 @@ def queue_type(args: dict[str, Any], name: str, vhost: str) -> QueueType:
         raise AMQPError(
             PRECONDITION_FAILED,
             f"invalid arg 'x-queue-type' for {rs('queue', name, vhost)}: \"unsupported queue type '{_text(v)}'\"",
-            50,
-            10,
+            *Method.QUEUE_DECLARE,
         )
     return qt

@@ -152,10 +152,10 @@ class QuorumQueue(Queue):
         if self.overflow == "drop-head":  # (reject-publish keeps the message it admitted)
             super()._enforce_limits()
 
-    def get(self) -> Entry | None:
+    def get(self, no_ack: bool = False) -> Entry | None:
         """basic.get: as a classic queue, with ``x-delivery-count`` set even on a first
         delivery (0)."""
-        entry = super().get()
+        entry = super().get(no_ack)
         if entry is None:
             return None
         seq, msg, redelivered, expires_at = entry

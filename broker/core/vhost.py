@@ -49,6 +49,7 @@ from leveret.protocol.constants import (
     NOT_FOUND,
     PRECONDITION_FAILED,
     RESOURCE_LOCKED,
+    Method,
 )
 
 if TYPE_CHECKING:
@@ -407,8 +408,7 @@ class VHost:
             raise AMQPError(
                 NOT_ALLOWED,
                 f"access to vhost '{self.name}' refused for user '{user}': connection limit ({limit}) is reached",
-                10,
-                40,
+                *Method.CONNECTION_OPEN,
             )
 
     def delete_queue(self, q: Queue) -> int:

@@ -42,7 +42,8 @@ from leveret.broker.definitions import (
     check_definitions,
     export_definitions,
 )
-from leveret.protocol.constants import NOT_FOUND
+from leveret.broker.views import ChannelInfo, ConnectionInfo
+from leveret.protocol.constants import CONNECTION_FORCED, NOT_FOUND
 
 if TYPE_CHECKING:
     from leveret.broker.server import Broker
@@ -1216,37 +1217,35 @@ class Api:
 
     # ------------------------------------------------------------------ connections, channels, consumers
 
-    def visible_connections(self, ctx: Ctx) -> list[Any]:
-        conns = [c for c in self.broker.connections if c.vhost is not None and not c.draining]
+    def open_connections(self) -> list[ConnectionInfo]:
+        """Every open connection, as the wire layer shows it (``Connection.info``)."""
+        return [i for i in (c.info() for c in list(self.broker.connections)) if i is not None]
+
+    def visible_connections(self, ctx: Ctx) -> list[ConnectionInfo]:
+        conns = self.open_connections()
         if ctx.monitor:
             return conns
         return [c for c in conns if c.user == ctx.user.name]
 
-    @staticmethod
-    def connection_name(c: Any) -> str:
-        local = c.transport.get_extra_info("sockname") if c.transport is not None else None
-        here = f"{local[0]}:{local[1]}" if local else "?"
-        return f"{c.peer} -> {here}"
-
-    def connection_info(self, c: Any) -> dict[str, Any]:
-        local = c.transport.get_extra_info("sockname") if c.transport is not None else None
-        peer_host, _, peer_port = c.peer.rpartition(":")
+    def connection_info(self, c: ConnectionInfo) -> dict[str, Any]:
         return {
-            "name": self.connection_name(c), "node": self.node, "type": "network", "protocol": "AMQP 0-9-1",
-            "user": c.user, "user_who_performed_action": c.user, "vhost": c.vhost.name,
+            "name": c.name, "node": self.node, "type": "network", "protocol": "AMQP 0-9-1",
+            "user": c.user, "user_who_performed_action": c.user, "vhost": c.vhost,
             "state": "blocked" if c.blocked else "running", "channels": len(c.channels),
-            "peer_host": peer_host, "peer_port": int(peer_port or 0),
-            "host": local[0] if local else "", "port": local[1] if local else 0,
-            "ssl": False, "auth_mechanism": "PLAIN", "frame_max": c.frame_max, "channel_max": c.channel_max,
+            "peer_host": c.peer_host, "peer_port": c.peer_port, "host": c.host, "port": c.port,
+            "ssl": c.ssl, "ssl_protocol": c.ssl_protocol, "ssl_key_exchange": c.ssl_key_exchange,
+            "ssl_cipher": c.ssl_cipher, "ssl_hash": c.ssl_hash,
+            "peer_cert_subject": None, "peer_cert_issuer": None, "peer_cert_validity": None,
+            "auth_mechanism": c.auth_mechanism, "frame_max": c.frame_max, "channel_max": c.channel_max,
             "timeout": c.heartbeat, "client_properties": _jsonable(c.client_properties),
-            "connected_at": int(time.time() * 1000), "recv_oct": 0, "send_oct": 0,
+            "connected_at": c.connected_at, "recv_oct": 0, "send_oct": 0,
             "recv_oct_details": rate(0), "send_oct_details": rate(0), "recv_cnt": 0, "send_cnt": 0,
-            "send_pend": c.out_bytes, "reductions": 0, "garbage_collection": {},
+            "send_pend": c.send_pend, "reductions": 0, "garbage_collection": {},
         }
 
-    def find_connection(self, ctx: Ctx, name: str) -> Any:
+    def find_connection(self, ctx: Ctx, name: str) -> ConnectionInfo:
         for c in self.visible_connections(ctx):
-            if self.connection_name(c) == name:
+            if c.name == name:
                 return c
         raise not_found()
 
@@ -1255,7 +1254,7 @@ class Api:
 
     async def vhost_connections(self, ctx: Ctx) -> web.Response:
         ctx.vhost(ctx.args[0])
-        out = [self.connection_info(c) for c in self.visible_connections(ctx) if c.vhost.name == ctx.args[0]]
+        out = [self.connection_info(c) for c in self.visible_connections(ctx) if c.vhost == ctx.args[0]]
         return json_ok(columns(ctx.request, out))
 
     async def connection_show(self, ctx: Ctx) -> web.Response:
@@ -1266,28 +1265,25 @@ class Api:
         if not ctx.admin and c.user != ctx.user.name:
             raise HttpError(401, "not_authorised", "Access refused.")
         reason = ctx.request.headers.get("X-Reason", "Closed via management plugin")
-        c.close_forced(320, reason)
+        c.close(CONNECTION_FORCED, reason)
         self.broker.flush_all()
         return no_content()
 
-    def channel_info(self, c: Any, ch: Any) -> dict[str, Any]:
-        cname = self.connection_name(c)
-        peer_host, _, peer_port = c.peer.rpartition(":")
-        consumers = [cons for q in c.vhost.queues.values() for cons in q.consumers if cons.channel is ch]
+    def channel_info(self, c: ConnectionInfo, ch: ChannelInfo) -> dict[str, Any]:
         return {
-            "name": f"{cname} ({ch.number})", "node": self.node, "number": ch.number, "user": c.user,
-            "vhost": c.vhost.name, "state": "running",
-            "connection_details": {"name": cname, "peer_host": peer_host, "peer_port": int(peer_port or 0)},
-            "consumer_count": len(consumers), "messages_unacknowledged": len(ch.unacked),
-            "messages_unconfirmed": 0, "messages_uncommitted": 0, "acks_uncommitted": 0,
-            "prefetch_count": ch.consumer_prefetch, "global_prefetch_count": ch.global_prefetch,
-            "confirm": ch.confirms is not None, "transactional": ch.tx is not None,
+            "name": f"{c.name} ({ch.number})", "node": self.node, "number": ch.number, "user": c.user,
+            "vhost": c.vhost, "state": "running",
+            "connection_details": {"name": c.name, "peer_host": c.peer_host, "peer_port": c.peer_port},
+            "consumer_count": ch.consumer_count, "messages_unacknowledged": ch.messages_unacknowledged,
+            "messages_unconfirmed": ch.messages_unconfirmed, "messages_uncommitted": ch.messages_uncommitted,
+            "acks_uncommitted": ch.acks_uncommitted, "prefetch_count": ch.prefetch_count, "global_prefetch_count": ch.global_prefetch_count,
+            "confirm": ch.confirm, "transactional": ch.transactional,
             "idle_since": "", "reductions": 0, "garbage_collection": {},
         }
 
     def all_channels(self, ctx: Ctx, vhost: str | None = None) -> list[dict[str, Any]]:
         return [self.channel_info(c, ch) for c in self.visible_connections(ctx)
-                if vhost is None or c.vhost.name == vhost for ch in list(c.channels.values())]
+                if vhost is None or c.vhost == vhost for ch in c.channels]
 
     async def channels(self, ctx: Ctx) -> web.Response:
         return json_ok(columns(ctx.request, self.all_channels(ctx)))
@@ -1298,24 +1294,25 @@ class Api:
 
     async def connection_channels(self, ctx: Ctx) -> web.Response:
         c = self.find_connection(ctx, ctx.args[0])
-        return json_ok([self.channel_info(c, ch) for ch in c.channels.values()])
+        return json_ok([self.channel_info(c, ch) for ch in c.channels])
 
     async def consumers(self, ctx: Ctx) -> web.Response:
         names = [ctx.args[0]] if ctx.args else ctx.visible_vhosts()
         out = []
+        channels = {id(ch.ident): (c, ch) for c in self.open_connections() for ch in c.channels}
         for vn in names:
             v = ctx.vhost(vn)
             for q in v.queues.values():
                 for cons in q.consumers:
-                    ch = cons.channel
-                    conn = ch.conn
-                    cname = self.connection_name(conn)
-                    peer_host, _, peer_port = conn.peer.rpartition(":")
+                    found = channels.get(id(cons.channel))
+                    if found is None:
+                        continue  # (its connection is closing)
+                    conn, ch = found
                     out.append({
                         "consumer_tag": cons.tag, "queue": {"name": q.name, "vhost": vn},
-                        "channel_details": {"name": f"{cname} ({ch.number})", "number": ch.number, "node": self.node,
-                                            "connection_name": cname, "peer_host": peer_host,
-                                            "peer_port": int(peer_port or 0), "user": conn.user},
+                        "channel_details": {"name": f"{conn.name} ({ch.number})", "number": ch.number, "node": self.node,
+                                            "connection_name": conn.name, "peer_host": conn.peer_host,
+                                            "peer_port": conn.peer_port, "user": conn.user},
                         "ack_required": not cons.no_ack, "exclusive": cons.exclusive,
                         "prefetch_count": cons.prefetch, "active": True, "activity_status": "up",
                         "consumer_timeout": self.broker.config.consumer_timeout, "arguments": _jsonable(cons.arguments),

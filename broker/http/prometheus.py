@@ -18,6 +18,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from leveret.broker.server import Broker
+    from leveret.broker.views import ChannelInfo
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 AMQP = {"protocol": "amqp091"}
@@ -121,14 +122,11 @@ def _auth(b: Broker, out: _Out, p: str) -> None:
                [({"protocol": k}, f) for k, (_, f) in stats.items()])
 
 
-def _channel_gauges(ch: Any) -> tuple[int, int, int, int, int, int, int]:
+def _channel_gauges(ch: ChannelInfo) -> tuple[int, int, int, int, int, int, int]:
     """consumers, unacked, unconfirmed, uncommitted, acks uncommitted, consumer prefetch,
     channel (global) prefetch, as rabbitmq_channel_* reports them."""
-    c = ch.confirms
-    tx = ch.tx
-    return (len(ch.consumers), len(ch.unacked), c.publish_seq - c.sent if c is not None else 0,
-            len(tx.publishes) if tx is not None else 0, len(tx.acks) if tx is not None else 0,
-            ch.consumer_prefetch, ch.global_prefetch)
+    return (ch.consumer_count, ch.messages_unacknowledged, ch.messages_unconfirmed, ch.messages_uncommitted,
+            ch.acks_uncommitted, ch.prefetch_count, ch.global_prefetch_count)
 
 
 CHANNEL_GAUGES = (
@@ -145,10 +143,8 @@ CHANNEL_GAUGES = (
 def _channels(b: Broker, out: _Out, p: str, per_channel: bool) -> None:
     """channel_metrics: the gauges, per channel (``channel`` label: its name in the API)
     or summed over the node's channels."""
-    from leveret.broker.http.api import Api
-
-    rows = [(f"{Api.connection_name(c)} ({ch.number})", _channel_gauges(ch))
-            for c in b.connections if c.vhost is not None for ch in c.channels.values()]
+    infos = [i for i in (c.info() for c in list(b.connections)) if i is not None]
+    rows = [(f"{c.name} ({ch.number})", _channel_gauges(ch)) for c in infos for ch in c.channels]
     for i, (name, help_) in enumerate(CHANNEL_GAUGES):
         if per_channel:
             out.metric(p + name, "gauge", help_, [({"channel": n}, g[i]) for n, g in rows])

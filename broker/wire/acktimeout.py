@@ -24,8 +24,8 @@ from leveret.protocol.constants import PRECONDITION_FAILED
 if TYPE_CHECKING:
     import asyncio
 
-    from leveret.broker.server import Broker
     from leveret.broker.wire.channel import Channel
+    from leveret.broker.wire.node import WireNode
 
 
 def timeout_text(channel: int, timeout_ms: int) -> str:
@@ -38,7 +38,7 @@ def timeout_text(channel: int, timeout_ms: int) -> str:
 class AckTimeout:
     """The node's consumer_timeout checker (one timer for every channel)."""
 
-    def __init__(self, broker: Broker, timeout_ms: int) -> None:
+    def __init__(self, broker: WireNode, timeout_ms: int) -> None:
         self.broker = broker
         self.timeout_ms = timeout_ms
         self.timeout = timeout_ms / 1000.0

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands as C
 
 from leveret.broker.core.access import READ
-from leveret.broker.core.backing import GONE_STATS
 from leveret.broker.core.consumer import Consumer
 from leveret.broker.core.errors import AMQPError, rs
 from leveret.broker.core.message import Message
 from leveret.broker.core.operations import REPLY_TO, Session
 from leveret.broker.core.queue import ACCEPTED, FLOW, PERSISTED, Queue
 from leveret.broker.core.vhost import generated_name
+from leveret.broker.views import ChannelInfo
 from leveret.broker.wire.confirms import Confirms
 from leveret.broker.wire.publish import PublishAssembly
 from leveret.broker.wire.tx import Transaction
@@ -47,10 +47,11 @@ from leveret.protocol.constants import (
     NOT_FOUND,
     NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
+    Method,
 )
 
 if TYPE_CHECKING:
-    from leveret.broker.wire.connection import Connection
+    from leveret.broker.wire.machine import ConnectionMachine
 
 REPLY_TO_PREFIX = REPLY_TO + "."
 
@@ -66,7 +67,7 @@ OPEN, CLOSING = 1, 2
 
 
 class Channel:
-    def __init__(self, conn: Connection, number: int) -> None:
+    def __init__(self, conn: ConnectionMachine, number: int) -> None:
         self.conn = conn
         self.node = conn.broker
         self.number = number
@@ -96,6 +97,20 @@ class Channel:
     @property
     def global_unacked(self) -> int:
         return self.unacked.global_unacked
+
+    def info(self) -> ChannelInfo:
+        """What the management API (and Prometheus' channel gauges) show of this channel."""
+        c, tx = self.confirms, self.tx
+        return ChannelInfo(
+            number=self.number,
+            consumer_count=len(self.consumers) - (self.reply_consumer is not None),  # (reply-to is none)
+            messages_unacknowledged=len(self.unacked),
+            messages_unconfirmed=c.publish_seq - c.sent if c is not None else 0,
+            messages_uncommitted=len(tx.publishes) if tx is not None else 0,
+            acks_uncommitted=len(tx.acks) if tx is not None else 0,
+            prefetch_count=self.consumer_prefetch, global_prefetch_count=self.global_prefetch,
+            confirm=self.confirms is not None, transactional=self.tx is not None, ident=self,
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -136,7 +151,7 @@ class Channel:
             if not bits and self.tx is None:
                 # the hot path: one plain ack
                 if not self.unacked.ack_one(tag):
-                    raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
+                    raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", *Method.BASIC_ACK)
                 self.conn.want_dispatch(self)
                 return
             self._ack(tag, bool(bits & 1), "ack", False)
@@ -318,7 +333,7 @@ class Channel:
 
     def _channel_flow(self, m: C.Channel.Flow) -> None:
         if not m.active:
-            raise AMQPError(NOT_IMPLEMENTED, "active=false", 20, 20)
+            raise AMQPError(NOT_IMPLEMENTED, "active=false", *Method.CHANNEL_FLOW)
         self.send(C.Channel.FlowOk(active=True))
 
     def _channel_flow_ok(self, m: Any) -> None:
@@ -390,7 +405,7 @@ class Channel:
     # basic class
     def _basic_qos(self, m: C.Basic.Qos) -> None:
         if m.prefetch_size:
-            raise AMQPError(NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
+            raise AMQPError(NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})", *Method.BASIC_QOS)
         if m.global_:
             self.global_prefetch = m.prefetch_count
         else:
@@ -410,11 +425,11 @@ class Channel:
         q = self.vhost.get_queue(name, self.conn)
         tag = m.consumer_tag or generated_name("amq.ctag-")
         if tag in self.consumers:
-            raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+            raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", *Method.BASIC_CONSUME)
         where = f"queue '{name}' in vhost '{self.vhost.name}'"
         q.qtype.check_consume(self.global_prefetch, where)
         if q.consumers and (m.exclusive or any(c.exclusive for c in q.consumers)):
-            raise AMQPError(ACCESS_REFUSED, f"{where} in exclusive use", 60, 20)
+            raise AMQPError(ACCESS_REFUSED, f"{where} in exclusive use", *Method.BASIC_CONSUME)
         args = m.arguments or {}
         c = Consumer(tag, self, q, m.no_ack, m.exclusive, self.consumer_prefetch, args)
         self.consumers[tag] = c
@@ -425,12 +440,12 @@ class Channel:
     def _reply_consume(self, m: C.Basic.Consume) -> None:
         """Direct reply-to: consume from the pseudo-queue amq.rabbitmq.reply-to."""
         if not m.no_ack:
-            raise AMQPError(PRECONDITION_FAILED, "reply consumer cannot acknowledge", 60, 20)
+            raise AMQPError(PRECONDITION_FAILED, "reply consumer cannot acknowledge", *Method.BASIC_CONSUME)
         if self.reply_consumer is not None:
-            raise AMQPError(PRECONDITION_FAILED, "reply consumer already set", 60, 20)
+            raise AMQPError(PRECONDITION_FAILED, "reply consumer already set", *Method.BASIC_CONSUME)
         tag = m.consumer_tag or generated_name("amq.ctag-")
         if tag in self.consumers:
-            raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+            raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", *Method.BASIC_CONSUME)
         q = Queue(self.vhost, REPLY_TO)
         c = Consumer(tag, self, q, True, False, 0, {})
         self.reply_queue = q
@@ -446,10 +461,7 @@ class Channel:
         if self.reply_consumer is not None:
             self.node.reply_channels.pop(self.reply_key, None)
             if self.reply_queue is not None:
-                store = self.reply_queue.store
-                self.node.stats_delivered_gone += store.stats_deliver  # (the node's totals)
-                for k in GONE_STATS:
-                    self.node.stats_queue_gone[k] += getattr(store, "stats_" + k)
+                self.node.reply_queue_gone(self.reply_queue)  # (its counters, in the node's totals)
                 self.reply_queue.deleted = True
                 self.reply_queue.purge()
             self.reply_consumer = None
@@ -484,7 +496,7 @@ class Channel:
     # confirm / tx
     def _confirm_select(self, m: C.Confirm.Select) -> None:
         if self.tx is not None:
-            raise AMQPError(PRECONDITION_FAILED, "cannot switch from tx to confirm mode", 85, 10)
+            raise AMQPError(PRECONDITION_FAILED, "cannot switch from tx to confirm mode", *Method.CONFIRM_SELECT)
         if self.confirms is None:
             self.confirms = Confirms(self)
         if not m.nowait:
@@ -492,7 +504,7 @@ class Channel:
 
     def _tx_select(self, m: C.Tx.Select) -> None:
         if self.confirms is not None:
-            raise AMQPError(PRECONDITION_FAILED, "cannot switch from confirm to tx mode", 90, 10)
+            raise AMQPError(PRECONDITION_FAILED, "cannot switch from confirm to tx mode", *Method.TX_SELECT)
         if self.tx is None:
             self.tx = Transaction()
         self.send(C.Tx.SelectOk())
@@ -500,7 +512,7 @@ class Channel:
     def _tx_commit(self, m: C.Tx.Commit) -> None:
         tx = self.tx
         if tx is None:
-            raise AMQPError(PRECONDITION_FAILED, "channel is not transactional", 90, 20)
+            raise AMQPError(PRECONDITION_FAILED, "channel is not transactional", *Method.TX_COMMIT)
         publishes, acks = tx.take()
         outcome = ACCEPTED
         for msg, mandatory, extra_keys in publishes:
@@ -520,7 +532,7 @@ class Channel:
 
     def _tx_rollback(self, m: C.Tx.Rollback) -> None:
         if self.tx is None:
-            raise AMQPError(PRECONDITION_FAILED, "channel is not transactional", 90, 30)
+            raise AMQPError(PRECONDITION_FAILED, "channel is not transactional", *Method.TX_ROLLBACK)
         for pairs, _, _ in self.tx.rollback():
             # the acked deliveries go back to the unacked set under their own tags
             self.unacked.restore(pairs)

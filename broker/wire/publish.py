@@ -40,10 +40,11 @@ from leveret.protocol.constants import (
     NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
     UNEXPECTED_FRAME,
+    Method,
 )
 
 if TYPE_CHECKING:
-    from leveret.broker.core.node import Node
+    from leveret.broker.wire.node import WireNode
 
 
 
@@ -55,7 +56,7 @@ def max_message_size(configured: int) -> int:
 def too_large(size: int, limit: int) -> AMQPError:
     """RabbitMQ's 406 for a message body over the limit (``check_msg_size``)."""
     what = "max size" if limit == MAX_MESSAGE_SIZE_LIMIT else "configured max size"
-    return AMQPError(PRECONDITION_FAILED, f"message size {size} is larger than {what} {limit}", 60, 40)
+    return AMQPError(PRECONDITION_FAILED, f"message size {size} is larger than {what} {limit}", *Method.BASIC_PUBLISH)
 
 
 class PublishAssembly:
@@ -71,7 +72,7 @@ class PublishAssembly:
         "_oversize",
     )
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: WireNode) -> None:
         self.node = node
         #: the basic.publish waiting for its header/body: (ex_rk, exchange, routing key);
         #: None when no content is expected
@@ -90,7 +91,7 @@ class PublishAssembly:
         """The error for a method frame that arrived while content is expected."""
         what = "content header for class 60" if self._header is None else "content body"
         kind = "header" if self._header is None else "body"
-        return AMQPError(UNEXPECTED_FRAME, f"expected {what}, got non content {kind} frame instead", 60, 40)
+        return AMQPError(UNEXPECTED_FRAME, f"expected {what}, got non content {kind} frame instead", *Method.BASIC_PUBLISH)
 
     def start(self, payload: bytes) -> None:
         """basic.publish (raw payload)."""
@@ -98,9 +99,9 @@ class PublishAssembly:
             ex_rk, _, _, mandatory, immediate = M.parse_publish(payload)
         except M.MethodDecodeError as exc:
             # RabbitMQ: 501 "cannot decode" for malformed method arguments
-            raise AMQPError(FRAME_ERROR, str(exc), 60, 40) from None
+            raise AMQPError(FRAME_ERROR, str(exc), *Method.BASIC_PUBLISH) from None
         if immediate:
-            raise AMQPError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
+            raise AMQPError(NOT_IMPLEMENTED, "immediate=true", *Method.BASIC_PUBLISH)
         exchange, rk = NAMES.get(ex_rk) or exchange_rk(ex_rk)
         self.pending = (ex_rk, exchange, rk)
         self.mandatory = mandatory
@@ -134,19 +135,17 @@ class PublishAssembly:
                 raise AMQPError(
                     UNEXPECTED_FRAME,
                     "expected content header for class 60, got non content header frame instead",
-                    60,
-                    40,
+                    *Method.BASIC_PUBLISH,
                 )
             try:
                 class_id, size = P.body_size(payload)
             except P.PropertyError as exc:
-                raise AMQPError(FRAME_ERROR, str(exc), 60, 40) from None
+                raise AMQPError(FRAME_ERROR, str(exc), *Method.BASIC_PUBLISH) from None
             if class_id != 60:
                 raise AMQPError(
                     UNEXPECTED_FRAME,
                     f"expected content header for class 60, got one for class {class_id} instead",
-                    60,
-                    40,
+                    *Method.BASIC_PUBLISH,
                 )
             if size > self.max_size:
                 # RabbitMQ reads the whole body before refusing it; drop it as it comes
@@ -160,7 +159,7 @@ class PublishAssembly:
             if ftype == FRAME_BODY_PART:
                 self._part(payload)
                 return None
-            raise AMQPError(UNEXPECTED_FRAME, "expected content body, got non content body frame instead", 60, 40)
+            raise AMQPError(UNEXPECTED_FRAME, "expected content body, got non content body frame instead", *Method.BASIC_PUBLISH)
         left = self._body_left - len(payload)
         if left < 0:
             # RabbitMQ keeps waiting for a body that can no longer complete (the next

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from leveret.broker.core.errors import AMQPError
-from leveret.protocol.constants import PRECONDITION_FAILED
+from leveret.protocol.constants import PRECONDITION_FAILED, Method
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from leveret.broker.core.queue import Queue
 
 Unacked = tuple["Queue", int, "Message", "Consumer | None"]
-ACK_METHOD_IDS = {"ack": 80, "nack": 120, "reject": 90}
+ACK_METHODS = {"ack": Method.BASIC_ACK, "nack": Method.BASIC_NACK, "reject": Method.BASIC_REJECT}
 
 
 class UnackedTracker:
@@ -40,21 +40,12 @@ class UnackedTracker:
     ) -> int:
         """Give a message a delivery tag: track it as unacked, or let it go (no-ack)."""
         tag = self.delivery_tag = self.delivery_tag + 1
-        store = queue.store
-        store.stats_deliver += 1
-        if redelivered:
-            store.stats_redeliver += 1
+        queue.handed_out(seq, msg, redelivered, no_ack)  # (the queue's books)
         if not no_ack:
-            store.stats_deliver_manual += 1  # (not on the no-ack path, the fastest one)
             self.entries[tag] = (queue, seq, msg, consumer)
             if consumer is not None:
                 consumer.unacked += 1
                 self.global_unacked += 1
-            queue.unacked_count += 1
-            if (not redelivered or queue.persist_all) and store.log is not None:  # (durable: recovery marks)
-                store.mark_delivered(seq)
-        elif store.log is not None:
-            store.discard(seq, msg)
         return tag
 
     def ack_one(self, tag: int) -> bool:
@@ -78,7 +69,7 @@ class UnackedTracker:
             entries.clear()
             return pairs
         if tag not in entries:
-            raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, ACK_METHOD_IDS[kind])
+            raise AMQPError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", *ACK_METHODS[kind])
         if not multiple:
             return [(tag, entries.pop(tag))]
         pairs = []
@@ -101,12 +92,11 @@ class UnackedTracker:
                 consumer.unacked -= 1
                 self.global_unacked -= 1
             if requeue:
-                q.unacked_count -= 1
                 back.setdefault(q, []).append((seq, msg))
             else:
                 q.settle(seq, msg, reject)
         for q, items in back.items():
-            q.requeue(items)
+            q.returned(items)
 
     def restore(self, pairs: list[tuple[int, Unacked]]) -> None:
         """tx.rollback: acked deliveries go back to the unacked set under their tags."""
