@@ -235,6 +235,9 @@ def test_a_framing_error_after_held_publishes_comes_after_them(monkeypatch: pyte
         stuck, raw = _stuck_queue_in_flow(b, "held")
         start = _depth(b, "held")
         raw.send(_numbered(3000) + b"\x01\x00\x01\x00\x00\x00\x00\x00")  # a bad frame-end octet last
+        # (a loaded machine may take a while to read: wait for the first publishes, then
+        # give the rest time to show they are held)
+        wait_until(lambda: _depth(b, "held") > start, timeout=10, what="the first publishes in the queue")
         time.sleep(0.5)
         taken = _depth(b, "held") - start
         assert 0 < taken <= CREDIT_INITIAL, taken
