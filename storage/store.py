@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 
 from .log import QueueLog, _fsync_dir
+from .streamlog import StreamLog
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,15 @@ class MessageStore:
                 _fsync_dir(path)
                 _fsync_dir(self.root)
             qlog = self._logs[key] = QueueLog(path, self.segment_size)
+        return qlog
+
+    def open_stream(self, key: str, segment_size: int) -> StreamLog:
+        """The log of a stream (``storage.streamlog``), in the queue directory of ``key``,
+        fsynced and closed with the queue logs; ``delete_queue`` removes it."""
+        qlog = self._logs.get(key)
+        if not isinstance(qlog, StreamLog):
+            self.open_queue(key)  # (the directory and its key file)
+            qlog = self._logs[key] = StreamLog(self._dir(key), segment_size)  # type: ignore[assignment]
         return qlog
 
     def list_queue_keys(self) -> list[str]:

@@ -347,6 +347,10 @@ class Queue:
                 return c
         return None
 
+    def check_consume(self, global_prefetch: int, prefetch: int, no_ack: bool, args: dict[str, Any], where: str) -> None:
+        """basic.consume's checks of the queue's type (a stream has more: ``stream.py``)."""
+        self.qtype.check_consume(global_prefetch, where)
+
     def dispatch(self) -> None:
         """Deliver ready messages while some consumer has credit."""
         if not self.consumers or self.deleted:

@@ -252,6 +252,10 @@ class Channel:
 
     def _ack(self, tag: int, multiple: bool, kind: str, requeue: bool) -> None:
         pairs = self.unacked.take(tag, multiple, kind)
+        if kind != "ack":
+            for _, (q, *_) in pairs:
+                if q.qtype.stream:  # (540: basic.nack and basic.reject not supported)
+                    q.qtype.check_reject(rs("queue", q.name, q.vhost.name))
         if self.tx is not None:
             self.tx.acks.append((pairs, kind, requeue))
             return
@@ -412,10 +416,10 @@ class Channel:
         if tag in self.consumers:
             raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
         where = f"queue '{name}' in vhost '{self.vhost.name}'"
-        q.qtype.check_consume(self.global_prefetch, where)
-        if q.consumers and (m.exclusive or any(c.exclusive for c in q.consumers)):
-            raise AMQPError(ACCESS_REFUSED, f"{where} in exclusive use", 60, 20)
         args = m.arguments or {}
+        q.check_consume(self.global_prefetch, self.consumer_prefetch, m.no_ack, args, where)
+        if q.consumers and not q.qtype.stream and (m.exclusive or any(c.exclusive for c in q.consumers)):
+            raise AMQPError(ACCESS_REFUSED, f"{where} in exclusive use", 60, 20)
         c = Consumer(tag, self, q, m.no_ack, m.exclusive, self.consumer_prefetch, args)
         self.consumers[tag] = c
         if not m.nowait:
