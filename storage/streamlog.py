@@ -368,11 +368,7 @@ class StreamLog:
             return out, offset, pos
         seg = self._seg_of(offset)
         assert seg is not None
-        if pos >= seg.size and offset - seg.first >= seg.count:  # at the end of a segment
-            i = self.segs.index(seg) + 1
-            if i >= len(self.segs):
-                return out, offset, pos
-            seg = self.segs[i]
+        if offset == seg.first:  # (a position at the end of the previous segment)
             pos = 0
         self._flush_if(seg)
         buf = os.pread(self._fd(seg), min(max(max_bytes, 4096), seg.size - pos), pos)

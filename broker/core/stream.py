@@ -80,21 +80,28 @@ def max_age_seconds(v: Any) -> float | None:
     return _age_seconds(v)
 
 
-def parse_offset(v: Any) -> tuple[str, Any]:
-    """The ``x-stream-offset`` consumer argument as RabbitMQ's ``parse_offset_arg``:
-    ``("next"|"first"|"last", None)``, ``("offset", n)`` or ``("time", seconds)``; an
-    invalid one closes the connection (541)."""
+def parse_offset(v: Any, where: str = "") -> tuple[str, Any]:
+    """The ``x-stream-offset`` consumer argument as RabbitMQ 3.10.8 reads it:
+    ``("next"|"first"|"last", None)``, ``("offset", n)`` or ``("time", seconds)``.  A
+    string that starts with a digit and is no interval is refused with 406 (channel);
+    any other value osiris cannot use closes the connection (541: other strings, a byte
+    array, a boolean, a table ...)."""
     if v is None:
         return "next", None
-    if isinstance(v, bytes | bytearray):
-        v = bytes(v).decode("utf-8", "replace")
     if isinstance(v, str):
         if v in ("first", "last", "next"):
             return v, None
         age = max_age_seconds(v)
-        if age is None:
-            raise BareError(INTERNAL_ERROR, f"invalid x-stream-offset {v!r}", 60, 20)
-        return "time", time.time() - age
+        if age is not None:
+            return "time", time.time() - age
+        if v[:1].isdigit():
+            raise AMQPError(
+                PRECONDITION_FAILED,
+                f'invalid arg \'x-stream-offset\' for {where}: {{invalid_stream_offset_arg,{{longstr,<<"{v}">>}}}}',
+                60,
+                20,
+            )
+        raise BareError(INTERNAL_ERROR, f"invalid x-stream-offset {v!r}", 60, 20)
     if isinstance(v, datetime.datetime):
         return "time", v.replace(tzinfo=v.tzinfo or datetime.UTC).timestamp()
     if isinstance(v, int) and not isinstance(v, bool):
@@ -212,7 +219,7 @@ class StreamQueue(Queue):
     def check_consume(self, global_prefetch: int, prefetch: int, no_ack: bool, args: dict[str, Any], where: str) -> None:
         """RabbitMQ 3.10.8's order: a valid offset (541), a prefetch count (406), no
         auto-ack (540), no global qos (540)."""
-        parse_offset(args.get("x-stream-offset"))
+        parse_offset(args.get("x-stream-offset"), where)
         if not prefetch:
             raise AMQPError(PRECONDITION_FAILED, f"consumer prefetch count is not set for '{where}'", 60, 20)
         if no_ack:
