@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import struct
 import tempfile
 import time
 import weakref
@@ -57,7 +58,7 @@ OFFSET_KEY = b"x-stream-offset"
 #: RabbitMQ's default x-stream-max-segment-size-bytes
 SEGMENT_SIZE = 500_000_000
 #: records read from the log for one consumer at a time (at most: its credit)
-READ_BATCH = 500
+READ_BATCH = 200
 NEVER = 1 << 62  # a reader past the end: it is given nothing
 
 
@@ -269,15 +270,20 @@ class StreamQueue(Queue):
                 if not records:
                     r.next, r.pos = nxt, pos
                     break
-                sink = c.sink
-                for off, _, ts, ex_rk, header, body in records:
+                deliver = c.sink.deliver
+                templates = TEMPLATES
+                pack = _Q.pack
+                for off, _, _, ex_rk, header, body in records:
                     names = NAMES.get(ex_rk) or exchange_rk(ex_rk)
-                    m = Message(ex_rk, names[0], names[1], header, body)
-                    m.ts = ts
-                    sink.deliver(c, self, off, with_offset(m, off), False)
+                    t = templates.get(header)
+                    h = t[0] + pack(off) + t[1] if t is not None else offset_header(header, off)
+                    deliver(c, self, off, Message(ex_rk, names[0], names[1], h, body), False)
                 r.next, r.pos = nxt, pos
                 if self.deleted or c not in self.readers:
                     return
+                # the batch goes out now: the consumer works through it (and acks) while
+                # the next one is read, instead of waiting for its whole credit
+                self.node.flush_all()
 
     # ---------------------------------------------------------------- settling
 
@@ -314,18 +320,43 @@ class StreamQueue(Queue):
         return f"<StreamQueue {self.name!r}>"
 
 
-def with_offset(msg: Message, offset: int) -> Message:
-    """A copy of ``msg`` whose headers carry ``x-stream-offset`` (a long), the table
-    sorted by key as RabbitMQ writes it."""
-    header = msg.header
+def _with_offset(header: bytes, offset: int) -> bytes:
+    """``header`` (a raw content header) whose headers table carries ``x-stream-offset``
+    = ``offset`` (a long), the table sorted by key as RabbitMQ writes it; every other
+    property byte for byte."""
     if header[P.FLAGS_HI] & P.HI_HEADERS:
-        at = msg.props.get("_headers_at")
+        at = P.scan(header).get("_headers_at")
         fields = P.table_fields(header, at) if at is not None else {}
         fields[OFFSET_KEY] = P.long_value(offset)
         table = P.table_bytes(sorted(fields.items()))
     else:
         table = P.table_bytes([(OFFSET_KEY, P.long_value(offset))])
-    out = Message(msg.ex_rk, msg.exchange, msg.routing_key, P.rewrite(header, {P.F_HEADERS: table}), msg.body)
+    return P.rewrite(header, {P.F_HEADERS: table})
+
+
+_PROBE = 0x0123456789ABCDEF
+_Q = struct.Struct(">q")
+#: raw content header -> (before, after) the 8 bytes of the offset in its rewritten form: a
+#: stream's messages mostly share their properties, so the table is rewritten once for all
+TEMPLATES: dict[bytes, tuple[bytes, bytes]] = {}
+
+
+def offset_header(header: bytes, offset: int) -> bytes:
+    """:func:`_with_offset`, through ``TEMPLATES`` (the delivery path)."""
+    t = TEMPLATES.get(header)
+    if t is None:
+        full = _with_offset(header, _PROBE)
+        i = full.find(OFFSET_KEY + b"l" + _Q.pack(_PROBE)) + len(OFFSET_KEY) + 1
+        t = (full[:i], full[i + 8 :])
+        if len(TEMPLATES) >= 1024:
+            TEMPLATES.clear()
+        TEMPLATES[header] = t
+    return t[0] + _Q.pack(offset) + t[1]
+
+
+def with_offset(msg: Message, offset: int) -> Message:
+    """A copy of ``msg`` delivered from a stream: ``x-stream-offset`` in its headers."""
+    out = Message(msg.ex_rk, msg.exchange, msg.routing_key, offset_header(bytes(msg.header), offset), msg.body)
     out.ts = msg.ts
     return out
 

@@ -1,0 +1,282 @@
+"""Streams: Leveret against RabbitMQ's stream, in the same run, over AMQP 0-9-1.
+
+For each broker: publish N messages with confirms into a new stream (one publisher, a
+window of unconfirmed messages), then 1, 5 and 25 consumers, each reading the N messages
+from ``x-stream-offset: first`` (prefetch as credit, multiple acks).  It prints the publish
+rate, the read rate per consumer (median over the consumers of a round, and the aggregate),
+the broker's CPU seconds per phase and its RSS as the stream grows, then each figure as a
+ratio Leveret / RabbitMQ.
+
+The client is ``leveret.perf.client`` (pre-encoded frames, deliveries counted without
+decoding), every connection of a round in one process: with 25 consumers the client can be
+the limit, which the broker's CPU share of the phase shows.  Leveret runs from this tree with
+a data directory (fsync as configured: confirms wait for it), RabbitMQ is the one on
+127.0.0.1:5672 (a vhost of our own, deleted after; its RSS is the whole node's, other users'
+queues included).
+
+    python bench/streams.py                       # 200k messages of 128 B, both brokers
+    python bench/streams.py -n 1000000 --rounds 1,5,25
+    python bench/streams.py --no-rabbitmq -n 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pamqp import commands
+
+from leveret.perf.client import Connection, open_connection, parse_uri, publish_frames
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_s(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+    except OSError:
+        return 0.0
+
+
+def rabbit_pid() -> int | None:
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"beam.smp" in cmd and b"rabbit" in cmd:
+            return int(d)
+    return None
+
+
+def http(method: str, url: str, body: Any = None) -> int:
+    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    req.add_header("content-type", "application/json")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return int(r.status)
+
+
+async def declare(uri: str, queue: str, segment: int) -> None:
+    conn = await open_connection(parse_uri(uri), "streams-bench-declare")
+    args = {"x-queue-type": "stream", "x-stream-max-segment-size-bytes": segment}
+    await conn.rpc(1, commands.Queue.Declare(queue=queue, durable=True, arguments=args), commands.Queue.DeclareOk)
+    conn.transport.close()  # type: ignore[union-attr]
+
+
+async def publish(uri: str, queue: str, n: int, size: int, window: int, pid: int) -> dict[str, Any]:
+    conn = await open_connection(parse_uri(uri), "streams-bench-pub")
+    await conn.rpc(1, commands.Confirm.Select(), commands.Confirm.SelectOk)
+    prefix, suffix = publish_frames("", queue, size, False, conn.frame_max)
+    one = prefix + bytes(8) + suffix
+    state = {"confirmed": 0}
+    more = asyncio.Event()
+
+    def on_confirm(tag: int, multiple: bool, nack: bool) -> None:
+        if nack:
+            raise RuntimeError("a publish was nacked")
+        if tag > state["confirmed"]:
+            state["confirmed"] = tag
+        more.set()
+
+    conn.on_confirm = on_confirm
+    rss: list[tuple[int, int]] = []  # (messages confirmed, broker RSS KiB)
+    step = max(1, n // 10)
+    next_sample = step
+    cpu0 = cpu_s(pid)
+    t0 = time.perf_counter()
+    sent = 0
+    batch = 100
+    while state["confirmed"] < n:
+        room = min(window - (sent - state["confirmed"]), n - sent)
+        if room >= min(batch, n - sent) and room > 0:
+            k = min(room, batch)
+            conn.transport.write(one * k)  # type: ignore[union-attr]
+            sent += k
+            await asyncio.sleep(0)
+            continue
+        more.clear()
+        await more.wait()
+        while state["confirmed"] >= next_sample:
+            rss.append((next_sample, rss_kib(pid)))
+            next_sample += step
+    dt = time.perf_counter() - t0
+    cpu = cpu_s(pid) - cpu0
+    conn.transport.close()  # type: ignore[union-attr]
+    return {"rate": n / dt, "seconds": dt, "broker_cpu_s": cpu, "rss_kib": rss}
+
+
+async def consume_round(uri: str, queue: str, n: int, consumers: int, prefetch: int, pid: int) -> dict[str, Any]:
+    conns: list[Connection] = []
+    for i in range(consumers):
+        c = await open_connection(parse_uri(uri), f"streams-bench-c{i}")
+        await c.rpc(1, commands.Basic.Qos(prefetch_count=prefetch), commands.Basic.QosOk)
+        c.manual_ack = True
+        c.multi_ack = max(1, prefetch // 4)
+        c.limit = n
+        conns.append(c)
+    cpu0 = cpu_s(pid)
+    me0 = time.process_time()
+    rss0 = rss_kib(pid)
+    t0 = time.perf_counter()
+    done_at: list[float | None] = [None] * consumers
+    for c in conns:
+        c.send(1, commands.Basic.Consume(queue=queue, arguments={"x-stream-offset": "first"}))
+    rss_max = rss0
+    deadline = t0 + max(120.0, n * consumers / 5000)
+    while not all(done_at):
+        await asyncio.sleep(0.05)
+        now = time.perf_counter()
+        for i, c in enumerate(conns):
+            if done_at[i] is None and c.received >= n:
+                done_at[i] = now
+            if c.error is not None:
+                raise RuntimeError(f"consumer {i}: {c.error}")
+        rss_max = max(rss_max, rss_kib(pid))
+        if now > deadline:
+            raise RuntimeError(f"consumers stuck at {[c.received for c in conns]} of {n}")
+    dt = max(t for t in done_at if t is not None) - t0
+    cpu = cpu_s(pid) - cpu0
+    client_cpu = time.process_time() - me0
+    for c in conns:
+        c.transport.close()  # type: ignore[union-attr]
+    rates = [n / ((t or 0) - t0) for t in done_at]
+    return {
+        "consumers": consumers, "median_rate": statistics.median(rates), "min_rate": min(rates),
+        "aggregate_rate": n * consumers / dt, "seconds": dt, "broker_cpu_s": cpu, "broker_cpu_share": cpu / dt,
+        "client_cpu_share": client_cpu / dt, "rss_kib_before": rss0, "rss_kib_max": rss_max,
+    }
+
+
+async def run_broker(name: str, uri: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    queue = f"bench-stream-{os.getpid()}"
+    await declare(uri, queue, args.segment)
+    rss_empty = rss_kib(pid)
+    pub = await publish(uri, queue, args.n, args.size, args.window, pid)
+    print(f"{name}: publish {pub['rate']:,.0f} msg/s ({pub['seconds']:.1f} s, broker CPU {pub['broker_cpu_s']:.1f} s); "
+          f"RSS MiB empty {rss_empty / 1024:.0f}, as it grows: "
+          + " ".join(f"{r / 1024:.0f}" for _, r in pub["rss_kib"]), flush=True)
+    rounds = []
+    for k in args.rounds:
+        r = await consume_round(uri, queue, args.n, k, args.prefetch, pid)
+        rounds.append(r)
+        print(f"{name}: {k:>2} consumers x {args.n:,} from first: median {r['median_rate']:,.0f} msg/s per consumer "
+              f"(min {r['min_rate']:,.0f}), aggregate {r['aggregate_rate']:,.0f} msg/s, broker CPU "
+              f"{r['broker_cpu_share']:.0%} of a core (client {r['client_cpu_share']:.0%}), RSS max {r['rss_kib_max'] / 1024:.0f} MiB", flush=True)
+    conn = await open_connection(parse_uri(uri), "streams-bench-delete")
+    await conn.rpc(1, commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk)
+    conn.transport.close()  # type: ignore[union-attr]
+    return {"rss_kib_empty": rss_empty, "publish": pub, "rounds": rounds}
+
+
+def start_leveret(data_dir: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "leveret", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data_dir,
+           "--http-port", "off", "--prometheus-port", "off", "--log-level", "warning", *extra]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + 20
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"leveret exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("leveret did not listen") from None
+            time.sleep(0.05)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=200_000, help="messages published, and read by each consumer (default 200000)")
+    ap.add_argument("-s", "--size", type=int, default=128, help="body size in bytes (default 128)")
+    ap.add_argument("--window", type=int, default=2000, help="unconfirmed messages at most (default 2000)")
+    ap.add_argument("--prefetch", type=int, default=1000, help="each consumer's prefetch (credit), default 1000")
+    ap.add_argument("--rounds", default="1,5,25", help="consumers per round (default 1,5,25)")
+    ap.add_argument("--segment", type=int, default=500_000_000, help="x-stream-max-segment-size-bytes (default 500 MB)")
+    ap.add_argument("--no-rabbitmq", action="store_true", help="Leveret only")
+    ap.add_argument("--leveret-arg", action="append", default=[], help="extra argument for Leveret's command line")
+    ap.add_argument("--rabbitmq-http", default="http://127.0.0.1:15672", help="RabbitMQ's management API")
+    ap.add_argument("--json", help="write the figures as JSON to this file")
+    args = ap.parse_args()
+    args.rounds = [int(x) for x in args.rounds.split(",") if x]
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    out: dict[str, Any] = {"n": args.n, "size": args.size}
+    data_dir = tempfile.mkdtemp(prefix="leveret-streams-bench-")
+    proc, port = start_leveret(data_dir, args.leveret_arg)
+    try:
+        out["leveret"] = asyncio.run(run_broker("leveret", f"amqp://guest:guest@127.0.0.1:{port}/%2F", proc.pid, args))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if not args.no_rabbitmq:
+        vhost = f"streams-bench-{os.getpid()}"
+        api = args.rabbitmq_http
+        http("PUT", f"{api}/api/vhosts/{vhost}")
+        try:
+            http("PUT", f"{api}/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+            pid = rabbit_pid() or 0
+            out["rabbitmq"] = asyncio.run(run_broker("rabbitmq", f"amqp://guest:guest@127.0.0.1:5672/{vhost}", pid, args))
+        finally:
+            http("DELETE", f"{api}/api/vhosts/{vhost}")
+        lev, rmq = out["leveret"], out["rabbitmq"]
+        print("ratios Leveret / RabbitMQ:")
+        print(f"  publish rate {lev['publish']['rate'] / rmq['publish']['rate']:.2f}")
+        for a, b in zip(lev["rounds"], rmq["rounds"], strict=True):
+            print(f"  {a['consumers']:>2} consumers: read rate per consumer (median) {a['median_rate'] / b['median_rate']:.2f}, "
+                  f"aggregate {a['aggregate_rate'] / b['aggregate_rate']:.2f}")
+        print(f"  RSS after publishing {lev['publish']['rss_kib'][-1][1] / max(1, rmq['publish']['rss_kib'][-1][1]):.2f} "
+              f"(Leveret {lev['publish']['rss_kib'][-1][1] / 1024:.0f} MiB, RabbitMQ node {rmq['publish']['rss_kib'][-1][1] / 1024:.0f} MiB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
