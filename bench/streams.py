@@ -4,8 +4,10 @@ For each broker: publish N messages with confirms into a new stream (one publish
 window of unconfirmed messages), then 1, 5 and 25 consumers, each reading the N messages
 from ``x-stream-offset: first`` (prefetch as credit, multiple acks).  It prints the publish
 rate, the read rate per consumer (median over the consumers of a round, and the aggregate),
-the broker's CPU seconds per phase and its RSS as the stream grows, then each figure as a
-ratio Leveret / RabbitMQ.
+the broker's CPU per phase (share of a core, and microseconds per delivery) and its RSS as
+the stream grows, then each figure as a ratio Leveret / RabbitMQ.  On a machine shared with
+other work, a single-threaded broker gets one runnable thread's share of the CPU while
+RabbitMQ's schedulers get several: the CPU per delivery is then the fairer comparison.
 
 The client is ``leveret.perf.client`` (pre-encoded frames, deliveries counted without
 decoding), every connection of a round in one process: with 25 consumers the client can be
@@ -180,7 +182,7 @@ async def consume_round(uri: str, queue: str, n: int, consumers: int, prefetch: 
     return {
         "consumers": consumers, "median_rate": statistics.median(rates), "min_rate": min(rates),
         "aggregate_rate": n * consumers / dt, "seconds": dt, "broker_cpu_s": cpu, "broker_cpu_share": cpu / dt,
-        "client_cpu_share": client_cpu / dt, "rss_kib_before": rss0, "rss_kib_max": rss_max,
+        "broker_cpu_us_per_msg": cpu * 1e6 / (n * consumers), "client_cpu_share": client_cpu / dt, "rss_kib_before": rss0, "rss_kib_max": rss_max,
     }
 
 
@@ -198,7 +200,7 @@ async def run_broker(name: str, uri: str, pid: int, args: argparse.Namespace) ->
         rounds.append(r)
         print(f"{name}: {k:>2} consumers x {args.n:,} from first: median {r['median_rate']:,.0f} msg/s per consumer "
               f"(min {r['min_rate']:,.0f}), aggregate {r['aggregate_rate']:,.0f} msg/s, broker CPU "
-              f"{r['broker_cpu_share']:.0%} of a core (client {r['client_cpu_share']:.0%}), RSS max {r['rss_kib_max'] / 1024:.0f} MiB", flush=True)
+              f"{r['broker_cpu_share']:.0%} of a core, {r['broker_cpu_us_per_msg']:.1f} us per delivery (client {r['client_cpu_share']:.0%}), RSS max {r['rss_kib_max'] / 1024:.0f} MiB", flush=True)
     conn = await open_connection(parse_uri(uri), "streams-bench-delete")
     await conn.rpc(1, commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk)
     conn.transport.close()  # type: ignore[union-attr]
@@ -268,10 +270,13 @@ def main() -> None:
             http("DELETE", f"{api}/api/vhosts/{vhost}")
         lev, rmq = out["leveret"], out["rabbitmq"]
         print("ratios Leveret / RabbitMQ:")
-        print(f"  publish rate {lev['publish']['rate'] / rmq['publish']['rate']:.2f}")
+        lp, rp = lev["publish"], rmq["publish"]
+        print(f"  publish rate {lp['rate'] / rp['rate']:.2f}, broker CPU per publish "
+              f"{lp['broker_cpu_s'] / max(1e-9, rp['broker_cpu_s']):.2f}")
         for a, b in zip(lev["rounds"], rmq["rounds"], strict=True):
             print(f"  {a['consumers']:>2} consumers: read rate per consumer (median) {a['median_rate'] / b['median_rate']:.2f}, "
-                  f"aggregate {a['aggregate_rate'] / b['aggregate_rate']:.2f}")
+                  f"aggregate {a['aggregate_rate'] / b['aggregate_rate']:.2f}, broker CPU per delivery "
+                  f"{a['broker_cpu_us_per_msg'] / b['broker_cpu_us_per_msg']:.2f}")
         print(f"  RSS after publishing {lev['publish']['rss_kib'][-1][1] / max(1, rmq['publish']['rss_kib'][-1][1]):.2f} "
               f"(Leveret {lev['publish']['rss_kib'][-1][1] / 1024:.0f} MiB, RabbitMQ node {rmq['publish']['rss_kib'][-1][1] / 1024:.0f} MiB)")
     if args.json:
