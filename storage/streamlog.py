@@ -46,6 +46,7 @@ _HDR = struct.Struct(">II")
 _REC = struct.Struct(">II" + record.HEAD_FORMAT)  # header + the record's head
 _WBUF_LIMIT = 1 << 20
 _READ_SIZE = 1 << 18  # one pread of a reader's batch
+_SCAN_RUN = 4 << 20  # recovery reads a segment in runs of this size
 INDEX_EVERY = 256
 #: record flag: the first record of a chunk (see the module's text)
 F_CHUNK = 2
@@ -129,22 +130,44 @@ class StreamLog:
         return self.count
 
     def _scan(self, seg: _Seg, is_last: bool) -> None:
+        """Index one segment, reading it in runs of ``_SCAN_RUN`` bytes (a 500 MB segment
+        is never in RAM at once); checksums are verified on the last segment only."""
         path = os.path.join(self.path, seg.name)
-        with open(path, "rb", buffering=0) as f:
-            data = f.read()
-        size = len(data)
-        off = 0
-        unpack = _REC.unpack_from
-        head = _REC.size
-        while off + head <= size:
-            length, crc, flags, ts, _, _ = unpack(data, off)
-            end = off + 8 + length
-            if not length or end > size:
-                break
-            if is_last and crc32c(memoryview(data)[off + 8 : end]) != crc:
-                break
-            seg.add(off, ts, flags, 8 + length)
-            off = end
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            off = 0  # file position of the next record
+            unpack = _REC.unpack_from
+            head = _REC.size
+            bad = False
+            while off < size and not bad:
+                data = os.pread(fd, _SCAN_RUN, off)
+                at = 0
+                n = len(data)
+                while at + head <= n:
+                    length, crc, flags, ts, _, _ = unpack(data, at)
+                    end = at + 8 + length
+                    if not length or off + end - at > size:
+                        bad = True
+                        break
+                    if end > n:
+                        if at:
+                            break  # (the next run starts with this record)
+                        data = os.pread(fd, 8 + length, off)  # one record larger than a run
+                        n = len(data)
+                        if end > n:
+                            bad = True
+                            break
+                    if is_last and crc32c(memoryview(data)[at + 8 : end]) != crc:
+                        bad = True
+                        break
+                    seg.add(off, ts, flags, 8 + length)
+                    off += end - at
+                    at = end
+                if not bad and at + head > n and off + head > size:
+                    break  # (a partial header at the very end)
+        finally:
+            os.close(fd)
         if off < size:
             log.warning("%s: torn tail at offset %d, truncating %d bytes", path, off, size - off)
             os.truncate(path, off)

@@ -213,7 +213,7 @@ def test_dashboard_end_to_end(broker: tuple[SubprocessBroker, int], page: Page, 
         expect(row.locator("td.type")).to_have_text("classic")
         # a stream: its type and the messages in it (acks remove nothing)
         ch.queue_declare("dash.s", durable=True, arguments={"x-queue-type": "stream"})
-        for i in range(3):
+        for _ in range(3):
             ch.basic_publish("", "dash.s", b"s")
         srow = p.locator('#queues-table tr[data-vhost="/"][data-queue="dash.s"]')
         expect(srow.locator("td.type")).to_have_text("stream")
