@@ -41,13 +41,17 @@ from leveret.protocol.constants import (
     BASIC_PUBLISH,
     CHANNEL_ERROR,
     COMMAND_INVALID,
+    FRAME_BODY,
+    FRAME_END_BYTE,
     FRAME_ERROR,
+    FRAME_HEADER,
     NO_ROUTE,
     NOT_ALLOWED,
     NOT_FOUND,
     NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
 )
+from leveret.protocol.frames import pack_head
 
 if TYPE_CHECKING:
     from leveret.broker.wire.connection import Connection
@@ -244,6 +248,49 @@ class Channel:
         number = self.number
         method_frame = M.deliver_frame(number, consumer.wire_tag, tag, redelivered, msg.ex_rk)
         conn.send_parts(M.content_frames(number, msg.header, msg.body, conn.frame_max, method_frame), msg.size)
+
+    def deliver_stream(self, consumer: Consumer, queue: Queue, items: list[tuple[int, bytes, bytes, bytes]]) -> None:
+        """A batch of a stream's deliveries to ``consumer`` (``core.stream``): ``(offset,
+        ex_rk, header, body)`` each, header with its ``x-stream-offset``.  Each is tracked
+        unacked under its offset (the message itself is not kept: an ack of a stream's
+        delivery removes nothing), and the batch goes out as one piece."""
+        unacked = self.unacked
+        entries = unacked.entries
+        tag = unacked.delivery_tag
+        number = self.number
+        conn = self.conn
+        chunk = conn.frame_max - 8
+        wire_tag = consumer.wire_tag
+        deliver_frame = M.deliver_frame
+        head = pack_head
+        out: list[Any] = []
+        append = out.append
+        nbytes = 0
+        for off, ex_rk, header, body in items:
+            tag += 1
+            entries[tag] = (queue, off, None, consumer)  # type: ignore[assignment]
+            method = deliver_frame(number, wire_tag, tag, False, ex_rk)
+            blen = len(body)
+            nbytes += blen
+            if 0 < blen <= chunk:
+                append(method)
+                append(head(FRAME_HEADER, number, len(header)))
+                append(header)
+                append(FRAME_END_BYTE)
+                append(head(FRAME_BODY, number, blen))
+                append(body)
+                append(FRAME_END_BYTE)
+            else:
+                out += M.content_frames(number, header, body, conn.frame_max, method)
+        n = len(items)
+        unacked.delivery_tag = tag
+        consumer.unacked += n
+        unacked.global_unacked += n
+        queue.unacked_count += n
+        store = queue.store
+        store.stats_deliver += n
+        store.stats_deliver_manual += n
+        conn.send_parts([b"".join(out)], nbytes)
 
     def _send_content(self, method_frame: bytes, msg: Message) -> None:
         """A basic.get-ok / return frame followed by the message content."""
