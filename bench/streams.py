@@ -82,7 +82,7 @@ def rabbit_pid() -> int | None:
                 cmd = f.read()
         except OSError:
             continue
-        if b"beam.smp" in cmd and b"rabbit" in cmd:
+        if b"beam.smp" in cmd and b"-s\x00rabbit\x00boot" in cmd:  # (the node, not a rabbitmqctl)
             return int(d)
     return None
 
