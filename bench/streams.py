@@ -10,8 +10,8 @@ other work, a single-threaded broker gets one runnable thread's share of the CPU
 RabbitMQ's schedulers get several: the CPU per delivery is then the fairer comparison.
 
 The client is ``leveret.perf.client`` (pre-encoded frames, deliveries counted without
-decoding), every connection of a round in one process: with 25 consumers the client can be
-the limit, which the broker's CPU share of the phase shows.  Leveret runs from this tree with
+decoding), the consumers of a round spread over ``--client-processes`` processes (one
+Python process is the limit past ~100k deliveries/s here).  Leveret runs from this tree with
 a data directory (fsync as configured: confirms wait for it), RabbitMQ is the one on
 127.0.0.1:5672 (a vhost of our own, deleted after; its RSS is the whole node's, other users'
 queues included).
@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import base64
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -144,66 +145,101 @@ async def publish(uri: str, queue: str, n: int, size: int, window: int, pid: int
     return {"rate": n / dt, "seconds": dt, "broker_cpu_s": cpu, "rss_kib": rss}
 
 
-async def consume_round(uri: str, queue: str, n: int, consumers: int, prefetch: int, pid: int) -> dict[str, Any]:
+async def _consume_part(uri: str, queue: str, n: int, consumers: int, prefetch: int, first: int,
+                        go_at: float) -> list[float]:
+    """One client process's consumers; each one's seconds to read ``n`` messages, timed
+    from ``go_at`` (wall clock, the same for every process of the round)."""
     conns: list[Connection] = []
     for i in range(consumers):
-        c = await open_connection(parse_uri(uri), f"streams-bench-c{i}")
+        c = await open_connection(parse_uri(uri), f"streams-bench-c{first + i}")
         await c.rpc(1, commands.Basic.Qos(prefetch_count=prefetch), commands.Basic.QosOk)
         c.manual_ack = True
         c.multi_ack = max(1, prefetch // 4)
         c.limit = n
         conns.append(c)
-    cpu0 = cpu_s(pid)
-    me0 = time.process_time()
-    rss0 = rss_kib(pid)
-    t0 = time.perf_counter()
-    done_at: list[float | None] = [None] * consumers
+    await asyncio.sleep(max(0.0, go_at - time.time()))
     for c in conns:
         c.send(1, commands.Basic.Consume(queue=queue, arguments={"x-stream-offset": "first"}))
-    rss_max = rss0
-    deadline = t0 + max(120.0, n * consumers / 5000)
-    while not all(done_at):
-        await asyncio.sleep(0.05)
-        now = time.perf_counter()
+    done: list[float | None] = [None] * consumers
+    deadline = go_at + max(120.0, n * consumers / 5000)
+    while not all(done):
+        await asyncio.sleep(0.02)
+        now = time.time()
         for i, c in enumerate(conns):
-            if done_at[i] is None and c.received >= n:
-                done_at[i] = now
+            if done[i] is None and c.received >= n:
+                done[i] = now - go_at
             if c.error is not None:
-                raise RuntimeError(f"consumer {i}: {c.error}")
-        rss_max = max(rss_max, rss_kib(pid))
+                raise RuntimeError(f"consumer {first + i}: {c.error}")
         if now > deadline:
             raise RuntimeError(f"consumers stuck at {[c.received for c in conns]} of {n}")
-    dt = max(t for t in done_at if t is not None) - t0
-    cpu = cpu_s(pid) - cpu0
-    client_cpu = time.process_time() - me0
     for c in conns:
         c.transport.close()  # type: ignore[union-attr]
-    rates = [n / ((t or 0) - t0) for t in done_at]
+    return [d for d in done if d is not None]
+
+
+def _consume_worker(job: tuple[str, str, int, int, int, int, float]) -> tuple[list[float], float]:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    t = time.process_time()
+    times = asyncio.run(_consume_part(*job))
+    return times, time.process_time() - t
+
+
+def consume_round(uri: str, queue: str, n: int, consumers: int, prefetch: int, pid: int, procs: int) -> dict[str, Any]:
+    """``consumers`` consumers from ``first``, spread over ``procs`` client processes."""
+    procs = max(1, min(procs, consumers))
+    shares = [consumers // procs + (1 if i < consumers % procs else 0) for i in range(procs)]
+    go_at = time.time() + 1.0 + 0.05 * consumers  # (every connection open before it)
+    jobs = [(uri, queue, n, k, prefetch, sum(shares[:i]), go_at) for i, k in enumerate(shares)]
+    with multiprocessing.get_context("fork").Pool(procs) as pool:
+        result = pool.map_async(_consume_worker, jobs)
+        time.sleep(max(0.0, go_at - time.time()))
+        cpu0 = cpu_s(pid)
+        rss_max = rss0 = rss_kib(pid)
+        while not result.ready():
+            result.wait(0.1)
+            rss_max = max(rss_max, rss_kib(pid))
+        cpu = cpu_s(pid) - cpu0
+        parts = result.get()
+    times = [t for ts, _ in parts for t in ts]
+    client_cpu = sum(c for _, c in parts)
+    dt = max(times)
+    rates = [n / t for t in times]
     return {
-        "consumers": consumers, "median_rate": statistics.median(rates), "min_rate": min(rates),
+        "consumers": consumers, "client_processes": procs, "median_rate": statistics.median(rates), "min_rate": min(rates),
         "aggregate_rate": n * consumers / dt, "seconds": dt, "broker_cpu_s": cpu, "broker_cpu_share": cpu / dt,
-        "broker_cpu_us_per_msg": cpu * 1e6 / (n * consumers), "client_cpu_share": client_cpu / dt, "rss_kib_before": rss0, "rss_kib_max": rss_max,
+        "broker_cpu_us_per_msg": cpu * 1e6 / (n * consumers), "client_cpu_share": client_cpu / dt,
+        "rss_kib_before": rss0, "rss_kib_max": rss_max,
     }
 
 
-async def run_broker(name: str, uri: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+async def delete(uri: str, queue: str) -> None:
+    conn = await open_connection(parse_uri(uri), "streams-bench-delete")
+    await conn.rpc(1, commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk)
+    conn.transport.close()  # type: ignore[union-attr]
+
+
+def run_broker(name: str, uri: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     queue = f"bench-stream-{os.getpid()}"
-    await declare(uri, queue, args.segment)
+    asyncio.run(declare(uri, queue, args.segment))
     rss_empty = rss_kib(pid)
-    pub = await publish(uri, queue, args.n, args.size, args.window, pid)
+    pub = asyncio.run(publish(uri, queue, args.n, args.size, args.window, pid))
     print(f"{name}: publish {pub['rate']:,.0f} msg/s ({pub['seconds']:.1f} s, broker CPU {pub['broker_cpu_s']:.1f} s); "
           f"RSS MiB empty {rss_empty / 1024:.0f}, as it grows: "
           + " ".join(f"{r / 1024:.0f}" for _, r in pub["rss_kib"]), flush=True)
     rounds = []
     for k in args.rounds:
-        r = await consume_round(uri, queue, args.n, k, args.prefetch, pid)
+        r = consume_round(uri, queue, args.n, k, args.prefetch, pid, args.client_processes)
         rounds.append(r)
         print(f"{name}: {k:>2} consumers x {args.n:,} from first: median {r['median_rate']:,.0f} msg/s per consumer "
               f"(min {r['min_rate']:,.0f}), aggregate {r['aggregate_rate']:,.0f} msg/s, broker CPU "
-              f"{r['broker_cpu_share']:.0%} of a core, {r['broker_cpu_us_per_msg']:.1f} us per delivery (client {r['client_cpu_share']:.0%}), RSS max {r['rss_kib_max'] / 1024:.0f} MiB", flush=True)
-    conn = await open_connection(parse_uri(uri), "streams-bench-delete")
-    await conn.rpc(1, commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk)
-    conn.transport.close()  # type: ignore[union-attr]
+              f"{r['broker_cpu_share']:.0%} of a core, {r['broker_cpu_us_per_msg']:.1f} us per delivery (clients: "
+              f"{r['client_processes']} processes, {r['client_cpu_share']:.0%} of a core), RSS max {r['rss_kib_max'] / 1024:.0f} MiB", flush=True)
+    asyncio.run(delete(uri, queue))
     return {"rss_kib_empty": rss_empty, "publish": pub, "rounds": rounds}
 
 
@@ -234,6 +270,8 @@ def main() -> None:
     ap.add_argument("--prefetch", type=int, default=1000, help="each consumer's prefetch (credit), default 1000")
     ap.add_argument("--rounds", default="1,5,25", help="consumers per round (default 1,5,25)")
     ap.add_argument("--segment", type=int, default=500_000_000, help="x-stream-max-segment-size-bytes (default 500 MB)")
+    ap.add_argument("--client-processes", type=int, default=4,
+                    help="client processes the consumers of a round are spread over (default 4)")
     ap.add_argument("--no-rabbitmq", action="store_true", help="Leveret only")
     ap.add_argument("--leveret-arg", action="append", default=[], help="extra argument for Leveret's command line")
     ap.add_argument("--rabbitmq-http", default="http://127.0.0.1:15672", help="RabbitMQ's management API")
@@ -250,7 +288,7 @@ def main() -> None:
     data_dir = tempfile.mkdtemp(prefix="leveret-streams-bench-")
     proc, port = start_leveret(data_dir, args.leveret_arg)
     try:
-        out["leveret"] = asyncio.run(run_broker("leveret", f"amqp://guest:guest@127.0.0.1:{port}/%2F", proc.pid, args))
+        out["leveret"] = (run_broker("leveret", f"amqp://guest:guest@127.0.0.1:{port}/%2F", proc.pid, args))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -265,7 +303,7 @@ def main() -> None:
         try:
             http("PUT", f"{api}/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
             pid = rabbit_pid() or 0
-            out["rabbitmq"] = asyncio.run(run_broker("rabbitmq", f"amqp://guest:guest@127.0.0.1:5672/{vhost}", pid, args))
+            out["rabbitmq"] = (run_broker("rabbitmq", f"amqp://guest:guest@127.0.0.1:5672/{vhost}", pid, args))
         finally:
             http("DELETE", f"{api}/api/vhosts/{vhost}")
         lev, rmq = out["leveret"], out["rabbitmq"]
