@@ -443,3 +443,37 @@ def test_max_age_by_policy(conn: pika.BlockingConnection, names: Any, broker: Br
     while q.slog.first_offset < 16 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert 16 <= q.slog.first_offset <= 20  # only the active segment is left
+
+
+# ---------------------------------------------------------------- raw frames: every integer type
+
+
+@pytest.mark.parametrize("code, raw", [(b"b", b"\x02"), (b"B", b"\x02"), (b"s", b"\x00\x02"), (b"u", b"\x00\x02"),
+                                       (b"I", b"\x00\x00\x00\x02"), (b"i", b"\x00\x00\x00\x02"),
+                                       (b"l", b"\x00" * 7 + b"\x02")])
+def test_an_integer_offset_of_any_integer_type(amqp_url: str, conn: pika.BlockingConnection, names: Any, code: bytes,
+                                               raw: bytes) -> None:
+    """A client library picks the integer type; the offset is read from any of them (raw
+    frames: pika always sends 'I' or 'l')."""
+    import struct
+    from urllib.parse import unquote, urlparse
+
+    from pamqp import commands as C
+
+    from tests.rawamqp import RawClient, build_frame
+
+    n = names()
+    stream(conn, n, 5)
+    u = urlparse(amqp_url)
+    with RawClient.connect(u.port or 5672, u.hostname or "127.0.0.1") as raw_client:
+        raw_client.handshake(vhost=unquote(u.path[1:]) or "/")
+        raw_client.open_channel(1)
+        raw_client.rpc(1, C.Basic.Qos(prefetch_count=10), C.Basic.QosOk)
+        table = b"\x0fx-stream-offset" + code + raw
+        payload = (struct.pack(">HHH", 60, 20, 0) + bytes([len(n)]) + n.encode() + b"\x03tag" + b"\x00"
+                   + struct.pack(">I", len(table)) + table)
+        raw_client.send(build_frame(1, 1, payload))
+        raw_client.expect(C.Basic.ConsumeOk, 1)
+        deliver = raw_client.expect(C.Basic.Deliver, 1)
+        header, _, body = raw_client.read_content(1)
+        assert (body, header.properties.headers["x-stream-offset"], deliver.redelivered) == (b"m2", 2, False)
