@@ -46,6 +46,7 @@ _HDR = struct.Struct(">II")
 _REC = struct.Struct(">II" + record.HEAD_FORMAT)  # header + the record's head
 _WBUF_LIMIT = 1 << 20
 _READ_SIZE = 1 << 18  # one pread of a reader's batch
+_MAX_FDS = 8  # read fds of inactive segments kept open, per stream
 _SCAN_RUN = 4 << 20  # recovery reads a segment in runs of this size
 INDEX_EVERY = 256
 #: record flag: the first record of a chunk (see the module's text)
@@ -104,6 +105,7 @@ class StreamLog:
         self._closed = False
         self._recovered = False
         self.next_offset = 0
+        self._rfds: dict[int, _Seg] = {}  # read-only fds of inactive segments (at most _MAX_FDS)
         self.bytes = 0  # total size of the segment files (buffered bytes included)
 
     # ------------------------------------------------------------------ recovery
@@ -227,8 +229,11 @@ class StreamLog:
         if old is not None:
             self._flush()
             self._active = None
-            if old.fd is not None and self._dirty and not self.ephemeral:
-                os.fsync(old.fd)  # (rare: once per segment)
+            if old.fd is not None:
+                if self._dirty and not self.ephemeral:
+                    os.fsync(old.fd)  # (rare: once per segment)
+                os.close(old.fd)  # (read again through _fd, as any inactive segment)
+                old.fd = None
             self._dirty = False
         seg = _Seg(self.next_offset)
         seg.fd = os.open(os.path.join(self.path, seg.name), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -296,6 +301,7 @@ class StreamLog:
             self.segs.pop(0)
             self._firsts.pop(0)
             self.bytes -= seg.size
+            self._rfds.pop(seg.first, None)
             if seg.fd is not None:
                 os.close(seg.fd)
                 seg.fd = None
@@ -377,7 +383,14 @@ class StreamLog:
 
     def _fd(self, seg: _Seg) -> int:
         if seg.fd is None:
+            rfds = self._rfds
+            if len(rfds) >= _MAX_FDS:  # (readers far apart: the least recently opened goes)
+                old = rfds.pop(next(iter(rfds)))
+                if old.fd is not None:
+                    os.close(old.fd)
+                    old.fd = None
             seg.fd = os.open(os.path.join(self.path, seg.name), os.O_RDONLY)
+            rfds[seg.first] = seg
         return seg.fd
 
     def read(self, offset: int, pos: int, max_n: int, max_bytes: int = _READ_SIZE) -> tuple[list[Entry], int, int]:

@@ -106,3 +106,14 @@ def test_recovery_reads_big_segments_in_runs(tmp_path: Path, monkeypatch: object
     assert again.recover() == 200
     assert [len(b) for _, b in bodies(again, 0)] == [3000 if i % 7 == 0 else 10 for i in range(200)]
     again.close()
+
+
+def test_read_fds_are_bounded(tmp_path: Path) -> None:
+    log = StreamLog(tmp_path / "s", segment_size=4096)
+    log.recover()
+    fill(log, 3000)
+    assert len(log.segs) > 3 * streamlog._MAX_FDS
+    assert len(bodies(log, 0)) == 3000  # a reader through every segment
+    open_fds = [s for s in log.segs if s.fd is not None]
+    assert len(open_fds) <= streamlog._MAX_FDS + 1  # (+ the active segment's)
+    log.close()
