@@ -477,3 +477,40 @@ def test_an_integer_offset_of_any_integer_type(amqp_url: str, conn: pika.Blockin
         deliver = raw_client.expect(C.Basic.Deliver, 1)
         header, _, body = raw_client.read_content(1)
         assert (body, header.properties.headers["x-stream-offset"], deliver.redelivered) == (b"m2", 2, False)
+
+
+# ---------------------------------------------------------------- aio-pika (FastStream's client)
+
+
+async def test_aio_pika_replays_a_stream(amqp_url: str, names: Any) -> None:
+    import asyncio
+
+    import aio_pika
+
+    n = names()
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        ch = await conn.channel(publisher_confirms=True)
+        q = await ch.declare_queue(n, durable=True, arguments={"x-queue-type": "stream", "x-max-age": "1D"})
+        for i in range(5):
+            await ch.default_exchange.publish(aio_pika.Message(b"e%d" % i, headers={"k": i}), routing_key=n)
+        readers = []
+        for _ in range(2):  # two consumers: each gets everything
+            c = await conn.channel()
+            await c.set_qos(prefetch_count=10)
+            readers.append(await c.get_queue(n, ensure=False))
+        got: list[list[tuple[int, int, bytes]]] = [[], []]
+        for i, rq in enumerate(readers):
+            async def on(m: aio_pika.abc.AbstractIncomingMessage, i: int = i) -> None:
+                got[i].append((m.headers["x-stream-offset"], m.headers["k"], m.body))
+                await m.ack()
+            await rq.consume(on, arguments={"x-stream-offset": "first"})
+        for _ in range(100):
+            if all(len(g) == 5 for g in got):
+                break
+            await asyncio.sleep(0.05)
+        want = [(i, i, b"e%d" % i) for i in range(5)]
+        assert got == [want, want]
+        assert q.declaration_result.message_count == 0
+    finally:
+        await conn.close()
