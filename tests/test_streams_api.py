@@ -54,6 +54,8 @@ def test_stream_type_and_fields(broker: BrokerThread) -> None:
                    "messages_persistent", "message_bytes", "leader"):
         assert absent not in q
     assert q["message_stats"]["publish"] == 5
+    totals = api.get("/overview")["queue_totals"]
+    assert (totals["messages"], totals["messages_ready"], totals["messages_unacknowledged"]) == (5, 5, 0)
     assert {x["name"]: x["type"] for x in api.get("/queues/%2F")} == {"sq": "stream"}
     cons = api.get("/consumers/%2F")
     assert [(x["queue"]["name"], x["arguments"], x["prefetch_count"]) for x in cons] == [

@@ -569,6 +569,11 @@ class Queue:
     def consumer_count(self) -> int:
         return len(self.consumers)
 
+    def reported_counts(self) -> tuple[int, int]:
+        """(ready, unacknowledged) as the management API and Prometheus report them (a
+        stream: the messages in it, none unacknowledged)."""
+        return self.message_count, self.unacked_count
+
     def entries(self) -> Iterable[Entry]:
         """Ready messages in RAM, in delivery order (for inspection)."""
         return iter(self.store)

@@ -324,6 +324,9 @@ class StreamQueue(Queue):
     def total(self) -> int:
         return 0
 
+    def reported_counts(self) -> tuple[int, int]:
+        return self.stored, 0
+
     def __repr__(self) -> str:
         return f"<StreamQueue {self.name!r}>"
 

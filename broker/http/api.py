@@ -525,8 +525,9 @@ class Api:
         ready = unacked = 0
         for vn in vhosts:
             for q in self.broker.vhosts[vn].queues.values():
-                ready += q.message_count
-                unacked += q.unacked_count
+                r, u = q.reported_counts()
+                ready += r
+                unacked += u
         return {
             "messages": ready + unacked, "messages_details": rate(0),
             "messages_ready": ready, "messages_ready_details": rate(0),
@@ -975,7 +976,7 @@ class Api:
     # ------------------------------------------------------------------ queues
 
     def queue_info(self, q: Queue) -> dict[str, Any]:
-        ready, unacked = q.message_count, q.unacked_count
+        ready, unacked = q.reported_counts()
         info: dict[str, Any] = {
             "name": q.name, "vhost": q.vhost.name, "durable": q.durable, "auto_delete": q.auto_delete,
             "exclusive": q.exclusive, "arguments": _jsonable(q.arguments), "node": self.node,
@@ -1034,9 +1035,8 @@ class Api:
         its readers (the consumers) per node."""
         for k in (*self.CLASSIC_ONLY, *self.NOT_STREAM):
             info.pop(k, None)
-        n = q.stored  # type: ignore[attr-defined]
         info.update({
-            "messages": n, "messages_ready": n, "messages_unacknowledged": 0, "consumers": len(q.consumers),
+            "consumers": len(q.consumers),
             "members": [self.node], "online": [self.node], "readers": {self.node: len(q.consumers)},
             "policy": info.get("policy"), "memory": 0,
         })
