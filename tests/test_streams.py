@@ -166,6 +166,13 @@ def test_ill_typed_retention_arguments_are_refused(conn: pika.BlockingConnection
     assert (code, text) == (406, f"PRECONDITION_FAILED - invalid arg '{arg}' for queue '{n}' in vhost '{vh(conn)}': {why}")
 
 
+def test_segment_size_limit(conn: pika.BlockingConnection, names: Any) -> None:
+    n = names()
+    assert declare_error(conn, n, args={**S, "x-stream-max-segment-size-bytes": 4_000_000_000}) == (
+        406, "PRECONDITION_FAILED - Exceeded max value for x-stream-max-segment-size-bytes")
+    conn.channel().queue_declare(n, durable=True, arguments={**S, "x-stream-max-segment-size-bytes": 3_000_000_000})
+
+
 @pytest.mark.parametrize("age", ["7D", "1h", "1Y", "5M", "30m", "10s"])
 def test_retention_arguments_are_accepted(conn: pika.BlockingConnection, names: Any, age: str) -> None:
     n = names()

@@ -113,6 +113,9 @@ class QueueType:
             for prop, on in (("auto-delete", auto_delete), ("exclusive-owner", exclusive), ("non-durable", not durable)):
                 if on:
                     raise AMQPError(PRECONDITION_FAILED, f"invalid property '{prop}' for {where}", 50, 10)
+        seg = args.get("x-stream-max-segment-size-bytes") if self.stream else None
+        if isinstance(seg, int) and seg > MAX_SEGMENT_SIZE:  # (rabbit_stream_queue:declare)
+            raise AMQPError(PRECONDITION_FAILED, "Exceeded max value for x-stream-max-segment-size-bytes", 50, 10)
 
     def check_server_named(self) -> None:
         """A server-named queue (declared with the name ""): classic queues only."""
@@ -147,6 +150,9 @@ class QueueType:
                     40,
                 )
 
+
+#: RabbitMQ's ?MAX_STREAM_MAX_SEGMENT_SIZE
+MAX_SEGMENT_SIZE = 3_000_000_000
 
 _OP_IDS = {"basic.get": (60, 70), "queue.purge": (50, 30)}
 
