@@ -521,3 +521,14 @@ async def test_aio_pika_replays_a_stream(amqp_url: str, names: Any) -> None:
         assert q.declaration_result.message_count == 0
     finally:
         await conn.close()
+
+
+def test_large_messages_span_frames(conn: pika.BlockingConnection, names: Any) -> None:
+    n = names()
+    ch = stream(conn, n)
+    ch.confirm_delivery()
+    bodies = [bytes([i]) * size for i, size in enumerate((300_000, 10, 131_064, 131_065, 0, 1_000_000))]
+    for b in bodies:
+        ch.basic_publish("", n, b)
+    got = consume(conn, n, "first", until=len(bodies))
+    assert [b for _, _, b in got] == bodies and offsets(got) == list(range(len(bodies)))

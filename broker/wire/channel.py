@@ -16,6 +16,7 @@ creates: queues call :meth:`Channel.deliver`.
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
@@ -45,6 +46,7 @@ from leveret.protocol.constants import (
     FRAME_END_BYTE,
     FRAME_ERROR,
     FRAME_HEADER,
+    FRAME_METHOD,
     NO_ROUTE,
     NOT_ALLOWED,
     NOT_FOUND,
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from leveret.broker.wire.connection import Connection
 
 REPLY_TO_PREFIX = REPLY_TO + "."
+_TAG_BIT = struct.Struct(">QB")  # basic.deliver's delivery tag and redelivered bit
 
 FLAGS_HI, FLAGS_LO = P.FLAGS_HI, P.FLAGS_LO
 # properties the broker must look at before routing (see Channel._check_properties)
@@ -261,19 +264,25 @@ class Channel:
         conn = self.conn
         chunk = conn.frame_max - 8
         wire_tag = consumer.wire_tag
-        deliver_frame = M.deliver_frame
         head = pack_head
+        tag_bit = _TAG_BIT.pack
+        frames: dict[bytes, tuple[bytes, bytes]] = {}  # ex_rk -> basic.deliver's head, tail
         out: list[Any] = []
         append = out.append
         nbytes = 0
         for off, ex_rk, header, body in items:
             tag += 1
             entries[tag] = (queue, off, None, consumer)  # type: ignore[assignment]
-            method = deliver_frame(number, wire_tag, tag, False, ex_rk)
+            f = frames.get(ex_rk)
+            if f is None:
+                size = 4 + len(wire_tag) + 9 + len(ex_rk)
+                f = frames[ex_rk] = (head(FRAME_METHOD, number, size) + M.DELIVER_PREFIX + wire_tag, ex_rk + FRAME_END_BYTE)
             blen = len(body)
             nbytes += blen
             if 0 < blen <= chunk:
-                append(method)
+                append(f[0])
+                append(tag_bit(tag, 0))
+                append(f[1])
                 append(head(FRAME_HEADER, number, len(header)))
                 append(header)
                 append(FRAME_END_BYTE)
@@ -281,7 +290,7 @@ class Channel:
                 append(body)
                 append(FRAME_END_BYTE)
             else:
-                out += M.content_frames(number, header, body, conn.frame_max, method)
+                out += M.content_frames(number, header, body, conn.frame_max, f[0] + tag_bit(tag, 0) + f[1])
         n = len(items)
         unacked.delivery_tag = tag
         consumer.unacked += n
