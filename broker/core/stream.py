@@ -17,9 +17,10 @@ consumers read without removing anything:
   messages as they are published; one behind reads them from the log, a batch at a
   time, with one ``pread`` (the page cache is the stream's cache: nothing of a message
   stays in the broker's RAM once delivered);
-* refused as RabbitMQ refuses them (in its order): an invalid offset (541), ``basic.get``, ``queue.purge``, ``basic.nack`` /
-  ``basic.reject`` and auto-ack consumers (540), a consumer without a prefetch count
-  (406), a consumer on a channel with a global qos (540), an invalid offset (541);
+* refused as RabbitMQ 3.10.8 refuses them: ``basic.get``, ``queue.purge``, ``basic.nack``
+  / ``basic.reject`` (540); a consumer is checked in this order: its offset (406 for a
+  string starting with a digit that is no interval, 541 for any other invalid value), a
+  prefetch count (406 without one), no auto-ack (540), no global qos (540);
 * retention: ``x-max-length-bytes`` and ``x-max-age`` (or the ``max-length-bytes`` /
   ``max-age`` policy keys) remove whole segments (``x-stream-max-segment-size-bytes``,
   500 MB by default, as RabbitMQ) from the old end when a segment fills up and on the
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import struct
 import tempfile
 import time
@@ -42,7 +44,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from leveret.broker.core.consumer import Consumer
-from leveret.broker.core.errors import AMQPError, rs
+from leveret.broker.core.errors import AMQPError
 from leveret.broker.core.message import NAMES, Message, exchange_rk
 from leveret.broker.core.policy import _MAX_AGE, _age_seconds
 from leveret.broker.core.queue import ACCEPTED, PERSISTED, REFUSED, Queue, _int_arg
@@ -373,10 +375,8 @@ def with_offset(msg: Message, offset: int) -> Message:
 
 
 def _remove(path: str) -> None:
-    import shutil
-
     if os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
 
 
-__all__ = ["StreamQueue", "parse_offset", "max_age_seconds", "rs"]
+__all__ = ["StreamQueue", "parse_offset", "max_age_seconds", "offset_header", "with_offset"]
