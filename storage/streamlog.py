@@ -120,8 +120,9 @@ class StreamLog:
         for i, name in enumerate(names):
             seg = _Seg(int(name[len(_PREFIX):]))
             self._scan(seg, is_last=i == len(names) - 1)
-            if not seg.count and i == len(names) - 1 and i:
+            if not seg.count:  # (created, then killed before a record reached it)
                 os.unlink(os.path.join(self.path, name))
+                self.next_offset = max(self.next_offset, seg.first)
                 continue
             if self.segs and seg.first != self.next_offset:
                 log.error("%s: segment %s does not follow the previous one (offset %d)", self.path, name, self.next_offset)

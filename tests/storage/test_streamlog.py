@@ -117,3 +117,25 @@ def test_read_fds_are_bounded(tmp_path: Path) -> None:
     open_fds = [s for s in log.segs if s.fd is not None]
     assert len(open_fds) <= streamlog._MAX_FDS + 1  # (+ the active segment's)
     log.close()
+
+
+def test_an_empty_segment_left_by_a_crash(tmp_path: Path) -> None:
+    log = StreamLog(tmp_path / "s", segment_size=4096)
+    log.recover()
+    fill(log, 100)
+    log.close()
+    (tmp_path / "s" / f"stream.{100:020d}").write_bytes(b"")  # rolled, nothing written yet
+    again = StreamLog(tmp_path / "s", segment_size=4096)
+    assert again.recover() == 100 and again.next_offset == 100
+    assert again.append(0, 1.0, b"a", b"b", b"next")[0] == 100
+    again.flush()
+    again.truncate(0, None)
+    assert bodies(again, 0) == [(100, b"next")]
+    again.close()
+    alone = tmp_path / "t"
+    alone.mkdir()
+    (alone / f"stream.{7:020d}").write_bytes(b"")  # the only segment, empty: offsets go on from 7
+    third = StreamLog(alone)
+    assert third.recover() == 0 and third.next_offset == 7 and third.first_offset == 7
+    assert third.append(0, 1.0, b"a", b"b", b"x")[0] == 7
+    third.close()
