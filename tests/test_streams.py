@@ -392,7 +392,9 @@ def test_counts_and_delete(conn: pika.BlockingConnection, names: Any) -> None:
     assert (ok.method.message_count, ok.method.consumer_count) == (0, 0)
     deleted = conn.channel().queue_delete(n, if_empty=True)
     assert deleted.method.message_count == 0
-    conn.process_data_events(0.5)
+    deadline = time.monotonic() + 5
+    while not cancelled and time.monotonic() < deadline:
+        conn.process_data_events(0.05)
     assert len(cancelled) == 1
     with pytest.raises(ChannelClosedByBroker) as ei:
         conn.channel().queue_declare(n, passive=True)
