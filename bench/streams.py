@@ -1,13 +1,15 @@
 """Streams: Leveret against RabbitMQ's stream, in the same run, over AMQP 0-9-1.
 
-For each broker: publish N messages with confirms into a new stream (one publisher, a
-window of unconfirmed messages), then 1, 5 and 25 consumers, each reading the N messages
-from ``x-stream-offset: first`` (prefetch as credit, multiple acks).  It prints the publish
+Per repetition: publish N messages with confirms into a new stream on each broker (one
+publisher, a window of unconfirmed messages), then rounds of 1, 5 and 25 consumers, each
+reading the N messages from ``x-stream-offset: first`` (prefetch as credit, multiple
+acks), each round on one broker right after the other.  It prints the publish
 rate, the read rate per consumer (median over the consumers of a round, and the aggregate),
 the broker's CPU per phase (share of a core, and microseconds per delivery) and its RSS as
-the stream grows, then each figure as a ratio Leveret / RabbitMQ.  On a machine shared with
-other work, a single-threaded broker gets one runnable thread's share of the CPU while
-RabbitMQ's schedulers get several: the CPU per delivery is then the fairer comparison.
+the stream grows, then each figure as a ratio Leveret / RabbitMQ (medians over
+``--repeat`` repetitions).  On a machine shared with other work, a single-threaded broker
+gets one runnable thread's share of the CPU while RabbitMQ's schedulers get several: the
+CPU per delivery is then the steadier comparison.
 
 The client is ``leveret.perf.client`` (pre-encoded frames, deliveries counted without
 decoding), the consumers of a round spread over ``--client-processes`` processes (one
@@ -17,7 +19,7 @@ a data directory (fsync as configured: confirms wait for it), RabbitMQ is the on
 queues included).
 
     python bench/streams.py                       # 200k messages of 128 B, both brokers
-    python bench/streams.py -n 1000000 --rounds 1,5,25
+    python bench/streams.py -n 200000 --rounds 1,5,25 --repeat 3
     python bench/streams.py --no-rabbitmq -n 50000
 """
 
@@ -223,24 +225,71 @@ async def delete(uri: str, queue: str) -> None:
     conn.transport.close()  # type: ignore[union-attr]
 
 
-def run_broker(name: str, uri: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
-    queue = f"bench-stream-{os.getpid()}"
-    asyncio.run(declare(uri, queue, args.segment))
-    rss_empty = rss_kib(pid)
-    pub = asyncio.run(publish(uri, queue, args.n, args.size, args.window, pid))
-    print(f"{name}: publish {pub['rate']:,.0f} msg/s ({pub['seconds']:.1f} s, broker CPU {pub['broker_cpu_s']:.1f} s); "
-          f"RSS MiB empty {rss_empty / 1024:.0f}, as it grows: "
-          + " ".join(f"{r / 1024:.0f}" for _, r in pub["rss_kib"]), flush=True)
-    rounds = []
+def line(name: str, k: int, n: int, r: dict[str, Any]) -> str:
+    return (f"{name}: {k:>2} consumers x {n:,} from first: median {r['median_rate']:,.0f} msg/s per consumer "
+            f"(min {r['min_rate']:,.0f}), aggregate {r['aggregate_rate']:,.0f} msg/s, broker CPU "
+            f"{r['broker_cpu_share']:.0%} of a core, {r['broker_cpu_us_per_msg']:.1f} us per delivery (clients: "
+            f"{r['client_processes']} processes, {r['client_cpu_share']:.0%} of a core), RSS max {r['rss_kib_max'] / 1024:.0f} MiB")
+
+
+def run_repeat(brokers: list[tuple[str, str, int]], args: argparse.Namespace, rep: int) -> dict[str, Any]:
+    """One repetition: a new stream on each broker, published, then each round of
+    consumers on one broker right after the other (so both see the same machine)."""
+    queue = f"bench-stream-{os.getpid()}-{rep}"
+    out: dict[str, Any] = {name: {"rounds": []} for name, _, _ in brokers}
+    for name, uri, pid in brokers:
+        asyncio.run(declare(uri, queue, args.segment))
+        rss_empty = rss_kib(pid)
+        pub = asyncio.run(publish(uri, queue, args.n, args.size, args.window, pid))
+        out[name].update({"rss_kib_empty": rss_empty, "publish": pub})
+        print(f"{name}: publish {pub['rate']:,.0f} msg/s ({pub['seconds']:.1f} s, broker CPU {pub['broker_cpu_s']:.1f} s); "
+              f"RSS MiB empty {rss_empty / 1024:.0f}, as it grows: "
+              + " ".join(f"{r / 1024:.0f}" for _, r in pub["rss_kib"]), flush=True)
     for k in args.rounds:
-        r = consume_round(uri, queue, args.n, k, args.prefetch, pid, args.client_processes)
-        rounds.append(r)
-        print(f"{name}: {k:>2} consumers x {args.n:,} from first: median {r['median_rate']:,.0f} msg/s per consumer "
-              f"(min {r['min_rate']:,.0f}), aggregate {r['aggregate_rate']:,.0f} msg/s, broker CPU "
-              f"{r['broker_cpu_share']:.0%} of a core, {r['broker_cpu_us_per_msg']:.1f} us per delivery (clients: "
-              f"{r['client_processes']} processes, {r['client_cpu_share']:.0%} of a core), RSS max {r['rss_kib_max'] / 1024:.0f} MiB", flush=True)
-    asyncio.run(delete(uri, queue))
-    return {"rss_kib_empty": rss_empty, "publish": pub, "rounds": rounds}
+        for name, uri, pid in brokers:
+            r = consume_round(uri, queue, args.n, k, args.prefetch, pid, args.client_processes)
+            out[name]["rounds"].append(r)
+            print(line(name, k, args.n, r), flush=True)
+    for _, uri, _ in brokers:
+        asyncio.run(delete(uri, queue))
+    return out
+
+
+def report(reps: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Medians over the repetitions, of each figure and of each repetition's ratio."""
+    med = statistics.median
+    names = list(reps[0])
+    summary: dict[str, Any] = {}
+    print(f"medians over {len(reps)} repetition(s):")
+    for name in names:
+        pubs = [r[name]["publish"] for r in reps]
+        summary[name] = {"publish_rate": med(p["rate"] for p in pubs),
+                         "rss_mib_full": med(p["rss_kib"][-1][1] / 1024 for p in pubs), "rounds": {}}
+        print(f"  {name}: publish {summary[name]['publish_rate']:,.0f} msg/s, RSS with the stream "
+              f"{summary[name]['rss_mib_full']:.0f} MiB")
+        for i, k in enumerate(args.rounds):
+            rs = [r[name]["rounds"][i] for r in reps]
+            m = {key: med(x[key] for x in rs) for key in ("median_rate", "aggregate_rate", "broker_cpu_us_per_msg",
+                                                          "broker_cpu_share")}
+            summary[name]["rounds"][k] = m
+            print(f"  {name}: {k:>2} consumers: {m['median_rate']:,.0f} msg/s per consumer, aggregate "
+                  f"{m['aggregate_rate']:,.0f}, {m['broker_cpu_us_per_msg']:.1f} us broker CPU per delivery, "
+                  f"{m['broker_cpu_share']:.0%} of a core")
+    if len(names) == 2:
+        a, b = names
+        ratio = {"publish_rate": med(r[a]["publish"]["rate"] / r[b]["publish"]["rate"] for r in reps), "rounds": {}}
+        print(f"ratios {a} / {b} (median of each repetition's ratio):")
+        print(f"  publish rate {ratio['publish_rate']:.2f}")
+        for i, k in enumerate(args.rounds):
+            x = {key: med(r[a]["rounds"][i][key] / r[b]["rounds"][i][key] for r in reps)
+                 for key in ("median_rate", "aggregate_rate", "broker_cpu_us_per_msg")}
+            ratio["rounds"][k] = x
+            print(f"  {k:>2} consumers: read rate per consumer {x['median_rate']:.2f}, aggregate {x['aggregate_rate']:.2f}, "
+                  f"broker CPU per delivery {x['broker_cpu_us_per_msg']:.2f}")
+        ratio["rss"] = med(r[a]["publish"]["rss_kib"][-1][1] / max(1, r[b]["publish"]["rss_kib"][-1][1]) for r in reps)
+        print(f"  RSS with the stream {ratio['rss']:.2f}")
+        summary["ratios"] = ratio
+    return summary
 
 
 def start_leveret(data_dir: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
@@ -272,6 +321,7 @@ def main() -> None:
     ap.add_argument("--segment", type=int, default=500_000_000, help="x-stream-max-segment-size-bytes (default 500 MB)")
     ap.add_argument("--client-processes", type=int, default=4,
                     help="client processes the consumers of a round are spread over (default 4)")
+    ap.add_argument("--repeat", type=int, default=1, help="repetitions (a new stream each); medians reported")
     ap.add_argument("--no-rabbitmq", action="store_true", help="Leveret only")
     ap.add_argument("--leveret-arg", action="append", default=[], help="extra argument for Leveret's command line")
     ap.add_argument("--rabbitmq-http", default="http://127.0.0.1:15672", help="RabbitMQ's management API")
@@ -284,11 +334,20 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    out: dict[str, Any] = {"n": args.n, "size": args.size}
+    out: dict[str, Any] = {"n": args.n, "size": args.size, "repeat": args.repeat}
     data_dir = tempfile.mkdtemp(prefix="leveret-streams-bench-")
     proc, port = start_leveret(data_dir, args.leveret_arg)
+    vhost = f"streams-bench-{os.getpid()}"
+    api = args.rabbitmq_http
+    brokers = [("leveret", f"amqp://guest:guest@127.0.0.1:{port}/%2F", proc.pid)]
     try:
-        out["leveret"] = (run_broker("leveret", f"amqp://guest:guest@127.0.0.1:{port}/%2F", proc.pid, args))
+        if not args.no_rabbitmq:
+            http("PUT", f"{api}/api/vhosts/{vhost}")
+            http("PUT", f"{api}/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+            brokers.append(("rabbitmq", f"amqp://guest:guest@127.0.0.1:5672/{vhost}", rabbit_pid() or 0))
+        reps = [run_repeat(brokers, args, i) for i in range(args.repeat)]
+        out["repeats"] = reps
+        out["summary"] = report(reps, args)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -296,27 +355,8 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(data_dir, ignore_errors=True)
-    if not args.no_rabbitmq:
-        vhost = f"streams-bench-{os.getpid()}"
-        api = args.rabbitmq_http
-        http("PUT", f"{api}/api/vhosts/{vhost}")
-        try:
-            http("PUT", f"{api}/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
-            pid = rabbit_pid() or 0
-            out["rabbitmq"] = (run_broker("rabbitmq", f"amqp://guest:guest@127.0.0.1:5672/{vhost}", pid, args))
-        finally:
+        if not args.no_rabbitmq:
             http("DELETE", f"{api}/api/vhosts/{vhost}")
-        lev, rmq = out["leveret"], out["rabbitmq"]
-        print("ratios Leveret / RabbitMQ:")
-        lp, rp = lev["publish"], rmq["publish"]
-        print(f"  publish rate {lp['rate'] / rp['rate']:.2f}, broker CPU per publish "
-              f"{lp['broker_cpu_s'] / max(1e-9, rp['broker_cpu_s']):.2f}")
-        for a, b in zip(lev["rounds"], rmq["rounds"], strict=True):
-            print(f"  {a['consumers']:>2} consumers: read rate per consumer (median) {a['median_rate'] / b['median_rate']:.2f}, "
-                  f"aggregate {a['aggregate_rate'] / b['aggregate_rate']:.2f}, broker CPU per delivery "
-                  f"{a['broker_cpu_us_per_msg'] / b['broker_cpu_us_per_msg']:.2f}")
-        print(f"  RSS after publishing {lev['publish']['rss_kib'][-1][1] / max(1, rmq['publish']['rss_kib'][-1][1]):.2f} "
-              f"(Leveret {lev['publish']['rss_kib'][-1][1] / 1024:.0f} MiB, RabbitMQ node {rmq['publish']['rss_kib'][-1][1] / 1024:.0f} MiB)")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 
