@@ -136,3 +136,20 @@ def test_a_stream_survives_a_restart(tmp_path: Path) -> None:
             c.process_data_events(0.05)
         assert got == [(i, i, b"%d" % i) for i in range(12, 30)]
         c.close()
+
+
+def test_the_test_tooling_counts_a_streams_messages(broker: BrokerThread) -> None:
+    from leveret.testing.inspect import Inspector
+
+    c = pika.BlockingConnection(pika.URLParameters(broker.url))
+    ch = c.channel()
+    ch.queue_declare("si", durable=True, arguments=S)
+    ch.confirm_delivery()
+    for _ in range(4):
+        ch.basic_publish("", "si", b"x")
+    c.close()
+    assert broker.broker is not None
+    inspector = Inspector(broker.broker)
+    assert broker.call(lambda: inspector.message_count("si")) == 4
+    info = broker.call(lambda: inspector.queue("si"))
+    assert (info.messages, info.unacked) == (4, 0)
