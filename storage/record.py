@@ -23,7 +23,7 @@ Decoded = tuple[int, float, bytes, bytes, bytes]
 F_TRANSIENT = 1
 
 
-def encode(flags: int, ts: float, a: bytes, b: bytes, body: bytes) -> bytes:
+def encode(flags: int, ts: float, a: bytes, b: bytes, body: bytes | bytearray | memoryview) -> bytes:
     return b"".join((_REC.pack(flags, ts, len(a), len(b)), a, b, body))
 
 

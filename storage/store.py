@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 
 from .log import QueueLog, _fsync_dir
+from .streamlog import StreamLog
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,17 @@ class MessageStore:
                 _fsync_dir(self.root)
             qlog = self._logs[key] = QueueLog(path, self.segment_size)
         return qlog
+
+    def open_stream(self, key: str, segment_size: int) -> StreamLog:
+        """The log of a stream (``storage.streamlog``), in the queue directory of ``key``,
+        fsynced and closed with the queue logs; ``delete_queue`` removes it."""
+        slog = self._logs.get(key)
+        if isinstance(slog, StreamLog):
+            return slog
+        self.open_queue(key)  # (the directory and its key file)
+        stream = StreamLog(self._dir(key), segment_size)
+        self._logs[key] = stream  # type: ignore[assignment]
+        return stream
 
     def list_queue_keys(self) -> list[str]:
         """Keys of every queue directory present on disk (sorted)."""

@@ -212,6 +212,14 @@ def test_dashboard_end_to_end(broker: tuple[SubprocessBroker, int], page: Page, 
             ch.basic_publish("", "dash.q", f"msg-{i}".encode())
         expect(row.locator("td.ready")).to_have_text(str(n))
         expect(row.locator("td.total")).to_have_text(str(n))
+        expect(row.locator("td.type")).to_have_text("classic")
+        # a stream: its type and the messages in it (acks remove nothing)
+        ch.queue_declare("dash.s", durable=True, arguments={"x-queue-type": "stream"})
+        for _ in range(3):
+            ch.basic_publish("", "dash.s", b"s")
+        srow = p.locator('#queues-table tr[data-vhost="/"][data-queue="dash.s"]')
+        expect(srow.locator("td.type")).to_have_text("stream")
+        expect(srow.locator("td.total")).to_have_text("3")
 
         # the queue page: vhost "/" as %2F
         row.locator("a").click()

@@ -8,6 +8,7 @@ from typing import Any
 
 from leveret.broker.core.errors import AMQPError, rs
 from leveret.broker.core.exchange import freeze
+from leveret.broker.core.policy import _MAX_AGE
 from leveret.broker.core.queuetype import CLASSIC, TYPES, QueueType, queue_type
 from leveret.protocol.constants import PRECONDITION_FAILED, Method
 
@@ -122,9 +123,15 @@ def validate_queue_arguments(
                 raise bad("x-dead-letter-strategy", f"{{unacceptable_type,{amqp_type_name(v)}}}")
             if val_text(v) not in ("at-most-once", "at-least-once"):
                 raise bad("x-dead-letter-strategy", "invalid_dlx_strategy")
+        integer("x-stream-max-segment-size-bytes")
+        integer("x-initial-cluster-size", zero_ok=False)
+        if "x-max-age" in args:
+            v = args["x-max-age"]
+            if not isinstance(v, str | bytes):
+                raise bad("x-max-age", f"{{unacceptable_type,{amqp_type_name(v)}}}")
+            if not _MAX_AGE.fullmatch(val_text(v)) or not int(val_text(v)[:-1]):
+                raise bad("x-max-age", "invalid_max_age")
     queue_type(args, name, vhost).check_declare(all_args, name, vhost, durable, exclusive, auto_delete)
-    if qtype.name == "stream":
-        log.warning("queue %r declared with x-queue-type=stream: served as a durable classic queue", name)
 
 
 # x-arguments whose values must match on redeclare (RabbitMQ's equivalence check)

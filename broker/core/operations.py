@@ -231,7 +231,9 @@ class Session:
     def purge(self, name: str) -> int:
         """queue.purge: the number of messages dropped."""
         self.authz(READ, "queue", name)
-        return self.vhost.get_queue(name, self.owner).purge()
+        q = self.vhost.get_queue(name, self.owner)
+        q.qtype.check_op("queue.purge", rs("queue", name, self.vhost.name))  # (a stream: 540)
+        return q.purge()
 
     # ------------------------------------------------------------------ publish
 
@@ -320,6 +322,7 @@ class Session:
         the entry out (a channel's unacked tracking) or settles it (:meth:`get_messages`)."""
         self.authz(READ, "queue", name)
         q = self.vhost.get_queue(name, self.owner)
+        q.qtype.check_op("basic.get", rs("queue", name, self.vhost.name))  # (a stream: 540)
         return q, q.get(no_ack)
 
     def get_messages(self, name: str, count: int, *, requeue: bool, reject: bool = False) -> list[tuple[Message, bool, int]]:

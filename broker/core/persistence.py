@@ -360,6 +360,9 @@ class Persistence:
 
     def attach(self, q: Queue) -> None:
         """Give a new durable queue its log, recovering what it holds."""
+        if q.qtype.stream:  # (a stream's own log: storage.streamlog)
+            q.attach_stream(self.store.open_stream(self.key(q), q.segment_size))  # type: ignore[attr-defined]
+            return
         qlog = self.store.open_queue(self.key(q))
         transient: list[int] = []
         nbytes = 0
@@ -383,6 +386,8 @@ class Persistence:
         if q.log is not None:
             q.store.detach_log()
             self.store.delete_queue(self.key(q))
+            if q.qtype.stream:
+                q.slog = None  # type: ignore[attr-defined]
 
     def request_sync(self, waiter: Any) -> None:
         assert self.syncer is not None

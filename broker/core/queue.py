@@ -347,6 +347,10 @@ class Queue:
                 return c
         return None
 
+    def check_consume(self, global_prefetch: int, prefetch: int, no_ack: bool, args: dict[str, Any], where: str) -> None:
+        """basic.consume's checks of the queue's type (a stream has more: ``stream.py``)."""
+        self.qtype.check_consume(global_prefetch, where)
+
     def dispatch(self) -> None:
         """Deliver ready messages while some consumer has credit."""
         if not self.consumers or self.deleted:
@@ -617,6 +621,11 @@ class Queue:
     @property
     def consumer_count(self) -> int:
         return len(self.consumers)
+
+    def reported_counts(self) -> tuple[int, int]:
+        """(ready, unacknowledged) as the management API and Prometheus report them (a
+        stream: the messages in it, none unacknowledged)."""
+        return self.message_count, self.unacked_count
 
     def entries(self) -> Iterable[Entry]:
         """Ready messages in RAM, in delivery order (for inspection)."""

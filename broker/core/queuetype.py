@@ -16,8 +16,9 @@ match, and the behaviour the queue's class implements:
   in return order, when the queue has an ``x-delivery-limit``; past the limit the
   message is dropped or dead-lettered (``delivery_limit``).  No global qos, no
   ``if-unused``/``if-empty`` delete (540).
-* ``stream``: its declare rules only; its queues are served as durable classic queues
-  until streams get their own class.
+* ``stream`` (:class:`leveret.broker.core.stream.StreamQueue`): an append-only log
+  every consumer reads from an offset of its choice; no basic.get, queue.purge,
+  basic.nack/reject or auto-ack consumers (540), exclusive consumers are not exclusive.
 
 :func:`queue_type` reads the type from a declaration's arguments (406 for an unknown
 one); the queue's class carries it as ``Queue.qtype``.
@@ -67,7 +68,7 @@ def _text(v: Any) -> str:
 class QueueType:
     """One queue type: its names, accepted arguments and declaration rules."""
 
-    __slots__ = ("name", "module", "supported", "equivalent", "durable_only", "global_qos", "delete_flags")
+    __slots__ = ("name", "module", "supported", "equivalent", "durable_only", "global_qos", "delete_flags", "stream")
 
     def __init__(
         self,
@@ -78,6 +79,7 @@ class QueueType:
         durable_only: bool = False,
         global_qos: bool = True,
         delete_flags: bool = True,
+        stream: bool = False,
     ) -> None:
         self.name = name  # the x-queue-type value, and the management API's "type"
         self.module = module  # RabbitMQ's module, as its texts name the type
@@ -88,6 +90,8 @@ class QueueType:
         self.durable_only = durable_only
         self.global_qos = global_qos  # basic.consume after basic.qos(global=true) allowed
         self.delete_flags = delete_flags  # queue.delete if-unused / if-empty supported
+        #: a stream: no basic.get, queue.purge, nack/reject (540); exclusive consume ignored
+        self.stream = stream
 
     def __repr__(self) -> str:
         return f"<QueueType {self.name}>"
@@ -109,6 +113,9 @@ class QueueType:
             for prop, on in (("auto-delete", auto_delete), ("exclusive-owner", exclusive), ("non-durable", not durable)):
                 if on:
                     raise AMQPError(PRECONDITION_FAILED, f"invalid property '{prop}' for {where}", *Method.QUEUE_DECLARE)
+        seg = args.get("x-stream-max-segment-size-bytes") if self.stream else None
+        if isinstance(seg, int) and seg > MAX_SEGMENT_SIZE:  # (rabbit_stream_queue:declare)
+            raise AMQPError(PRECONDITION_FAILED, "Exceeded max value for x-stream-max-segment-size-bytes", *Method.QUEUE_DECLARE)
 
     def check_server_named(self) -> None:
         """A server-named queue (declared with the name ""): classic queues only."""
@@ -119,6 +126,16 @@ class QueueType:
         """basic.consume on a channel with a global prefetch limit: 540 (connection)."""
         if global_prefetch and not self.global_qos:
             raise AMQPError(NOT_IMPLEMENTED, f"{where} does not support global qos", *Method.BASIC_CONSUME)
+
+    def check_op(self, op: str, where: str) -> None:
+        """basic.get / queue.purge on a stream: 540 (connection)."""
+        if self.stream:
+            raise AMQPError(NOT_IMPLEMENTED, f"{op} not supported by stream queues {where}", *_OP_IDS[op])
+
+    def check_reject(self, where: str) -> None:
+        """basic.nack / basic.reject of a stream's delivery: 540 (connection)."""
+        if self.stream:
+            raise AMQPError(NOT_IMPLEMENTED, f"basic.nack and basic.reject not supported by stream queues {where}", *Method.BASIC_NACK)
 
     def check_delete(self, if_unused: bool, if_empty: bool, where: str) -> None:
         """queue.delete with if-unused / if-empty: 540 (connection) where unsupported."""
@@ -132,6 +149,11 @@ class QueueType:
                     *Method.QUEUE_DELETE,
                 )
 
+
+#: RabbitMQ's ?MAX_STREAM_MAX_SEGMENT_SIZE
+MAX_SEGMENT_SIZE = 3_000_000_000
+
+_OP_IDS = {"basic.get": (60, 70), "queue.purge": (50, 30)}
 
 CLASSIC = QueueType("classic", "rabbit_classic_queue", None)
 QUORUM = QueueType(
@@ -181,7 +203,10 @@ STREAM = QueueType(
             "x-queue-leader-locator",
         }
     ),
+    equivalent=("x-max-age", "x-stream-max-segment-size-bytes"),
     durable_only=True,
+    global_qos=False,
+    stream=True,
 )
 TYPES = {t.name: t for t in (CLASSIC, QUORUM, STREAM)}
 

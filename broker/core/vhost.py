@@ -40,8 +40,9 @@ from leveret.broker.core.policy import (
     merged_definition,
 )
 from leveret.broker.core.queue import ACCEPTED, Queue
-from leveret.broker.core.queuetype import QUORUM, queue_type
+from leveret.broker.core.queuetype import QUORUM, STREAM, queue_type
 from leveret.broker.core.quorum import QuorumQueue
+from leveret.broker.core.stream import StreamQueue
 from leveret.protocol.constants import (
     ACCESS_REFUSED,
     COMMAND_INVALID,
@@ -116,7 +117,7 @@ class VHost:
         dests = exchange.route(routing_key, msg)
         if dests:
             for d in dests:
-                if type(d) is not Queue and type(d) is not QuorumQueue and type(d) is not DelayedHold:  # (classic: one test)
+                if type(d) is not Queue and type(d) is not QuorumQueue and type(d) is not StreamQueue and type(d) is not DelayedHold:  # (classic: one test)
                     break
             else:
                 return dests
@@ -157,7 +158,7 @@ class VHost:
         # (a match to an exchange that routes nowhere does not count as unroutable)
         dests = x.route(rk, msg)
         for d in dests:
-            if type(d) is Queue or type(d) is QuorumQueue or type(d) is DelayedHold:
+            if isinstance(d, Queue) or type(d) is DelayedHold:
                 out[d] = None  # type: ignore[index]
             elif d.name not in seen:
                 self._route_into(d, rk, msg, out, seen)
@@ -356,7 +357,8 @@ class VHost:
         validate_queue_arguments(arguments, name, self.name, durable=durable, exclusive=exclusive, auto_delete=auto_delete)
         applied = self._match("queue", name) if self.policies or self.operator_policies else NONE
         effective = effective_arguments("queue", arguments, applied.definition) if applied.definition else None
-        cls = QuorumQueue if queue_type(arguments, name, self.name) is QUORUM else Queue
+        qtype = queue_type(arguments, name, self.name)
+        cls = QuorumQueue if qtype is QUORUM else StreamQueue if qtype is STREAM else Queue
         q = cls(self, name, durable, owner if exclusive else None, auto_delete, arguments, effective)
         if applied is not NONE:
             self.applied[q] = applied

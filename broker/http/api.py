@@ -529,8 +529,9 @@ class Api:
         ready = unacked = 0
         for vn in vhosts:
             for q in self.broker.vhosts[vn].queues.values():
-                ready += q.message_count
-                unacked += q.unacked_count
+                r, u = q.reported_counts()
+                ready += r
+                unacked += u
         return {
             "messages": ready + unacked, "messages_details": rate(0),
             "messages_ready": ready, "messages_ready_details": rate(0),
@@ -980,7 +981,7 @@ class Api:
     # ------------------------------------------------------------------ queues
 
     def queue_info(self, q: Queue) -> dict[str, Any]:
-        ready, unacked = q.message_count, q.unacked_count
+        ready, unacked = q.reported_counts()
         info: dict[str, Any] = {
             "name": q.name, "vhost": q.vhost.name, "durable": q.durable, "auto_delete": q.auto_delete,
             "exclusive": q.exclusive, "arguments": _jsonable(q.arguments), "node": self.node,
@@ -1004,6 +1005,9 @@ class Api:
         if q.qtype.name == "quorum":
             self.quorum_fields(q, info)
             return info
+        if q.qtype.stream:
+            self.stream_fields(q, info)
+            return info
         if not q.consumers:
             now = time.time()
             info["idle_since"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}+00:00"
@@ -1024,6 +1028,22 @@ class Api:
             "messages_persistent": info["messages"], "message_bytes_persistent": info["message_bytes"],
             "messages_ram": 0, "message_bytes_ram": 0, "policy": None, "operator_policy": None,
             "single_active_consumer_ctag": (q.consumers[0].tag if q.single_active and q.consumers else None),
+        })
+
+    #: what RabbitMQ 3.10's API does not give a stream
+    NOT_STREAM = ("messages_ram", "messages_persistent", "message_bytes", "message_bytes_ready",
+                  "message_bytes_unacknowledged", "message_bytes_persistent", "consumer_capacity", "consumer_utilisation")
+
+    def stream_fields(self, q: Queue, info: dict[str, Any]) -> None:
+        """A stream's fields as RabbitMQ 3.10 gives them: ``messages`` (and ready) the
+        messages in the stream, none unacknowledged (acks remove nothing), its member,
+        its readers (the consumers) per node."""
+        for k in (*self.CLASSIC_ONLY, *self.NOT_STREAM):
+            info.pop(k, None)
+        info.update({
+            "consumers": len(q.consumers),
+            "members": [self.node], "online": [self.node], "readers": {self.node: len(q.consumers)},
+            "policy": info.get("policy"), "memory": 0,
         })
 
     async def queues(self, ctx: Ctx) -> web.Response:
@@ -1097,7 +1117,13 @@ class Api:
         if count < 1:
             raise bad_request("count: expected a positive integer")
         requeue, reject = modes[ackmode]
-        got = ctx.session(vn).get_messages(name, count, requeue=requeue, reject=reject)
+        try:
+            got = ctx.session(vn).get_messages(name, count, requeue=requeue, reject=reject)
+        except AMQPError as exc:
+            if exc.closes_channel:
+                raise
+            # (as RabbitMQ's management plugin: a connection error of the get names its code)
+            raise bad_request(f"{exc.code} {exc.text}") from None
         self.broker.flush_all()
         out = []
         for msg, redelivered, left in got:

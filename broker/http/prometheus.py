@@ -257,7 +257,7 @@ QUEUE_METRICS = (
 
 def _queue_values(q: Any, family: str) -> tuple[float, ...]:
     s = q.store
-    ready, unacked = q.message_count, q.unacked_count
+    ready, unacked = q.reported_counts()
     if family == "coarse":
         return (ready, unacked, ready + unacked, 0)
     cap = 1.0 if q.consumers else 0.0
@@ -336,7 +336,7 @@ def render(broker: Broker, per_object: bool) -> str:
     if per_object:
         _queues(out, "rabbitmq_", queues, {"queue_coarse_metrics", "queue_consumer_count"})
     else:
-        per_q = [(q.message_count, q.unacked_count) for q in queues]
+        per_q = [q.reported_counts() for q in queues]
         ready = sum(r for r, _ in per_q)
         unacked = sum(u for _, u in per_q)
         out.metric("rabbitmq_queue_messages_ready", "gauge", "Messages ready to be delivered to consumers", [({}, ready)])

@@ -16,6 +16,7 @@ creates: queues call :meth:`Channel.deliver`.
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as C
@@ -41,7 +42,11 @@ from leveret.protocol.constants import (
     BASIC_PUBLISH,
     CHANNEL_ERROR,
     COMMAND_INVALID,
+    FRAME_BODY,
+    FRAME_END_BYTE,
     FRAME_ERROR,
+    FRAME_HEADER,
+    FRAME_METHOD,
     NO_ROUTE,
     NOT_ALLOWED,
     NOT_FOUND,
@@ -49,11 +54,13 @@ from leveret.protocol.constants import (
     PRECONDITION_FAILED,
     Method,
 )
+from leveret.protocol.frames import pack_head
 
 if TYPE_CHECKING:
     from leveret.broker.wire.machine import ConnectionMachine
 
 REPLY_TO_PREFIX = REPLY_TO + "."
+_TAG_BIT = struct.Struct(">QB")  # basic.deliver's delivery tag and redelivered bit
 
 FLAGS_HI, FLAGS_LO = P.FLAGS_HI, P.FLAGS_LO
 # properties the broker must look at before routing (see Channel._check_properties)
@@ -260,6 +267,55 @@ class Channel:
         method_frame = M.deliver_frame(number, consumer.wire_tag, tag, redelivered, msg.ex_rk)
         conn.send_parts(M.content_frames(number, msg.header, msg.body, conn.frame_max, method_frame), msg.size)
 
+    def deliver_stream(self, consumer: Consumer, queue: Queue, items: list[tuple[int, bytes, bytes, bytes]]) -> None:
+        """A batch of a stream's deliveries to ``consumer`` (``core.stream``): ``(offset,
+        ex_rk, header, body)`` each, header with its ``x-stream-offset``.  Each is tracked
+        unacked under its offset (the message itself is not kept: an ack of a stream's
+        delivery removes nothing), and the batch goes out as one piece."""
+        unacked = self.unacked
+        entries = unacked.entries
+        tag = unacked.delivery_tag
+        number = self.number
+        conn = self.conn
+        chunk = conn.frame_max - 8
+        wire_tag = consumer.wire_tag
+        head = pack_head
+        tag_bit = _TAG_BIT.pack
+        frames: dict[bytes, tuple[bytes, bytes]] = {}  # ex_rk -> basic.deliver's head, tail
+        out: list[Any] = []
+        append = out.append
+        nbytes = 0
+        for off, ex_rk, header, body in items:
+            tag += 1
+            entries[tag] = (queue, off, None, consumer)  # type: ignore[assignment]
+            f = frames.get(ex_rk)
+            if f is None:
+                size = 4 + len(wire_tag) + 9 + len(ex_rk)
+                f = frames[ex_rk] = (head(FRAME_METHOD, number, size) + M.DELIVER_PREFIX + wire_tag, ex_rk + FRAME_END_BYTE)
+            blen = len(body)
+            nbytes += blen
+            if 0 < blen <= chunk:
+                append(f[0])
+                append(tag_bit(tag, 0))
+                append(f[1])
+                append(head(FRAME_HEADER, number, len(header)))
+                append(header)
+                append(FRAME_END_BYTE)
+                append(head(FRAME_BODY, number, blen))
+                append(body)
+                append(FRAME_END_BYTE)
+            else:
+                out += M.content_frames(number, header, body, conn.frame_max, f[0] + tag_bit(tag, 0) + f[1])
+        n = len(items)
+        unacked.delivery_tag = tag
+        consumer.unacked += n
+        unacked.global_unacked += n
+        queue.unacked_count += n
+        store = queue.store
+        store.stats_deliver += n
+        store.stats_deliver_manual += n
+        conn.send_parts([b"".join(out)], nbytes)
+
     def _send_content(self, method_frame: bytes, msg: Message) -> None:
         """A basic.get-ok / return frame followed by the message content."""
         conn = self.conn
@@ -267,6 +323,10 @@ class Channel:
 
     def _ack(self, tag: int, multiple: bool, kind: str, requeue: bool) -> None:
         pairs = self.unacked.take(tag, multiple, kind)
+        if kind != "ack":
+            for _, (q, *_) in pairs:
+                if q.qtype.stream:  # (540: basic.nack and basic.reject not supported)
+                    q.qtype.check_reject(rs("queue", q.name, q.vhost.name))
         if self.tx is not None:
             self.tx.acks.append((pairs, kind, requeue))
             return
@@ -427,10 +487,10 @@ class Channel:
         if tag in self.consumers:
             raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", *Method.BASIC_CONSUME)
         where = f"queue '{name}' in vhost '{self.vhost.name}'"
-        q.qtype.check_consume(self.global_prefetch, where)
-        if q.consumers and (m.exclusive or any(c.exclusive for c in q.consumers)):
-            raise AMQPError(ACCESS_REFUSED, f"{where} in exclusive use", *Method.BASIC_CONSUME)
         args = m.arguments or {}
+        q.check_consume(self.global_prefetch, self.consumer_prefetch, m.no_ack, args, where)
+        if q.consumers and not q.qtype.stream and (m.exclusive or any(c.exclusive for c in q.consumers)):
+            raise AMQPError(ACCESS_REFUSED, f"{where} in exclusive use", *Method.BASIC_CONSUME)
         c = Consumer(tag, self, q, m.no_ack, m.exclusive, self.consumer_prefetch, args)
         self.consumers[tag] = c
         if not m.nowait:

@@ -425,6 +425,7 @@ class Inspector:
         return self._queue_info(q)
 
     def _queue_info(self, q: Queue) -> QueueInfo:
+        ready, unacked = q.reported_counts()  # (a stream: the messages in it, as the API reports)
         return QueueInfo(
             vhost=q.vhost.name,
             name=q.name,
@@ -432,8 +433,8 @@ class Inspector:
             exclusive=q.exclusive_owner is not None,
             auto_delete=q.auto_delete,
             arguments=dict(q.arguments),
-            messages=q.message_count,
-            unacked=q.unacked_count,
+            messages=ready,
+            unacked=unacked,
             consumers=len(q.consumers),
         )
 
@@ -514,10 +515,10 @@ class Inspector:
     # ------------------------------------------------------------------ messages
 
     def message_count(self, queue: str, vhost: str = "/") -> int:
-        """Ready messages in ``queue`` (0 when it does not exist)."""
+        """Ready messages in ``queue`` (0 when it does not exist; a stream: the messages in it)."""
         v = self.broker.vhosts.get(vhost)
         q = v.queues.get(queue) if v is not None else None
-        return 0 if q is None else q.message_count
+        return 0 if q is None else q.reported_counts()[0]
 
     def peek(
         self, queue: str, vhost: str = "/", limit: int | None = None, include_unacked: bool = False

@@ -348,6 +348,7 @@ const views = {
         const rows = qs.map((q) => el("tr", {"data-vhost": q.vhost, "data-queue": q.name},
           el("td", {class: "name"}, el("a", {href: "#/queue/" + enc(q.vhost) + "/" + enc(q.name)}, q.name)),
           el("td", {}, q.vhost),
+          el("td", {class: "type"}, q.type || "classic"),
           el("td", {}, q.state),
           el("td", {class: "n ready"}, fmtNum(q.messages_ready)),
           el("td", {class: "n unacked"}, fmtNum(q.messages_unacknowledged)),
@@ -355,7 +356,7 @@ const views = {
           num(q.consumers),
           rateCell(rateOf(q.message_stats, "publish")),
           rateCell(rateOf(q.message_stats, "deliver_get"))));
-        holder.replaceChildren(table(["Name", "Virtual host", "State", "Ready#", "Unacked#", "Total#", "Consumers#",
+        holder.replaceChildren(table(["Name", "Virtual host", "Type", "State", "Ready#", "Unacked#", "Total#", "Consumers#",
                                       "Publish#", "Deliver / get#"], rows, "no queues"));
       },
     };
@@ -448,7 +449,7 @@ const views = {
         const [q, bs] = await Promise.all([api(path), api(path + "/bindings")]);
         const ms = q.message_stats || {};
         const items = [
-          ["State", q.state, "q-state"], ["Ready", fmtNum(q.messages_ready), "q-ready"],
+          ["Type", q.type || "classic", "q-type"], ["State", q.state, "q-state"], ["Ready", fmtNum(q.messages_ready), "q-ready"],
           ["Unacked", fmtNum(q.messages_unacknowledged), "q-unacked"], ["Total", fmtNum(q.messages), "q-total"],
           ["Ready bytes", fmtNum(q.message_bytes_ready), "q-bytes"], ["Consumers", fmtNum(q.consumers), "q-consumers"],
           ["Publish", fmtRate(rateOf(ms, "publish")), "q-publish"],
