@@ -1,10 +1,13 @@
 """The broker: the composition root of a node.
 
-:class:`Broker` owns the event loop's listener, the vhosts (messaging core), the client
-connections (wire layer), the per-read write flush, the memory and disk alarms and the
-persistence hooks.  It implements :class:`leveret.broker.core.node.Node`, the interface
-through which the core reaches it, and offers the test tooling (``leveret.testing``) its
-one hook, :meth:`Broker.intercept_deliveries`.
+:class:`Broker` owns the vhosts (messaging core), the client connections (wire layer),
+the per-read write flush, flow control and the persistence hooks.  It implements
+:class:`leveret.broker.core.node.Node` and :class:`leveret.broker.wire.node.WireNode`, the
+interfaces through which the core and the wire reach it, and offers the test tooling
+(``leveret.testing``) its one hook, :meth:`Broker.intercept_deliveries`.  What merely hangs
+off the node is composed, its public names kept here as thin delegations: the listeners
+(``listening.Listeners``), the memory and disk alarms (``alarms.Alarms``), the counters and
+totals (``totals.Totals``) and the users/permissions admin API (``admin.Admin``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import logging
 import platform
 import secrets
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,16 +24,16 @@ from typing import Any
 from leveret import __version__
 from leveret.broker.admin import Admin
 from leveret.broker.alarms import Alarms
-from leveret.broker.config import DEFAULT_HOSTS, PORTS, Config
+from leveret.broker.config import Config
 from leveret.broker.core import access as A
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHost
 from leveret.broker.definitions import apply_definitions, read_definitions
-from leveret.broker.listener import Listener, check_ports, open_listener
+from leveret.broker.listener import Listener, check_ports
+from leveret.broker.listening import Listeners
 from leveret.broker.shovel import ShovelManager
-from leveret.broker.tls import http_context, server_context
 from leveret.broker.totals import Totals
 from leveret.broker.wire.acktimeout import AckTimeout
 from leveret.broker.wire.connection import Connection
@@ -61,10 +63,7 @@ class Broker:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.vhosts: dict[str, VHost] = {}
         self.connections: set[Connection] = set()
-        self.server: Listener | None = None
-        self.tls_server: Listener | None = None  # the amqps listener (config.tls_port)
-        self.ssl_context: ssl.SSLContext | None = None
-        self._tls_bound: int | None = None  # the port the amqps listener got (listen again there)
+        self.listeners = Listeners(self)  # AMQP, amqps, HTTP, Prometheus (leveret.broker.listening)
         self.dirty: list[Connection] = []
         self._flush_scheduled = False
         self.queued_bytes = 0
@@ -73,8 +72,6 @@ class Broker:
         self.persistence: Persistence | None = None
         self.started_at = time.time()
         self.totals = Totals(self)  # the node's counters and totals (leveret.broker.totals)
-        self.http: Any = None  # the management HTTP API (leveret.broker.http), when on
-        self.prometheus: Any = None  # the Prometheus endpoint, when on
         self.delivery_hook: DeliveryHook | None = None  # see intercept_deliveries (tests only)
         self.reply_channels: dict[str, Any] = {}  # direct reply-to key -> channel
         # flow control: the node is *busy* while its loop uses most of a core (sampled
@@ -108,7 +105,7 @@ class Broker:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        await check_ports(self.loop, self._configured_ports())  # every clash at once, before any listens
+        await check_ports(self.loop, self.listeners.configured_ports())  # every clash at once, before any listens
         if self.config.data_dir and self.persistence is None:
             # raises storage.DataDirLocked when another broker uses the directory
             self.persistence = Persistence(self, self.config.data_dir)
@@ -141,7 +138,7 @@ class Broker:
                 self.persistence = None
             raise
         try:
-            await self._start_http()
+            await self.listeners.start_http()
         except BaseException:
             await self.stop_listening(0)
             if self.persistence is not None:
@@ -154,54 +151,6 @@ class Broker:
             self.ack_timeout = AckTimeout(self, self.config.consumer_timeout)
             self.ack_timeout.start()
         self.shovels.start()
-
-    def _configured_ports(self) -> list[tuple[str, str | list[str] | None, int]]:
-        """(flag, hosts, port) of every listener the config asks for."""
-        cfg = self.config
-        hosts = {"port": cfg.host, "tls_port": cfg.host, "http_port": cfg.http_host or cfg.host,
-                 "http_tls_port": cfg.http_host or cfg.host, "prometheus_port": cfg.prometheus_host or cfg.host,
-                 "prometheus_tls_port": cfg.prometheus_host or cfg.host}
-        return [(flag, hosts[name], getattr(cfg, name)) for name, flag in PORTS if getattr(cfg, name)]
-
-    async def _start_http(self) -> None:
-        """The management HTTP API and the Prometheus endpoint, if configured."""
-        cfg = self.config
-        http_on = cfg.http_port is not None or cfg.http_tls_port is not None
-        prometheus_on = cfg.prometheus_port is not None or cfg.prometheus_tls_port is not None
-        if not http_on and not prometheus_on:
-            return
-        from leveret.broker.http import start_http, start_prometheus
-
-        ctx = http_context(cfg) if cfg.http_tls_port is not None or cfg.prometheus_tls_port is not None else None
-        if http_on:
-            self.http = await start_http(self, cfg.http_host or cfg.host, cfg.http_port, cfg.http_tls_port, ctx)
-        if prometheus_on:
-            try:
-                self.prometheus = await start_prometheus(self, cfg.prometheus_host or cfg.host, cfg.prometheus_port,
-                                                         cfg.prometheus_tls_port, ctx)
-            except BaseException:
-                if self.http is not None:
-                    await self.http.stop()
-                    self.http = None
-                raise
-
-    @property
-    def http_port(self) -> int | None:
-        """The port the HTTP API listens on (None: off)."""
-        return self.http.port or None if self.http is not None else None
-
-    @property
-    def http_tls_port(self) -> int | None:
-        """The port the HTTP API listens on over TLS (None: off)."""
-        return self.http.tls_port or None if self.http is not None else None
-
-    @property
-    def prometheus_port(self) -> int | None:
-        return self.prometheus.port or None if self.prometheus is not None else None
-
-    @property
-    def prometheus_tls_port(self) -> int | None:
-        return self.prometheus.tls_port or None if self.prometheus is not None else None
 
     def _sample_load(self) -> None:
         """Busy or not: the share of a core the loop's thread used or waited for since
@@ -223,101 +172,68 @@ class Broker:
                     self.flush_all()
         self._load_timer = self.loop.call_later(LOAD_INTERVAL, self._sample_load)
 
+    # the listeners (leveret.broker.listening.Listeners), under their old names
+
     async def listen(
         self, host: str | list[str] | None = None, port: int | None = None, tls_port: int | None = None
     ) -> None:
-        """Open the listening socket(s): the configured ones, or ``host``/``port`` (again,
-        after :meth:`stop_listening`).  With ``config.tls_port`` set, an amqps listener on
-        the same hosts too: at ``tls_port``, else the port it had before, else the
-        configured one."""
-        host = self.config.host if host is None else host
-        port = self.config.port if port is None else port
-        if tls_port is None:
-            tls_port = self._tls_bound if self._tls_bound is not None else self.config.tls_port
-        self.server = await self._open_listener(host, port, None)
-        if tls_port is not None:
-            try:
-                if self.ssl_context is None:
-                    self.ssl_context = server_context(self.config)
-                self.tls_server = await self._open_listener(host, tls_port, self.ssl_context)
-            except BaseException:
-                self.server.close()
-                self.server = None
-                raise
-            self._tls_bound = self.tls_server.sockets[0].getsockname()[1]
-        # (debug: the command line prints the startup line itself, once)
-        log.debug("Leveret %s listening on %s", VERSION, ", ".join(self.addresses))
+        """Open the listening socket(s): see :meth:`Listeners.listen`."""
+        await self.listeners.listen(host, port, tls_port)
 
-    async def _open_listener(self, host: str | list[str], port: int, ctx: ssl.SSLContext | None) -> Listener:
-        def factory() -> Connection:
-            self.totals.stats_connections_opened += 1
-            return Connection(self, tls=ctx)
+    async def stop_listening(self, grace: float = 1.0, abort: bool = True) -> tuple[list[str], int]:
+        """Close the listeners and the connections: see :meth:`Listeners.stop_listening`."""
+        return await self.listeners.stop_listening(grace, abort)
 
-        timeout = self.config.handshake_timeout
-        try:
-            return await open_listener(self.loop, factory, host, port, 1024, self._count, ctx, timeout)
-        except OSError:
-            if not isinstance(host, list) or tuple(host) != DEFAULT_HOSTS:
-                raise  # addresses asked for explicitly must all work
-            # the default, on a machine without an IPv6 loopback: IPv4 alone
-            return await open_listener(self.loop, factory, host[0], port, 1024, self._count, ctx, timeout)
+    @property
+    def server(self) -> Listener | None:
+        return self.listeners.server
 
-    def _count(self) -> int:
-        return len(self.connections)
+    @property
+    def tls_server(self) -> Listener | None:
+        return self.listeners.tls_server
+
+    @property
+    def http(self) -> Any:
+        """The management HTTP API (leveret.broker.http), when on."""
+        return self.listeners.http
+
+    @property
+    def prometheus(self) -> Any:
+        """The Prometheus endpoint, when on."""
+        return self.listeners.prometheus
 
     @property
     def addresses(self) -> list[str]:
-        """Where it listens: ``127.0.0.1:5672``, ``[::1]:5672``, then the amqps listener's
-        as ``127.0.0.1:5671 (amqps)``."""
-        out = []
-        for server, suffix in ((self.server, ""), (self.tls_server, " (amqps)")):
-            for s in server.sockets if server else []:
-                addr = s.getsockname()
-                where = f"[{addr[0]}]:{addr[1]}" if s.family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}"
-                out.append(where + suffix)
-        return out
+        return self.listeners.addresses
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        return self.server.sockets[0].getsockname()[1]
+        return self.listeners.port
 
     @property
     def tls_port(self) -> int | None:
-        """The port of the amqps listener (None: no TLS)."""
-        if self.tls_server is None:
-            return None
-        return self.tls_server.sockets[0].getsockname()[1]
+        return self.listeners.tls_port
 
-    async def stop_listening(self, grace: float = 1.0, abort: bool = True) -> tuple[list[str], int]:
-        """Close the listener and send connection.close 320 to every client; after
-        ``grace`` seconds drop those that did not answer (``abort``: reset; else close
-        after what is queued for them).  Returns the hosts and port it listened on."""
-        server, self.server = self.server, None
-        tls_server, self.tls_server = self.tls_server, None
-        addrs = [s.getsockname() for s in server.sockets] if server is not None else []
-        for listener in (server, tls_server):
-            if listener is not None:
-                listener.close()
-        for c in list(self.connections):
-            c.close_forced()
-        deadline = self.loop.time() + grace
-        while self.connections and self.loop.time() < deadline:
-            await asyncio.sleep(0.005)
-        for c in list(self.connections):
-            c.drop(abort)
-        for listener in (server, tls_server):
-            if listener is not None:
-                await listener.wait_closed()
-        return [a[0] for a in addrs], addrs[0][1] if addrs else 0
+    @property
+    def http_port(self) -> int | None:
+        return self.listeners.http_port
+
+    @property
+    def http_tls_port(self) -> int | None:
+        return self.listeners.http_tls_port
+
+    @property
+    def prometheus_port(self) -> int | None:
+        return self.listeners.prometheus_port
+
+    @property
+    def prometheus_tls_port(self) -> int | None:
+        return self.listeners.prometheus_tls_port
 
     async def stop(self, timeout: float = 1.0) -> None:
         """Close the listener, send connection.close 320 to every client, then stop."""
         await self.shovels.stop()
-        for srv in (self.http, self.prometheus):
-            if srv is not None:
-                await srv.stop()
-        self.http = self.prometheus = None
+        await self.listeners.stop_http()
         await self.stop_listening(timeout)
         if self._load_timer is not None:
             self._load_timer.cancel()
@@ -351,7 +267,7 @@ class Broker:
             dirty, self.dirty = self.dirty, []
             for conn in dirty:
                 conn.flush()
-        self.check_alarm()
+        self.alarms.check_alarm()
 
     # the alarms (leveret.broker.alarms.Alarms); Broker.alarm stays a plain attribute (hot path)
 
