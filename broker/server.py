@@ -1,10 +1,13 @@
 """The broker: the composition root of a node.
 
-:class:`Broker` owns the event loop's listener, the vhosts (messaging core), the client
-connections (wire layer), the per-read write flush, the memory and disk alarms and the
-persistence hooks.  It implements :class:`leveret.broker.core.node.Node`, the interface
-through which the core reaches it, and offers the test tooling (``leveret.testing``) its
-one hook, :meth:`Broker.intercept_deliveries`.
+:class:`Broker` owns the vhosts (messaging core), the client connections (wire layer),
+the per-read write flush, flow control and the persistence hooks.  It implements
+:class:`leveret.broker.core.node.Node` and :class:`leveret.broker.wire.node.WireNode`, the
+interfaces through which the core and the wire reach it, and offers the test tooling
+(``leveret.testing``) its one hook, :meth:`Broker.intercept_deliveries`.  What merely hangs
+off the node is composed, its public names kept here as thin delegations: the listeners
+(``listening.Listeners``), the memory and disk alarms (``alarms.Alarms``), the counters and
+totals (``totals.Totals``) and the users/permissions admin API (``admin.Admin``).
 """
 
 from __future__ import annotations
@@ -14,23 +17,24 @@ import logging
 import platform
 import secrets
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
 
 from leveret import __version__
-from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, PORTS, Config, user_password
+from leveret.broker.admin import Admin
+from leveret.broker.alarms import Alarms
+from leveret.broker.config import Config
 from leveret.broker.core import access as A
-from leveret.broker.core.backing import GONE_STATS
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
-from leveret.broker.core.vhost import VHOST_COUNTERS, VHost
-from leveret.broker.definitions import apply_access_definitions, apply_definitions, read_definitions
-from leveret.broker.listener import Listener, check_ports, open_listener
+from leveret.broker.core.vhost import VHost
+from leveret.broker.definitions import apply_definitions, read_definitions
+from leveret.broker.listener import Listener, check_ports
+from leveret.broker.listening import Listeners
 from leveret.broker.shovel import ShovelManager
-from leveret.broker.tls import http_context, server_context
+from leveret.broker.totals import Totals
 from leveret.broker.wire.acktimeout import AckTimeout
 from leveret.broker.wire.connection import Connection
 from leveret.protocol.constants import CONNECTION_FORCED
@@ -39,10 +43,6 @@ log = logging.getLogger("leveret")
 
 VERSION = __version__  # (leveret/__init__.py: the one home of the version)
 LOAD_INTERVAL = 0.1  # seconds between samples of the loop's CPU use (flow control)
-
-SWEEP_INTERVAL = 1.0  # during an alarm: seconds between looks for blocked peers that left
-# TCP states (linux/tcp_states.h) of a socket whose peer closed or reset it
-_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
 
 
 def _cpu_demand() -> float:
@@ -57,58 +57,21 @@ def _cpu_demand() -> float:
         return time.process_time()
 
 
-def peer_gone(transport: Any) -> bool:
-    """The peer closed or reset the connection, even if unread bytes are still queued
-    before its end of file (Linux TCP_INFO state); False where that cannot be told."""
-    if transport is None or not hasattr(socket, "TCP_INFO"):
-        return False
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return False
-    try:
-        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-    except OSError:
-        return True
-    return state in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
-
-
 class Broker:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.vhosts: dict[str, VHost] = {}
         self.connections: set[Connection] = set()
-        self.server: Listener | None = None
-        self.tls_server: Listener | None = None  # the amqps listener (config.tls_port)
-        self.ssl_context: ssl.SSLContext | None = None
-        self._tls_bound: int | None = None  # the port the amqps listener got (listen again there)
+        self.listeners = Listeners(self)  # AMQP, amqps, HTTP, Prometheus (leveret.broker.listening)
         self.dirty: list[Connection] = []
         self._flush_scheduled = False
         self.queued_bytes = 0
-        self.alarm = False
-        self.memory_alarm = False
-        self.disk_alarm = False
-        self.write_failed = False  # the last write to the log failed (ENOSPC, EIO)
-        self._sweep: asyncio.TimerHandle | None = None
+        self.alarm = False  # a memory or disk alarm is on (set by self.alarms; read per publish)
+        self.alarms = Alarms(self)  # the memory and disk alarms (leveret.broker.alarms)
         self.persistence: Persistence | None = None
-        self.stats_published_gone = 0  # messages published in vhosts since deleted
-        self.stats_delivered_gone = 0  # ... delivered from them, and from direct reply-to
-        self.stats_acked_gone = 0  # ... acked in them
         self.started_at = time.time()
-        # churn, for the Prometheus endpoint (counted off the hot path)
-        self.stats_connections_opened = 0
-        self.stats_queues_created = 0
-        self.stats_queues_deleted = 0
-        self.stats_channels_opened = 0  # (closed: opened minus those open)
-        self.stats_received_confirm_gone = 0  # publishes in confirm mode on channels since closed
-        # queue counters (backing.GONE_STATS) of deleted vhosts and direct reply-to
-        self.stats_queue_gone = dict.fromkeys(GONE_STATS, 0)
-        # login attempts per protocol ("amqp091", "http"): [attempts, failed]
-        self.stats_auth: dict[str, list[int]] = {"amqp091": [0, 0], "http": [0, 0]}
-        # the message counters of deleted vhosts (VHost.stats_*), kept in the node's totals
-        self.stats_deleted_vhosts = dict.fromkeys(VHOST_COUNTERS, 0)
-        self.http: Any = None  # the management HTTP API (leveret.broker.http), when on
-        self.prometheus: Any = None  # the Prometheus endpoint, when on
+        self.totals = Totals(self)  # the node's counters and totals (leveret.broker.totals)
         self.delivery_hook: DeliveryHook | None = None  # see intercept_deliveries (tests only)
         self.reply_channels: dict[str, Any] = {}  # direct reply-to key -> channel
         # flow control: the node is *busy* while its loop uses most of a core (sampled
@@ -122,8 +85,8 @@ class Broker:
         self.access = A.AccessControl()
         self.shovels = ShovelManager(self)  # dynamic shovels (leveret.broker.shovel)
         self._access_loading = True  # (no per-change work while the config is applied)
+        self.admin = Admin(self)  # users, permissions, limits (leveret.broker.admin)
         self.access.on_change = self._access_changed
-        self.default_users: list[str] = []  # full permissions on every vhost (Config.users)
         # RabbitMQ's global runtime parameters (definitions' "global_parameters"): the
         # node's permanent id (Prometheus' rabbitmq_cluster_permanent_id), and cluster_name
         # once one is set; saved with the definitions
@@ -142,7 +105,7 @@ class Broker:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        await check_ports(self.loop, self._configured_ports())  # every clash at once, before any listens
+        await check_ports(self.loop, self.listeners.configured_ports())  # every clash at once, before any listens
         if self.config.data_dir and self.persistence is None:
             # raises storage.DataDirLocked when another broker uses the directory
             self.persistence = Persistence(self, self.config.data_dir)
@@ -175,7 +138,7 @@ class Broker:
                 self.persistence = None
             raise
         try:
-            await self._start_http()
+            await self.listeners.start_http()
         except BaseException:
             await self.stop_listening(0)
             if self.persistence is not None:
@@ -188,54 +151,6 @@ class Broker:
             self.ack_timeout = AckTimeout(self, self.config.consumer_timeout)
             self.ack_timeout.start()
         self.shovels.start()
-
-    def _configured_ports(self) -> list[tuple[str, str | list[str] | None, int]]:
-        """(flag, hosts, port) of every listener the config asks for."""
-        cfg = self.config
-        hosts = {"port": cfg.host, "tls_port": cfg.host, "http_port": cfg.http_host or cfg.host,
-                 "http_tls_port": cfg.http_host or cfg.host, "prometheus_port": cfg.prometheus_host or cfg.host,
-                 "prometheus_tls_port": cfg.prometheus_host or cfg.host}
-        return [(flag, hosts[name], getattr(cfg, name)) for name, flag in PORTS if getattr(cfg, name)]
-
-    async def _start_http(self) -> None:
-        """The management HTTP API and the Prometheus endpoint, if configured."""
-        cfg = self.config
-        http_on = cfg.http_port is not None or cfg.http_tls_port is not None
-        prometheus_on = cfg.prometheus_port is not None or cfg.prometheus_tls_port is not None
-        if not http_on and not prometheus_on:
-            return
-        from leveret.broker.http import start_http, start_prometheus
-
-        ctx = http_context(cfg) if cfg.http_tls_port is not None or cfg.prometheus_tls_port is not None else None
-        if http_on:
-            self.http = await start_http(self, cfg.http_host or cfg.host, cfg.http_port, cfg.http_tls_port, ctx)
-        if prometheus_on:
-            try:
-                self.prometheus = await start_prometheus(self, cfg.prometheus_host or cfg.host, cfg.prometheus_port,
-                                                         cfg.prometheus_tls_port, ctx)
-            except BaseException:
-                if self.http is not None:
-                    await self.http.stop()
-                    self.http = None
-                raise
-
-    @property
-    def http_port(self) -> int | None:
-        """The port the HTTP API listens on (None: off)."""
-        return self.http.port or None if self.http is not None else None
-
-    @property
-    def http_tls_port(self) -> int | None:
-        """The port the HTTP API listens on over TLS (None: off)."""
-        return self.http.tls_port or None if self.http is not None else None
-
-    @property
-    def prometheus_port(self) -> int | None:
-        return self.prometheus.port or None if self.prometheus is not None else None
-
-    @property
-    def prometheus_tls_port(self) -> int | None:
-        return self.prometheus.tls_port or None if self.prometheus is not None else None
 
     def _sample_load(self) -> None:
         """Busy or not: the share of a core the loop's thread used or waited for since
@@ -257,101 +172,68 @@ class Broker:
                     self.flush_all()
         self._load_timer = self.loop.call_later(LOAD_INTERVAL, self._sample_load)
 
+    # the listeners (leveret.broker.listening.Listeners), under their old names
+
     async def listen(
         self, host: str | list[str] | None = None, port: int | None = None, tls_port: int | None = None
     ) -> None:
-        """Open the listening socket(s): the configured ones, or ``host``/``port`` (again,
-        after :meth:`stop_listening`).  With ``config.tls_port`` set, an amqps listener on
-        the same hosts too: at ``tls_port``, else the port it had before, else the
-        configured one."""
-        host = self.config.host if host is None else host
-        port = self.config.port if port is None else port
-        if tls_port is None:
-            tls_port = self._tls_bound if self._tls_bound is not None else self.config.tls_port
-        self.server = await self._open_listener(host, port, None)
-        if tls_port is not None:
-            try:
-                if self.ssl_context is None:
-                    self.ssl_context = server_context(self.config)
-                self.tls_server = await self._open_listener(host, tls_port, self.ssl_context)
-            except BaseException:
-                self.server.close()
-                self.server = None
-                raise
-            self._tls_bound = self.tls_server.sockets[0].getsockname()[1]
-        # (debug: the command line prints the startup line itself, once)
-        log.debug("Leveret %s listening on %s", VERSION, ", ".join(self.addresses))
+        """Open the listening socket(s): see :meth:`Listeners.listen`."""
+        await self.listeners.listen(host, port, tls_port)
 
-    async def _open_listener(self, host: str | list[str], port: int, ctx: ssl.SSLContext | None) -> Listener:
-        def factory() -> Connection:
-            self.stats_connections_opened += 1
-            return Connection(self, tls=ctx)
+    async def stop_listening(self, grace: float = 1.0, abort: bool = True) -> tuple[list[str], int]:
+        """Close the listeners and the connections: see :meth:`Listeners.stop_listening`."""
+        return await self.listeners.stop_listening(grace, abort)
 
-        timeout = self.config.handshake_timeout
-        try:
-            return await open_listener(self.loop, factory, host, port, 1024, self._count, ctx, timeout)
-        except OSError:
-            if not isinstance(host, list) or tuple(host) != DEFAULT_HOSTS:
-                raise  # addresses asked for explicitly must all work
-            # the default, on a machine without an IPv6 loopback: IPv4 alone
-            return await open_listener(self.loop, factory, host[0], port, 1024, self._count, ctx, timeout)
+    @property
+    def server(self) -> Listener | None:
+        return self.listeners.server
 
-    def _count(self) -> int:
-        return len(self.connections)
+    @property
+    def tls_server(self) -> Listener | None:
+        return self.listeners.tls_server
+
+    @property
+    def http(self) -> Any:
+        """The management HTTP API (leveret.broker.http), when on."""
+        return self.listeners.http
+
+    @property
+    def prometheus(self) -> Any:
+        """The Prometheus endpoint, when on."""
+        return self.listeners.prometheus
 
     @property
     def addresses(self) -> list[str]:
-        """Where it listens: ``127.0.0.1:5672``, ``[::1]:5672``, then the amqps listener's
-        as ``127.0.0.1:5671 (amqps)``."""
-        out = []
-        for server, suffix in ((self.server, ""), (self.tls_server, " (amqps)")):
-            for s in server.sockets if server else []:
-                addr = s.getsockname()
-                where = f"[{addr[0]}]:{addr[1]}" if s.family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}"
-                out.append(where + suffix)
-        return out
+        return self.listeners.addresses
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        return self.server.sockets[0].getsockname()[1]
+        return self.listeners.port
 
     @property
     def tls_port(self) -> int | None:
-        """The port of the amqps listener (None: no TLS)."""
-        if self.tls_server is None:
-            return None
-        return self.tls_server.sockets[0].getsockname()[1]
+        return self.listeners.tls_port
 
-    async def stop_listening(self, grace: float = 1.0, abort: bool = True) -> tuple[list[str], int]:
-        """Close the listener and send connection.close 320 to every client; after
-        ``grace`` seconds drop those that did not answer (``abort``: reset; else close
-        after what is queued for them).  Returns the hosts and port it listened on."""
-        server, self.server = self.server, None
-        tls_server, self.tls_server = self.tls_server, None
-        addrs = [s.getsockname() for s in server.sockets] if server is not None else []
-        for listener in (server, tls_server):
-            if listener is not None:
-                listener.close()
-        for c in list(self.connections):
-            c.close_forced()
-        deadline = self.loop.time() + grace
-        while self.connections and self.loop.time() < deadline:
-            await asyncio.sleep(0.005)
-        for c in list(self.connections):
-            c.drop(abort)
-        for listener in (server, tls_server):
-            if listener is not None:
-                await listener.wait_closed()
-        return [a[0] for a in addrs], addrs[0][1] if addrs else 0
+    @property
+    def http_port(self) -> int | None:
+        return self.listeners.http_port
+
+    @property
+    def http_tls_port(self) -> int | None:
+        return self.listeners.http_tls_port
+
+    @property
+    def prometheus_port(self) -> int | None:
+        return self.listeners.prometheus_port
+
+    @property
+    def prometheus_tls_port(self) -> int | None:
+        return self.listeners.prometheus_tls_port
 
     async def stop(self, timeout: float = 1.0) -> None:
         """Close the listener, send connection.close 320 to every client, then stop."""
         await self.shovels.stop()
-        for srv in (self.http, self.prometheus):
-            if srv is not None:
-                await srv.stop()
-        self.http = self.prometheus = None
+        await self.listeners.stop_http()
         await self.stop_listening(timeout)
         if self._load_timer is not None:
             self._load_timer.cancel()
@@ -359,9 +241,7 @@ class Broker:
         if self.ack_timeout is not None:
             self.ack_timeout.stop()
             self.ack_timeout = None
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
+        self.alarms.stop()
         if self.persistence is not None:
             self.persistence.close()
             self.persistence = None
@@ -387,83 +267,40 @@ class Broker:
             dirty, self.dirty = self.dirty, []
             for conn in dirty:
                 conn.flush()
-        self.check_alarm()
+        self.alarms.check_alarm()
+
+    # the alarms (leveret.broker.alarms.Alarms); Broker.alarm stays a plain attribute (hot path)
 
     def check_alarm(self) -> None:
-        high = self.config.memory_high_watermark
-        if not self.memory_alarm:
-            if self.queued_bytes > high:
-                self.memory_alarm = True
-                log.warning("memory alarm: %d bytes queued > %d, blocking publishers", self.queued_bytes, high)
-                self._update_alarm()
-        elif self.queued_bytes < high * 0.8:
-            self.memory_alarm = False
-            log.warning("memory alarm cleared")
-            self._update_alarm()
+        self.alarms.check_alarm()
 
     def set_disk_alarm(self, on: bool, free: int = 0) -> None:
-        if on == self.disk_alarm:
-            return
-        self.disk_alarm = on
-        if on:
-            log.warning("disk alarm: %d bytes free < %d, blocking publishers", free, self.config.disk_free_limit)
-        else:
-            log.warning("disk alarm cleared")
-        self._update_alarm()
+        self.alarms.set_disk_alarm(on, free)
 
     def disk_error(self, exc: OSError) -> None:
-        """A write failed (ENOSPC, EIO): block publishers until a write succeeds again."""
-        log.error("disk write failed: %s", exc)
-        self.write_failed = True
-        self.set_disk_alarm(True)
+        self.alarms.disk_error(exc)
 
     def disk_write_ok(self) -> None:
-        """A flush+fsync went through: a write failure no longer holds the disk alarm."""
-        if self.write_failed:
-            self.write_failed = False
-            log.warning("disk writes succeed again")
+        self.alarms.disk_write_ok()
 
     def vhosts_down(self) -> list[str]:
-        """The vhosts that cannot work as they should (RabbitMQ's ``rabbit_vhost_sup_sup:check``,
-        for ``/api/health/checks/virtual-hosts``): while writes to the message logs fail,
-        those with durable queues (RabbitMQ's vhost goes down with its message store)."""
-        if not self.write_failed:
-            return []
-        return sorted(v.name for v in self.vhosts.values() if any(q.log is not None for q in v.queues.values()))
+        return self.alarms.vhosts_down()
 
     @property
     def alarm_reason(self) -> str:
-        """connection.blocked's reason, in RabbitMQ's words."""
-        return "low on memory" if self.memory_alarm else "low on disk"
+        return self.alarms.alarm_reason
 
-    def _update_alarm(self) -> None:
-        alarm = self.memory_alarm or self.disk_alarm
-        if alarm == self.alarm:
-            return
-        self.alarm = alarm
-        if alarm and self._sweep is None:
-            self._sweep = self.loop.call_later(SWEEP_INTERVAL, self._sweep_blocked)
-        for c in list(self.connections):
-            if alarm:
-                if c.is_publisher:
-                    c.block(self.alarm_reason)
-            else:
-                c.unblock()
-        self.flush_all()
+    @property
+    def memory_alarm(self) -> bool:
+        return self.alarms.memory_alarm
 
-    def _sweep_blocked(self) -> None:
-        """During an alarm, drop the blocked publishers whose peer has gone.  A blocked
-        connection is not read from, so its end of file is never seen; what it holds
-        (parts of bodies) would keep the alarm up, and every publisher blocked, for good."""
-        self._sweep = None
-        self.check_alarm()  # bytes released by the connections dropped last time
-        if not self.alarm:
-            return
-        for c in list(self.connections):
-            if c.blocked and peer_gone(c.transport):
-                log.info("blocked connection %s: the peer has gone, dropping it", c.peer)
-                c.drop()
-        self._sweep = self.loop.call_later(SWEEP_INTERVAL, self._sweep_blocked)
+    @property
+    def disk_alarm(self) -> bool:
+        return self.alarms.disk_alarm
+
+    @property
+    def write_failed(self) -> bool:
+        return self.alarms.write_failed
 
     # ------------------------------------------------------------------ vhosts / auth
 
@@ -472,7 +309,7 @@ class Broker:
         v = self.vhosts.get(name)
         if v is None:
             v = self.vhosts[name] = VHost(self, name)
-            for user in self.default_users:
+            for user in self.admin.default_users:
                 if user in self.access.users:
                     self.access.set_permissions(user, name)
             self._save_definitions()
@@ -491,13 +328,7 @@ class Broker:
             v.delete_queue(q)
         for x in v.exchanges.values():
             x.removed()  # (a delayed exchange's timer and log)
-        for k in VHOST_COUNTERS:
-            self.stats_deleted_vhosts[k] += getattr(v, "stats_" + k)
-        self.stats_published_gone += v.stats_published
-        self.stats_delivered_gone += v.stats_delivered
-        self.stats_acked_gone += v.stats_acked
-        for k in GONE_STATS:
-            self.stats_queue_gone[k] += v.queue_stat(k)
+        self.totals.vhost_deleted(v)
         self.access.forget_vhost(name)
         self.shovels.vhost_deleted(name)
         self._save_definitions()
@@ -508,54 +339,13 @@ class Broker:
 
     # ------------------------------------------------------------------ users and permissions
     #
-    # The runtime admin API (the HTTP API of the operations issue builds on it).  Every
-    # change is saved with the definitions and drops the decisions channels have cached.
+    # The runtime admin API (leveret.broker.admin.Admin), under its old names.
 
     def apply_access_config(self) -> None:
-        """Apply the users, permissions and limits of the config (at boot, and again
-        over what the data directory had saved)."""
-        cfg, acc = self.config, self.access
-        loading, self._access_loading = self._access_loading, True
-        try:
-            acc.loopback_users = list(cfg.loopback_users)
-            if self._definitions is not None:
-                apply_access_definitions(self, self._definitions, cfg.load_definitions or "")
-            for u in cfg.hashed_users:
-                if "password_hash" in u:
-                    acc.add_user(
-                        u["name"],
-                        password_hash=u["password_hash"],
-                        hashing_algorithm=u.get("hashing_algorithm", A.SHA256),
-                        tags=u.get("tags", ()),
-                    )
-                else:  # password_env / password_file: read and hashed now
-                    acc.add_user(u["name"], user_password(u), tags=u.get("tags", ()))
-            users = dict(cfg.users)
-            if users == DEFAULT_USERS and any(n not in users for n in acc.users):
-                users = {}  # the default guest only while no other user exists
-            self.default_users = list(users)
-            for name, password in users.items():
-                acc.add_user(name, password, tags=["administrator"])
-                for vhost in self.vhosts:
-                    acc.set_permissions(name, vhost)
-            for p in cfg.permissions:
-                self.add_vhost(p["vhost"])
-                acc.set_permissions(p["user"], p["vhost"], p["configure"], p["write"], p["read"])
-            for t in cfg.topic_permissions:
-                self.add_vhost(t["vhost"])
-                acc.set_topic_permissions(t["user"], t["vhost"], t["exchange"], t["write"], t["read"])
-            for vhost, limits in cfg.vhost_limits.items():
-                self.add_vhost(vhost)
-                acc.set_vhost_limits(vhost, limits)
-        finally:
-            self._access_loading = loading
-        self._access_changed()
+        self.admin.apply_access_config()
 
     def _access_changed(self) -> None:
-        for c in self.connections:
-            for ch in c.channels.values():
-                ch.forget_decisions()
-        self._save_definitions()
+        self.admin.access_changed()
 
     def add_user(
         self,
@@ -566,60 +356,38 @@ class Broker:
         hashing_algorithm: str = A.SHA256,
         tags: list[str] | str = (),  # type: ignore[assignment]
     ) -> A.User:
-        """Create or replace a user (a password is hashed with SHA-256 here; a hash is
-        taken as RabbitMQ's, with its algorithm)."""
-        return self.access.add_user(
+        return self.admin.add_user(
             name, password, password_hash=password_hash, hashing_algorithm=hashing_algorithm, tags=tags
         )
 
     def delete_user(self, name: str) -> bool:
-        """Delete a user and its permissions and close its connections, as RabbitMQ
-        (320 CONNECTION_FORCED - user 'x' is deleted)."""
-        if not self.access.delete_user(name):
-            return False
-        if name in self.default_users:
-            self.default_users.remove(name)
-        for c in list(self.connections):
-            if c.user == name:
-                c.close_forced(CONNECTION_FORCED, f"user '{name}' is deleted")
-        return True
-
-    def _need_vhost(self, vhost: str) -> None:
-        if vhost not in self.vhosts:
-            raise KeyError(f"no vhost '{vhost}'")
+        return self.admin.delete_user(name)
 
     def set_permissions(self, user: str, vhost: str, configure: str = ".*", write: str = ".*", read: str = ".*") -> None:
-        """Set a user's configure/write/read expressions on a vhost (ValueError for an
-        expression that does not compile, KeyError for an unknown user or vhost)."""
-        self._need_vhost(vhost)
-        self.access.set_permissions(user, vhost, configure, write, read)
+        self.admin.set_permissions(user, vhost, configure, write, read)
 
     def clear_permissions(self, user: str, vhost: str) -> None:
-        self.access.clear_permissions(user, vhost)
+        self.admin.clear_permissions(user, vhost)
 
     def set_topic_permissions(self, user: str, vhost: str, exchange: str, write: str = ".*", read: str = ".*") -> None:
-        self._need_vhost(vhost)
-        self.access.set_topic_permissions(user, vhost, exchange, write, read)
+        self.admin.set_topic_permissions(user, vhost, exchange, write, read)
 
     def clear_topic_permissions(self, user: str, vhost: str, exchange: str | None = None) -> None:
-        self.access.clear_topic_permissions(user, vhost, exchange)
+        self.admin.clear_topic_permissions(user, vhost, exchange)
 
     def set_vhost_limits(self, vhost: str, limits: dict[str, int]) -> None:
-        """``{"max-connections": n, "max-queues": n}`` (negative: no limit)."""
-        self._need_vhost(vhost)
-        self.access.set_vhost_limits(vhost, limits)
+        self.admin.set_vhost_limits(vhost, limits)
 
     def authenticate(self, user: str, password: str) -> bool:
-        return self.access.authenticate(user, password) is not None
+        return self.admin.authenticate(user, password)
+
+    def user_exists(self, user: str) -> bool:
+        return self.admin.user_exists(user)
 
     def trusted_login(self, user: str, password: str) -> bool:
         """A login of one of this broker's own clients: a shovel's local end
         (``leveret.broker.shovel``), with a secret that never leaves the process."""
         return self.shovels.trusted_login(user, password)
-
-    def user_exists(self, user: str) -> bool:
-        """The user is known (EXTERNAL logs in by client certificate, without a password)."""
-        return user in self.access.users
 
     @property
     def cluster_name(self) -> str:
@@ -652,65 +420,54 @@ class Broker:
             },
         }
 
+    # ------------------------------------------------------------------ totals
+    #
+    # The counters and sums (leveret.broker.totals.Totals), under their old names.
+
     @property
     def stats_published(self) -> int:
-        """Messages published on the node: the exchanges' ``publish_in`` counters summed
-        (``VHost.stats_published``), deleted vhosts included.  Counted once per publish,
-        on the exchange, not again here."""
-        return self.stats_published_gone + sum(v.stats_published for v in self.vhosts.values())
+        return self.totals.stats_published
 
     @property
     def stats_delivered(self) -> int:
-        """Deliveries and basic.get-oks on the node: the queues' counters summed
-        (``VHost.stats_delivered``) and the direct reply-to pseudo-queues', deleted vhosts and
-        closed reply consumers included.  Counted once per delivery, on the queue."""
-        live = sum(ch.reply_queue.store.stats_deliver for ch in self.reply_channels.values() if ch.reply_queue is not None)
-        return self.stats_delivered_gone + live + sum(v.stats_delivered for v in self.vhosts.values())
-
-    def queue_stat(self, name: str) -> int:
-        """A queue counter of ``backing.GONE_STATS`` for the node (``VHost.queue_stat``
-        summed, deleted vhosts and direct reply-to included)."""
-        attr = "stats_" + name
-        live = sum(getattr(ch.reply_queue.store, attr) for ch in self.reply_channels.values() if ch.reply_queue is not None)
-        return self.stats_queue_gone[name] + live + sum(v.queue_stat(name) for v in self.vhosts.values())
-
-    @property
-    def stats_received_confirm(self) -> int:
-        """Publishes received on channels in confirm mode (each channel's confirm
-        numbering, ``Confirms.publish_seq``), closed channels included."""
-        live = sum(ch.confirms.publish_seq - ch.confirms.counted
-                   for c in self.connections for ch in c.channels.values() if ch.confirms is not None)
-        return self.stats_received_confirm_gone + live
-
-    def reply_queue_gone(self, q: Queue) -> None:
-        """A direct reply-to consumer's pseudo-queue goes: its counters stay in the node's
-        totals (as a deleted vhost's do)."""
-        counts = q.counters()
-        self.stats_delivered_gone += counts["deliver"]
-        for k in GONE_STATS:
-            self.stats_queue_gone[k] += counts[k]
-
-    def count_auth(self, protocol: str, ok: bool) -> None:
-        """A login attempt (AMQP connection.start-ok, an HTTP request's Basic credentials)."""
-        counts = self.stats_auth[protocol]
-        counts[0] += 1
-        if not ok:
-            counts[1] += 1
+        return self.totals.stats_delivered
 
     @property
     def stats_acked(self) -> int:
-        """Acks on the node (``VHost.stats_acked`` summed, deleted vhosts included)."""
-        return self.stats_acked_gone + sum(v.stats_acked for v in self.vhosts.values())
+        return self.totals.stats_acked
+
+    @property
+    def stats_received_confirm(self) -> int:
+        return self.totals.stats_received_confirm
+
+    # (written by the wire layer, through WireNode)
+    @property
+    def stats_channels_opened(self) -> int:
+        return self.totals.stats_channels_opened
+
+    @stats_channels_opened.setter
+    def stats_channels_opened(self, n: int) -> None:
+        self.totals.stats_channels_opened = n
+
+    @property
+    def stats_received_confirm_gone(self) -> int:
+        return self.totals.stats_received_confirm_gone
+
+    @stats_received_confirm_gone.setter
+    def stats_received_confirm_gone(self, n: int) -> None:
+        self.totals.stats_received_confirm_gone = n
+
+    def queue_stat(self, name: str) -> int:
+        return self.totals.queue_stat(name)
+
+    def reply_queue_gone(self, q: Queue) -> None:
+        self.totals.reply_queue_gone(q)
+
+    def count_auth(self, protocol: str, ok: bool) -> None:
+        self.totals.count_auth(protocol, ok)
 
     def message_totals(self) -> dict[str, int]:
-        """The vhosts' message counters (``VHost.stats_*``: ``confirm``,
-        ``return_unroutable``, ``drop_unroutable``) summed over the node, deleted vhosts
-        included."""
-        out = dict(self.stats_deleted_vhosts)
-        for v in self.vhosts.values():
-            for k in VHOST_COUNTERS:
-                out[k] += getattr(v, "stats_" + k)
-        return out
+        return self.totals.message_totals()
 
     # ------------------------------------------------------------------ storage hooks
 
@@ -720,13 +477,13 @@ class Broker:
             self.persistence.save_definitions()
 
     def queue_created(self, q: Any) -> None:
-        self.stats_queues_created += 1
+        self.totals.stats_queues_created += 1
         if q.durable and self.persistence is not None:
             self.persistence.attach(q)
             self.persistence.save_definitions()
 
     def queue_deleted(self, q: Any) -> None:
-        self.stats_queues_deleted += 1
+        self.totals.stats_queues_deleted += 1
         if q.durable and self.persistence is not None:
             self.persistence.detach(q)
             self.persistence.save_definitions()

@@ -145,7 +145,7 @@ def test_wrong_password_with_authentication_failure_close(node: Broker) -> None:
     assert close.reply_text == ("ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. "
                                 "For details see the broker logfile.")
     assert m.transport_closed and m.state == S_CLOSING
-    assert node.stats_auth["amqp091"] == [1, 1]
+    assert node.totals.stats_auth["amqp091"] == [1, 1]
 
 
 def test_wrong_password_without_the_capability_just_closes(node: Broker) -> None:

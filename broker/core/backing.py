@@ -56,7 +56,7 @@ FLOW_BYTES = PAGE_MAX_BYTES // 2
 SHORT, LONG, PAGING = 0, 1, 2  # BackingQueue.length()
 #: the queue counters (``BackingQueue.stats_<name>``) a vhost keeps for its deleted queues
 #: (``VHost.stats_queue_gone``) and the node for its deleted vhosts and direct reply-to
-#: (``Broker.stats_queue_gone``), beside deliver and ack (which have their own)
+#: (``Totals.stats_queue_gone``, broker/totals.py), beside deliver and ack (which have their own)
 GONE_STATS = ("publish", "redeliver", "deliver_manual", "get", "get_noack", "get_empty")
 PAGE_BATCH = 2000  # messages loaded back from the log at a time
 PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes

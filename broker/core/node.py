@@ -32,12 +32,16 @@ class Node(Protocol):
     #: bytes of message bodies held in RAM (ready messages, partly received bodies):
     #: the memory alarm compares it with the high watermark
     queued_bytes: int
-    write_failed: bool
     #: RabbitMQ's global runtime parameters (``cluster_name``, ``internal_cluster_id``...):
     #: saved and restored with the definitions
     global_parameters: dict[str, Any]
     #: set by :meth:`Broker.intercept_deliveries` (tests only); None on a normal node
     delivery_hook: DeliveryHook | None
+
+    @property
+    def write_failed(self) -> bool:
+        """The last write to the message logs failed (the disk alarm holds)."""
+        ...
 
     def add_vhost(self, name: str) -> VHost: ...
 

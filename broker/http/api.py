@@ -10,21 +10,23 @@ strings; binding property keys (``~``); errors as ``{"error": ..., "reason": ...
 Paths are routed here on their raw segments (each percent-decoded on its own), so a
 ``%2F`` inside a name never splits it.  Everything goes through the core's and the
 ``Broker``'s public methods; the core knows nothing of this module.
+
+This module is the API's core (the route table, dispatch, authentication, error mapping,
+``Ctx`` and the shared helpers); the endpoints are in ``resources/``, one module per
+resource, each hooking its paths in with ``add_routes(api)``; ``policies.py`` and
+``shovels.py`` likewise.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
-import os
-import resource
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from aiohttp import web
 from pamqp import commands as C
@@ -36,14 +38,9 @@ from leveret.broker.core.operations import Session
 from leveret.broker.core.queue import Queue
 from leveret.broker.core.vhost import VHOST_COUNTERS
 from leveret.broker.definitions import (
-    DefinitionsError,
     _jsonable,
-    apply_definitions,
-    check_definitions,
-    export_definitions,
 )
-from leveret.broker.views import ChannelInfo, ConnectionInfo
-from leveret.protocol.constants import CONNECTION_FORCED, NOT_FOUND
+from leveret.protocol.constants import NOT_FOUND
 
 if TYPE_CHECKING:
     from leveret.broker.server import Broker
@@ -93,15 +90,6 @@ def parse_int(v: Any, name: str, default: int) -> int:
         return int(v)
     except (TypeError, ValueError):
         raise bad_request(f"{name}: expected an integer, got {json.dumps(v)}") from None
-
-
-def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
-    """RabbitMQ's binding "properties key": ``~`` for an empty key without arguments,
-    the quoted key, or the key and a hash of the arguments."""
-    if not arguments:
-        return "~" if routing_key == "" else quote(routing_key, safe="")
-    digest = hashlib.sha1(json.dumps(_jsonable(arguments), sort_keys=True).encode()).digest()
-    return quote(routing_key, safe="") + "~" + base64.urlsafe_b64encode(digest[:9]).decode()
 
 
 def rate(n: float) -> dict[str, float]:
@@ -333,43 +321,10 @@ def columns(request: web.Request, items: list[dict[str, Any]]) -> list[dict[str,
     return out
 
 
-def _exclusive_tag(q: Queue) -> str | None:
-    for c in q.consumers:
-        if c.exclusive:
-            return c.tag
-    return None
-
-
-def _single_active_tag(q: Queue) -> str | None:
-    return q.consumers[0].tag if q.single_active and q.consumers else None
-
-
-def _head_timestamp(q: Queue) -> int | None:
-    """RabbitMQ's ``head_message_timestamp``: the timestamp property of the message at the
-    head of the queue, if it is in RAM and has one (else null)."""
-    head = q.store.head()
-    return head[1].props.get("timestamp") if head is not None else None
-
-
 def _dotted(item: dict[str, Any], path: str) -> Any:
     for p in path.split("."):
         item = item.get(p, "") if isinstance(item, dict) else ""
     return item
-
-
-#: RabbitMQ 3.10.8's feature flags: (name, description, provided by)
-FEATURE_FLAGS = (
-    ("classic_mirrored_queue_version", "Support setting version for classic mirrored queues", "rabbit"),
-    ("drop_unroutable_metric", "Count unroutable publishes to be dropped in stats", "rabbitmq_management_agent"),
-    ("empty_basic_get_metric", "Count AMQP `basic.get` on empty queues in stats", "rabbitmq_management_agent"),
-    ("implicit_default_bindings", "Default bindings are now implicit, instead of being stored in the database",
-     "rabbit"),
-    ("maintenance_mode_status", "Maintenance mode status", "rabbit"),
-    ("quorum_queue", "Support queues of type `quorum`", "rabbit"),
-    ("stream_queue", "Support queues of type `stream`", "rabbit"),
-    ("user_limits", "Configure connection and channel limits for a user", "rabbit"),
-    ("virtual_host_metadata", "Virtual host metadata (description, tags, etc)", "rabbit"),
-)
 
 
 class Api:
@@ -378,72 +333,14 @@ class Api:
         self.rates = Rates(broker)
         self.node = f"leveret@{socket.gethostname()}"
         self.routes: list[tuple[tuple[Any, ...], dict[str, Handler]]] = []
-        r = self.route
-        from leveret.broker.http.shovels import add_routes as shovel_routes
+        # one module per resource, as rabbitmq_management has one handler per resource;
+        # each hooks its paths into this one route table (they import this module, so
+        # it imports them only here).  No two patterns overlap, so the order is free.
+        from leveret.broker.http import policies, resources, shovels
 
-        shovel_routes(self)  # /api/parameters/shovel/..., /api/shovels (before the generic routes)
-        r(("overview",), GET=self.overview)
-        r(("whoami",), GET=self.whoami)
-        r(("nodes",), GET=self.nodes)
-        r(("nodes", N), GET=self.node_show)
-        r(("extensions",), GET=self.extensions)
-        r(("feature-flags",), GET=self.feature_flags)
-        r(("vhosts",), GET=self.vhosts)
-        r(("vhosts", V), GET=self.vhost_show, PUT=self.vhost_put, DELETE=self.vhost_delete)
-        r(("vhosts", V, "permissions"), GET=self.vhost_permissions)
-        r(("users",), GET=self.users)
-        r(("users", N), GET=self.user_show, PUT=self.user_put, DELETE=self.user_delete)
-        r(("users", N, "permissions"), GET=self.user_permissions)
-        r(("permissions",), GET=self.permissions)
-        r(("permissions", V, N), GET=self.permission_show, PUT=self.permission_put, DELETE=self.permission_delete)
-        r(("topic-permissions",), GET=self.topic_permissions)
-        r(("topic-permissions", V, N), GET=self.topic_permission_show, PUT=self.topic_permission_put,
-          DELETE=self.topic_permission_delete)
-        r(("exchanges",), GET=self.exchanges)
-        r(("exchanges", V), GET=self.exchanges)
-        r(("exchanges", V, N), GET=self.exchange_show, PUT=self.exchange_put, DELETE=self.exchange_delete)
-        r(("exchanges", V, N, "publish"), POST=self.exchange_publish)
-        r(("exchanges", V, N, "bindings", "source"), GET=self.exchange_bindings_source)
-        r(("exchanges", V, N, "bindings", "destination"), GET=self.exchange_bindings_destination)
-        r(("queues",), GET=self.queues)
-        r(("queues", V), GET=self.queues)
-        r(("queues", V, N), GET=self.queue_show, PUT=self.queue_put, DELETE=self.queue_delete)
-        r(("queues", V, N, "contents"), DELETE=self.queue_purge)
-        r(("queues", V, N, "get"), POST=self.queue_get)
-        r(("queues", V, N, "bindings"), GET=self.queue_bindings)
-        r(("bindings",), GET=self.bindings)
-        r(("bindings", V), GET=self.bindings)
-        for kind in ("q", "e"):
-            r(("bindings", V, "e", N, kind, N), GET=self.binding_list, POST=self.binding_post)
-            r(("bindings", V, "e", N, kind, N, N), GET=self.binding_show, DELETE=self.binding_delete)
-        r(("connections",), GET=self.connections)
-        r(("connections", N), GET=self.connection_show, DELETE=self.connection_delete)
-        r(("connections", N, "channels"), GET=self.connection_channels)
-        r(("vhosts", V, "connections"), GET=self.vhost_connections)
-        r(("channels",), GET=self.channels)
-        r(("vhosts", V, "channels"), GET=self.vhost_channels)
-        r(("consumers",), GET=self.consumers)
-        r(("consumers", V), GET=self.consumers)
-        r(("vhost-limits",), GET=self.vhost_limits)
-        r(("vhost-limits", V), GET=self.vhost_limits)
-        r(("vhost-limits", V, N), PUT=self.vhost_limit_put, DELETE=self.vhost_limit_delete)
-        r(("definitions",), GET=self.definitions_get, POST=self.definitions_post)
-        r(("definitions", V), GET=self.definitions_get, POST=self.definitions_post)
-        r(("aliveness-test", V), GET=self.aliveness)
-        r(("health", "checks", "alarms"), GET=self.health_alarms)
-        r(("health", "checks", "local-alarms"), GET=self.health_alarms)
-        r(("health", "checks", "port-listener", N), GET=self.health_port)
-        from leveret.broker.http.policies import (
-            add_policy_routes,
-            exchange_policy_info,
-            policy_info,
-        )
-
-        add_policy_routes(self)
-        self.policy_info, self.exchange_policy_info = policy_info, exchange_policy_info
-        r(("health", "checks", "virtual-hosts"), GET=self.health_vhosts)
-        r(("parameters",), GET=self.empty_list)
-        r(("global-parameters",), GET=self.global_parameters)
+        shovels.add_routes(self)  # /api/parameters/shovel/..., /api/shovels
+        resources.add_routes(self)
+        policies.add_policy_routes(self)
 
     def route(self, pattern: tuple[Any, ...], **methods: Handler) -> None:
         self.routes.append((pattern, methods))
@@ -556,880 +453,108 @@ class Api:
                                     "ip_address": ip.strip("[]"), "port": int(port), "socket_opts": {}})
         return out
 
-    async def overview(self, ctx: Ctx) -> web.Response:
-        b = self.broker
-        vhosts = ctx.visible_vhosts()
-        conns = [c for c in self.visible_connections(ctx)]
-        queues = [q for vn in vhosts for q in b.vhosts[vn].queues.values()]
-        # RabbitMQ: the node's figures, listeners and contexts for monitoring users only;
-        # another user's overview is that of its vhosts
-        monitor = ctx.monitor
-        message_stats = self.rates.message_stats() if monitor else self.rates.vhosts_stats([b.vhosts[vn] for vn in vhosts])
-        out: dict[str, Any] = {
-            "management_version": RABBIT_VERSION,
-            "rates_mode": "basic",
-            "sample_retention_policies": {"global": [600, 3600, 28800, 86400], "basic": [600, 3600],
-                                          "detailed": [600]},
-            "exchange_types": [{"name": t, "description": "", "enabled": True}
-                               for t in ("direct", "fanout", "headers", "topic")],
-            "product_version": b.server_properties()["version"],
-            "product_name": "Leveret",
-            "rabbitmq_version": RABBIT_VERSION,
-            "cluster_name": b.server_properties()["cluster_name"],
-            "erlang_version": "none (Python)",
-            "erlang_full_version": "none (Python)",
-            "disable_stats": False,
-            "enable_queue_totals": True,
-            "message_stats": message_stats,
-            "churn_rates": {},
-            "queue_totals": self.queue_totals(vhosts),
-            "object_totals": {
-                "channels": sum(len(c.channels) for c in conns),
-                "connections": len(conns),
-                "consumers": sum(len(q.consumers) for q in queues),
-                "exchanges": sum(len(b.vhosts[vn].exchanges) for vn in vhosts),
-                "queues": len(queues),
-            },
-            "statistics_db_event_queue": 0,
-        }
-        if monitor:
-            out["node"] = self.node
-            out["listeners"] = self.listeners()
-            out["contexts"] = [{"node": self.node, "description": "RabbitMQ Management", "path": "/", "port": str(port)}
-                               for port in (b.http_port, b.http_tls_port) if port]
-        return json_ok(out)
 
-    async def whoami(self, ctx: Ctx) -> web.Response:
-        return json_ok({"name": ctx.user.name, "tags": list(ctx.user.tags)})
 
-    def node_info(self) -> dict[str, Any]:
-        b = self.broker
-        try:
-            with open("/proc/self/statm") as f:
-                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError):
-            rss = 0
-        try:
-            fds = len(os.listdir("/proc/self/fd"))
-        except OSError:
-            fds = 0
-        fd_total = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        disk_free = 0
-        if b.config.data_dir:
-            try:
-                st = os.statvfs(b.config.data_dir)
-                disk_free = st.f_bavail * st.f_frsize
-            except OSError:
-                pass
-        return {
-            "name": self.node, "type": "disc", "running": True, "being_drained": False,
-            "mem_used": rss, "mem_limit": b.config.memory_high_watermark, "mem_alarm": b.memory_alarm,
-            "disk_free": disk_free, "disk_free_limit": b.config.disk_free_limit, "disk_free_alarm": b.disk_alarm,
-            "fd_used": fds, "fd_total": fd_total, "sockets_used": len(b.connections), "sockets_total": fd_total,
-            "proc_used": 1, "proc_total": 1, "uptime": int((time.time() - b.started_at) * 1000),
-            "os_pid": str(os.getpid()), "partitions": [], "run_queue": 0, "processors": os.cpu_count() or 1,
-            "rates_mode": "basic", "net_ticktime": 60, "enabled_plugins": ["rabbitmq_management"],
-            "applications": [], "contexts": [], "exchange_types": [], "auth_mechanisms": [],
-            "log_files": [], "config_files": [], "cluster_links": [],
-        }
 
-    async def nodes(self, ctx: Ctx) -> web.Response:
-        ctx.need_monitor()
-        return json_ok(columns(ctx.request, [self.node_info()]))
 
-    async def node_show(self, ctx: Ctx) -> web.Response:
-        ctx.need_monitor()
-        if ctx.args[0] != self.node:
-            raise not_found()
-        return json_ok(self.node_info())
 
-    async def global_parameters(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()  # (RabbitMQ: policymaker or above; only administrators set them)
-        return json_ok([{"name": k, "value": v} for k, v in self.broker.global_parameters.items()])
 
-    async def extensions(self, ctx: Ctx) -> web.Response:
-        return json_ok([])
 
-    async def feature_flags(self, ctx: Ctx) -> web.Response:
-        """RabbitMQ 3.10.8's feature flags, all enabled (clients such as NServiceBus
-        look for ``quorum_queue`` and ``stream_queue``); administrators only, as RabbitMQ."""
-        ctx.need_admin()
-        return json_ok([{"name": n, "desc": d, "doc_url": "", "state": "enabled", "stability": "stable",
-                         "provided_by": p} for n, d, p in FEATURE_FLAGS])
 
-    async def empty_list(self, ctx: Ctx) -> web.Response:
-        if ctx.args:
-            ctx.vhost(ctx.args[0])
-        return json_ok([])
 
     # ------------------------------------------------------------------ vhosts
 
-    def vhost_info(self, name: str) -> dict[str, Any]:
-        return {"name": name, "description": "", "tags": [], "default_queue_type": "classic",
-                "metadata": {"description": "", "tags": []}, "tracing": False,
-                "cluster_state": {self.node: "running"}, **self.queue_totals([name]),
-                "message_stats": self.rates.vhost_stats(self.broker.vhosts[name])}
 
-    async def vhosts(self, ctx: Ctx) -> web.Response:
-        return json_ok(columns(ctx.request, [self.vhost_info(v) for v in ctx.visible_vhosts()]))
 
-    async def vhost_show(self, ctx: Ctx) -> web.Response:
-        ctx.vhost(ctx.args[0])
-        return json_ok(self.vhost_info(ctx.args[0]))
 
-    async def vhost_put(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        await ctx.body()
-        name = ctx.args[0]
-        new = name not in self.broker.vhosts
-        self.broker.add_vhost(name)
-        return no_content(201 if new else 204)
 
-    async def vhost_delete(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        if ctx.args[0] not in self.broker.vhosts:
-            raise not_found()
-        self.broker.delete_vhost(ctx.args[0])
-        return no_content()
 
-    async def vhost_permissions(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        ctx.vhost(ctx.args[0])
-        return json_ok([p for p in self.all_permissions() if p["vhost"] == ctx.args[0]])
 
     # ------------------------------------------------------------------ vhost limits
 
-    async def vhost_limits(self, ctx: Ctx) -> web.Response:
-        """``GET /api/vhost-limits[/{vhost}]``: ``[{"vhost", "value": {"max-queues": n, ...}}]``,
-        the vhosts with limits only (RabbitMQ 3.10.8's shape)."""
-        names = [ctx.args[0]] if ctx.args else ctx.visible_vhosts()
-        if ctx.args:
-            ctx.vhost(ctx.args[0])
-        limits = self.broker.access.vhost_limits
-        return json_ok([{"vhost": vn, "value": dict(sorted(limits[vn].items()))} for vn in names if limits.get(vn)])
 
-    def limit_target(self, ctx: Ctx) -> tuple[str, str, dict[str, int]]:
-        ctx.need_admin()
-        vn, name = ctx.args
-        if vn not in self.broker.vhosts:
-            raise HttpError(404, "not_found", "vhost_not_found")
-        return vn, name, dict(self.broker.access.vhost_limits.get(vn, {}))
 
-    async def vhost_limit_put(self, ctx: Ctx) -> web.Response:
-        """``PUT /api/vhost-limits/{vhost}/{max-queues|max-connections}`` ``{"value": n}``
-        (a negative value: no limit)."""
-        vn, name, limits = self.limit_target(ctx)
-        body = await ctx.body()
-        if "value" not in body:
-            raise bad_request("[{key_missing,value}]")
-        value = body["value"]
-        if name not in ("max-queues", "max-connections"):
-            raise bad_request(f"Validation failed\n\nUnrecognised terms [{{<<{json.dumps(name)}>>,{json.dumps(value)}}}] in limits\n")
-        if isinstance(value, bool) or not isinstance(value, int):
-            shown = f"<<{json.dumps(value)}>>" if isinstance(value, str) else json.dumps(value)
-            raise bad_request(f"Validation failed\n\n{name} should be a number, actually was {shown}\n")
-        limits[name] = value
-        self.broker.set_vhost_limits(vn, limits)
-        return no_content()
 
-    async def vhost_limit_delete(self, ctx: Ctx) -> web.Response:
-        vn, name, limits = self.limit_target(ctx)
-        if limits.pop(name, None) is not None:
-            self.broker.set_vhost_limits(vn, limits)
-        return no_content()
 
     # ------------------------------------------------------------------ users, permissions
 
-    @staticmethod
-    def user_info(u: A.User) -> dict[str, Any]:
-        return {"name": u.name, "password_hash": u.password_hash, "hashing_algorithm": u.hashing_algorithm,
-                "tags": list(u.tags), "limits": {}}
 
-    async def users(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        return json_ok(columns(ctx.request, [self.user_info(u) for u in self.broker.access.users.values()]))
 
-    async def user_show(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        u = self.broker.access.users.get(ctx.args[0])
-        if u is None:
-            raise not_found()
-        return json_ok(self.user_info(u))
 
-    async def user_put(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        body = await ctx.body()
-        name = ctx.args[0]
-        tags = body.get("tags", "")
-        if isinstance(tags, list):
-            tags = ",".join(str(t) for t in tags)
-        if not isinstance(tags, str):
-            raise bad_request("tags: expected a comma-separated string or a list")
-        password, phash = body.get("password"), body.get("password_hash")
-        if password is not None and phash is not None:
-            raise bad_request("give a password or a password_hash, not both")
-        for k, v in (("password", password), ("password_hash", phash)):
-            if v is not None and not isinstance(v, str):
-                raise bad_request(f"{k}: expected a string")
-        existing = self.broker.access.users.get(name)
-        if password is None and phash is None:
-            if existing is None:
-                raise bad_request("password or password_hash must be set")
-            phash, algo = existing.password_hash, existing.hashing_algorithm
-        else:
-            algo = body.get("hashing_algorithm") or A.SHA256
-        try:
-            algo = A.algorithm(algo)
-            if password is not None:
-                self.broker.add_user(name, password, tags=tags)
-            else:
-                self.broker.add_user(name, password_hash=phash, hashing_algorithm=algo, tags=tags)
-        except ValueError as exc:
-            raise bad_request(str(exc)) from None
-        return no_content(201 if existing is None else 204)
 
-    async def user_delete(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        if not self.broker.delete_user(ctx.args[0]):
-            raise not_found()
-        return no_content()
 
-    def all_permissions(self) -> list[dict[str, str]]:
-        return [{"user": u, "vhost": v, **p.as_dict()} for (u, v), p in self.broker.access.permissions.items()]
 
-    async def user_permissions(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        if ctx.args[0] not in self.broker.access.users:
-            raise not_found()
-        return json_ok([p for p in self.all_permissions() if p["user"] == ctx.args[0]])
 
-    async def permissions(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        return json_ok(columns(ctx.request, self.all_permissions()))
 
-    async def permission_show(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        vhost, user = ctx.args
-        p = self.broker.access.permissions.get((user, vhost))
-        if p is None:
-            raise not_found()
-        return json_ok({"user": user, "vhost": vhost, **p.as_dict()})
 
-    async def permission_body(self, ctx: Ctx, vhost: str, user: str, keys: tuple[str, ...]) -> dict[str, str]:
-        """The string fields ``keys`` of a permission PUT body, for an existing vhost and
-        user (400 otherwise, as RabbitMQ)."""
-        body = await ctx.body()
-        if vhost not in self.broker.vhosts:
-            raise bad_request(f"vhost_not_found: no vhost '{vhost}'")
-        if user not in self.broker.access.users:
-            raise bad_request(f"user_not_found: no user '{user}'")
-        out = {}
-        for k in keys:
-            v = body.get(k)
-            if not isinstance(v, str):
-                raise bad_request(f"{k}: expected a string (a regular expression)" if k != "exchange" else f"{k}: expected a string")
-            out[k] = v
-        return out
 
-    async def permission_put(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        vhost, user = ctx.args
-        perms = await self.permission_body(ctx, vhost, user, A.PERMS)
-        existed = (user, vhost) in self.broker.access.permissions
-        try:
-            self.broker.set_permissions(user, vhost, **perms)
-        except (KeyError, ValueError) as exc:
-            raise bad_request(str(exc).strip("'\"")) from None
-        return no_content(204 if existed else 201)
 
-    async def permission_delete(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        vhost, user = ctx.args
-        if (user, vhost) not in self.broker.access.permissions:
-            raise not_found()
-        self.broker.clear_permissions(user, vhost)
-        return no_content()
 
-    def all_topic_permissions(self) -> list[dict[str, str]]:
-        return [{"user": u, "vhost": v, **t.as_dict()}
-                for (u, v), rules in self.broker.access.topic_permissions.items() for t in rules.values()]
 
-    async def topic_permissions(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        return json_ok(columns(ctx.request, self.all_topic_permissions()))
 
-    async def topic_permission_show(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        vhost, user = ctx.args
-        found = [t for t in self.all_topic_permissions() if t["vhost"] == vhost and t["user"] == user]
-        if not found:
-            raise not_found()
-        return json_ok(found)
 
-    async def topic_permission_put(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        vhost, user = ctx.args
-        vals = await self.permission_body(ctx, vhost, user, ("exchange", "write", "read"))
-        try:
-            self.broker.set_topic_permissions(user, vhost, vals["exchange"], vals["write"], vals["read"])
-        except (KeyError, ValueError) as exc:
-            raise bad_request(str(exc).strip("'\"")) from None
-        return no_content(201)
 
-    async def topic_permission_delete(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        vhost, user = ctx.args
-        if not self.broker.access.topic_permissions.get((user, vhost)):
-            raise not_found()
-        self.broker.clear_topic_permissions(user, vhost)
-        return no_content()
 
     # ------------------------------------------------------------------ exchanges
 
-    @staticmethod
-    def exchange_name(segment: str) -> str:
-        return "" if segment == "amq.default" else segment
 
-    def exchange_info(self, vn: str, x: Any) -> dict[str, Any]:
-        return {"name": x.name, "vhost": vn, "type": x.type, "durable": x.durable, "auto_delete": x.auto_delete,
-                "internal": x.internal, "arguments": _jsonable(x.arguments), "user_who_performed_action": "",
-                "message_stats": self.rates.exchange_stats(x), **self.exchange_policy_info(self.broker.vhosts[vn], x),
-                **x.info()}
 
-    async def exchanges(self, ctx: Ctx) -> web.Response:
-        names = [ctx.args[0]] if ctx.args else ctx.visible_vhosts()
-        out = []
-        for vn in names:
-            v = ctx.vhost(vn)
-            out += [self.exchange_info(vn, x) for x in v.exchanges.values()]
-        return json_ok(columns(ctx.request, out))
 
-    def get_exchange(self, ctx: Ctx, vn: str, seg: str) -> Any:
-        x = ctx.vhost(vn).exchanges.get(self.exchange_name(seg))
-        if x is None:
-            raise not_found()
-        return x
 
-    async def exchange_show(self, ctx: Ctx) -> web.Response:
-        vn, seg = ctx.args
-        return json_ok(self.exchange_info(vn, self.get_exchange(ctx, vn, seg)))
 
-    async def exchange_put(self, ctx: Ctx) -> web.Response:
-        vn, seg = ctx.args
-        v = ctx.vhost_for_write(vn)
-        body = await ctx.body()
-        name = self.exchange_name(seg)
-        xtype = body.get("type")
-        if not isinstance(xtype, str):
-            raise bad_request("type: missing (direct, fanout, topic or headers)")
-        durable = parse_bool(body.get("durable"), "durable", True)
-        auto_delete = parse_bool(body.get("auto_delete"), "auto_delete", False)
-        internal = parse_bool(body.get("internal"), "internal", False)
-        args = body.get("arguments") or {}
-        if not isinstance(args, dict):
-            raise bad_request("arguments: expected an object")
-        existed = name in v.exchanges
-        ctx.session(vn).declare_exchange(
-            name, xtype, durable=durable, auto_delete=auto_delete, internal=internal, arguments=args
-        )
-        return no_content(204 if existed else 201)
 
-    async def exchange_delete(self, ctx: Ctx) -> web.Response:
-        vn, seg = ctx.args
-        v = ctx.vhost_for_write(vn)
-        name = self.exchange_name(seg)
-        if name not in v.exchanges:
-            raise not_found()
-        ctx.session(vn).delete_exchange(name, if_unused=ctx.request.query.get("if-unused") == "true")
-        return no_content()
 
-    async def exchange_publish(self, ctx: Ctx) -> web.Response:
-        vn, seg = ctx.args
-        ctx.vhost_for_write(vn)
-        name = self.exchange_name(seg)
-        body = await ctx.body()
-        rk = body.get("routing_key")
-        payload = body.get("payload")
-        enc = body.get("payload_encoding", "string")
-        props = body.get("properties") or {}
-        if not isinstance(rk, str):
-            raise bad_request("routing_key: missing or not a string")
-        if not isinstance(payload, str):
-            raise bad_request("payload: missing or not a string")
-        if not isinstance(props, dict):
-            raise bad_request("properties: expected an object")
-        if enc == "string":
-            data = payload.encode()
-        elif enc == "base64":
-            try:
-                data = base64.b64decode(payload, validate=True)
-            except binascii.Error:
-                raise bad_request("payload: not valid base64") from None
-        else:
-            raise bad_request(f"payload_encoding: expected string or base64, got {json.dumps(enc)}")
-        header = encode_properties(props, len(data))
-        try:
-            # (RabbitMQ's management plugin publishes with mandatory set)
-            routed = ctx.session(vn).publish(name, rk, header, data, mandatory=True)
-        except AMQPError as exc:
-            # as RabbitMQ: a channel error of the publish (a missing exchange, a refused
-            # permission too) is a bad request naming its code
-            raise bad_request(f"{exc.code} {exc.reply_text}") from None
-        self.broker.flush_all()
-        return json_ok({"routed": routed})
 
     # ------------------------------------------------------------------ queues
 
-    def queue_info(self, q: Queue) -> dict[str, Any]:
-        ready, unacked = q.reported_counts()
-        info: dict[str, Any] = {
-            "name": q.name, "vhost": q.vhost.name, "durable": q.durable, "auto_delete": q.auto_delete,
-            "exclusive": q.exclusive, "arguments": _jsonable(q.arguments), "node": self.node,
-            "state": "running", "type": q.qtype.name,
-            "messages": ready + unacked, "messages_details": rate(0),
-            "messages_ready": ready, "messages_ready_details": rate(0),
-            "messages_unacknowledged": unacked, "messages_unacknowledged_details": rate(0),
-            "messages_ram": ready, "messages_persistent": q.store.persistent_count,
-            "message_bytes": q.store.ready_bytes, "message_bytes_ready": q.store.ready_bytes,
-            "message_bytes_unacknowledged": 0, "message_bytes_persistent": q.store.persistent_bytes,
-            "consumers": len(q.consumers), "consumer_capacity": 1.0 if q.consumers else 0,
-            "consumer_utilisation": 1.0 if q.consumers else 0, "memory": q.store.ready_bytes,
-            # RabbitMQ 3.10's nulls: no policy, no mirrors, no exclusive or single active
-            # consumer, no head message (in RAM) with a timestamp property
-            **self.policy_info(q.vhost, q), "exclusive_consumer_tag": _exclusive_tag(q),
-            "recoverable_slaves": None, "single_active_consumer_tag": _single_active_tag(q),
-            "head_message_timestamp": _head_timestamp(q), "reductions": 0, "garbage_collection": {},
-            "backing_queue_status": {"mode": "default", "len": ready},
-            "message_stats": self.rates.queue_stats([q]),
-        }
-        if q.qtype.name == "quorum":
-            self.quorum_fields(q, info)
-            return info
-        if q.qtype.stream:
-            self.stream_fields(q, info)
-            return info
-        if not q.consumers:
-            now = time.time()
-            info["idle_since"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}+00:00"
-        return info
 
-    #: the fields RabbitMQ 3.10's API gives a classic queue only
-    CLASSIC_ONLY = ("backing_queue_status", "exclusive_consumer_tag", "head_message_timestamp", "slave_nodes",
-                    "synchronised_slave_nodes", "recoverable_slaves")
 
-    def quorum_fields(self, q: Queue, info: dict[str, Any]) -> None:
-        """A quorum queue's fields as RabbitMQ 3.10 gives them: its (one) member, leader
-        and online node, every message persistent, none held in RAM."""
-        for k in self.CLASSIC_ONLY:
-            info.pop(k, None)
-        info.update({
-            "type": "quorum", "consumers": q.consumer_count, "leader": self.node, "members": [self.node], "online": [self.node],
-            "open_files": {self.node: 0}, "messages_dlx": 0, "message_bytes_dlx": 0,
-            "messages_persistent": info["messages"], "message_bytes_persistent": info["message_bytes"],
-            "messages_ram": 0, "message_bytes_ram": 0, "policy": None, "operator_policy": None,
-            "single_active_consumer_ctag": (q.consumers[0].tag if q.single_active and q.consumers else None),
-        })
 
-    #: what RabbitMQ 3.10's API does not give a stream
-    NOT_STREAM = ("messages_ram", "messages_persistent", "message_bytes", "message_bytes_ready",
-                  "message_bytes_unacknowledged", "message_bytes_persistent", "consumer_capacity", "consumer_utilisation")
 
-    def stream_fields(self, q: Queue, info: dict[str, Any]) -> None:
-        """A stream's fields as RabbitMQ 3.10 gives them: ``messages`` (and ready) the
-        messages in the stream, none unacknowledged (acks remove nothing), its member,
-        its readers (the consumers) per node."""
-        for k in (*self.CLASSIC_ONLY, *self.NOT_STREAM):
-            info.pop(k, None)
-        info.update({
-            "consumers": len(q.consumers),
-            "members": [self.node], "online": [self.node], "readers": {self.node: len(q.consumers)},
-            "policy": info.get("policy"), "memory": 0,
-        })
 
-    async def queues(self, ctx: Ctx) -> web.Response:
-        names = [ctx.args[0]] if ctx.args else ctx.visible_vhosts()
-        out = []
-        for vn in names:
-            v = ctx.vhost(vn)
-            out += [self.queue_info(q) for q in v.queues.values()]
-        return json_ok(columns(ctx.request, out))
 
-    def get_queue(self, ctx: Ctx, vn: str, name: str) -> Queue:
-        q = ctx.vhost(vn).queues.get(name)
-        if q is None:
-            raise not_found()
-        return q
 
-    async def queue_show(self, ctx: Ctx) -> web.Response:
-        return json_ok(self.queue_info(self.get_queue(ctx, *ctx.args)))
 
-    async def queue_put(self, ctx: Ctx) -> web.Response:
-        vn, name = ctx.args
-        v = ctx.vhost_for_write(vn)
-        body = await ctx.body()
-        durable = parse_bool(body.get("durable"), "durable", True)
-        auto_delete = parse_bool(body.get("auto_delete"), "auto_delete", False)
-        args = body.get("arguments") or {}
-        if not isinstance(args, dict):
-            raise bad_request("arguments: expected an object")
-        args = dict(args)
-        if body.get("queue_type"):
-            args.setdefault("x-queue-type", body["queue_type"])
-        if not name:
-            raise bad_request("a queue needs a name")
-        existed = name in v.queues
-        ctx.session(vn).declare_queue(name, durable=durable, auto_delete=auto_delete, arguments=args)
-        return no_content(204 if existed else 201)
 
-    async def queue_delete(self, ctx: Ctx) -> web.Response:
-        vn, name = ctx.args
-        ctx.vhost_for_write(vn)
-        self.get_queue(ctx, vn, name)
-        query = ctx.request.query
-        ctx.session(vn).delete_queue(name, if_unused=query.get("if-unused") == "true",
-                                     if_empty=query.get("if-empty") == "true")
-        self.broker.flush_all()
-        return no_content()
 
-    async def queue_purge(self, ctx: Ctx) -> web.Response:
-        vn, name = ctx.args
-        ctx.vhost_for_write(vn)
-        self.get_queue(ctx, vn, name)
-        ctx.session(vn).purge(name)
-        return no_content()
-
-    async def queue_get(self, ctx: Ctx) -> web.Response:
-        vn, name = ctx.args
-        ctx.vhost_for_write(vn)
-        body = await ctx.body()
-        count = parse_int(body.get("count"), "count", 1)
-        ackmode = body.get("ackmode", "ack_requeue_true")
-        if isinstance(body.get("requeue"), bool | str) and "ackmode" not in body:  # (before 3.7)
-            ackmode = "ack_requeue_true" if parse_bool(body["requeue"], "requeue", True) else "ack_requeue_false"
-        modes = {"ack_requeue_true": (True, False), "reject_requeue_true": (True, False),
-                 "ack_requeue_false": (False, False), "reject_requeue_false": (False, True)}
-        if ackmode not in modes:
-            raise bad_request(f"ackmode: expected one of {', '.join(modes)}")
-        encoding = body.get("encoding", "auto")
-        if encoding not in ("auto", "base64"):
-            raise bad_request("encoding: expected auto or base64")
-        truncate = parse_int(body.get("truncate"), "truncate", 0) if body.get("truncate") not in (None, "") else 0
-        if count < 1:
-            raise bad_request("count: expected a positive integer")
-        requeue, reject = modes[ackmode]
-        try:
-            got = ctx.session(vn).get_messages(name, count, requeue=requeue, reject=reject)
-        except AMQPError as exc:
-            if exc.closes_channel:
-                raise
-            # (as RabbitMQ's management plugin: a connection error of the get names its code)
-            raise bad_request(f"{exc.code} {exc.text}") from None
-        self.broker.flush_all()
-        out = []
-        for msg, redelivered, left in got:
-            whole = bytes(msg.body)  # (a large body is a protocol.body.Body of pieces)
-            data = whole[:truncate] if truncate else whole
-            if encoding == "auto":
-                try:
-                    payload, penc = data.decode("utf-8"), "string"
-                except UnicodeDecodeError:
-                    payload, penc = base64.b64encode(data).decode(), "base64"
-            else:
-                payload, penc = base64.b64encode(data).decode(), "base64"
-            out.append({"payload_bytes": len(msg.body), "redelivered": redelivered, "exchange": msg.exchange,
-                        "routing_key": msg.routing_key, "message_count": left,
-                        "properties": decode_properties(msg.header), "payload": payload, "payload_encoding": penc})
-        return json_ok(out)
-
-    async def queue_bindings(self, ctx: Ctx) -> web.Response:
-        vn, name = ctx.args
-        q = self.get_queue(ctx, vn, name)
-        return json_ok([b for b in self.binding_infos(vn) if b["destination_type"] == "queue" and b["destination"] == q.name])
 
     # ------------------------------------------------------------------ bindings
 
-    def binding_infos(self, vn: str) -> list[dict[str, Any]]:
-        v = self.broker.vhosts[vn]
-        out = [{"source": "", "vhost": vn, "destination": q.name, "destination_type": "queue", "routing_key": q.name,
-                "arguments": {}, "properties_key": quote(q.name, safe="")} for q in v.queues.values()]
-        for x in v.exchanges.values():
-            if x.name == "":
-                continue
-            for (dest, rk, _), args in x.bindings.items():
-                args = _jsonable(args or {})
-                out.append({"source": x.name, "vhost": vn, "destination": dest.name,
-                            "destination_type": "queue" if isinstance(dest, Queue) else "exchange",
-                            "routing_key": rk, "arguments": args, "properties_key": properties_key(rk, args)})
-        return out
 
-    async def bindings(self, ctx: Ctx) -> web.Response:
-        names = [ctx.args[0]] if ctx.args else ctx.visible_vhosts()
-        out = []
-        for vn in names:
-            ctx.vhost(vn)
-            out += self.binding_infos(vn)
-        return json_ok(columns(ctx.request, out))
 
-    async def exchange_bindings_source(self, ctx: Ctx) -> web.Response:
-        vn, seg = ctx.args
-        x = self.get_exchange(ctx, vn, seg)
-        return json_ok([b for b in self.binding_infos(vn) if b["source"] == x.name])
 
-    async def exchange_bindings_destination(self, ctx: Ctx) -> web.Response:
-        vn, seg = ctx.args
-        x = self.get_exchange(ctx, vn, seg)
-        return json_ok([b for b in self.binding_infos(vn)
-                        if b["destination_type"] == "exchange" and b["destination"] == x.name])
 
-    def binding_ends(self, ctx: Ctx, exist: bool = True) -> tuple[str, str, str, str]:
-        """(vhost, source, destination type, destination) of a bindings path; 404
-        unless both ends exist (``exist``; else the core's bind looks)."""
-        vn, src, dst = ctx.args[0], ctx.args[1], ctx.args[2]
-        kind = "queue" if ctx.request.raw_path.split("?")[0].split("/")[6] == "q" else "exchange"
-        v = ctx.vhost(vn)
-        src = self.exchange_name(src)
-        if not exist:
-            return vn, src, kind, dst if kind == "queue" else self.exchange_name(dst)
-        if src not in v.exchanges:
-            raise not_found()
-        if (kind == "queue" and dst not in v.queues) or (kind == "exchange" and self.exchange_name(dst) not in v.exchanges):
-            raise not_found()
-        return vn, src, kind, dst if kind == "queue" else self.exchange_name(dst)
 
-    def matching(self, vn: str, src: str, kind: str, dst: str) -> list[dict[str, Any]]:
-        return [b for b in self.binding_infos(vn)
-                if b["source"] == src and b["destination_type"] == kind and b["destination"] == dst]
 
-    async def binding_list(self, ctx: Ctx) -> web.Response:
-        return json_ok(self.matching(*self.binding_ends(ctx)))
 
-    async def binding_post(self, ctx: Ctx) -> web.Response:
-        vn, src, kind, dst = self.binding_ends(ctx, exist=False)
-        ctx.vhost_for_write(vn)
-        body = await ctx.body()
-        rk = body.get("routing_key", "")
-        args = body.get("arguments") or {}
-        if not isinstance(rk, str):
-            raise bad_request("routing_key: expected a string")
-        if not isinstance(args, dict):
-            raise bad_request("arguments: expected an object")
-        ctx.session(vn).bind(src, dst, kind=kind, routing_key=rk, arguments=args)
-        loc = properties_key(rk, _jsonable(args))
-        resp = no_content(201)
-        resp.headers["Location"] = f"{quote(dst, safe='')}/{quote(loc, safe='')}"
-        return resp
 
-    async def binding_show(self, ctx: Ctx) -> web.Response:
-        vn, src, kind, dst = self.binding_ends(ctx)
-        key = ctx.args[3]
-        for b in self.matching(vn, src, kind, dst):
-            if unquote(b["properties_key"]) == key or b["properties_key"] == key:
-                return json_ok(b)
-        raise not_found()
 
-    async def binding_delete(self, ctx: Ctx) -> web.Response:
-        vn, src, kind, dst = self.binding_ends(ctx)
-        ctx.vhost_for_write(vn)
-        key = ctx.args[3]
-        v = self.broker.vhosts[vn]
-        for b in self.matching(vn, src, kind, dst):
-            if unquote(b["properties_key"]) == key or b["properties_key"] == key:
-                x = v.exchanges[src]
-                args = next((a for (d, rk, _), a in x.bindings.items()
-                             if d.name == dst and rk == b["routing_key"] and _jsonable(a or {}) == b["arguments"]), None)
-                ctx.session(vn).unbind(src, dst, kind=kind, routing_key=b["routing_key"], arguments=args)
-                return no_content()
-        raise not_found()
 
     # ------------------------------------------------------------------ connections, channels, consumers
 
-    def open_connections(self) -> list[ConnectionInfo]:
-        """Every open connection, as the wire layer shows it (``Connection.info``)."""
-        return [i for i in (c.info() for c in list(self.broker.connections)) if i is not None]
 
-    def visible_connections(self, ctx: Ctx) -> list[ConnectionInfo]:
-        conns = self.open_connections()
-        if ctx.monitor:
-            return conns
-        return [c for c in conns if c.user == ctx.user.name]
 
-    def connection_info(self, c: ConnectionInfo) -> dict[str, Any]:
-        return {
-            "name": c.name, "node": self.node, "type": "network", "protocol": "AMQP 0-9-1",
-            "user": c.user, "user_who_performed_action": c.user, "vhost": c.vhost,
-            "state": "blocked" if c.blocked else "running", "channels": len(c.channels),
-            "peer_host": c.peer_host, "peer_port": c.peer_port, "host": c.host, "port": c.port,
-            "ssl": c.ssl, "ssl_protocol": c.ssl_protocol, "ssl_key_exchange": c.ssl_key_exchange,
-            "ssl_cipher": c.ssl_cipher, "ssl_hash": c.ssl_hash,
-            "peer_cert_subject": None, "peer_cert_issuer": None, "peer_cert_validity": None,
-            "auth_mechanism": c.auth_mechanism, "frame_max": c.frame_max, "channel_max": c.channel_max,
-            "timeout": c.heartbeat, "client_properties": _jsonable(c.client_properties),
-            "connected_at": c.connected_at, "recv_oct": 0, "send_oct": 0,
-            "recv_oct_details": rate(0), "send_oct_details": rate(0), "recv_cnt": 0, "send_cnt": 0,
-            "send_pend": c.send_pend, "reductions": 0, "garbage_collection": {},
-        }
 
-    def find_connection(self, ctx: Ctx, name: str) -> ConnectionInfo:
-        for c in self.visible_connections(ctx):
-            if c.name == name:
-                return c
-        raise not_found()
 
-    async def connections(self, ctx: Ctx) -> web.Response:
-        return json_ok(columns(ctx.request, [self.connection_info(c) for c in self.visible_connections(ctx)]))
 
-    async def vhost_connections(self, ctx: Ctx) -> web.Response:
-        ctx.vhost(ctx.args[0])
-        out = [self.connection_info(c) for c in self.visible_connections(ctx) if c.vhost == ctx.args[0]]
-        return json_ok(columns(ctx.request, out))
 
-    async def connection_show(self, ctx: Ctx) -> web.Response:
-        return json_ok(self.connection_info(self.find_connection(ctx, ctx.args[0])))
 
-    async def connection_delete(self, ctx: Ctx) -> web.Response:
-        c = self.find_connection(ctx, ctx.args[0])
-        if not ctx.admin and c.user != ctx.user.name:
-            raise HttpError(401, "not_authorised", "Access refused.")
-        reason = ctx.request.headers.get("X-Reason", "Closed via management plugin")
-        c.close(CONNECTION_FORCED, reason)
-        self.broker.flush_all()
-        return no_content()
 
-    def channel_info(self, c: ConnectionInfo, ch: ChannelInfo) -> dict[str, Any]:
-        return {
-            "name": f"{c.name} ({ch.number})", "node": self.node, "number": ch.number, "user": c.user,
-            "vhost": c.vhost, "state": "running",
-            "connection_details": {"name": c.name, "peer_host": c.peer_host, "peer_port": c.peer_port},
-            "consumer_count": ch.consumer_count, "messages_unacknowledged": ch.messages_unacknowledged,
-            "messages_unconfirmed": ch.messages_unconfirmed, "messages_uncommitted": ch.messages_uncommitted,
-            "acks_uncommitted": ch.acks_uncommitted, "prefetch_count": ch.prefetch_count, "global_prefetch_count": ch.global_prefetch_count,
-            "confirm": ch.confirm, "transactional": ch.transactional,
-            "idle_since": "", "reductions": 0, "garbage_collection": {},
-        }
 
-    def all_channels(self, ctx: Ctx, vhost: str | None = None) -> list[dict[str, Any]]:
-        return [self.channel_info(c, ch) for c in self.visible_connections(ctx)
-                if vhost is None or c.vhost == vhost for ch in c.channels]
 
-    async def channels(self, ctx: Ctx) -> web.Response:
-        return json_ok(columns(ctx.request, self.all_channels(ctx)))
 
-    async def vhost_channels(self, ctx: Ctx) -> web.Response:
-        ctx.vhost(ctx.args[0])
-        return json_ok(columns(ctx.request, self.all_channels(ctx, ctx.args[0])))
 
-    async def connection_channels(self, ctx: Ctx) -> web.Response:
-        c = self.find_connection(ctx, ctx.args[0])
-        return json_ok([self.channel_info(c, ch) for ch in c.channels])
 
-    async def consumers(self, ctx: Ctx) -> web.Response:
-        names = [ctx.args[0]] if ctx.args else ctx.visible_vhosts()
-        out = []
-        channels = {id(ch.ident): (c, ch) for c in self.open_connections() for ch in c.channels}
-        for vn in names:
-            v = ctx.vhost(vn)
-            for q in v.queues.values():
-                for cons in q.consumers:
-                    found = channels.get(id(cons.channel))
-                    if found is None:
-                        continue  # (its connection is closing)
-                    conn, ch = found
-                    out.append({
-                        "consumer_tag": cons.tag, "queue": {"name": q.name, "vhost": vn},
-                        "channel_details": {"name": f"{conn.name} ({ch.number})", "number": ch.number, "node": self.node,
-                                            "connection_name": conn.name, "peer_host": conn.peer_host,
-                                            "peer_port": conn.peer_port, "user": conn.user},
-                        "ack_required": not cons.no_ack, "exclusive": cons.exclusive,
-                        "prefetch_count": cons.prefetch, "active": True, "activity_status": "up",
-                        "consumer_timeout": self.broker.config.consumer_timeout, "arguments": _jsonable(cons.arguments),
-                    })
-        return json_ok(columns(ctx.request, out))
 
     # ------------------------------------------------------------------ definitions
 
-    async def definitions_get(self, ctx: Ctx) -> web.Response:
-        if ctx.args:
-            ctx.vhost(ctx.args[0])
-            if not ctx.admin:
-                ctx.need_admin()
-            data = export_definitions(self.broker, ctx.args[0])
-        else:
-            ctx.need_admin()
-            data = export_definitions(self.broker)
-        resp = json_ok(data)
-        if ctx.request.query.get("download"):
-            resp.headers["Content-Disposition"] = f'attachment; filename="{ctx.request.query["download"]}"'
-        return resp
 
-    async def definitions_post(self, ctx: Ctx) -> web.Response:
-        ctx.need_admin()
-        raw = await ctx.request.read()
-        ctype = ctx.request.headers.get("Content-Type", "")
-        if ctype.startswith("multipart/form-data") or ctype.startswith("application/x-www-form-urlencoded"):
-            raise bad_request("send the definitions as a JSON body")
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise bad_request(f"not valid JSON: {exc}") from None
-        if ctx.args:
-            vn = ctx.args[0]
-            ctx.vhost(vn)
-            if not isinstance(data, dict):
-                raise bad_request("expected a JSON object")
-            data = {k: v for k, v in data.items() if k not in ("users", "vhosts", "permissions", "topic_permissions")}
-            for section in ("queues", "exchanges", "bindings", "policies", "parameters"):
-                if isinstance(data.get(section), list):
-                    data[section] = [{**e, "vhost": vn} if isinstance(e, dict) else e for e in data[section]]
-        try:
-            defs = check_definitions(data, "definitions")
-            apply_definitions(self.broker, defs, "definitions")  # (checked whole before applied)
-        except DefinitionsError as exc:
-            key = f"{exc.key}: " if exc.key else ""
-            raise bad_request(f"{key}{exc.reason}") from None
-        self.broker.flush_all()
-        return no_content()
 
     # ------------------------------------------------------------------ health
 
-    async def aliveness(self, ctx: Ctx) -> web.Response:
-        vn = ctx.args[0]
-        ctx.vhost(vn)
-        session = ctx.session(vn)
-        session.declare_queue("aliveness-test")
-        session.publish("", "aliveness-test", encode_properties({}, 12), b"test_message")
-        self.broker.flush_all()
-        got = session.get_messages("aliveness-test", 1, requeue=False)
-        if not got or got[0][0].body != b"test_message":
-            return json_ok({"status": "failed", "reason": "the test message did not come back"}, 503)
-        return json_ok({"status": "ok"})
 
-    async def health_alarms(self, ctx: Ctx) -> web.Response:
-        b = self.broker
-        alarms = []
-        if b.memory_alarm:
-            alarms.append({"node": self.node, "resource": "memory"})
-        if b.disk_alarm:
-            alarms.append({"node": self.node, "resource": "disk"})
-        if alarms:
-            return json_ok({"status": "failed", "reason": "resource alarm(s) in effect in the cluster",
-                            "alarms": alarms}, 503)
-        return json_ok({"status": "ok"})
 
-    async def health_vhosts(self, ctx: Ctx) -> web.Response:
-        down = self.broker.vhosts_down()
-        if down:
-            return json_ok({"status": "failed", "reason": "Some virtual hosts are down", "virtual-hosts": down}, 503)
-        return json_ok({"status": "ok"})
 
-    async def health_port(self, ctx: Ctx) -> web.Response:
-        try:
-            port = int(ctx.args[0])
-        except ValueError:
-            raise bad_request(f"not a port: {ctx.args[0]}") from None
-        ports = sorted({lst["port"] for lst in self.listeners()})
-        if port in ports:
-            return json_ok({"status": "ok", "port": port})
-        return json_ok({"status": "failed", "reason": "No active listener", "missing": port, "ports": ports}, 503)
 
 
 # ---------------------------------------------------------------------- properties

@@ -79,18 +79,18 @@ def _disk_free(b: Broker) -> int:
 
 def _churn(b: Broker, out: _Out, p: str) -> None:
     """connection_churn_metrics: opened/closed counters; closed = opened minus open now."""
-    opened = b.stats_connections_opened
+    opened = b.totals.stats_connections_opened
     out.metric(p + "connections_opened_total", "counter", "Total number of connections opened", [({}, opened)])
     out.metric(p + "connections_closed_total", "counter", "Total number of connections closed or terminated",
                [({}, max(opened - len(b.connections), 0))])
-    ch_opened = b.stats_channels_opened
+    ch_opened = b.totals.stats_channels_opened
     ch_open = sum(len(c.channels) for c in b.connections)
     out.metric(p + "channels_opened_total", "counter", "Total number of channels opened", [({}, ch_opened)])
     out.metric(p + "channels_closed_total", "counter", "Total number of channels closed",
                [({}, max(ch_opened - ch_open, 0))])
-    out.metric(p + "queues_declared_total", "counter", "Total number of queues declared", [({}, b.stats_queues_created)])
-    out.metric(p + "queues_created_total", "counter", "Total number of queues created", [({}, b.stats_queues_created)])
-    out.metric(p + "queues_deleted_total", "counter", "Total number of queues deleted", [({}, b.stats_queues_deleted)])
+    out.metric(p + "queues_declared_total", "counter", "Total number of queues declared", [({}, b.totals.stats_queues_created)])
+    out.metric(p + "queues_created_total", "counter", "Total number of queues created", [({}, b.totals.stats_queues_created)])
+    out.metric(p + "queues_deleted_total", "counter", "Total number of queues deleted", [({}, b.totals.stats_queues_deleted)])
 
 
 def _node_coarse(b: Broker, out: _Out, p: str) -> None:
@@ -113,7 +113,7 @@ def _node(b: Broker, out: _Out, p: str) -> None:
 
 
 def _auth(b: Broker, out: _Out, p: str) -> None:
-    stats = b.stats_auth
+    stats = b.totals.stats_auth
     out.metric(p + "auth_attempts_total", "counter", "Total number of authorization attempts",
                [({"protocol": k}, n) for k, (n, _) in stats.items()])
     out.metric(p + "auth_attempts_succeeded_total", "counter", "Total number of successful authentication attempts",
