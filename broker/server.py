@@ -22,6 +22,7 @@ from leveret import __version__
 from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, PORTS, Config, user_password
 from leveret.broker.core import access as A
 from leveret.broker.core.errors import AMQPError
+from leveret.broker.core.memory import MemoryBudget
 from leveret.broker.core.message import Message
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
@@ -38,6 +39,7 @@ log = logging.getLogger("leveret")
 
 VERSION = __version__  # (leveret/__init__.py: the one home of the version)
 LOAD_INTERVAL = 0.1  # seconds between samples of the loop's CPU use (flow control)
+QUIET_CPU = 0.25  # below this share of a core the node is quiet: free heap memory is given back
 
 SWEEP_INTERVAL = 1.0  # during an alarm: seconds between looks for blocked peers that left
 # TCP states (linux/tcp_states.h) of a socket whose peer closed or reset it
@@ -84,6 +86,8 @@ class Broker:
         self.dirty: list[Connection] = []
         self._flush_scheduled = False
         self.queued_bytes = 0
+        # the node-wide budget of message bytes in RAM: each queue's thresholds (core.memory)
+        self.memory = MemoryBudget(min(self.config.memory_budget, self.config.memory_high_watermark // 2))
         self.alarm = False
         self.memory_alarm = False
         self.disk_alarm = False
@@ -225,6 +229,11 @@ class Broker:
         wall0, cpu0 = self._load_mark
         self._load_mark = (now, cpu)
         threshold = self.config.flow_cpu
+        # the queues' shares of the memory budget; free heap given back when quiet
+        demand = (cpu - cpu0) / max(1e-9, now - wall0)
+        memory = self.memory
+        memory.update(q.store for vh in self.vhosts.values() for q in vh.queues.values())
+        memory.maybe_trim(demand < QUIET_CPU)
         if threshold > 0:
             if cpu - cpu0 >= threshold * (now - wall0):
                 self.busy = True

@@ -45,7 +45,9 @@ Entry = tuple[int, Message, bool, float]
 
 SEQ_SHIFT = 32
 SEQ_MASK = (1 << SEQ_SHIFT) - 1
-PAGE_MAX = 20000  # ready messages kept in RAM before a queue pages to its log
+#: ready messages kept in RAM before a queue pages to its log, at most: a queue's share of
+#: the node's memory budget (core.memory) is at most this
+PAGE_MAX = 20000
 PAGE_MAX_BYTES = 64 << 20  # ... or body bytes (large messages)
 #: a queue is *backlogged* (with consumers: in flow) from here on, below the paging
 #: thresholds, so that flow holds a publisher's backlog in RAM rather than at the edge
@@ -53,6 +55,9 @@ PAGE_MAX_BYTES = 64 << 20  # ... or body bytes (large messages)
 FLOW_LEN = PAGE_MAX * 3 // 4
 FLOW_BYTES = PAGE_MAX_BYTES // 2
 SHORT, LONG, PAGING = 0, 1, 2  # BackingQueue.length()
+#: a message in RAM costs ~512 bytes besides its body (the Message, its entry tuple, the
+#: header bytes): length() and the memory budget count that too
+MESSAGE_COST_SHIFT = 9
 PAGE_BATCH = 2000  # messages loaded back from the log at a time
 PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes
 #: a queue with consumers draining from its log reads ahead: with fewer than READ_AHEAD
@@ -130,6 +135,11 @@ def _merge(d: deque[Entry], entries: list[Entry]) -> deque[Entry]:
 class BackingQueue:
     def __init__(self, node: Node, max_priority: int | None, overflow: Callable[[], Any] | None = None) -> None:
         self.node = node
+        #: the node's memory budget (core.memory): the thresholds of length()
+        budget = getattr(node, "memory", None)
+        if budget is None:
+            from leveret.broker.core.memory import DEFAULT as budget
+        self.budget = budget
         self.max_priority = max_priority
         self.open_overflow = overflow  # opens an overflow log (None: this node has no disk)
         #: ready entries in RAM, in delivery order (the queue's fast path appends here)
@@ -184,21 +194,26 @@ class BackingQueue:
     def length(self) -> int:
         """The rule for a long queue, as a state:
 
-        * ``SHORT``: fewer than FLOW_LEN messages (and FLOW_BYTES of bodies) in RAM,
-          nothing paged out;
-        * ``LONG`` (*backlogged*): from FLOW_LEN messages (FLOW_BYTES), all in RAM.  With
-          consumers such a queue is in flow (``Queue.in_flow``);
-        * ``PAGING`` (backlogged too): messages paged out, or from PAGE_MAX messages
-          (PAGE_MAX_BYTES) in RAM: new ready messages go to disk (:meth:`wants_page`).
+        * ``SHORT``: fewer than ``flow_len`` messages (and ``flow_bytes`` of bodies) in
+          RAM, nothing paged out;
+        * ``LONG`` (*backlogged*): from ``flow_len`` messages (``flow_bytes``), all in
+          RAM.  With consumers such a queue is in flow (``Queue.in_flow``);
+        * ``PAGING`` (backlogged too): messages paged out, or from ``page_len`` messages
+          (``page_bytes``) in RAM: new ready messages go to disk (:meth:`wants_page`).
+
+        The thresholds are the queue's fair share of the node's memory budget
+        (``core.memory.MemoryBudget``: at most FLOW_LEN / FLOW_BYTES and PAGE_MAX /
+        PAGE_MAX_BYTES, a queue's thresholds on its own).
 
         Only a SHORT queue takes the queue's hot path; a LONG one its warm path."""
         if self.tail_start < len(self.tail):
             return PAGING
         n = len(self.messages)
-        b = self.ready_bytes
-        if n < FLOW_LEN and b < FLOW_BYTES:
+        b = self.ready_bytes + (n << MESSAGE_COST_SHIFT)  # (what its messages cost in RAM)
+        budget = self.budget
+        if n < budget.flow_len and b < budget.flow_bytes:
             return SHORT
-        if n < PAGE_MAX and b < PAGE_MAX_BYTES:
+        if n < budget.page_len and b < budget.page_bytes:
             return LONG
         return PAGING
 

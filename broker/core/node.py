@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from leveret.broker.config import Config
     from leveret.broker.core.access import AccessControl
     from leveret.broker.core.consumer import Consumer, DeliverySink
+    from leveret.broker.core.memory import MemoryBudget
     from leveret.broker.core.persistence import Persistence
     from leveret.broker.core.queue import Queue
     from leveret.broker.core.vhost import VHost
@@ -32,6 +33,8 @@ class Node(Protocol):
     #: bytes of message bodies held in RAM (ready messages, partly received bodies):
     #: the memory alarm compares it with the high watermark
     queued_bytes: int
+    #: the node-wide budget of message bytes in RAM: every queue's thresholds
+    memory: MemoryBudget
     write_failed: bool
     #: set by :meth:`Broker.intercept_deliveries` (tests only); None on a normal node
     delivery_hook: DeliveryHook | None
