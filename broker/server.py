@@ -22,7 +22,7 @@ from leveret import __version__
 from leveret.broker.config import DEFAULT_HOSTS, DEFAULT_USERS, PORTS, Config, user_password
 from leveret.broker.core import access as A
 from leveret.broker.core.errors import AMQPError
-from leveret.broker.core.memory import MemoryBudget
+from leveret.broker.core.memory import MESSAGE_COST, MemoryBudget, heap_free, rss_bytes
 from leveret.broker.core.message import Message
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
@@ -372,6 +372,45 @@ class Broker:
             for conn in dirty:
                 conn.flush()
         self.check_alarm()
+
+    def memory_breakdown(self) -> dict[str, Any]:
+        """Where the process's memory is, in RabbitMQ's ``/api/nodes/{name}/memory`` parts
+        (bytes): ``binary`` the message bodies held in RAM by queues and being received,
+        ``queue_procs`` the queues' bookkeeping of them (``core.memory.MESSAGE_COST`` per
+        message in RAM, 8 bytes per paged-out position), ``connection_writers`` output
+        not yet taken by the sockets, ``allocated_unused`` free memory the C allocator
+        keeps (``core.memory.heap_free``), ``other_proc`` the rest of the RSS (the
+        interpreter, code, connections, unacked deliveries)."""
+        rss = rss_bytes()
+        queue_procs = 0
+        for vh in self.vhosts.values():
+            for q in vh.queues.values():
+                s = q.store
+                queue_procs += len(s.messages) * MESSAGE_COST + 8 * (len(s.tail) - s.tail_start)
+        writers = 0
+        for c in self.connections:
+            writers += sum(len(p) for p in c.out)
+            t = c.transport
+            if t is not None:
+                try:
+                    writers += t.get_write_buffer_size()
+                except (AttributeError, RuntimeError):
+                    pass
+        unused = heap_free()
+        parts = {"connection_readers": 0, "connection_writers": writers, "connection_channels": 0,
+                 "connection_other": 0, "queue_procs": queue_procs, "queue_slave_procs": 0,
+                 "quorum_queue_procs": 0, "plugins": 0, "metrics": 0, "mgmt_db": 0, "mnesia": 0,
+                 "other_ets": 0, "binary": max(0, self.queued_bytes), "msg_index": 0, "code": 0, "atom": 0,
+                 "other_system": 0, "allocated_unused": unused, "reserved_unallocated": 0}
+        parts["other_proc"] = max(0, rss - sum(parts.values()))
+        m = self.memory
+        return {
+            "memory": {**parts, "strategy": "rss", "total": {"erlang": rss, "rss": rss, "allocated": rss}},
+            # Leveret's own: the node-wide budget of message bytes in RAM (core.memory)
+            "budget": {"limit": m.limit, "used": m.used, "queues_holding": m.holders,
+                       "queue_share": m.page_bytes, "queue_flow": m.flow_bytes,
+                       "trims": m.trims, "trimmed_bytes": m.trimmed_bytes},
+        }
 
     def check_alarm(self) -> None:
         high = self.config.memory_high_watermark

@@ -28,8 +28,9 @@ Memory given back.  After a 50-queue firehose's queues were deleted, the broker 
 17 MB) but free chunks in glibc's main heap (``[heap]`` in ``/proc/self/smaps``), which
 ``brk`` cannot give back while a live chunk sits above them (``bench/memprobe.py``).
 ``malloc_trim(0)`` returns them (682 -> 37 MB).  :meth:`MemoryBudget.maybe_trim` calls it
-at quiet moments: when the node's loop is not busy and its RSS has grown by more than
-``TRIM_SLACK`` over what it was after the last trim, at most once per ``TRIM_INTERVAL``.
+at quiet moments: when the node's loop is not busy and the allocator's free memory
+(``mallinfo2``) has grown by more than ``TRIM_SLACK`` since the last trim, at most once
+per ``TRIM_INTERVAL``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,29 @@ def _malloc_trim() -> Any:
         return None
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mallinfo2() -> Any:
+    try:
+        f = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):  # not glibc, or older than 2.33
+        return None
+    f.restype = _MallInfo2
+    return f
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def heap_free() -> int:
+    """Free bytes the C allocator holds in its arenas (glibc's ``mallinfo2().fordblks``;
+    0 where it cannot be told): memory the process has and does not use."""
+    return int(_MALLINFO2().fordblks) if _MALLINFO2 is not None else 0
+
+
 def rss_bytes() -> int:
     """This process's resident set (0 where /proc is not there)."""
     try:
@@ -88,7 +112,7 @@ class MemoryBudget:
         self.flow_len = backing.FLOW_LEN
         self.flow_bytes = backing.FLOW_BYTES
         self._trim = _malloc_trim()
-        self.trim_mark = 0  # RSS after the last trim (0: not measured yet)
+        self.trim_mark = 0  # free heap (or RSS) after the last trim
         self.trimmed_at = 0.0
         self.trims = 0
         self.trimmed_bytes = 0  # RSS given back by trims, in total
@@ -112,26 +136,28 @@ class MemoryBudget:
         self.flow_len = backing.FLOW_LEN
 
     def maybe_trim(self, quiet: bool) -> int:
-        """Give free heap memory back to the system if the node is quiet and its RSS
-        grew by ``TRIM_SLACK`` since the last trim; the bytes given back."""
-        if self._trim is None:
+        """Give free heap memory back to the system if the node is quiet and the C
+        allocator's free memory (:func:`heap_free`; without ``mallinfo2``, the RSS) grew
+        by ``TRIM_SLACK`` since the last trim; the bytes of RSS given back.
+
+        (The mark follows the free memory down as it is reused; a trim leaves the free
+        chunks free, only not resident, so it is the growth that counts.)"""
+        if self._trim is None or not quiet:
             return 0
-        rss = rss_bytes()
-        if not self.trim_mark:
-            self.trim_mark = rss
+        free = heap_free() if _MALLINFO2 is not None else rss_bytes()
+        if free < self.trim_mark:
+            self.trim_mark = free
             return 0
-        if rss < self.trim_mark:
-            self.trim_mark = rss
-            return 0
-        if not quiet or rss - self.trim_mark < TRIM_SLACK:
+        if free - self.trim_mark < TRIM_SLACK:
             return 0
         now = time.monotonic()
         if now - self.trimmed_at < TRIM_INTERVAL:
             return 0
+        rss = rss_bytes()
         self._trim(0)
         after = rss_bytes()
         self.trimmed_at = now
-        self.trim_mark = after
+        self.trim_mark = heap_free() if _MALLINFO2 is not None else after
         freed = max(0, rss - after)
         self.trims += 1
         self.trimmed_bytes += freed

@@ -349,6 +349,7 @@ class Api:
         r(("whoami",), GET=self.whoami)
         r(("nodes",), GET=self.nodes)
         r(("nodes", N), GET=self.node_show)
+        r(("nodes", N, "memory"), GET=self.node_memory)
         r(("extensions",), GET=self.extensions)
         r(("vhosts",), GET=self.vhosts)
         r(("vhosts", V), GET=self.vhost_show, PUT=self.vhost_put, DELETE=self.vhost_delete)
@@ -589,6 +590,14 @@ class Api:
         if ctx.args[0] != self.node:
             raise not_found()
         return json_ok(self.node_info())
+
+    async def node_memory(self, ctx: Ctx) -> web.Response:
+        """RabbitMQ's memory breakdown (``Broker.memory_breakdown``), with Leveret's
+        memory budget under ``budget``."""
+        ctx.need_monitor()
+        if ctx.args[0] != self.node:
+            raise not_found()
+        return json_ok(self.broker.memory_breakdown())
 
     async def extensions(self, ctx: Ctx) -> web.Response:
         return json_ok([])

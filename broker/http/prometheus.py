@@ -128,6 +128,17 @@ def render(broker: Broker, per_object: bool) -> str:
             pass
     out.metric("rabbitmq_disk_space_available_limit_bytes", "gauge",
                "Free disk space low watermark in bytes", [({}, b.config.disk_free_limit)])
+    m = b.memory
+    out.metric("leveret_memory_budget_bytes", "gauge",
+               "Bytes of messages all queues together may keep in RAM (the node-wide memory budget)", [({}, m.limit)])
+    out.metric("leveret_memory_budget_used_bytes", "gauge",
+               "Bytes of messages the queues keep in RAM (bodies and bookkeeping)", [({}, m.used)])
+    out.metric("leveret_memory_budget_queues", "gauge",
+               "Queues holding messages in RAM, among which the budget is shared", [({}, m.holders)])
+    out.metric("leveret_memory_queue_share_bytes", "gauge",
+               "A queue's share of the budget: past it, it pages to disk", [({}, m.page_bytes)])
+    out.metric("leveret_memory_trimmed_bytes_total", "counter",
+               "Bytes of free heap memory given back to the system at quiet moments", [({}, m.trimmed_bytes)])
     out.metric("rabbitmq_alarms_memory_used_watermark", "gauge", "1 if the memory alarm is in effect",
                [({}, int(b.memory_alarm))])
     out.metric("rabbitmq_alarms_free_disk_space_watermark", "gauge", "1 if the disk alarm is in effect",
