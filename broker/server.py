@@ -408,7 +408,7 @@ class Broker:
             "memory": {**parts, "strategy": "rss", "total": {"erlang": rss, "rss": rss, "allocated": rss}},
             # Leveret's own: the node-wide budget of message bytes in RAM (core.memory)
             "budget": {"limit": m.limit, "used": m.used, "queues_holding": m.holders,
-                       "queue_share": m.page_bytes, "queue_flow": m.flow_bytes,
+                       "queue_share": m.share, "queue_page_bytes": m.page_bytes, "queue_page_messages": m.page_len,
                        "trims": m.trims, "trimmed_bytes": m.trimmed_bytes},
         }
 

@@ -284,7 +284,7 @@ def test_dashboard_end_to_end(broker: tuple[SubprocessBroker, int], page: Page, 
         # the node's memory: the 240 bodies (12 x (10 x 6 + 10 x 7) bytes), the budget
         expect(p.locator("#mem-binary")).to_have_text("1.5 KiB")
         expect(p.locator("#mem-budget")).to_contain_text("/ 256.0 MiB")
-        expect(p.locator("#mem-share")).to_have_text("1 (64.0 MiB)")
+        expect(p.locator("#mem-share")).to_have_text("1 (256.0 MiB)")
         p.wait_for_timeout(3 * INTERVAL_MS)
         assert painted(p, "chart-rates", (0x2F, 0x6F, 0x5E)) > 100  # the publish line
         assert painted(p, "chart-queued", (0x2F, 0x6F, 0x5E)) > 100  # the ready line

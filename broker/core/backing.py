@@ -56,8 +56,8 @@ FLOW_LEN = PAGE_MAX * 3 // 4
 FLOW_BYTES = PAGE_MAX_BYTES // 2
 SHORT, LONG, PAGING = 0, 1, 2  # BackingQueue.length()
 #: a message in RAM costs ~512 bytes besides its body (the Message, its entry tuple, the
-#: header bytes): length() and the memory budget count that too
-MESSAGE_COST_SHIFT = 9
+#: header bytes): the memory budget counts that too (core.memory)
+MESSAGE_COST = 512
 PAGE_BATCH = 2000  # messages loaded back from the log at a time
 PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes
 #: a queue with consumers draining from its log reads ahead: with fewer than READ_AHEAD
@@ -135,11 +135,12 @@ def _merge(d: deque[Entry], entries: list[Entry]) -> deque[Entry]:
 class BackingQueue:
     def __init__(self, node: Node, max_priority: int | None, overflow: Callable[[], Any] | None = None) -> None:
         self.node = node
-        #: the node's memory budget (core.memory): the thresholds of length()
+        #: the thresholds of length(): this queue's share of the node's memory budget,
+        #: set by it (core.memory.MemoryBudget.share) when they change
         budget = getattr(node, "memory", None)
         if budget is None:
             from leveret.broker.core.memory import DEFAULT as budget
-        self.budget = budget
+        self.flow_len, self.flow_bytes, self.page_len, self.page_bytes = budget.thresholds
         self.max_priority = max_priority
         self.open_overflow = overflow  # opens an overflow log (None: this node has no disk)
         #: ready entries in RAM, in delivery order (the queue's fast path appends here)
@@ -209,11 +210,10 @@ class BackingQueue:
         if self.tail_start < len(self.tail):
             return PAGING
         n = len(self.messages)
-        b = self.ready_bytes + (n << MESSAGE_COST_SHIFT)  # (what its messages cost in RAM)
-        budget = self.budget
-        if n < budget.flow_len and b < budget.flow_bytes:
+        b = self.ready_bytes
+        if n < self.flow_len and b < self.flow_bytes:
             return SHORT
-        if n < budget.page_len and b < budget.page_bytes:
+        if n < self.page_len and b < self.page_bytes:
             return LONG
         return PAGING
 

@@ -11,13 +11,15 @@ on the node's load tick (every 100 ms), never per message:
 
 * the budget ``limit`` (``Config.memory_budget``, 256 MiB by default, never above half
   the memory high watermark) is shared among the queues that hold messages in RAM: each
-  one's *fair share* is ``limit / holders`` bytes of bodies, and ``limit / (holders *
-  MESSAGE_COST)`` messages (a message in RAM costs ~``MESSAGE_COST`` bytes besides its
-  body: the ``Message``, its entry tuple, the header bytes);
-* a queue pages from its share (capped by ``backing.PAGE_MAX`` / ``PAGE_MAX_BYTES``, the
-  thresholds of a queue on its own, and at least ``MIN_PAGE_LEN`` / ``MIN_PAGE_BYTES``);
-  it is backlogged from half its share of bytes / three quarters of its messages, as
-  before.  So the queues holding the most reach their share, and their overflow logs,
+  one's *fair share* is ``limit / holders`` bytes (at least ``MIN_SHARE``), a message
+  counted as its body plus ``MESSAGE_COST`` (the ``Message``, its entry tuple, the header
+  bytes: ~512 bytes);
+* a queue pages from two thirds of its share in bodies (``page_bytes``, at most
+  ``backing.PAGE_MAX_BYTES``, the threshold of a queue on its own) or a third of it in
+  messages' ``MESSAGE_COST`` (``page_len``, at most ``PAGE_MAX``): so the two counts the
+  hot path already keeps are what it compares, and what a queue holds stays within its
+  share; it is backlogged from half of those (``flow_bytes``) and three quarters
+  (``flow_len``), as a queue on its own was.  So the queues holding the most reach their share, and their overflow logs,
   first, and publishers into the fullest queues get flow first; a queue that holds little
   is not slowed;
 * past the whole budget (queues that cannot page: priority queues, a node without a data
@@ -49,8 +51,8 @@ log = logging.getLogger("leveret.memory")
 
 DEFAULT_BUDGET = 256 << 20
 #: bytes a message in RAM costs besides its body (Message, entry tuple, header bytes)
-MESSAGE_COST = 1 << backing.MESSAGE_COST_SHIFT
-MIN_PAGE_BYTES = 1 << 20  # a queue's share is never below this
+MESSAGE_COST = backing.MESSAGE_COST
+MIN_SHARE = 3 << 19  # a queue's share is never below this (1.5 MiB: it pages from 1 MiB of bodies)
 TRIM_SLACK = 32 << 20  # RSS grown by this much since the last trim: trim when quiet
 TRIM_INTERVAL = 1.0  # seconds between two trims at most
 
@@ -100,17 +102,19 @@ def rss_bytes() -> int:
 class MemoryBudget:
     """The thresholds every queue's backing store compares its counts with."""
 
-    __slots__ = ("limit", "used", "page_len", "page_bytes", "flow_len", "flow_bytes", "holders",
+    __slots__ = ("limit", "used", "share", "thresholds", "page_len", "page_bytes", "flow_len", "flow_bytes", "holders",
                  "_trim", "trim_mark", "trimmed_at", "trims", "trimmed_bytes")
 
     def __init__(self, limit: int = DEFAULT_BUDGET) -> None:
         self.limit = limit
         self.holders = 0  # queues holding messages in RAM at the last update
         self.used = 0  # what they hold: bodies and MESSAGE_COST per message
+        self.share = limit  # each one's share of the limit
         self.page_len = backing.PAGE_MAX
         self.page_bytes = backing.PAGE_MAX_BYTES
         self.flow_len = backing.FLOW_LEN
         self.flow_bytes = backing.FLOW_BYTES
+        self.thresholds = (0, 0, 0, 0)  # (flow_len, flow_bytes, page_len, page_bytes), as given to the stores
         self._trim = _malloc_trim()
         self.trim_mark = 0  # free heap (or RSS) after the last trim
         self.trimmed_at = 0.0
@@ -119,7 +123,10 @@ class MemoryBudget:
         self.update(())
 
     def update(self, stores: Iterable[Any]) -> None:
-        """Recompute the shares from the backing stores that hold messages in RAM."""
+        """Recompute the shares from the backing stores that hold messages in RAM; when
+        they change, every store gets them (its ``flow_len`` ... ``page_bytes``: plain
+        attributes, which its ``length()`` reads as it read module constants before)."""
+        stores = list(stores)
         holders = used = 0
         for s in stores:
             n = len(s.messages)
@@ -128,12 +135,22 @@ class MemoryBudget:
                 used += s.ready_bytes + n * MESSAGE_COST
         self.holders = holders
         self.used = used
-        page_bytes = min(backing.PAGE_MAX_BYTES, max(MIN_PAGE_BYTES, self.limit // (holders or 1)))
+        share = self.share = max(MIN_SHARE, self.limit // (holders or 1))
+        # a queue pages from 2/3 of its share in bodies or 1/3 of it in MESSAGE_COSTs
+        # (messages of ~1 KiB reach both together: bodies + bookkeeping = the share; the
+        # hot path compares two counts, as before, and adds nothing per message)
+        page_bytes = min(backing.PAGE_MAX_BYTES, share * 2 // 3)
+        page_len = min(backing.PAGE_MAX, share // (3 * MESSAGE_COST))
         self.page_bytes = page_bytes
-        self.page_len = backing.PAGE_MAX
+        self.page_len = page_len
         # backlogged (flow) below paging, in the same proportions as a queue on its own
         self.flow_bytes = min(backing.FLOW_BYTES, page_bytes // 2)
-        self.flow_len = backing.FLOW_LEN
+        self.flow_len = min(backing.FLOW_LEN, page_len * backing.FLOW_LEN // backing.PAGE_MAX)
+        t = self.thresholds
+        if t != (self.flow_len, self.flow_bytes, self.page_len, self.page_bytes):
+            t = self.thresholds = (self.flow_len, self.flow_bytes, self.page_len, self.page_bytes)
+            for s in stores:
+                s.flow_len, s.flow_bytes, s.page_len, s.page_bytes = t
 
     def maybe_trim(self, quiet: bool) -> int:
         """Give free heap memory back to the system if the node is quiet and the C

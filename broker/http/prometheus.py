@@ -136,7 +136,7 @@ def render(broker: Broker, per_object: bool) -> str:
     out.metric("leveret_memory_budget_queues", "gauge",
                "Queues holding messages in RAM, among which the budget is shared", [({}, m.holders)])
     out.metric("leveret_memory_queue_share_bytes", "gauge",
-               "A queue's share of the budget: past it, it pages to disk", [({}, m.page_bytes)])
+               "A queue's share of the budget: past it, it pages to disk", [({}, m.share)])
     out.metric("leveret_memory_trimmed_bytes_total", "counter",
                "Bytes of free heap memory given back to the system at quiet moments", [({}, m.trimmed_bytes)])
     out.metric("rabbitmq_alarms_memory_used_watermark", "gauge", "1 if the memory alarm is in effect",
