@@ -136,10 +136,13 @@ class BackingQueue:
     def __init__(self, node: Node, max_priority: int | None, overflow: Callable[[], Any] | None = None) -> None:
         self.node = node
         #: the thresholds of length(): this queue's share of the node's memory budget,
-        #: set by it (core.memory.MemoryBudget.share) when they change
-        budget = getattr(node, "memory", None)
+        #: set by it (core.memory.MemoryBudget.update) when they change; a bare node
+        #: (a test's) has no budget: the module's default one
+        budget: Any = getattr(node, "memory", None)
         if budget is None:
-            from leveret.broker.core.memory import DEFAULT as budget
+            from leveret.broker.core import memory
+
+            budget = memory.DEFAULT
         self.flow_len, self.flow_bytes, self.page_len, self.page_bytes = budget.thresholds
         self.max_priority = max_priority
         self.open_overflow = overflow  # opens an overflow log (None: this node has no disk)
