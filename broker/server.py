@@ -233,7 +233,7 @@ class Broker:
         demand = (cpu - cpu0) / max(1e-9, now - wall0)
         memory = self.memory
         memory.update(q.store for vh in self.vhosts.values() for q in vh.queues.values())
-        memory.maybe_trim(demand < QUIET_CPU)
+        memory.maybe_trim(demand < QUIET_CPU, self.queued_bytes)
         if threshold > 0:
             if cpu - cpu0 >= threshold * (now - wall0):
                 self.busy = True
@@ -379,8 +379,9 @@ class Broker:
         ``queue_procs`` the queues' bookkeeping of them (``core.memory.MESSAGE_COST`` per
         message in RAM, 8 bytes per paged-out position), ``connection_writers`` output
         not yet taken by the sockets, ``allocated_unused`` free memory the C allocator
-        keeps (``core.memory.heap_free``), ``other_proc`` the rest of the RSS (the
-        interpreter, code, connections, unacked deliveries)."""
+        keeps (``core.memory.heap_free``: it walks the free chunks, some ms in a fragmented
+        heap, so only this asks it), ``other_proc`` the rest of the RSS (the interpreter,
+        code, connections, unacked deliveries, the overflow logs' write buffers)."""
         rss = rss_bytes()
         queue_procs = 0
         for vh in self.vhosts.values():

@@ -30,9 +30,9 @@ Memory given back.  After a 50-queue firehose's queues were deleted, the broker 
 17 MB) but free chunks in glibc's main heap (``[heap]`` in ``/proc/self/smaps``), which
 ``brk`` cannot give back while a live chunk sits above them (``bench/memprobe.py``).
 ``malloc_trim(0)`` returns them (682 -> 37 MB).  :meth:`MemoryBudget.maybe_trim` calls it
-at quiet moments: when the node's loop is not busy and its RSS or the allocator's free
-memory (``mallinfo2``) has grown by more than ``TRIM_SLACK`` since the last trim, at most
-once per ``TRIM_INTERVAL``.
+at quiet moments: when the node's loop is not busy and, since the last trim, its RSS has
+grown by ``TRIM_SLACK`` or message bodies of that much were freed, at most once per
+``TRIM_INTERVAL``.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class MemoryBudget:
     """The thresholds every queue's backing store compares its counts with."""
 
     __slots__ = ("limit", "used", "share", "thresholds", "page_len", "page_bytes", "flow_len", "flow_bytes", "holders",
-                 "_trim", "trim_mark", "free_mark", "trimmed_at", "trims", "trimmed_bytes")
+                 "_trim", "trim_mark", "queued_peak", "trimmed_at", "trims", "trimmed_bytes")
 
     def __init__(self, limit: int = DEFAULT_BUDGET) -> None:
         self.limit = limit
@@ -117,7 +117,7 @@ class MemoryBudget:
         self.thresholds = (0, 0, 0, 0)  # (flow_len, flow_bytes, page_len, page_bytes), as given to the stores
         self._trim = _malloc_trim()
         self.trim_mark = rss_bytes()  # RSS after the last trim (followed down while quiet)
-        self.free_mark = heap_free()  # the allocator's free memory, likewise
+        self.queued_peak = 0  # the node's queued_bytes at most, since the last trim
         self.trimmed_at = 0.0
         self.trims = 0
         self.trimmed_bytes = 0  # RSS given back by trims, in total
@@ -153,25 +153,27 @@ class MemoryBudget:
             for s in stores:
                 s.flow_len, s.flow_bytes, s.page_len, s.page_bytes = t
 
-    def maybe_trim(self, quiet: bool) -> int:
+    def maybe_trim(self, quiet: bool, queued: int) -> int:
         """Give free heap memory back to the system if the node is quiet and, since the
-        last trim, its RSS or the C allocator's free memory (:func:`heap_free`) grew by
-        ``TRIM_SLACK``; the bytes of RSS given back.
+        last trim, its RSS grew by ``TRIM_SLACK`` or message bodies of that much were freed
+        (``queued``, the node's ``queued_bytes``, fell that far below its peak); the bytes
+        of RSS given back.  Called on every tick (the peak is followed while busy too).
 
-        Both marks follow their figure down while quiet.  Either alone misses a case: a
-        trim leaves free chunks free, only not resident, so a later load that reuses them
-        raises the RSS but not the free memory; and a trim taken at a quiet moment
-        mid-load leaves the RSS mark high, so memory freed after it (queues deleted)
-        shows as free memory, not as RSS growth."""
+        Either signal alone misses a case: a trim leaves free chunks free, only not
+        resident, so a later load that reuses them raises the RSS with nothing freed;
+        and a trim taken at a quiet moment mid-load leaves the RSS mark high, so the
+        bodies freed after it (queues drained or deleted) show as a fall of ``queued``,
+        not as RSS growth.  (The allocator's own count of its free memory,
+        :func:`heap_free`, walks every free chunk: 25 ms for a heap with 250,000 of them,
+        too slow for every tick.)"""
+        if queued > self.queued_peak:
+            self.queued_peak = queued
         if self._trim is None or not quiet:
             return 0
         rss = rss_bytes()
-        free = heap_free()
         if rss < self.trim_mark:
             self.trim_mark = rss
-        if free < self.free_mark:
-            self.free_mark = free
-        if rss - self.trim_mark < TRIM_SLACK and free - self.free_mark < TRIM_SLACK:
+        if rss - self.trim_mark < TRIM_SLACK and self.queued_peak - queued < TRIM_SLACK:
             return 0
         now = time.monotonic()
         if now - self.trimmed_at < TRIM_INTERVAL:
@@ -180,7 +182,7 @@ class MemoryBudget:
         after = rss_bytes()
         self.trimmed_at = now
         self.trim_mark = after
-        self.free_mark = heap_free()
+        self.queued_peak = queued
         freed = max(0, rss - after)
         self.trims += 1
         self.trimmed_bytes += freed
