@@ -6,8 +6,9 @@ store.  The queues keep counting what they hold exactly as before (``ready_bytes
 ``len(messages)``, the node's ``queued_bytes``: integer adds on the hot path); what
 changes is what they compare those counts with.  Instead of constants per queue, the
 thresholds where a queue becomes *backlogged* (in flow, with consumers) and where it
-*pages* to its log are attributes of the budget, recomputed by :meth:`MemoryBudget.update`
-on the node's load tick (every 100 ms), never per message:
+*pages* to its log are recomputed by :meth:`MemoryBudget.update` on the node's load tick
+(every 100 ms), never per message, and set as plain attributes of every backing store
+when they change:
 
 * the budget ``limit`` (``Config.memory_budget``, 256 MiB by default, never above half
   the memory high watermark) is shared among the queues that hold messages in RAM: each
@@ -19,9 +20,9 @@ on the node's load tick (every 100 ms), never per message:
   messages' ``MESSAGE_COST`` (``page_len``, at most ``PAGE_MAX``): so the two counts the
   hot path already keeps are what it compares, and what a queue holds stays within its
   share; it is backlogged from half of those (``flow_bytes``) and three quarters
-  (``flow_len``), as a queue on its own was.  So the queues holding the most reach their share, and their overflow logs,
-  first, and publishers into the fullest queues get flow first; a queue that holds little
-  is not slowed;
+  (``flow_len``), as a queue on its own was.  So the queues holding the most reach their
+  share, and their overflow logs, first, and publishers into the fullest queues get flow
+  first; a queue that holds little is not slowed;
 * past the whole budget (queues that cannot page: priority queues, a node without a data
   directory), the memory high watermark blocks publishers, as before.
 
