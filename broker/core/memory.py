@@ -39,7 +39,6 @@ grown by ``TRIM_SLACK`` or message bodies of that much were freed, at most once 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import time
@@ -60,11 +59,13 @@ TRIM_INTERVAL = 1.0  # seconds between two trims at most
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def _malloc_trim() -> Any:
+def _libc_function(name: str) -> Any:
+    """A C library function of this process (None where there is none such: not glibc).
+    (``CDLL(None)``, the process's own symbols, as ``cli.tune_malloc`` does:
+    ``ctypes.util.find_library`` runs ldconfig, hundreds of ms.)"""
     try:
-        name = ctypes.util.find_library("c") or "libc.so.6"
-        return ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
         return None
 
 
@@ -73,16 +74,10 @@ class _MallInfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-def _mallinfo2() -> Any:
-    try:
-        f = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
-    except (OSError, AttributeError):  # not glibc, or older than 2.33
-        return None
-    f.restype = _MallInfo2
-    return f
-
-
-_MALLINFO2 = _mallinfo2()
+_MALLINFO2 = _libc_function("mallinfo2")  # (glibc 2.33 and later)
+if _MALLINFO2 is not None:
+    _MALLINFO2.restype = _MallInfo2
+_MALLOC_TRIM = _libc_function("malloc_trim")
 
 
 def heap_free() -> int:
@@ -116,7 +111,7 @@ class MemoryBudget:
         self.flow_len = backing.FLOW_LEN
         self.flow_bytes = backing.FLOW_BYTES
         self.thresholds = (0, 0, 0, 0)  # (flow_len, flow_bytes, page_len, page_bytes), as given to the stores
-        self._trim = _malloc_trim()
+        self._trim = _MALLOC_TRIM
         self.trim_mark = rss_bytes()  # RSS after the last trim (followed down while quiet)
         self.queued_peak = 0  # the node's queued_bytes at most, since the last trim
         self.trimmed_at = 0.0
