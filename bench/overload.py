@@ -9,7 +9,17 @@ takes messages, so queues grow whenever the consumers cannot keep up.  Scenarios
   with a manual-ack consumer; the drain rate is compared with the drain of a short queue
   (``--short-messages``, 20,000; the median of five such drains) on the same broker, and the broker's RSS is read once
   the backlog is gone (memory coming back);
-* ``big``: 1 MiB messages, 1 producer, 1 manual-ack consumer (prefetch 10).
+* ``big``: 1 MiB messages, 1 producer, 1 manual-ack consumer (prefetch 10);
+* ``multi``: 50 producers, 50 autoack consumers, 50 queues, 1 KiB, ``--duration`` s;
+* ``big64k``, ``big1m``: 1 producer, 1 autoack consumer, 64 KiB / 1 MiB bodies;
+* ``carry``: one Leveret process carries ``multi``, ``big64k`` and ``big1m`` in a row
+  (RSS read ``--after`` s after each, and the broker's idle RSS before the first), then
+  ``latency`` (1 KiB at a steady ``--latency-rate`` msg/s, autoack); the same latency run
+  on a fresh broker follows, for the p99 with and without the load before it.
+
+``multi``, ``big64k``, ``big1m`` and ``carry`` use their own queue names and the default
+exchange (``--queue-prefix overload-<pid>-``), so they do not touch other users' queues on
+a shared RabbitMQ; leveret-perf deletes its queues at the end.
 
 Brokers alternate between repetitions; a fresh Leveret (its own data directory) is
 started for every run, RabbitMQ is the one at ``--rabbitmq-url`` (its RSS is read from
@@ -136,7 +146,64 @@ def figures(name: str, s: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: the open-loop, autoack scenarios over many queues / big bodies (leveret-perf arguments)
+OPEN_LOOP = {
+    "multi": ["-x", "50", "-y", "50", "-u", "50", "-s", "1024", "-a"],
+    "big64k": ["-x", "1", "-y", "1", "-s", str(64 << 10), "-a"],
+    "big1m": ["-x", "1", "-y", "1", "-s", str(1 << 20), "-a"],
+}
+CARRY = ("multi", "big64k", "big1m")
+
+
+def open_loop(name: str, url: str, pid: int | None, args: argparse.Namespace, idle_kib: int) -> dict[str, Any]:
+    """One open-loop scenario, then ``--after`` s of quiet: its figures and the RSS then
+    (and how far above the broker's idle RSS that is)."""
+    extra = ["-e", "", "--queue-prefix", f"overload-{os.getpid()}-{name}-"]
+    s = perf(url, pid, [*OPEN_LOOP[name], "-z", str(args.duration), *extra], args.duration + 120)
+    out = figures(name, s)
+    time.sleep(args.after)
+    out["rss_after_mb"] = rss_kib(pid) / 1024 if pid else 0.0
+    out["rss_over_idle_mb"] = (rss_kib(pid) - idle_kib) / 1024 if pid else 0.0
+    return out
+
+
+def latency(url: str, pid: int | None, args: argparse.Namespace, tag: str) -> dict[str, Any]:
+    extra = ["-e", "", "--queue-prefix", f"overload-{os.getpid()}-lat{tag}-"]
+    s = perf(url, pid, ["-x", "1", "-y", "1", "-s", "1024", "-a", "-r", str(args.latency_rate), "-z", str(args.duration), *extra], args.duration + 120)
+    return figures("latency", s)
+
+
+def run_carry(broker: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``carry``: the three open-loop scenarios and the latency run on one broker, then
+    the latency run on a fresh one (Leveret: a new process; RabbitMQ: the same node)."""
+    lev = LeveretProcess(Path(args.leveret_dir), args.leveret_python, args.leveret_arg) if broker == LEVERET else None
+    url, pid = (lev.url, lev.proc.pid) if lev is not None else (args.rabbitmq_url, rabbitmq_pid())
+    out: dict[str, Any] = {}
+    try:
+        idle = rss_kib(pid) if pid else 0
+        out["idle_rss_mb"] = idle / 1024
+        for name in CARRY:
+            for k, v in open_loop(name, url, pid, args, idle).items():
+                out[f"{name}.{k}"] = v
+        for k, v in latency(url, pid, args, "c").items():
+            out[f"carried.{k}"] = v
+    finally:
+        if lev is not None:
+            lev.stop()
+    lev = LeveretProcess(Path(args.leveret_dir), args.leveret_python, args.leveret_arg) if broker == LEVERET else None
+    url, pid = (lev.url, lev.proc.pid) if lev is not None else (args.rabbitmq_url, rabbitmq_pid())
+    try:
+        for k, v in latency(url, pid, args, "f").items():
+            out[f"fresh.{k}"] = v
+    finally:
+        if lev is not None:
+            lev.stop()
+    return out
+
+
 def run_one(scenario: str, broker: str, args: argparse.Namespace) -> dict[str, Any]:
+    if scenario == "carry":
+        return run_carry(broker, args)
     lev = None
     if broker == LEVERET:
         lev = LeveretProcess(Path(args.leveret_dir), args.leveret_python, args.leveret_arg)
@@ -150,6 +217,8 @@ def run_one(scenario: str, broker: str, args: argparse.Namespace) -> dict[str, A
         if scenario == "big":
             s = perf(url, pid, ["-x", "1", "-y", "1", "-q", "10", "-s", str(1 << 20), "-z", str(args.duration)], args.duration + 120)
             return figures(broker, s)
+        if scenario in OPEN_LOOP:
+            return open_loop(scenario, url, pid, args, rss_kib(pid) if pid else 0)
         if scenario == "drain":
             # (a short drain takes ~0.2 s: the median of five, so one hiccup is not the figure)
             shorts = [
@@ -179,6 +248,27 @@ def med(runs: list[dict[str, Any]], key: str) -> float:
 def table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     lines = []
     for scenario, by_broker in results.items():
+        if scenario == "carry":
+            lines += [
+                f"\n### {scenario} (one broker: {', '.join(CARRY)}, then latency at a steady rate; "
+                "then latency on a fresh broker)",
+                "| broker | step | sent msg/s | received msg/s | received / sent | peak RSS MB | RSS after MB (idle) | latency p99 ms |",
+                "|---|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for b, runs in by_broker.items():
+                for step in (*CARRY, "carried", "fresh"):
+                    after = (f"{med(runs, step + '.rss_after_mb'):,.0f} ({med(runs, 'idle_rss_mb'):,.0f})"
+                             if step in CARRY else "")
+                    lines.append(
+                        f"| {b} | {step if step in CARRY else 'latency, ' + step} | {med(runs, step + '.sent_rate'):,.0f} | "
+                        f"{med(runs, step + '.received_rate'):,.0f} | {med(runs, step + '.received_over_sent'):.2f} | "
+                        f"{med(runs, step + '.peak_rss_mb'):,.0f} | {after} | {med(runs, step + '.p99_ms'):,.1f} |"
+                    )
+            if LEVERET in by_broker and RABBITMQ in by_broker:
+                for step in CARRY:
+                    r = med(by_broker[LEVERET], step + ".received_rate") / med(by_broker[RABBITMQ], step + ".received_rate")
+                    lines.append(f"\nLeveret / RabbitMQ ({step}, received msg/s): {r:.2f}")
+            continue
         if scenario == "drain":
             lines += [
                 f"\n### {scenario}",
@@ -194,14 +284,14 @@ def table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
         else:
             lines += [
                 f"\n### {scenario}",
-                "| broker | sent msg/s | received msg/s | received / sent | peak depth | latency p99 ms | peak RSS MB |",
-                "|---|---:|---:|---:|---:|---:|---:|",
+                "| broker | sent msg/s | received msg/s | received / sent | peak depth | latency p99 ms | peak RSS MB | RSS after MB |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for b, runs in by_broker.items():
                 lines.append(
                     f"| {b} | {med(runs, 'sent_rate'):,.0f} | {med(runs, 'received_rate'):,.0f} | "
                     f"{med(runs, 'received_over_sent'):.2f} | {med(runs, 'peak_depth'):,.0f} | {med(runs, 'p99_ms'):,.0f} | "
-                    f"{med(runs, 'peak_rss_mb'):,.0f} |"
+                    f"{med(runs, 'peak_rss_mb'):,.0f} | {med(runs, 'rss_after_mb'):,.0f} |"
                 )
         if LEVERET in by_broker and RABBITMQ in by_broker:
             key = "drain_rate" if scenario == "drain" else "received_rate"
@@ -218,7 +308,9 @@ def plot(results: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> boo
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    scenarios = [s for s in ("firehose", "drain", "big") if s in results]
+    scenarios = [s for s in ("firehose", "drain", "big", *OPEN_LOOP) if s in results]
+    if not scenarios:
+        return False
     fig, axes = plt.subplots(2, len(scenarios), figsize=(5 * len(scenarios), 6), squeeze=False)
     for col, scenario in enumerate(scenarios):
         for broker, runs in results[scenario].items():
@@ -246,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drain-messages", type=int, default=1_000_000)
     p.add_argument("--short-messages", type=int, default=20_000)
     p.add_argument("--settle", type=float, default=3.0, help="seconds before reading RSS after the drain")
+    p.add_argument("--after", type=float, default=10.0, help="seconds before reading RSS after an open-loop scenario")
+    p.add_argument("--latency-rate", type=int, default=5000, help="msg/s of the latency runs (carry)")
     p.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     p.add_argument("--no-rabbitmq", action="store_true")
     p.add_argument("--leveret-dir", default=str(REPO), help="source tree to run Leveret from")

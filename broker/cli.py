@@ -103,6 +103,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--disk-free-limit", type=int, help="block publishers below this many free bytes")
     p.add_argument("--memory-high-watermark", type=int, help="bytes of queued messages before publishers are blocked")
     p.add_argument(
+        "--memory-budget",
+        type=int,
+        help="bytes of message bodies all queues together keep in RAM (default 256 MiB, at most half the "
+        "high watermark); each queue's share pages to disk and brings flow",
+    )
+    p.add_argument(
         "--flow-cpu",
         type=float,
         help="flow control slows publishers into backlogged queues while the broker uses (or waits for) this "
@@ -194,6 +200,7 @@ _DIRECT = (
     "frame_max",
     "channel_max",
     "memory_high_watermark",
+    "memory_budget",
     "flow_cpu",
     "handshake_timeout",
     "consumer_timeout",

@@ -50,7 +50,7 @@ PORTS = (
     ("prometheus_tls_port", "--prometheus-tls-port"),
 )
 #: settings that must be above 0 (0 would stop the broker working, not turn a limit off)
-POSITIVE = ("handshake_timeout", "fsync_interval", "segment_size", "memory_high_watermark",
+POSITIVE = ("handshake_timeout", "fsync_interval", "segment_size", "memory_high_watermark", "memory_budget",
             "http_max_body", "http_rate_interval")
 
 
@@ -103,6 +103,9 @@ class Config:
     close_timeout: float = 3.0
     # memory alarm: block publishers while queued message bytes exceed this
     memory_high_watermark: int = 1 << 30
+    # bytes of message bodies all queues together keep in RAM before the fullest page to
+    # disk and get flow (core.memory; never above half the high watermark)
+    memory_budget: int = 256 << 20
     # largest body accepted (RabbitMQ's max_message_size, capped at 512 MiB like RabbitMQ's)
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     data_dir: str | None = None  # None: everything in memory (the CLI defaults to a dir)
@@ -165,6 +168,7 @@ class Config:
             "segment_size": (1, None),
             "disk_free_limit": (0, None),
             "memory_high_watermark": (1, None),
+            "memory_budget": (1, None),
             "http_max_body": (1, None),
             "consumer_timeout": (0, MAX_CONSUMER_TIMEOUT),
         }

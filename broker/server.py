@@ -26,6 +26,7 @@ from leveret.broker.admin import Admin
 from leveret.broker.alarms import Alarms
 from leveret.broker.config import Config
 from leveret.broker.core import access as A
+from leveret.broker.core.memory import MESSAGE_COST, MemoryBudget, heap_free, rss_bytes
 from leveret.broker.core.node import DeliveryHook
 from leveret.broker.core.persistence import Persistence
 from leveret.broker.core.queue import Queue
@@ -43,6 +44,7 @@ log = logging.getLogger("leveret")
 
 VERSION = __version__  # (leveret/__init__.py: the one home of the version)
 LOAD_INTERVAL = 0.1  # seconds between samples of the loop's CPU use (flow control)
+QUIET_CPU = 0.25  # below this share of a core the node is quiet: free heap memory is given back
 
 
 def _cpu_demand() -> float:
@@ -69,6 +71,8 @@ class Broker:
         self.queued_bytes = 0
         self.alarm = False  # a memory or disk alarm is on (set by self.alarms; read per publish)
         self.alarms = Alarms(self)  # the memory and disk alarms (leveret.broker.alarms)
+        # the node-wide budget of message bytes in RAM: each queue's thresholds (core.memory)
+        self.memory = MemoryBudget(min(self.config.memory_budget, self.config.memory_high_watermark // 2))
         self.persistence: Persistence | None = None
         self.started_at = time.time()
         self.totals = Totals(self)  # the node's counters and totals (leveret.broker.totals)
@@ -159,6 +163,11 @@ class Broker:
         wall0, cpu0 = self._load_mark
         self._load_mark = (now, cpu)
         threshold = self.config.flow_cpu
+        # the queues' shares of the memory budget; free heap given back when quiet
+        demand = (cpu - cpu0) / max(1e-9, now - wall0)
+        memory = self.memory
+        memory.update(q.store for vh in self.vhosts.values() for q in vh.queues.values())
+        memory.maybe_trim(demand < QUIET_CPU, self.queued_bytes)
         if threshold > 0:
             if cpu - cpu0 >= threshold * (now - wall0):
                 self.busy = True
@@ -270,6 +279,46 @@ class Broker:
         self.alarms.check_alarm()
 
     # the alarms (leveret.broker.alarms.Alarms); Broker.alarm stays a plain attribute (hot path)
+
+    def memory_breakdown(self) -> dict[str, Any]:
+        """Where the process's memory is, in RabbitMQ's ``/api/nodes/{name}/memory`` parts
+        (bytes): ``binary`` the message bodies held in RAM by queues and being received,
+        ``queue_procs`` the queues' bookkeeping of them (``core.memory.MESSAGE_COST`` per
+        message in RAM, 8 bytes per paged-out position), ``connection_writers`` output
+        not yet taken by the sockets, ``allocated_unused`` free memory the C allocator
+        keeps (``core.memory.heap_free``: it walks the free chunks, some ms in a fragmented
+        heap, so only this asks it), ``other_proc`` the rest of the RSS (the interpreter,
+        code, connections, unacked deliveries, the overflow logs' write buffers)."""
+        rss = rss_bytes()
+        queue_procs = 0
+        for vh in self.vhosts.values():
+            for q in vh.queues.values():
+                s = q.store
+                queue_procs += len(s.messages) * MESSAGE_COST + 8 * (len(s.tail) - s.tail_start)
+        writers = 0
+        for c in self.connections:
+            writers += sum(len(p) for p in c.out)
+            t = c.transport
+            if t is not None:
+                try:
+                    writers += t.get_write_buffer_size()
+                except (AttributeError, RuntimeError):
+                    pass
+        unused = heap_free()
+        parts = {"connection_readers": 0, "connection_writers": writers, "connection_channels": 0,
+                 "connection_other": 0, "queue_procs": queue_procs, "queue_slave_procs": 0,
+                 "quorum_queue_procs": 0, "plugins": 0, "metrics": 0, "mgmt_db": 0, "mnesia": 0,
+                 "other_ets": 0, "binary": max(0, self.queued_bytes), "msg_index": 0, "code": 0, "atom": 0,
+                 "other_system": 0, "allocated_unused": unused, "reserved_unallocated": 0}
+        parts["other_proc"] = max(0, rss - sum(parts.values()))
+        m = self.memory
+        return {
+            "memory": {**parts, "strategy": "rss", "total": {"erlang": rss, "rss": rss, "allocated": rss}},
+            # Leveret's own: the node-wide budget of message bytes in RAM (core.memory)
+            "budget": {"limit": m.limit, "used": m.used, "queues_holding": m.holders,
+                       "queue_share": m.share, "queue_page_bytes": m.page_bytes, "queue_page_messages": m.page_len,
+                       "trims": m.trims, "trimmed_bytes": m.trimmed_bytes},
+        }
 
     def check_alarm(self) -> None:
         self.alarms.check_alarm()

@@ -220,6 +220,7 @@ def test_dashboard_end_to_end(broker: tuple[SubprocessBroker, int], page: Page, 
         srow = p.locator('#queues-table tr[data-vhost="/"][data-queue="dash.s"]')
         expect(srow.locator("td.type")).to_have_text("stream")
         expect(srow.locator("td.total")).to_have_text("3")
+        ch.queue_delete("dash.s")  # (the overview's counts below are dash.q's alone)
 
         # the queue page: vhost "/" as %2F
         row.locator("a").click()
@@ -297,6 +298,10 @@ def test_dashboard_end_to_end(broker: tuple[SubprocessBroker, int], page: Page, 
             conn.process_data_events(time_limit=0.25)
         expect(p.locator("#ov-ready")).to_have_text("240")
         expect(p.locator("#lg-ready")).to_have_text("240")
+        # the node's memory: the 240 bodies (12 x (10 x 6 + 10 x 7) bytes), the budget
+        expect(p.locator("#mem-binary")).to_have_text("1.5 KiB")
+        expect(p.locator("#mem-budget")).to_contain_text("/ 256.0 MiB")
+        expect(p.locator("#mem-share")).to_have_text("1 (256.0 MiB)")
         p.wait_for_timeout(3 * INTERVAL_MS)
         assert painted(p, "chart-rates", (0x2F, 0x6F, 0x5E)) > 100  # the publish line
         assert painted(p, "chart-queued", (0x2F, 0x6F, 0x5E)) > 100  # the ready line

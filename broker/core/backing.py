@@ -46,7 +46,9 @@ Entry = tuple[int, Message, bool, float]
 
 SEQ_SHIFT = 32
 SEQ_MASK = (1 << SEQ_SHIFT) - 1
-PAGE_MAX = 20000  # ready messages kept in RAM before a queue pages to its log
+#: ready messages kept in RAM before a queue pages to its log, at most: a queue's share of
+#: the node's memory budget (core.memory) is at most this
+PAGE_MAX = 20000
 PAGE_MAX_BYTES = 64 << 20  # ... or body bytes (large messages)
 #: a queue is *backlogged* (with consumers: in flow) from here on, below the paging
 #: thresholds, so that flow holds a publisher's backlog in RAM rather than at the edge
@@ -58,6 +60,10 @@ SHORT, LONG, PAGING = 0, 1, 2  # BackingQueue.length()
 #: (``VHost.stats_queue_gone``) and the node for its deleted vhosts and direct reply-to
 #: (``Totals.stats_queue_gone``, broker/totals.py), beside deliver and ack (which have their own)
 GONE_STATS = ("publish", "redeliver", "deliver_manual", "get", "get_noack", "get_empty")
+
+#: a message in RAM costs ~512 bytes besides its body (the Message, its entry tuple, the
+#: header bytes): the memory budget counts that too (core.memory)
+MESSAGE_COST = 512
 PAGE_BATCH = 2000  # messages loaded back from the log at a time
 PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes
 #: a queue with consumers draining from its log reads ahead: with fewer than READ_AHEAD
@@ -135,6 +141,15 @@ def _merge(d: deque[Entry], entries: list[Entry]) -> deque[Entry]:
 class BackingQueue:
     def __init__(self, node: Node, max_priority: int | None, overflow: Callable[[], Any] | None = None) -> None:
         self.node = node
+        #: the thresholds of length(): this queue's share of the node's memory budget,
+        #: set by it (core.memory.MemoryBudget.update) when they change; a bare node
+        #: (a test's) has no budget: the module's default one
+        budget: Any = getattr(node, "memory", None)
+        if budget is None:
+            from leveret.broker.core import memory
+
+            budget = memory.DEFAULT
+        self.flow_len, self.flow_bytes, self.page_len, self.page_bytes = budget.thresholds
         self.max_priority = max_priority
         self.open_overflow = overflow  # opens an overflow log (None: this node has no disk)
         #: ready entries in RAM, in delivery order (the queue's fast path appends here)
@@ -208,21 +223,25 @@ class BackingQueue:
     def length(self) -> int:
         """The rule for a long queue, as a state:
 
-        * ``SHORT``: fewer than FLOW_LEN messages (and FLOW_BYTES of bodies) in RAM,
-          nothing paged out;
-        * ``LONG`` (*backlogged*): from FLOW_LEN messages (FLOW_BYTES), all in RAM.  With
-          consumers such a queue is in flow (``Queue.in_flow``);
-        * ``PAGING`` (backlogged too): messages paged out, or from PAGE_MAX messages
-          (PAGE_MAX_BYTES) in RAM: new ready messages go to disk (:meth:`wants_page`).
+        * ``SHORT``: fewer than ``flow_len`` messages (and ``flow_bytes`` of bodies) in
+          RAM, nothing paged out;
+        * ``LONG`` (*backlogged*): from ``flow_len`` messages (``flow_bytes``), all in
+          RAM.  With consumers such a queue is in flow (``Queue.in_flow``);
+        * ``PAGING`` (backlogged too): messages paged out, or from ``page_len`` messages
+          (``page_bytes``) in RAM: new ready messages go to disk (:meth:`wants_page`).
+
+        The thresholds are the queue's fair share of the node's memory budget
+        (``core.memory.MemoryBudget``: at most FLOW_LEN / FLOW_BYTES and PAGE_MAX /
+        PAGE_MAX_BYTES, a queue's thresholds on its own).
 
         Only a SHORT queue takes the queue's hot path; a LONG one its warm path."""
         if self.tail_start < len(self.tail):
             return PAGING
         n = len(self.messages)
         b = self.ready_bytes
-        if n < FLOW_LEN and b < FLOW_BYTES:
+        if n < self.flow_len and b < self.flow_bytes:
             return SHORT
-        if n < PAGE_MAX and b < PAGE_MAX_BYTES:
+        if n < self.page_len and b < self.page_bytes:
             return LONG
         return PAGING
 

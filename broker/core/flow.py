@@ -8,7 +8,8 @@ input handled per iteration while a manual-ack consumer got one round trip of ac
 The rule is split in two homes:
 
 * the queue (here) says when it is *in flow*: it has consumers and a backlog of at least
-  ``FLOW_LEN`` ready messages or ``FLOW_BYTES`` of bodies in RAM, or messages paged out
+  ``FLOW_LEN`` ready messages or half its share of the node's memory budget
+  (``core.memory``; at most ``FLOW_BYTES``) in RAM, or messages paged out
   (``BackingQueue.backlogged``; below the thresholds where a queue pages, so that a
   publisher held to its consumers' pace keeps the backlog in RAM).  :meth:`Queue.publish` then returns the ``FLOW`` bit of
   its outcome, and a :class:`FlowGate` per queue counts the messages it hands to

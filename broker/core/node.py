@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from leveret.broker.config import Config
     from leveret.broker.core.access import AccessControl
     from leveret.broker.core.consumer import Consumer, DeliverySink
+    from leveret.broker.core.memory import MemoryBudget
     from leveret.broker.core.persistence import Persistence
     from leveret.broker.core.queue import Queue
     from leveret.broker.core.vhost import VHost
@@ -35,6 +36,8 @@ class Node(Protocol):
     #: RabbitMQ's global runtime parameters (``cluster_name``, ``internal_cluster_id``...):
     #: saved and restored with the definitions
     global_parameters: dict[str, Any]
+    #: the node-wide budget of message bytes in RAM: every queue's thresholds
+    memory: MemoryBudget
     #: set by :meth:`Broker.intercept_deliveries` (tests only); None on a normal node
     delivery_hook: DeliveryHook | None
 

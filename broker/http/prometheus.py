@@ -352,6 +352,17 @@ def render(broker: Broker, per_object: bool) -> str:
     _auth(b, out, "rabbitmq_")
     _node_coarse(b, out, "rabbitmq_")
     _node(b, out, "rabbitmq_")
+    m = b.memory
+    out.metric("leveret_memory_budget_bytes", "gauge",
+               "Bytes of messages all queues together may keep in RAM (the node-wide memory budget)", [({}, m.limit)])
+    out.metric("leveret_memory_budget_used_bytes", "gauge",
+               "Bytes of messages the queues keep in RAM (bodies and bookkeeping)", [({}, m.used)])
+    out.metric("leveret_memory_budget_queues", "gauge",
+               "Queues holding messages in RAM, among which the budget is shared", [({}, m.holders)])
+    out.metric("leveret_memory_queue_share_bytes", "gauge",
+               "A queue's share of the budget: past it, it pages to disk", [({}, m.share)])
+    out.metric("leveret_memory_trimmed_bytes_total", "counter",
+               "Bytes of free heap memory given back to the system at quiet moments", [({}, m.trimmed_bytes)])
     out.metric("rabbitmq_alarms_memory_used_watermark", "gauge", "1 if the memory alarm is in effect",
                [({}, int(b.memory_alarm))])
     out.metric("rabbitmq_alarms_free_disk_space_watermark", "gauge", "1 if the disk alarm is in effect",

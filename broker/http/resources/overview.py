@@ -44,6 +44,7 @@ def add_routes(api: Api) -> None:
     r(("whoami",), GET=whoami)
     r(("nodes",), GET=nodes)
     r(("nodes", N), GET=node_show)
+    r(("nodes", N, "memory"), GET=node_memory)
     r(("extensions",), GET=extensions)
     r(("feature-flags",), GET=feature_flags)
     r(("parameters",), GET=empty_list)
@@ -140,6 +141,15 @@ async def node_show(ctx: Ctx) -> web.Response:
     if ctx.args[0] != ctx.api.node:
         raise not_found()
     return json_ok(node_info(ctx.api))
+
+
+async def node_memory(ctx: Ctx) -> web.Response:
+    """RabbitMQ's memory breakdown (``Broker.memory_breakdown``), with Leveret's memory
+    budget under ``budget``."""
+    ctx.need_monitor()
+    if ctx.args[0] != ctx.api.node:
+        raise not_found()
+    return json_ok(ctx.broker.memory_breakdown())
 
 
 async def global_parameters(ctx: Ctx) -> web.Response:

@@ -47,6 +47,14 @@ function fmtRate(n) {
   return (Math.round(n * 10) / 10).toLocaleString("en-US", {minimumFractionDigits: 1, maximumFractionDigits: 1}) + "/s";
 }
 
+function fmtBytes(n) {
+  if (n === undefined || n === null) return "-";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : String(n)) + " " + units[i];
+}
+
 function stat(k, v, id) {
   return el("div", {class: "stat"}, el("div", {class: "v", id}, v), el("div", {class: "k"}, k));
 }
@@ -302,6 +310,8 @@ const views = {
           [["ready", "var(--c1)", "lg-ready"], ["unacked", "var(--c2)", "lg-unacked"]])),
       el("h2", {}, "Totals"),
       el("div", {class: "stats", id: "ov-objects"}),
+      el("h2", {id: "ov-memory-title", hidden: true}, "Memory"),
+      el("div", {class: "stats", id: "ov-memory"}),
       el("p", {class: "muted", id: "ov-node"}));
     const colors = getComputedStyle(document.documentElement);
     const c = (name) => colors.getPropertyValue(name).trim() || "#333";
@@ -325,6 +335,21 @@ const views = {
         const ot = o.object_totals || {};
         $("ov-objects").replaceChildren(...["connections", "channels", "exchanges", "queues", "consumers"].map(
           (k) => stat(k[0].toUpperCase() + k.slice(1), fmtNum(ot[k]), "ov-" + k)));
+        if (o.node) { // the node's memory breakdown and budget (monitoring users only)
+          const m = await api("/nodes/" + encodeURIComponent(o.node) + "/memory");
+          const mem = m.memory || {};
+          const b = m.budget || {};
+          $("ov-memory-title").hidden = false;
+          $("ov-memory").replaceChildren(
+            stat("RSS", fmtBytes((mem.total || {}).rss), "mem-rss"),
+            stat("Message bodies", fmtBytes(mem.binary), "mem-binary"),
+            stat("Queues", fmtBytes(mem.queue_procs), "mem-queues"),
+            stat("Connections", fmtBytes(mem.connection_writers), "mem-connections"),
+            stat("Allocated, unused", fmtBytes(mem.allocated_unused), "mem-unused"),
+            stat("Other", fmtBytes(mem.other_proc), "mem-other"),
+            stat("Budget used", fmtBytes(b.used) + " / " + fmtBytes(b.limit), "mem-budget"),
+            stat("Queues holding (share)", fmtNum(b.queues_holding) + " (" + fmtBytes(b.queue_share) + ")", "mem-share"));
+        }
         $("ov-node").textContent = [o.product_name, o.product_version, "(RabbitMQ " + o.rabbitmq_version + " API)",
                                     o.node ? "node " + o.node : ""].join(" ").trim(); // (node: monitoring users only)
         for (const k of ["ready", "unacked"]) $("lg-" + k).textContent = fmtNum(last[k]);
