@@ -61,6 +61,7 @@ class Consumer:
         tag: str,
         channel: DeliverySink,
         queue: Queue,
+        *,
         no_ack: bool,
         exclusive: bool,
         prefetch: int,

@@ -78,6 +78,7 @@ class Queue:
         self,
         vhost: VHost,
         name: str,
+        *,
         durable: bool = False,
         exclusive_owner: Any = None,
         auto_delete: bool = False,

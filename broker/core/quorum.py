@@ -90,13 +90,15 @@ class QuorumQueue(Queue):
         self,
         vhost: VHost,
         name: str,
+        *,
         durable: bool = True,
         exclusive_owner: Any = None,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
         effective: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(vhost, name, durable, exclusive_owner, auto_delete, arguments, effective)
+        super().__init__(vhost, name, durable=durable, exclusive_owner=exclusive_owner, auto_delete=auto_delete,
+                         arguments=arguments, effective=effective)
         self.store.recovered_hook = self._read_back
         #: consumers cancelled while holding unacked deliveries (RabbitMQ keeps counting them)
         self.cancelled: list[Consumer] = []

@@ -132,6 +132,7 @@ class StreamQueue(Queue):
         self,
         vhost: VHost,
         name: str,
+        *,
         durable: bool = True,
         exclusive_owner: Any = None,
         auto_delete: bool = False,
@@ -141,7 +142,8 @@ class StreamQueue(Queue):
         self.slog: StreamLog | None = None
         self.readers: dict[Consumer, Reader] = {}
         self.synced = False  # the log is fsynced by the node's persistence (confirms wait)
-        super().__init__(vhost, name, durable, exclusive_owner, auto_delete, arguments, effective)
+        super().__init__(vhost, name, durable=durable, exclusive_owner=exclusive_owner, auto_delete=auto_delete,
+                         arguments=arguments, effective=effective)
         if self.node.persistence is None:
             # no data directory: a temporary log, removed with the queue (or at exit)
             path = tempfile.mkdtemp(prefix="leveret-stream-")

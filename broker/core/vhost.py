@@ -359,7 +359,8 @@ class VHost:
         effective = effective_arguments("queue", arguments, applied.definition) if applied.definition else None
         qtype = queue_type(arguments, name, self.name)
         cls = QuorumQueue if qtype is QUORUM else StreamQueue if qtype is STREAM else Queue
-        q = cls(self, name, durable, owner if exclusive else None, auto_delete, arguments, effective)
+        q = cls(self, name, durable=durable, exclusive_owner=owner if exclusive else None, auto_delete=auto_delete,
+                arguments=arguments, effective=effective)
         if applied is not NONE:
             self.applied[q] = applied
         self.queues[name] = q

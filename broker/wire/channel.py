@@ -491,7 +491,7 @@ class Channel:
         q.check_consume(self.global_prefetch, self.consumer_prefetch, m.no_ack, args, where)
         if q.consumers and not q.qtype.stream and (m.exclusive or any(c.exclusive for c in q.consumers)):
             raise AMQPError(ACCESS_REFUSED, f"{where} in exclusive use", *Method.BASIC_CONSUME)
-        c = Consumer(tag, self, q, m.no_ack, m.exclusive, self.consumer_prefetch, args)
+        c = Consumer(tag, self, q, no_ack=m.no_ack, exclusive=m.exclusive, prefetch=self.consumer_prefetch, arguments=args)
         self.consumers[tag] = c
         if not m.nowait:
             self.send(C.Basic.ConsumeOk(consumer_tag=tag))
@@ -507,7 +507,7 @@ class Channel:
         if tag in self.consumers:
             raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", *Method.BASIC_CONSUME)
         q = Queue(self.vhost, REPLY_TO)
-        c = Consumer(tag, self, q, True, False, 0, {})
+        c = Consumer(tag, self, q, no_ack=True, exclusive=False, prefetch=0, arguments={})
         self.reply_queue = q
         self.reply_consumer = c
         self.reply_key = generated_name("")
