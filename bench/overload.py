@@ -75,7 +75,12 @@ class LeveretProcess:
         self.port = free_port()
         self.data = Path(tempfile.mkdtemp(prefix="leveret-overload-"))
         self.log = self.data.with_suffix(".log")
-        cmd = [python, "-m", "leveret", "--host", "127.0.0.1", "--port", str(self.port), "--http-port", "off", "--prometheus-port", "off", "--data-dir", str(self.data / "d"), "--log-level", "warning", *extra]
+        # older trees (an A/B run against the tree before a change) turned the HTTP API and
+        # Prometheus off with 0, newer ones with "off" (0 is a free port there)
+        help_text = subprocess.run([python, "-m", "leveret", "--help"], cwd=tree, capture_output=True, text=True).stdout
+        off = "off" if "off turns it off" in help_text else "0"
+        cmd = [python, "-m", "leveret", "--host", "127.0.0.1", "--port", str(self.port), "--http-port", off,
+               "--prometheus-port", off, "--data-dir", str(self.data / "d"), "--log-level", "warning", *extra]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=tree, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
