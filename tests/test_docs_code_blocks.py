@@ -39,6 +39,7 @@ import pytest
 
 from leveret.broker import Config
 from leveret.broker.configfile import ConfigError, load_config_file
+from leveret.broker.definitions import APPLIED, check_definitions
 from leveret.ctl import cli as ctl_cli
 from leveret.testing import BrokerThread
 
@@ -190,7 +191,11 @@ def test_a_toml_block_goes_through_the_config_loader(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("block", blocks_of("json", runnable=True))
 def test_json_block_parses(block: Block) -> None:
-    json.loads(block.code)
+    """Every JSON block parses; a definitions file (a known section at the top) also goes
+    through the broker's own check of definitions."""
+    data = json.loads(block.code)
+    if isinstance(data, dict) and set(data) & set(APPLIED):
+        check_definitions(data, block.id)
 
 
 # ---------------------------------------------------------------------- shell: the commands
