@@ -98,6 +98,29 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def fsync_job(fds: list[int], sync_dir: str | None, unlinks: list[str] | tuple[str, ...] = ()) -> Callable[[], None]:
+    """The group-commit job of a log's ``sync_job``: fsync then close ``fds`` (dups of the
+    files written since the last sync), fsync the directory ``sync_dir`` (None: not
+    needed), then remove the ``unlinks`` (segments dropped since)."""
+
+    def job() -> None:
+        try:
+            for fd in fds:
+                os.fsync(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if sync_dir is not None:
+            _fsync_dir(sync_dir)
+        for p in unlinks:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    return job
+
+
 class _Segment:
     __slots__ = ("n", "gen", "offs", "live", "count", "nbytes", "end", "disk",
                  "fd", "afd", "abuf", "asize", "adirty")
@@ -688,24 +711,7 @@ class QueueLog:
         unlinks, self._unlinks = self._unlinks, []
         if not (fds or sync_dir or unlinks):
             return None
-        path = self.path
-
-        def job() -> None:
-            try:
-                for fd in fds:
-                    os.fsync(fd)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            if sync_dir:
-                _fsync_dir(path)
-            for p in unlinks:
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
-
-        return job
+        return fsync_job(fds, self.path if sync_dir else None, unlinks)
 
     # ------------------------------------------------------------------ compaction
 

@@ -38,7 +38,7 @@ from typing import Any
 from crc32c import crc32c
 
 from leveret.storage import record
-from leveret.storage.log import _fsync_dir, _write_at
+from leveret.storage.log import _write_at, fsync_job
 
 log = logging.getLogger(__name__)
 
@@ -271,19 +271,7 @@ class StreamLog:
         sync_dir, self._dir_dirty = self._dir_dirty, False
         if not fds and not sync_dir:
             return None
-        path = self.path
-
-        def job() -> None:
-            try:
-                for fd in fds:
-                    os.fsync(fd)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            if sync_dir:
-                _fsync_dir(path)
-
-        return job
+        return fsync_job(fds, self.path if sync_dir else None)
 
     # ------------------------------------------------------------------ retention
 
