@@ -13,7 +13,6 @@ import socket
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from leveret.broker import Config
 from leveret.broker.core.persistence import decode_table, encode_table
 from leveret.storage import DataDirLocked
 from leveret.testing import BrokerProcess, BrokerThread, broker_url, free_port, running_broker
-from tests.helpers import leveret_command, ready_count
+from tests.helpers import confirmed_publisher, leveret_command, ready_count, start_durable
 from tests.polling import async_wait_until
 from tests.rawamqp import RawClient, build_frame, still_works
 from tests.reference import leveret_only
@@ -39,8 +38,6 @@ def data_dir(tmp_path: Path) -> str:
     return str(tmp_path / "data")
 
 
-def start(data_dir: str, port: int | None = None, *extra: str) -> BrokerProcess:
-    return BrokerProcess(port=port, args=["--data-dir", data_dir, "--fsync-interval", "0.05", *extra]).start()
 
 
 async def publish_confirmed(url: str, queue: str, n: int, persistent: bool = True, start_at: int = 0) -> None:
@@ -66,7 +63,7 @@ async def drain(url: str, queue: str, ack: bool = True) -> list[tuple[bytes, boo
 
 
 async def test_definitions_and_persistent_messages_survive_clean_restart(data_dir: str) -> None:
-    b = start(data_dir)
+    b = start_durable(data_dir)
     try:
         async with await aio_pika.connect(b.url) as conn:
             ch = await conn.channel()
@@ -78,7 +75,7 @@ async def test_definitions_and_persistent_messages_survive_clean_restart(data_di
         await publish_confirmed(b.url, "dq", 100)
         await publish_confirmed(b.url, "dq", 5, persistent=False, start_at=1000)
         assert b.stop() == 0
-        b = start(data_dir, b.port)
+        b = start_durable(data_dir, b.port)
         async with await aio_pika.connect(b.url) as conn:
             ch = await conn.channel()
             await ch.declare_exchange("dx", ExchangeType.TOPIC, durable=True, passive=True)
@@ -102,7 +99,7 @@ async def test_definitions_and_persistent_messages_survive_clean_restart(data_di
 
 
 async def test_acked_messages_do_not_come_back_and_unacked_are_redelivered(data_dir: str) -> None:
-    b = start(data_dir)
+    b = start_durable(data_dir)
     try:
         async with await aio_pika.connect(b.url) as conn:
             ch = await conn.channel()
@@ -120,7 +117,7 @@ async def test_acked_messages_do_not_come_back_and_unacked_are_redelivered(data_
         await asyncio.sleep(0.3)  # acks reach the disk within the fsync interval
         b.kill()
         await conn.close()
-        b = start(data_dir, b.port)
+        b = start_durable(data_dir, b.port)
         got = await drain(b.url, "q")
         assert [m for m, _ in got] == [b"5", b"6", b"7", b"8", b"9"]
         assert [r for _, r in got] == [True, True, False, False, False]
@@ -128,33 +125,19 @@ async def test_acked_messages_do_not_come_back_and_unacked_are_redelivered(data_
         b.stop()
 
 
-CRASH_PUBLISHER = textwrap.dedent('''
-    import sys, pika
-    url, n = sys.argv[1], int(sys.argv[2])
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    ch = conn.channel()
-    ch.confirm_delivery()
-    props = pika.BasicProperties(delivery_mode=2)
-    for i in range(n):
-        try:
-            ch.basic_publish("", "crash", b"%d" % i, props)
-        except Exception:
-            break
-        print(i, flush=True)   # confirmed
-''')
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_kill_9_under_load_loses_no_confirmed_message(data_dir: str, seed: int, tmp_path: Path) -> None:
     rnd = random.Random(seed)
-    b = start(data_dir)
+    b = start_durable(data_dir)
     try:
         conn = pika.BlockingConnection(pika.URLParameters(b.url))
         conn.channel().queue_declare("crash", durable=True)
         conn.close()
         script = tmp_path / "pub.py"
-        script.write_text(CRASH_PUBLISHER)
+        script.write_text(confirmed_publisher('crash', 2))
         pub = subprocess.Popen([sys.executable, str(script), b.url, "100000"], stdout=subprocess.PIPE, text=True)
         assert pub.stdout is not None
         first = pub.stdout.readline()  # publishing has started and confirms flow
@@ -165,7 +148,7 @@ def test_kill_9_under_load_loses_no_confirmed_message(data_dir: str, seed: int, 
         out, _ = pub.communicate(timeout=30)
         confirmed = [int(x) for x in (first + out).split()]
         assert confirmed, "the publisher got no confirm before the kill"
-        b = start(data_dir, b.port)
+        b = start_durable(data_dir, b.port)
         conn = pika.BlockingConnection(pika.URLParameters(b.url))
         ch = conn.channel()
         bodies = []
@@ -189,7 +172,7 @@ TTL_MS = 6000  # (long enough for a stop and a start on a loaded machine)
 
 @pytest.mark.slow
 async def test_ttl_counts_from_publish_across_restart_and_dead_letters_stay_persistent(data_dir: str) -> None:
-    b = start(data_dir)
+    b = start_durable(data_dir)
     try:
         async with await aio_pika.connect(b.url) as conn:
             ch = await conn.channel()
@@ -201,7 +184,7 @@ async def test_ttl_counts_from_publish_across_restart_and_dead_letters_stay_pers
         await publish_confirmed(b.url, "ttlq", 3)
         b.stop()
         time.sleep(2.0)
-        b = start(data_dir, b.port)
+        b = start_durable(data_dir, b.port)
         restarted = time.monotonic()
         async with await aio_pika.connect(b.url) as conn:
             ch = await conn.channel()
@@ -212,7 +195,7 @@ async def test_ttl_counts_from_publish_across_restart_and_dead_letters_stay_pers
             assert time.monotonic() - restarted < TTL_MS / 1000
             assert (await ch.declare_queue("ttlq", passive=True)).declaration_result.message_count == 0
         b.stop()  # dead-lettered copies are persistent: they survive another restart
-        b = start(data_dir, b.port)
+        b = start_durable(data_dir, b.port)
         async with await aio_pika.connect(b.url) as conn:
             ch = await conn.channel()
             dlq = await ch.declare_queue("dlq", passive=True)

@@ -10,44 +10,27 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pika
 import pytest
 
-from leveret.testing import BrokerProcess
+from tests.helpers import confirmed_publisher, start_durable
 
 pytestmark = pytest.mark.slow  # kill -9 and restarts
 
 Q = {"x-queue-type": "quorum"}
 
-PUBLISHER = textwrap.dedent('''
-    import sys, pika
-    url, n = sys.argv[1], int(sys.argv[2])
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    ch = conn.channel()
-    ch.confirm_delivery()
-    props = pika.BasicProperties(delivery_mode=1)   # transient: persisted all the same
-    for i in range(n):
-        try:
-            ch.basic_publish("", "qcrash", b"%d" % i, props)
-        except Exception:
-            break
-        print(i, flush=True)   # confirmed
-''')
 
 
-def start(data_dir: str, port: int | None = None) -> BrokerProcess:
-    return BrokerProcess(port=port, args=["--data-dir", data_dir, "--fsync-interval", "0.05"]).start()
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_kill_9_keeps_every_confirmed_message_and_the_delivery_counts(tmp_path: Path, seed: int) -> None:
     rnd = random.Random(seed)
     data_dir = str(tmp_path / "data")
-    b = start(data_dir)
+    b = start_durable(data_dir)
     try:
         conn = pika.BlockingConnection(pika.URLParameters(b.url))
         ch = conn.channel()
@@ -79,7 +62,7 @@ def test_kill_9_keeps_every_confirmed_message_and_the_delivery_counts(tmp_path: 
         expect[held] += 1
         time.sleep(0.2)  # (its "delivered" mark reaches the file)
         script = tmp_path / "pub.py"
-        script.write_text(PUBLISHER)
+        script.write_text(confirmed_publisher('qcrash', 1))
         pub = subprocess.Popen([sys.executable, str(script), b.url, "100000"], stdout=subprocess.PIPE, text=True)
         assert pub.stdout is not None
         first = pub.stdout.readline()  # publishing has started and confirms flow
@@ -90,7 +73,7 @@ def test_kill_9_keeps_every_confirmed_message_and_the_delivery_counts(tmp_path: 
         out, _ = pub.communicate(timeout=30)
         confirmed = [int(x) for x in (first + out).split()]
         assert confirmed, "the publisher got no confirm before the kill"
-        b = start(data_dir, b.port)
+        b = start_durable(data_dir, b.port)
         conn = pika.BlockingConnection(pika.URLParameters(b.url))
         ch = conn.channel()
         bodies = []
@@ -109,7 +92,7 @@ def test_kill_9_keeps_every_confirmed_message_and_the_delivery_counts(tmp_path: 
         assert counts[b"c0"] >= 4 and min(counts.values()) >= 2  # (returned before the kill)
         time.sleep(0.2)
         b.kill()  # ... and the broker killed again: each counts one more, the held one only once
-        b = start(data_dir, b.port)
+        b = start_durable(data_dir, b.port)
         conn = pika.BlockingConnection(pika.URLParameters(b.url))
         ch = conn.channel()
         counts = {}

@@ -9,35 +9,18 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pika
 import pytest
 
-from leveret.testing import BrokerProcess
+from tests.helpers import confirmed_publisher, start_durable
 
 S = {"x-queue-type": "stream"}
 
-PUBLISHER = textwrap.dedent('''
-    import sys, pika
-    url, n = sys.argv[1], int(sys.argv[2])
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    ch = conn.channel()
-    ch.confirm_delivery()
-    props = pika.BasicProperties(delivery_mode=1)   # transient: persisted all the same
-    for i in range(n):
-        try:
-            ch.basic_publish("", "scrash", b"%d" % i, props)
-        except Exception:
-            break
-        print(i, flush=True)   # confirmed
-''')
 
 
-def start(data_dir: str, port: int | None = None) -> BrokerProcess:
-    return BrokerProcess(port=port, args=["--data-dir", data_dir, "--fsync-interval", "0.05"]).start()
 
 
 def read_all(url: str, name: str, expect_at_least: int) -> list[tuple[int, bytes]]:
@@ -66,13 +49,13 @@ def read_all(url: str, name: str, expect_at_least: int) -> list[tuple[int, bytes
 def test_kill_9_keeps_every_confirmed_message_at_its_offset(tmp_path: Path, seed: int) -> None:
     rnd = random.Random(seed)
     data_dir = str(tmp_path / "data")
-    b = start(data_dir)
+    b = start_durable(data_dir)
     try:
         conn = pika.BlockingConnection(pika.URLParameters(b.url))
         conn.channel().queue_declare("scrash", durable=True, arguments={**S, "x-stream-max-segment-size-bytes": 20_000})
         conn.close()
         script = tmp_path / "pub.py"
-        script.write_text(PUBLISHER)
+        script.write_text(confirmed_publisher('scrash', 1))
         pub = subprocess.Popen([sys.executable, str(script), b.url, "100000"], stdout=subprocess.PIPE, text=True)
         assert pub.stdout is not None
         first = pub.stdout.readline()  # publishing has started and confirms flow
@@ -83,7 +66,7 @@ def test_kill_9_keeps_every_confirmed_message_at_its_offset(tmp_path: Path, seed
         out, _ = pub.communicate(timeout=30)
         confirmed = [int(x) for x in (first + out).split()]
         assert confirmed, "the publisher got no confirm before the kill"
-        b = start(data_dir, b.port)
+        b = start_durable(data_dir, b.port)
         got = read_all(b.url, "scrash", len(confirmed))
         # every record at its offset, in order, no gap, no duplicate: message i at offset i
         assert [off for off, _ in got] == list(range(len(got)))
