@@ -82,6 +82,12 @@ def not_default(*names: str) -> None:
 VHOST_COUNTERS = ("confirm", "return_unroutable", "drop_unroutable")
 
 
+
+def check_queue_name(name: str) -> None:
+    """403: a client may not name a queue ``amq.*`` (RabbitMQ reserves the prefix)."""
+    if name.startswith("amq."):
+        raise AMQPError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
+
 class VHost:
     def __init__(self, node: Node, name: str) -> None:
         self.node = node
@@ -345,8 +351,8 @@ class VHost:
         if name == "":
             queue_type(arguments, name, self.name).check_server_named()
             name = generated_name("amq.gen-")
-        elif name.startswith("amq.") and not recovering:  # (a durable server-named queue)
-            raise AMQPError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
+        elif not recovering:  # (recovery: a durable server-named queue is amq.gen-...)
+            check_queue_name(name)
         q = self.queues.get(name)
         if authorize is not None:
             authorize(name, arguments, q is None)
@@ -382,8 +388,7 @@ class VHost:
         ``adding`` other new queues before it): a reserved name, the vhost's queue limit,
         the arguments (a dry run: definitions import checks everything before it applies
         anything)."""
-        if name.startswith("amq."):
-            raise AMQPError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
+        check_queue_name(name)
         self.check_queue_limit(name, adding)
         validate_queue_arguments(arguments, name, self.name, durable=durable, exclusive=False, auto_delete=auto_delete)
 
