@@ -98,10 +98,15 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def fsync_job(fds: list[int], sync_dir: str | None, unlinks: list[str] | tuple[str, ...] = ()) -> Callable[[], None]:
+def fsync_job(fds: list[int], sync_dir: str | None, unlinks: list[str] | tuple[str, ...] = (),
+              drops: list[str] | tuple[str, ...] = ()) -> Callable[[], None]:
     """The group-commit job of a log's ``sync_job``: fsync then close ``fds`` (dups of the
-    files written since the last sync), fsync the directory ``sync_dir`` (None: not
-    needed), then remove the ``unlinks`` (segments dropped since)."""
+    files written since the last sync), remove the ``drops`` (segment files with no live
+    record left), fsync the directory ``sync_dir`` (None: not needed), then remove the
+    ``unlinks`` (their ack files: once a segment's removal is on disk, so that a crash
+    never finds its records without their acks).  Removing a file that was written a
+    moment ago can take tens of ms (its page cache goes with it): done here, in the
+    syncer's thread, it does not hold up the event loop."""
 
     def job() -> None:
         try:
@@ -110,6 +115,11 @@ def fsync_job(fds: list[int], sync_dir: str | None, unlinks: list[str] | tuple[s
         finally:
             for fd in fds:
                 os.close(fd)
+        for p in drops:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
         if sync_dir is not None:
             _fsync_dir(sync_dir)
         for p in unlinks:
@@ -182,6 +192,7 @@ class QueueLog:
         self._sync_fds: list[int] = []  # dirty fds already closed by us, owned by next job
         self._dir_dirty = False
         self._unlinks: list[str] = []  # ack files to remove after the next dir fsync
+        self._drops: list[str] = []  # dropped segments (*.drop) to remove before it
         self._compact_threshold = segment_size
         # positions of live records that had been delivered before the crash (recover())
         self.delivered: set[int] = set()
@@ -202,8 +213,8 @@ class QueueLog:
             parts = name.split(".")
             if parts[0] not in ("msgs", "acks"):
                 continue
-            if parts[-1] == "tmp":  # unfinished compaction output
-                self._unlink(name)
+            if parts[-1] in ("tmp", "drop"):  # unfinished compaction output, or a dropped
+                self._unlink(name)  # segment the sync job had not removed yet
                 continue
             if not 2 <= len(parts) <= 3:
                 continue
@@ -676,8 +687,17 @@ class QueueLog:
         self._ack_pending.pop(seg.n, None)
         del self._segs[seg.n]
         self._disk_bytes -= seg.disk + seg.asize + len(seg.abuf)
-        self._unlink(_name("msgs", seg.n, seg.gen))
-        if not self.ephemeral:
+        if self.ephemeral:
+            self._unlink(_name("msgs", seg.n, seg.gen))
+        else:
+            # renamed now (a crash must not find the records again: their last acks are
+            # not written), removed by the next sync job, off the event loop
+            name = os.path.join(self.path, _name("msgs", seg.n, seg.gen))
+            try:
+                os.rename(name, name + ".drop")
+                self._drops.append(name + ".drop")
+            except FileNotFoundError:
+                pass
             # (the acks file may not exist; the job ignores that)
             self._unlinks.append(os.path.join(self.path, _name("acks", seg.n, seg.gen)))
             self._dir_dirty = True
@@ -709,9 +729,10 @@ class QueueLog:
             raise
         sync_dir, self._dir_dirty = self._dir_dirty, False
         unlinks, self._unlinks = self._unlinks, []
-        if not (fds or sync_dir or unlinks):
+        drops, self._drops = self._drops, []
+        if not (fds or sync_dir or unlinks or drops):
             return None
-        return fsync_job(fds, self.path if sync_dir else None, unlinks)
+        return fsync_job(fds, self.path if sync_dir else None, unlinks, drops)
 
     # ------------------------------------------------------------------ compaction
 

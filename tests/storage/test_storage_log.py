@@ -19,7 +19,8 @@ def payload(i: int, size: int = 100) -> bytes:
 
 
 def files(d: Path, kind: str = "msgs") -> list[str]:
-    return sorted(n for n in os.listdir(d) if n.startswith(kind + "."))
+    """The live files of a kind (a dropped segment, ``*.drop``, waits for the sync job)."""
+    return sorted(n for n in os.listdir(d) if n.startswith(kind + ".") and not n.endswith(".drop"))
 
 
 def recover(d: Path, segment_size: int = 4096) -> tuple[QueueLog, list[int], list[bytes]]:
@@ -348,6 +349,34 @@ def test_one_old_record_does_not_pin_disk(tmp_path: Path) -> None:
     assert q.disk_bytes <= 2 * q.live_bytes + 2 * seg_size
     assert len(files(tmp_path)) <= 2
     q.close()
+
+
+def test_dropped_segment_goes_with_the_sync_job_or_at_recovery(tmp_path: Path) -> None:
+    """A fully acked segment is renamed at once (a crash must not find its records
+    again) and removed by the next sync job, off the event loop; one left by a crash
+    goes at recovery."""
+    q, ps = fill(tmp_path, 100, segment_size=1024)
+    first = ps[0] >> 32
+    for p in [p for p in ps if p >> 32 == first]:
+        assert q.ack(p)
+    dropped = _name("msgs", first, 0) + ".drop"
+    assert _name("msgs", first, 0) not in os.listdir(tmp_path)
+    assert dropped in os.listdir(tmp_path)
+    job = q.sync_job()
+    assert job is not None
+    job()
+    assert dropped not in os.listdir(tmp_path)
+    assert _name("acks", first, 0) not in os.listdir(tmp_path)
+    # a crash between the rename and the job: recovery removes the leftover
+    second = ps[-1] >> 32
+    for p in [p for p in ps if p >> 32 == first + 1]:
+        assert q.ack(p)
+    assert first + 1 != second and _name("msgs", first + 1, 0) + ".drop" in os.listdir(tmp_path)
+    q._close_fds()  # the process dies
+    q2, out, _ = recover(tmp_path, 1024)
+    assert not any(n.endswith(".drop") for n in os.listdir(tmp_path))
+    assert out and all(p >> 32 > first + 1 for p in out)
+    q2.close()
 
 
 def test_compaction_crash_leftovers(tmp_path: Path) -> None:

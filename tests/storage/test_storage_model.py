@@ -33,7 +33,7 @@ def segment_files(d: Path, kind: str) -> list[tuple[int, int, str]]:
     out = []
     for name in os.listdir(d):
         parts = name.split(".")
-        if parts[0] == kind and len(parts) in (2, 3):
+        if parts[0] == kind and len(parts) in (2, 3) and all(x.isdigit() for x in parts[1:]):
             out.append((int(parts[1]), int(parts[2]) if len(parts) == 3 else 0, name))
     return sorted(out)
 
