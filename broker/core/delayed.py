@@ -25,6 +25,12 @@ same bindings, exchange-to-exchange bindings and alternate exchange).  Their rec
 (so a message routed into a durable queue is on disk there before it leaves this log: a
 crash in between routes it again after the restart, never loses it).
 
+A logged message's BCC keys (``Message.bcc``: its ``BCC`` header was removed before it
+got here, as RabbitMQ removes it) go into the record's header table as a ``BCC`` field
+again, appended last, the record's flags saying so (``_F_BCC``); on release that field
+is taken out again (the header as ``released_header`` made it, byte for byte) and the
+keys route the message as they would have without the delay.
+
 Recovery (the durable exchange is declared again from the definitions) scans the log,
 takes each record's due time from its time field, and schedules the first: late ones go
 at once, in due order.
@@ -59,6 +65,28 @@ BATCH = 4096  # entries released per loop iteration at most
 MAX_FDS = 512  # read fds and ack-file fds the log keeps open, each (4 GiB of 8 MiB segments)
 _NEAR = 1 << 16  # records closer than this in the log are read back in one pread
 _TS = struct.Struct(">d")  # the record's time field (after its flags byte)
+_F_BCC = 2  # record flag: the header's table ends with a BCC field (to take out on release)
+
+
+def _with_bcc(header: bytes, fields: dict[bytes, bytes], bcc: list[str]) -> bytes:
+    """``header`` (whose table is ``fields``) with a ``BCC`` field of ``bcc`` appended
+    last: what a logged record keeps of the BCC keys."""
+    value = P.array_value([P.longstr_value(k) for k in bcc])
+    return P.rewrite(header, {P.F_HEADERS: P.table_bytes({**fields, b"BCC": value})})
+
+
+def _without_bcc(msg: Message) -> None:
+    """Take the ``BCC`` field :func:`_with_bcc` added out of ``msg``'s header again (every
+    other byte as ``released_header`` made them) into ``msg.bcc``."""
+    at = msg.props.get("_headers_at")
+    if at is None:
+        return
+    fields = P.table_fields(msg.header, at)
+    raw = fields.pop(b"BCC", None)
+    if raw is None:
+        return
+    msg.bcc = cc_keys({"BCC": P.field_value(raw)}, "BCC") or None
+    msg.set_header(P.rewrite(msg.header, {P.F_HEADERS: P.table_bytes(fields)}))
 
 
 def _now_ms() -> float:
@@ -153,10 +181,14 @@ class DelayedStore:
         qlog = self.log
         if qlog is not None and msg.persistent:
             body = msg.body
+            flags = 0
+            if msg.bcc:
+                header = _with_bcc(header, fields, msg.bcc)
+                flags = _F_BCC
             if body.__class__ is Body:
-                payload = record.encode_parts(0, float(due), msg.ex_rk, header, body)  # type: ignore[arg-type]
+                payload = record.encode_parts(flags, float(due), msg.ex_rk, header, body)  # type: ignore[arg-type]
             else:
-                payload = record.encode(0, float(due), msg.ex_rk, header, body)  # type: ignore[arg-type]
+                payload = record.encode(flags, float(due), msg.ex_rk, header, body)  # type: ignore[arg-type]
             try:
                 slot = qlog.append(payload)
             except OSError as exc:
@@ -236,9 +268,11 @@ class DelayedStore:
                 if isinstance(rec, Exception):
                     log.error("delayed exchange %r: cannot read a held message back: %s", self.exchange.name, rec)
                     continue
-                _, _, ex_rk, header, body = rec
+                flags, _, ex_rk, header, body = rec
                 names = NAMES.get(ex_rk) or exchange_rk(ex_rk)
                 msg = Message(ex_rk, names[0], names[1], header, body)
+                if flags & _F_BCC:
+                    _without_bcc(msg)
             try:
                 persisted |= self._route(msg)
             except Exception:  # (one bad message must not stop the others)
