@@ -8,6 +8,8 @@ source (rabbit_exchange_type_delayed_message.erl, rabbit_delayed_message_utils.e
 from __future__ import annotations
 
 import decimal
+import os
+import random
 import struct
 import subprocess
 import sys
@@ -445,6 +447,91 @@ def test_bcc_keys_of_a_held_message_route_it_when_due_logged_in_ram_and_after_ki
             for q in ("main", "copy", "blind"):
                 header, body = _raw_get(raw, q)
                 assert body == b"restarted" and header_table(header) == _released_table(1500), q
+    finally:
+        b.stop()
+
+
+def _delayed_log_bytes(data: str) -> int:
+    """Bytes of the segment and ack files of the (one) delayed exchange's log under the
+    data directory."""
+    root = os.path.join(data, "queues")
+    for d in os.listdir(root):
+        key = os.path.join(root, d, "key")
+        if os.path.exists(key) and open(key, "rb").read().startswith(b"\x01delayed"):
+            path = os.path.join(root, d)
+            return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.startswith(("msgs.", "acks.")))
+    raise AssertionError("no delayed log")
+
+
+def test_the_delayed_log_is_compacted_and_what_it_holds_still_comes_once_in_due_order(tmp_path: Path) -> None:
+    """Records leave a delayed exchange's log in due order, not in log order: the long
+    delays among short ones pin every segment.  Compaction shrinks the log once the short
+    ones have gone (64 KiB segments here), and moves what is still held (the heap) and
+    what was released but not yet acked (waiting for the fsync of its queue): the long
+    ones come exactly once, with their bodies, in due order, in the same process and
+    after a kill -9; no short one comes back."""
+    data = str(tmp_path / "data")
+    b = start_durable(data, None, "--segment-size", str(64 * 1024))
+    try:
+        c = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = c.channel()
+        ch.exchange_declare("dx", "x-delayed-message", durable=True, arguments=DIRECT)
+        ch.queue_declare("dq", durable=True)
+        ch.queue_bind("dq", "dx", "k")
+        n = 1000
+        rng = random.Random(7)
+        # every 8th message long: half due before the kill (first), half after it
+        # (second), each group due in the reverse of its publish order (30 ms apart: more
+        # than a publish's jitter on a busy machine); the short ones
+        # due one a ms in a shuffled order, so they leave every segment at once and the
+        # records released but not yet acked are all over the log when it is compacted
+        short = [i for i in range(n) if i % 8]
+        rng.shuffle(short)
+        t0 = time.time()
+        due: dict[int, float] = {i: t0 + 2.0 + k / 1000 for k, i in enumerate(short)}
+        longs = [i for i in range(n) if not i % 8]
+        first, second = longs[::2], longs[1::2]
+        for group, at in ((first, 5.0), (second, 10.0)):
+            for k, i in enumerate(group):
+                due[i] = t0 + at + (len(group) - k) * 0.03
+
+        def body(i: int) -> bytes:
+            return b"%06d|" % i + bytes([i % 251]) * 1017
+
+        ch.tx_select()
+        for i in range(n):
+            ms = int((due[i] - time.time()) * 1000)
+            assert ms > 100, "publishing took too long"
+            ch.basic_publish("dx", "k", body(i), delayed(ms, delivery_mode=2))
+            if i % 100 == 99:
+                ch.tx_commit()
+        ch.tx_commit()
+        full = _delayed_log_bytes(data)
+        assert full > n * 1024
+
+        def take(count: int, timeout: float) -> list[int]:
+            got = collect(ch, "dq", count, timeout=timeout)
+            for b_, _, _ in got:
+                assert b_ == body(int(b_[:6])), "a wrong body"
+            return [int(b_[:6]) for b_, _, _ in got]
+
+        assert sorted(take(len(short), 10)) == sorted(short)
+        # compacted by the persistence tick: the records of an 8th of the messages left,
+        # (about) an 8th of the bytes on disk, plus the active segment
+        wait_until(lambda: _delayed_log_bytes(data) < full / 2, timeout=5, what="the delayed log shrinking")
+        in_due = sorted(first, key=due.__getitem__)
+        assert take(len(first), 10) == in_due
+        time.sleep(0.5)  # (their acks synced)
+        assert ch.basic_get("dq")[0] is None
+        c.close()
+        b.kill()
+        b = start_durable(data, b.port)
+        c = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = c.channel()
+        assert take(len(second), 10) == sorted(second, key=due.__getitem__)
+        time.sleep(0.5)
+        assert ch.basic_get("dq")[0] is None, "a message came twice"
+        c.close()
     finally:
         b.stop()
 

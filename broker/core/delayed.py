@@ -31,6 +31,13 @@ again, appended last, the record's flags saying so (``_F_BCC``); on release that
 is taken out again (the header as ``released_header`` made it, byte for byte) and the
 keys route the message as they would have without the delay.
 
+Compaction: records are acked in due order, not append order, so the log's segments
+stay partly live (one long delay pins a segment).  The persistence tick calls
+:meth:`DelayedStore.maybe_compact` (``QueueLog.maybe_compact``: a pass only once the
+log's files exceed twice its live bytes by a segment; it rewrites the segments over twice
+their live bytes), which moves every position this store holds: the heap's entries and
+those released but not yet acked (``_AckWhenSynced``, waiting for an fsync).
+
 Recovery (the durable exchange is declared again from the definitions) scans the log,
 takes each record's due time from its time field, and schedules the first: late ones go
 at once, in due order.
@@ -109,7 +116,8 @@ class _AckWhenSynced:
 
     def __init__(self, store: DelayedStore, positions: list[int]) -> None:
         self.store = store
-        self.positions = positions
+        self.positions = positions  # (moved by DelayedStore.maybe_compact while waiting)
+        store.unacked.add(self)
 
     def sync_started(self) -> None:
         pass
@@ -124,6 +132,7 @@ class _AckWhenSynced:
             if persistence is not None:
                 persistence.request_sync(self)
             return
+        store.unacked.discard(self)
         for pos in self.positions:
             qlog.ack(pos)
 
@@ -145,9 +154,12 @@ class DelayedStore:
         self._timer_due: float | None = None  # what the timer is set for (ms; 0: at once)
         self.log: QueueLog | None = None
         self.key: str | None = None
+        # released records not yet acked (their waiters hold positions compaction moves)
+        self.unacked: set[_AckWhenSynced] = set()
         persistence = self.node.persistence
         if exchange.durable and persistence is not None:
             self.key = persistence.delayed_key(vhost.name, exchange.name)
+            persistence.delayed_stores.add(self)  # (compacted by its tick)
             self.log = persistence.store.open_queue(self.key)
             # due messages are read back, and acked, all over the log: keep its segments'
             # files open rather than open and close (and fsync) one per read or ack
@@ -303,6 +315,32 @@ class DelayedStore:
             queues = vhost.route(x, msg.routing_key, msg)
         return vhost.enqueue(queues, msg) & PERSISTED if queues else 0
 
+    # ------------------------------------------------------------------ compaction
+
+    def maybe_compact(self) -> None:
+        """Compact the log if it holds much more than its live records (see the module
+        docstring), moving the positions held here.  Blocking while it runs (it rewrites
+        and fsyncs the sparse segments); rare, by ``QueueLog.maybe_compact``'s
+        thresholds."""
+        qlog = self.log
+        if qlog is None or self.closed:
+            return
+        started = time.monotonic()
+        moved = qlog.maybe_compact()  # (a failed rewrite is logged there: what moved before it is in moved)
+        if not moved:
+            return
+        get = moved.get
+        # compaction keeps the records' order (a segment's live records move down, in
+        # order, within it), so the moved keys keep theirs: still a heap, no heapify
+        # (RAM slots are no positions: get() leaves them as they are)
+        self.heap = heap = [k - (p := k & _SLOT) + get(p, p) for k in self.heap]
+        for waiter in self.unacked:
+            waiter.positions = [get(p, p) for p in waiter.positions]
+        log.info(
+            "delayed exchange %r in vhost %r: log compacted (%d records moved, %d held) in %.3f s",
+            self.exchange.name, self.vhost.name, len(moved), len(heap), time.monotonic() - started,
+        )
+
     # ------------------------------------------------------------------ lifecycle
 
     def close(self, delete: bool = False) -> None:
@@ -315,13 +353,16 @@ class DelayedStore:
         if self.closed:
             return
         self.closed = True
+        self.unacked.clear()
+        persistence = self.node.persistence
+        if persistence is not None:
+            persistence.delayed_stores.discard(self)
         self.node.queued_bytes -= self.ram_bytes
         self.ram_bytes = 0
         self.ram.clear()
         if delete:
             self.heap = []
             self.count = 0
-            persistence = self.node.persistence
             if self.key is not None and persistence is not None:
                 persistence.store.delete_queue(self.key)
             self.log = None
