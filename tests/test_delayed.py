@@ -488,10 +488,10 @@ def test_the_delayed_log_is_compacted_and_what_it_holds_still_comes_once_in_due_
         short = [i for i in range(n) if i % 8]
         rng.shuffle(short)
         t0 = time.time()
-        due: dict[int, float] = {i: t0 + 2.0 + k / 1000 for k, i in enumerate(short)}
+        due: dict[int, float] = {i: t0 + 3.0 + k / 1000 for k, i in enumerate(short)}
         longs = [i for i in range(n) if not i % 8]
         first, second = longs[::2], longs[1::2]
-        for group, at in ((first, 5.0), (second, 10.0)):
+        for group, at in ((first, 6.0), (second, 11.0)):
             for k, i in enumerate(group):
                 due[i] = t0 + at + (len(group) - k) * 0.03
 
