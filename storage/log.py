@@ -740,12 +740,20 @@ class QueueLog:
         """Rewrite every inactive segment whose disk use (msgs + acks) exceeds max_ratio x
         its live bytes, keeping only live records in order. Returns {old: new position}
         for every record that moved; the caller must apply it to its index at once.
-        Blocking (fsyncs the new files); meant to be called rarely, see maybe_compact()."""
+        Blocking (fsyncs the new files); meant to be called rarely, see maybe_compact().
+        An OSError rewriting a segment (ENOSPC...) leaves that segment as it was and ends
+        the pass, logged: the moves of the segments rewritten before it are returned all
+        the same (raising would lose them, and the caller's index would point into the
+        new files at the old offsets)."""
         moved: dict[int, int] = {}
         for seg in list(self._segs.values()):
             if seg is not self._active and seg.count and \
                     seg.disk + seg.asize + len(seg.abuf) > max_ratio * seg.nbytes:
-                self._rewrite(seg, moved)
+                try:
+                    self._rewrite(seg, moved)
+                except OSError as exc:
+                    log.error("%s: compacting segment %d failed, kept as it was: %s", self.path, seg.n, exc)
+                    break
         return moved
 
     def maybe_compact(self) -> dict[int, int]:
@@ -787,12 +795,13 @@ class QueueLog:
             finally:
                 os.close(wfd)
             os.rename(tmp, final)
+            _fsync_dir(self.path)  # new generation durable before the old one goes
         except OSError:
             for k in [k for k in moved if k >> 32 == seg.n]:
                 del moved[k]
             self._unlink(os.path.basename(tmp))
+            self._unlink(os.path.basename(final))  # (renamed, but not known durable)
             raise
-        _fsync_dir(self.path)  # new generation durable before the old one goes
         # "delivered" marks of live records live in the old ack file: carry them over
         marks = self._delivered_marks(seg)
         # switch over: the old pair (msgs, acks) is now garbage

@@ -8,6 +8,9 @@ source (rabbit_exchange_type_delayed_message.erl, rabbit_delayed_message_utils.e
 from __future__ import annotations
 
 import decimal
+import os
+import random
+import struct
 import subprocess
 import sys
 import time
@@ -19,11 +22,15 @@ from typing import Any
 import kombu
 import pika
 import pytest
+from pamqp import commands as C
 from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
 
 from leveret.broker import Config
 from leveret.testing import BrokerProcess, BrokerThread
+from tests.helpers import start_durable
 from tests.httpapi import Api
+from tests.polling import wait_until
+from tests.rawamqp import RawClient, build_frame, header_table, longstr_array, method_frame
 
 DIRECT = {"x-delayed-type": "direct"}
 
@@ -345,6 +352,185 @@ def test_kill_9_keeps_confirmed_delayed_messages_and_delivers_them_on_time(tmp_p
         ch.exchange_declare("dx", "x-delayed-message", durable=True, arguments=DIRECT, passive=True)
         time.sleep(0.3)
         assert ch.queue_declare("dq", durable=True, passive=True).method.message_count == 0
+        c.close()
+    finally:
+        b.stop()
+
+
+def _raw_publish(c: RawClient, rk: str, table: bytes, body: bytes, delivery_mode: int) -> None:
+    """basic.publish to ``dx`` whose headers table is exactly ``table`` (types and order as
+    given), then its confirm."""
+    c.send(method_frame(1, C.Basic.Publish(exchange="dx", routing_key=rk)))
+    props = struct.pack(">I", len(table)) + table + bytes((delivery_mode,))
+    c.send(build_frame(2, 1, struct.pack(">HHQH", 60, 0, len(body), 0x2000 | 0x1000) + props) + build_frame(3, 1, body))
+    c.expect(C.Basic.Ack, 1)
+
+
+def _raw_get(c: RawClient, queue: str) -> tuple[bytes, bytes]:
+    """basic.get (waiting for a message): (raw content header, body)."""
+    def got() -> tuple[bytes, bytes] | None:
+        c.send_method(1, C.Basic.Get(queue=queue, no_ack=True))
+        if isinstance(c.expect(C.Basic.GetOk | C.Basic.GetEmpty, 1), C.Basic.GetEmpty):
+            return None
+        _, header, body = c.read_content(1)
+        return header, body
+
+    return wait_until(got, what=f"a message in {queue}")
+
+
+def _bcc_table(delay: int) -> bytes:
+    """A headers table of many field types, with x-delay, CC and BCC among them."""
+    nested = b"\x01kS" + struct.pack(">I", 1) + b"v"
+    return b"".join((
+        b"\x01ab" + struct.pack(">b", -5),
+        b"\x07x-delayI" + struct.pack(">i", delay),
+        b"\x02CC" + longstr_array(b"copy"),
+        b"\x03BCC" + longstr_array(b"blind"),
+        b"\x01tT" + struct.pack(">Q", 1_700_000_000),
+        b"\x01fF" + struct.pack(">I", len(nested)) + nested,
+        b"\x01ll" + struct.pack(">q", 1 << 40),
+    ))
+
+
+def _released_table(delay: int) -> list[tuple[str, Any]]:
+    """What a queue gets of :func:`_bcc_table`: x-delay made -delay, BCC gone, CC kept,
+    every other field as it was (type and order)."""
+    return [
+        ("a", ("b", -5)),
+        ("x-delay", ("I", -delay)),
+        ("CC", ("A", [("S", b"copy")])),
+        ("t", ("T", 1_700_000_000)),
+        ("f", ("F", [("k", ("S", b"v"))])),
+        ("l", ("l", 1 << 40)),
+    ]
+
+
+def test_bcc_keys_of_a_held_message_route_it_when_due_logged_in_ram_and_after_kill_9(tmp_path: Path) -> None:
+    """A BCC header is taken off the message before the exchange holds it (as RabbitMQ
+    does on any exchange); its keys must still route the message once due: held in RAM
+    (transient), held in the exchange's log (persistent), and read back from that log
+    after a kill -9.  No copy has a BCC header; CC and every other field keep their
+    bytes."""
+    data = str(tmp_path / "data")
+    b = start_durable(data)
+    try:
+        c = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = c.channel()
+        ch.exchange_declare("dx", "x-delayed-message", durable=True, arguments=DIRECT)
+        for q in ("main", "copy", "blind"):
+            ch.queue_declare(q, durable=True)
+            ch.queue_bind(q, "dx", q)
+        c.close()
+        with RawClient.connect(b.port) as raw:
+            raw.handshake()
+            raw.open_channel(1)
+            raw.rpc(1, C.Confirm.Select(), C.Confirm.SelectOk)
+            _raw_publish(raw, "main", _bcc_table(300), b"logged", 2)
+            _raw_publish(raw, "main", _bcc_table(300), b"in-ram", 1)
+            time.sleep(0.1)
+            for q in ("main", "copy", "blind"):
+                raw.send_method(1, C.Basic.Get(queue=q, no_ack=True))
+                raw.expect(C.Basic.GetEmpty, 1)  # held
+            for q in ("main", "copy", "blind"):
+                got = {}
+                for _ in range(2):
+                    header, body = _raw_get(raw, q)
+                    got[body] = header_table(header)
+                assert got == {b"logged": _released_table(300), b"in-ram": _released_table(300)}, q
+            # read back from the log after a kill -9
+            _raw_publish(raw, "main", _bcc_table(1500), b"restarted", 2)
+        b.kill()
+        b = start_durable(data, b.port)
+        with RawClient.connect(b.port) as raw:
+            raw.handshake()
+            raw.open_channel(1)
+            for q in ("main", "copy", "blind"):
+                header, body = _raw_get(raw, q)
+                assert body == b"restarted" and header_table(header) == _released_table(1500), q
+    finally:
+        b.stop()
+
+
+def _delayed_log_bytes(data: str) -> int:
+    """Bytes of the segment and ack files of the (one) delayed exchange's log under the
+    data directory."""
+    root = os.path.join(data, "queues")
+    for d in os.listdir(root):
+        key = os.path.join(root, d, "key")
+        if os.path.exists(key) and open(key, "rb").read().startswith(b"\x01delayed"):
+            path = os.path.join(root, d)
+            return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.startswith(("msgs.", "acks.")))
+    raise AssertionError("no delayed log")
+
+
+def test_the_delayed_log_is_compacted_and_what_it_holds_still_comes_once_in_due_order(tmp_path: Path) -> None:
+    """Records leave a delayed exchange's log in due order, not in log order: the long
+    delays among short ones pin every segment.  Compaction shrinks the log once the short
+    ones have gone (64 KiB segments here), and moves what is still held (the heap) and
+    what was released but not yet acked (waiting for the fsync of its queue): the long
+    ones come exactly once, with their bodies, in due order, in the same process and
+    after a kill -9; no short one comes back."""
+    data = str(tmp_path / "data")
+    b = start_durable(data, None, "--segment-size", str(64 * 1024))
+    try:
+        c = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = c.channel()
+        ch.exchange_declare("dx", "x-delayed-message", durable=True, arguments=DIRECT)
+        ch.queue_declare("dq", durable=True)
+        ch.queue_bind("dq", "dx", "k")
+        n = 1000
+        rng = random.Random(7)
+        # every 8th message long: half due before the kill (first), half after it
+        # (second), each group due in the reverse of its publish order (30 ms apart: more
+        # than a publish's jitter on a busy machine); the short ones
+        # due one a ms in a shuffled order, so they leave every segment at once and the
+        # records released but not yet acked are all over the log when it is compacted
+        short = [i for i in range(n) if i % 8]
+        rng.shuffle(short)
+        t0 = time.time()
+        due: dict[int, float] = {i: t0 + 3.0 + k / 1000 for k, i in enumerate(short)}
+        longs = [i for i in range(n) if not i % 8]
+        first, second = longs[::2], longs[1::2]
+        for group, at in ((first, 6.0), (second, 11.0)):
+            for k, i in enumerate(group):
+                due[i] = t0 + at + (len(group) - k) * 0.03
+
+        def body(i: int) -> bytes:
+            return b"%06d|" % i + bytes([i % 251]) * 1017
+
+        ch.tx_select()
+        for i in range(n):
+            ms = int((due[i] - time.time()) * 1000)
+            assert ms > 100, "publishing took too long"
+            ch.basic_publish("dx", "k", body(i), delayed(ms, delivery_mode=2))
+            if i % 100 == 99:
+                ch.tx_commit()
+        ch.tx_commit()
+        full = _delayed_log_bytes(data)
+        assert full > n * 1024
+
+        def take(count: int, timeout: float) -> list[int]:
+            got = collect(ch, "dq", count, timeout=timeout)
+            for b_, _, _ in got:
+                assert b_ == body(int(b_[:6])), "a wrong body"
+            return [int(b_[:6]) for b_, _, _ in got]
+
+        assert sorted(take(len(short), 10)) == sorted(short)
+        # compacted by the persistence tick: the records of an 8th of the messages left,
+        # (about) an 8th of the bytes on disk, plus the active segment
+        wait_until(lambda: _delayed_log_bytes(data) < full / 2, timeout=5, what="the delayed log shrinking")
+        in_due = sorted(first, key=due.__getitem__)
+        assert take(len(first), 10) == in_due
+        time.sleep(0.5)  # (their acks synced)
+        assert ch.basic_get("dq")[0] is None
+        c.close()
+        b.kill()
+        b = start_durable(data, b.port)
+        c = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = c.channel()
+        assert take(len(second), 10) == sorted(second, key=due.__getitem__)
+        time.sleep(0.5)
+        assert ch.basic_get("dq")[0] is None, "a message came twice"
         c.close()
     finally:
         b.stop()

@@ -25,6 +25,19 @@ same bindings, exchange-to-exchange bindings and alternate exchange).  Their rec
 (so a message routed into a durable queue is on disk there before it leaves this log: a
 crash in between routes it again after the restart, never loses it).
 
+A logged message's BCC keys (``Message.bcc``: its ``BCC`` header was removed before it
+got here, as RabbitMQ removes it) go into the record's header table as a ``BCC`` field
+again, appended last, the record's flags saying so (``_F_BCC``); on release that field
+is taken out again (the header as ``released_header`` made it, byte for byte) and the
+keys route the message as they would have without the delay.
+
+Compaction: records are acked in due order, not append order, so the log's segments
+stay partly live (one long delay pins a segment).  The persistence tick calls
+:meth:`DelayedStore.maybe_compact` (``QueueLog.maybe_compact``: a pass only once the
+log's files exceed twice its live bytes by a segment; it rewrites the segments over twice
+their live bytes), which moves every position this store holds: the heap's entries and
+those released but not yet acked (``_AckWhenSynced``, waiting for an fsync).
+
 Recovery (the durable exchange is declared again from the definitions) scans the log,
 takes each record's due time from its time field, and schedules the first: late ones go
 at once, in due order.
@@ -59,6 +72,28 @@ BATCH = 4096  # entries released per loop iteration at most
 MAX_FDS = 512  # read fds and ack-file fds the log keeps open, each (4 GiB of 8 MiB segments)
 _NEAR = 1 << 16  # records closer than this in the log are read back in one pread
 _TS = struct.Struct(">d")  # the record's time field (after its flags byte)
+_F_BCC = 2  # record flag: the header's table ends with a BCC field (to take out on release)
+
+
+def _with_bcc(header: bytes, fields: dict[bytes, bytes], bcc: list[str]) -> bytes:
+    """``header`` (whose table is ``fields``) with a ``BCC`` field of ``bcc`` appended
+    last: what a logged record keeps of the BCC keys."""
+    value = P.array_value([P.longstr_value(k) for k in bcc])
+    return P.rewrite(header, {P.F_HEADERS: P.table_bytes({**fields, b"BCC": value})})
+
+
+def _without_bcc(msg: Message) -> None:
+    """Take the ``BCC`` field :func:`_with_bcc` added out of ``msg``'s header again (every
+    other byte as ``released_header`` made them) into ``msg.bcc``."""
+    at = msg.props.get("_headers_at")
+    if at is None:
+        return
+    fields = P.table_fields(msg.header, at)
+    raw = fields.pop(b"BCC", None)
+    if raw is None:
+        return
+    msg.bcc = cc_keys({"BCC": P.field_value(raw)}, "BCC") or None
+    msg.set_header(P.rewrite(msg.header, {P.F_HEADERS: P.table_bytes(fields)}))
 
 
 def _now_ms() -> float:
@@ -81,7 +116,8 @@ class _AckWhenSynced:
 
     def __init__(self, store: DelayedStore, positions: list[int]) -> None:
         self.store = store
-        self.positions = positions
+        self.positions = positions  # (moved by DelayedStore.maybe_compact while waiting)
+        store.unacked.add(self)
 
     def sync_started(self) -> None:
         pass
@@ -96,6 +132,7 @@ class _AckWhenSynced:
             if persistence is not None:
                 persistence.request_sync(self)
             return
+        store.unacked.discard(self)
         for pos in self.positions:
             qlog.ack(pos)
 
@@ -117,9 +154,12 @@ class DelayedStore:
         self._timer_due: float | None = None  # what the timer is set for (ms; 0: at once)
         self.log: QueueLog | None = None
         self.key: str | None = None
+        # released records not yet acked (their waiters hold positions compaction moves)
+        self.unacked: set[_AckWhenSynced] = set()
         persistence = self.node.persistence
         if exchange.durable and persistence is not None:
             self.key = persistence.delayed_key(vhost.name, exchange.name)
+            persistence.delayed_stores.add(self)  # (compacted by its tick)
             self.log = persistence.store.open_queue(self.key)
             # due messages are read back, and acked, all over the log: keep its segments'
             # files open rather than open and close (and fsync) one per read or ack
@@ -153,10 +193,14 @@ class DelayedStore:
         qlog = self.log
         if qlog is not None and msg.persistent:
             body = msg.body
+            flags = 0
+            if msg.bcc:
+                header = _with_bcc(header, fields, msg.bcc)
+                flags = _F_BCC
             if body.__class__ is Body:
-                payload = record.encode_parts(0, float(due), msg.ex_rk, header, body)  # type: ignore[arg-type]
+                payload = record.encode_parts(flags, float(due), msg.ex_rk, header, body)  # type: ignore[arg-type]
             else:
-                payload = record.encode(0, float(due), msg.ex_rk, header, body)  # type: ignore[arg-type]
+                payload = record.encode(flags, float(due), msg.ex_rk, header, body)  # type: ignore[arg-type]
             try:
                 slot = qlog.append(payload)
             except OSError as exc:
@@ -236,9 +280,11 @@ class DelayedStore:
                 if isinstance(rec, Exception):
                     log.error("delayed exchange %r: cannot read a held message back: %s", self.exchange.name, rec)
                     continue
-                _, _, ex_rk, header, body = rec
+                flags, _, ex_rk, header, body = rec
                 names = NAMES.get(ex_rk) or exchange_rk(ex_rk)
                 msg = Message(ex_rk, names[0], names[1], header, body)
+                if flags & _F_BCC:
+                    _without_bcc(msg)
             try:
                 persisted |= self._route(msg)
             except Exception:  # (one bad message must not stop the others)
@@ -269,6 +315,32 @@ class DelayedStore:
             queues = vhost.route(x, msg.routing_key, msg)
         return vhost.enqueue(queues, msg) & PERSISTED if queues else 0
 
+    # ------------------------------------------------------------------ compaction
+
+    def maybe_compact(self) -> None:
+        """Compact the log if it holds much more than its live records (see the module
+        docstring), moving the positions held here.  Blocking while it runs (it rewrites
+        and fsyncs the sparse segments); rare, by ``QueueLog.maybe_compact``'s
+        thresholds."""
+        qlog = self.log
+        if qlog is None or self.closed:
+            return
+        started = time.monotonic()
+        moved = qlog.maybe_compact()  # (a failed rewrite is logged there: what moved before it is in moved)
+        if not moved:
+            return
+        get = moved.get
+        # compaction keeps the records' order (a segment's live records move down, in
+        # order, within it), so the moved keys keep theirs: still a heap, no heapify
+        # (RAM slots are no positions: get() leaves them as they are)
+        self.heap = heap = [k - (p := k & _SLOT) + get(p, p) for k in self.heap]
+        for waiter in self.unacked:
+            waiter.positions = [get(p, p) for p in waiter.positions]
+        log.info(
+            "delayed exchange %r in vhost %r: log compacted (%d records moved, %d held) in %.3f s",
+            self.exchange.name, self.vhost.name, len(moved), len(heap), time.monotonic() - started,
+        )
+
     # ------------------------------------------------------------------ lifecycle
 
     def close(self, delete: bool = False) -> None:
@@ -281,13 +353,16 @@ class DelayedStore:
         if self.closed:
             return
         self.closed = True
+        self.unacked.clear()
+        persistence = self.node.persistence
+        if persistence is not None:
+            persistence.delayed_stores.discard(self)
         self.node.queued_bytes -= self.ram_bytes
         self.ram_bytes = 0
         self.ram.clear()
         if delete:
             self.heap = []
             self.count = 0
-            persistence = self.node.persistence
             if self.key is not None and persistence is not None:
                 persistence.store.delete_queue(self.key)
             self.log = None

@@ -36,6 +36,7 @@ from leveret.protocol import properties as P
 from leveret.storage import DataDirLock, MessageStore, MetadataStore, QueueLog, record
 
 if TYPE_CHECKING:
+    from leveret.broker.core.delayed import DelayedStore
     from leveret.broker.core.node import Node
     from leveret.broker.core.queue import Queue
 
@@ -155,6 +156,8 @@ class Persistence:
         self._disk_timer: asyncio.TimerHandle | None = None
         self._loading = False
         self.recovered_access = False  # recover() found saved users and permissions
+        # the stores of durable delayed exchanges (their logs compacted by the tick)
+        self.delayed_stores: set[DelayedStore] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -173,6 +176,8 @@ class Persistence:
             for q in v.queues.values():
                 if q.log is not None:
                     q.maybe_compact()
+        for store in list(self.delayed_stores):
+            store.maybe_compact()
         self._schedule()
 
     def _check_disk(self) -> None:

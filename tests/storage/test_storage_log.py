@@ -376,6 +376,40 @@ def test_dropped_segment_goes_with_the_sync_job_or_at_recovery(tmp_path: Path) -
     q2, out, _ = recover(tmp_path, 1024)
     assert not any(n.endswith(".drop") for n in os.listdir(tmp_path))
     assert out and all(p >> 32 > first + 1 for p in out)
+
+
+def test_a_failed_segment_rewrite_keeps_the_moves_made_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC (here: the rename) on the 2nd sparse segment of a pass: the 1st one's moves
+    are returned (a raise would lose them while its records sit at new offsets), the 2nd
+    one stays as it was, and both survive recovery."""
+    q, ps = fill(tmp_path, 100, segment_size=1024)
+    keep = ps[3::7]  # (none at a segment start: every kept record moves)
+    for p in ps:
+        if p not in keep:
+            q.ack(p)
+    q.flush()
+    sparse = sorted({p >> 32 for p in keep})[:-1]  # (the last: the active segment)
+    assert len(sparse) >= 2
+    real_rename = os.rename
+    renames: list[str] = []
+
+    def rename(src: str, dst: str) -> None:
+        renames.append(dst)
+        if len(renames) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    moved = q.compact()
+    monkeypatch.undo()
+    assert moved and {p >> 32 for p in moved} == {sparse[0]}
+    new = [moved.get(p, p) for p in keep]
+    assert [q.read(p) for p in new] == [payload(ps.index(p)) for p in keep]
+    assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path))
+    assert _name("msgs", sparse[1], 1) not in files(tmp_path)
+    q.close()
+    q2, out, payloads = recover(tmp_path, 1024)
+    assert out == new and payloads == [payload(ps.index(p)) for p in keep]
     q2.close()
 
 
