@@ -736,9 +736,10 @@ class QueueLog:
 
     # ------------------------------------------------------------------ compaction
 
-    def compact(self, max_ratio: float = 2.0) -> dict[int, int]:
+    def compact(self, max_ratio: float = 2.0, limit: int | None = None) -> dict[int, int]:
         """Rewrite every inactive segment whose disk use (msgs + acks) exceeds max_ratio x
-        its live bytes, keeping only live records in order. Returns {old: new position}
+        its live bytes, keeping only live records in order (``limit``: at most that many,
+        the sparsest first). Returns {old: new position}
         for every record that moved; the caller must apply it to its index at once.
         Blocking (fsyncs the new files); meant to be called rarely, see maybe_compact().
         An OSError rewriting a segment (ENOSPC...) leaves that segment as it was and ends
@@ -746,15 +747,21 @@ class QueueLog:
         the same (raising would lose them, and the caller's index would point into the
         new files at the old offsets)."""
         moved: dict[int, int] = {}
-        for seg in list(self._segs.values()):
-            if seg is not self._active and seg.count and \
-                    seg.disk + seg.asize + len(seg.abuf) > max_ratio * seg.nbytes:
-                try:
-                    self._rewrite(seg, moved)
-                except OSError as exc:
-                    log.error("%s: compacting segment %d failed, kept as it was: %s", self.path, seg.n, exc)
-                    break
+        segs = [seg for seg in self._segs.values()
+                if seg is not self._active and seg.count and seg.disk + seg.asize + len(seg.abuf) > max_ratio * seg.nbytes]
+        if limit is not None and len(segs) > limit:
+            segs = sorted(segs, key=lambda g: g.nbytes / (g.disk + g.asize + len(g.abuf)))[:limit]
+        for seg in segs:
+            try:
+                self._rewrite(seg, moved)
+            except OSError as exc:
+                log.error("%s: compacting segment %d failed, kept as it was: %s", self.path, seg.n, exc)
+                break
         return moved
+
+    def has_segment(self, n: int) -> bool:
+        """Whether segment ``n`` still exists (not yet dropped as fully acked)."""
+        return n in self._segs
 
     def maybe_compact(self) -> dict[int, int]:
         """O(1) unless disk use exceeds 2 x live bytes + segment_size; then compact().

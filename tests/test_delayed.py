@@ -640,3 +640,40 @@ def test_celery_task_through_a_delayed_exchange_runs_on_a_worker_after_its_delay
         result = stamp.apply_async(exchange="celery-later", routing_key="later", headers={"x-delay": 1000})
         ran_at = result.get(timeout=10)
     assert 1.0 <= ran_at - t0 < 3.0
+
+
+def test_moves_follow_records_over_several_compactions_of_a_segment(tmp_path: Path) -> None:
+    """The delayed store names its held records by the positions they were written at;
+    ``Moves`` finds them after each of several rewrites of their segment (records
+    released between them, some acked before the next rewrite and some after it), and
+    forgets a segment once it is gone."""
+    from leveret.broker.core.delayed import Moves
+    from leveret.storage import QueueLog
+
+    qlog = QueueLog(tmp_path / "log", 4096)
+    qlog.recover()
+    written = {qlog.append(b"%05d" % i * 20): b"%05d" % i * 20 for i in range(300)}
+    qlog.flush()
+    moves = Moves()
+    rng = random.Random(3)
+    held = sorted(written)
+    for _ in range(5):
+        rng.shuffle(held)
+        released = [moves.take(p) for p in held[: len(held) // 2]]
+        held = held[len(held) // 2 :]
+        late = released[::3]  # acked after the rewrite: their waiters move them
+        for p in released:
+            if p not in late:
+                assert qlog.ack(p)
+        moved = qlog.compact()
+        moves.apply(moved, set(late))
+        for p in late:
+            assert qlog.ack(moved.get(p, p))
+        for p in held:
+            assert qlog.read(moves.current(p)) == written[p]
+    assert moves
+    for p in held:
+        assert qlog.ack(moves.take(p))
+    moves.forget(qlog.has_segment)
+    assert not moves
+    qlog.close()
