@@ -692,15 +692,20 @@ class QueueLog:
         else:
             # renamed now (a crash must not find the records again: their last acks are
             # not written), removed by the next sync job, off the event loop
-            name = os.path.join(self.path, _name("msgs", seg.n, seg.gen))
-            try:
-                os.rename(name, name + ".drop")
-                self._drops.append(name + ".drop")
-            except FileNotFoundError:
-                pass
+            self._drop(_name("msgs", seg.n, seg.gen))
             # (the acks file may not exist; the job ignores that)
             self._unlinks.append(os.path.join(self.path, _name("acks", seg.n, seg.gen)))
             self._dir_dirty = True
+
+    def _drop(self, name: str) -> None:
+        """Rename a file no longer needed to ``*.drop``, for the next sync job to remove
+        (removing a file just written frees its page cache: it can take tens of ms)."""
+        path = os.path.join(self.path, name)
+        try:
+            os.rename(path, path + ".drop")
+        except FileNotFoundError:
+            return
+        self._drops.append(path + ".drop")
 
     def _unlink(self, name: str) -> None:
         try:
@@ -818,8 +823,14 @@ class QueueLog:
             del self._afds[seg.n]
             seg.afd = None
         self._ack_pending.pop(seg.n, None)
-        self._unlink(_name("msgs", seg.n, seg.gen))
-        self._unlink(_name("acks", seg.n, seg.gen))
+        old_pair = (_name("msgs", seg.n, seg.gen), _name("acks", seg.n, seg.gen))
+        if self.ephemeral:
+            for name in old_pair:
+                self._unlink(name)
+        else:  # (by the next sync job, off the event loop)
+            for name in old_pair:
+                self._drop(name)
+            self._dir_dirty = True
         self._disk_bytes += len(new) - seg.disk - seg.asize - len(seg.abuf)
         seg.gen, seg.offs, seg.live = gen, offs, bytearray(b"\1") * len(offs)
         seg.end = seg.disk = len(new)

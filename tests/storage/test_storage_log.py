@@ -394,10 +394,12 @@ def test_a_failed_segment_rewrite_keeps_the_moves_made_before_it(tmp_path: Path,
     renames: list[str] = []
 
     def rename(src: str, dst: str) -> None:
+        if not src.endswith(".tmp"):  # (an old generation set aside for the sync job)
+            return real_rename(src, dst)
         renames.append(dst)
         if len(renames) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_rename(src, dst)
+        return real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", rename)
     moved = q.compact()
