@@ -130,6 +130,7 @@ def consumer(port: int, queues: list[str], n: int, ready: Any, out: Any, timeout
     ready.set()
     sock, buf = raw.sock, raw.buf
     late: list[float] = []
+    seconds: dict[int, float] = {}  # due second -> the most late of its messages
     state = 0  # 0: expecting deliver, 1: header, 2: body
     deadline = time.monotonic() + timeout
     sock.settimeout(1.0)
@@ -149,7 +150,9 @@ def consumer(port: int, queues: list[str], n: int, ready: Any, out: Any, timeout
             if nb - pos < size + 8:
                 break
             if ftype == 3 and state == 2:
-                late.append(now - struct.unpack_from(">Q", buf, pos + 7)[0])
+                due = struct.unpack_from(">Q", buf, pos + 7)[0]
+                late.append(now - due)
+                seconds[int(due // 1000)] = max(seconds.get(int(due // 1000), 0.0), now - due)
                 state = 0
             elif ftype == 1 and buf[pos + 7 : pos + 11] == b"\x00\x3c\x00\x3c":
                 state = 1
@@ -157,7 +160,7 @@ def consumer(port: int, queues: list[str], n: int, ready: Any, out: Any, timeout
                 state = 2
             pos += size + 8
         del buf[:pos]
-    out.put(late)
+    out.put((late, seconds))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -274,7 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         publish_s = time.monotonic() - t0
         held_rss = proc_status(broker.pid, "VmRSS")
         held_at_end = "all" if publish_s < hold else "not all (publishing took longer than --hold)"
-        late = results.get(timeout=wait + 30)
+        late, seconds = results.get(timeout=wait + 30)
         cons.join(10)
         stop.set()
         sampler.join()
@@ -299,6 +302,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "lateness_ms_p99": round(percentile(late, 0.99), 1),
             "lateness_ms_max": round(max(late), 1) if late else None,
             "early": sum(1 for v in late if v < -1),
+            "worst_seconds": ", ".join(f"+{t - min(seconds)} s: {v:.0f} ms" for t, v in sorted(
+                sorted(seconds.items(), key=lambda kv: -kv[1])[:5])) if seconds else "",
             "most_waiting_in_queues": f"{backlog[0]} ({backlog[1]} samples)",
             "load_average_1m_at_end": os.getloadavg()[0],
         }
