@@ -120,6 +120,20 @@ def make_parser() -> argparse.ArgumentParser:
         help="seconds a client has from connecting to connection.open before it is dropped (default 10)",
     )
     p.add_argument(
+        "--tcp-sndbuf",
+        type=int,
+        metavar="BYTES",
+        help="send buffer of each AMQP connection's socket (RabbitMQ's tcp_listen_options.sndbuf; default: the "
+        "kernel's autotuning)",
+    )
+    p.add_argument(
+        "--tcp-recbuf",
+        type=int,
+        metavar="BYTES",
+        help="receive buffer of each AMQP connection's socket (RabbitMQ's tcp_listen_options.recbuf; default: the "
+        "kernel's autotuning): smaller holds less of many publishers' data in the kernel",
+    )
+    p.add_argument(
         "--max-message-size",
         type=int,
         help="largest message body accepted, in bytes (default 128 MiB; at most 512 MiB, as RabbitMQ)",
@@ -203,6 +217,8 @@ _DIRECT = (
     "memory_budget",
     "flow_cpu",
     "handshake_timeout",
+    "tcp_sndbuf",
+    "tcp_recbuf",
     "consumer_timeout",
     "max_message_size",
     "fsync_interval",

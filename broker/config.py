@@ -49,6 +49,9 @@ PORTS = (
     ("prometheus_port", "--prometheus-port"),
     ("prometheus_tls_port", "--prometheus-tls-port"),
 )
+#: the socket buffer sizes accepted (tcp_sndbuf, tcp_recbuf; the kernel doubles them)
+TCP_BUFFER_MIN = 1024
+TCP_BUFFER_MAX = 1 << 30
 #: settings that must be above 0 (0 would stop the broker working, not turn a limit off)
 POSITIVE = ("handshake_timeout", "fsync_interval", "segment_size", "memory_high_watermark", "memory_budget",
             "http_max_body", "http_rate_interval")
@@ -97,6 +100,10 @@ class Config:
     frame_max: int = 131072
     heartbeat: int = 60
     handshake_timeout: float = 10.0  # seconds from accept to connection.open
+    # the kernel's buffers of each AMQP connection's socket (SO_SNDBUF / SO_RCVBUF, bytes;
+    # RabbitMQ's tcp_listen_options.sndbuf / recbuf); None: the kernel's autotuning
+    tcp_sndbuf: int | None = None
+    tcp_recbuf: int | None = None
     # RabbitMQ's consumer_timeout (ms): a delivery unacknowledged this long closes its
     # channel (406), its unacked messages requeued; checked on a timer (0: off)
     consumer_timeout: int = 1_800_000
@@ -178,6 +185,10 @@ class Config:
                 raise InvalidSetting(name, f"expected an integer, got {v!r}")
             if v < lo or (hi is not None and v > hi):
                 raise InvalidSetting(name, _range_text(name, v, lo, hi))
+        for name in ("tcp_sndbuf", "tcp_recbuf"):
+            v = getattr(self, name)
+            if v is not None and (not _is_int(v) or not TCP_BUFFER_MIN <= v <= TCP_BUFFER_MAX):
+                raise InvalidSetting(name, f"expected bytes from {TCP_BUFFER_MIN} to {TCP_BUFFER_MAX}, got {v!r}")
         if 0 < self.frame_max < FRAME_MIN_SIZE:
             raise InvalidSetting(
                 "frame_max", f"must be 0 (no limit) or {FRAME_MIN_SIZE} to {FRAME_MAX_LIMIT}, got {self.frame_max}"

@@ -11,7 +11,7 @@ Keys map onto :class:`~leveret.broker.config.Config` fields generically:
   unions of these), then by :meth:`Config.validate` (the ranges; its error is reported
   with the file and the key the value came from);
 * a port that may be off is turned off with ``"off"`` (``port = 0`` is a free port), an
-  optional string (a path, ``http_host``) is unset with ``""``;
+  optional string (a path, ``http_host``) or number (``[tcp] recbuf``) is unset with ``""``;
 * the special tables are ``[users.NAME]``, ``[vhosts.NAME]`` (limits), ``[[permissions]]``
   and ``[[topic_permissions]]``; ``log_level`` and ``no_uvloop`` are settings of the
   command line.
@@ -101,12 +101,13 @@ def _coerce(value: Any, hint: Any) -> Any:
 
 def _optional(field: str, hint: Any, value: Any) -> bool:
     """The config file's spelling of None: ``"off"`` (or ``"none"``) for a port that
-    may be off, ``""`` for an optional string (a path, a host)."""
+    may be off, ``""`` for an optional string (a path, a host) or number (``tcp_recbuf``:
+    the kernel's own)."""
     if type(None) not in typing.get_args(hint):
         return False
     if field.endswith("port") and isinstance(value, str) and value.lower() in PORT_OFF_WORDS:
         return True
-    return value == "" and str in typing.get_args(hint)
+    return value == "" and not field.endswith("port")
 
 
 def load_config_file(path: str, base: Config | None = None) -> tuple[Config, dict[str, Any]]:

@@ -363,11 +363,16 @@ async def open_listener(
     open_connections: Callable[[], int] | None = None,
     ssl_context: ssl.SSLContext | None = None,
     handshake_timeout: float = 10.0,
+    sndbuf: int | None = None,
+    recbuf: int | None = None,
 ) -> Listener:
     """Bind and listen on every address of ``host`` (one name or a list; None: all
     interfaces) at ``port``, as ``loop.create_server`` does (SO_REUSEADDR, IPv6 sockets
     v6-only, TCP_NODELAY inherited by accepted sockets), and start accepting (with TLS
-    if ``ssl_context`` is given, the handshake bounded by ``handshake_timeout``).  Port 0
+    if ``ssl_context`` is given, the handshake bounded by ``handshake_timeout``).
+    ``sndbuf``/``recbuf``: the kernel's send and receive buffer of every accepted socket
+    (``SO_SNDBUF``/``SO_RCVBUF``, inherited from the listening socket, as RabbitMQ's
+    ``tcp_listen_options.sndbuf``/``recbuf``; None: the kernel's autotuning).  Port 0
     is one free port for every address: the first address picks it, the others bind to
     the same number (all again on another one if it is taken there)."""
     infos = await resolve(loop, host, port)
@@ -387,6 +392,10 @@ async def open_listener(
                                              f"{exc.strerror}") from None
                 sockets.append(sock)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if sndbuf is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+                if recbuf is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recbuf)
                 sock.setblocking(False)
                 bound = bound or sock.getsockname()[1]
         except _Retry:

@@ -124,14 +124,16 @@ class Listeners:
             self.broker.totals.stats_connections_opened += 1
             return Connection(self.broker, tls=ctx)
 
-        timeout = self.broker.config.handshake_timeout
+        cfg = self.broker.config
+        timeout = cfg.handshake_timeout
+        bufs = {"sndbuf": cfg.tcp_sndbuf, "recbuf": cfg.tcp_recbuf}
         try:
-            return await open_listener(self.broker.loop, factory, host, port, 1024, self._count, ctx, timeout)
+            return await open_listener(self.broker.loop, factory, host, port, 1024, self._count, ctx, timeout, **bufs)
         except OSError:
             if not isinstance(host, list) or tuple(host) != DEFAULT_HOSTS:
                 raise  # addresses asked for explicitly must all work
             # the default, on a machine without an IPv6 loopback: IPv4 alone
-            return await open_listener(self.broker.loop, factory, host[0], port, 1024, self._count, ctx, timeout)
+            return await open_listener(self.broker.loop, factory, host[0], port, 1024, self._count, ctx, timeout, **bufs)
 
     def _count(self) -> int:
         return len(self.broker.connections)

@@ -116,3 +116,32 @@ def test_port_0_is_one_port_for_both_address_families() -> None:
         for host, family in (("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)):
             with socket.socket(family) as s:
                 s.connect((host, broker.port))
+
+
+async def _server_side_buffers(config: Config) -> tuple[int, int]:
+    """SO_SNDBUF and SO_RCVBUF of the broker's end of one AMQP connection."""
+    from leveret.testing import running_broker
+
+    async with running_broker(config) as broker:
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+        try:
+            writer.write(b"AMQP\x00\x00\x09\x01")
+            await reader.readexactly(7)  # (connection.start's frame header: accepted)
+            (conn,) = broker.connections
+            sock = conn.transport.get_extra_info("socket")
+            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        finally:
+            writer.close()
+
+
+def test_tcp_buffers_of_accepted_connections_are_the_configured_ones() -> None:
+    """``--tcp-sndbuf``/``--tcp-recbuf`` (RabbitMQ's tcp_listen_options.sndbuf/recbuf) set
+    the kernel buffers of every AMQP connection (Linux reports twice the size asked)."""
+    snd, rcv = asyncio.run(_server_side_buffers(Config(port=0, host="127.0.0.1", tcp_sndbuf=48 * 1024, tcp_recbuf=40 * 1024)))
+    assert (snd, rcv) == (96 * 1024, 80 * 1024)
+    default_snd, default_rcv = asyncio.run(_server_side_buffers(Config(port=0, host="127.0.0.1")))
+    assert (default_snd, default_rcv) != (snd, rcv)  # (the kernel's own, autotuned)
+    with pytest.raises(ValueError, match="tcp_recbuf: expected bytes from 1024"):
+        Config(tcp_recbuf=10)
+    with pytest.raises(ValueError, match="tcp_sndbuf: expected bytes from 1024"):
+        Config(tcp_sndbuf="big")  # type: ignore[arg-type]
