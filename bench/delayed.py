@@ -52,6 +52,16 @@ PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_END = b"\xce"
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -237,6 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pub.expect(commands.Confirm.SelectOk)
         sock = pub.sock
         start = time.time()
+        cpu0 = cpu_seconds(broker.pid)
         t0 = time.monotonic()
         base_ms = start * 1000 + hold * 1000
         sent = confirmed = 0
@@ -275,9 +286,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 pos += size + 8
             del pending[:pos]
         publish_s = time.monotonic() - t0
+        cpu1 = cpu_seconds(broker.pid)
         held_rss = proc_status(broker.pid, "VmRSS")
         held_at_end = "all" if publish_s < hold else "not all (publishing took longer than --hold)"
         late, seconds = results.get(timeout=wait + 30)
+        cpu2 = cpu_seconds(broker.pid)
         cons.join(10)
         stop.set()
         sampler.join()
@@ -297,6 +310,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_all_held_mb": round(held_rss or 0),
             "rss_peak_mb": round(peak or 0),
             "received": len(late),
+            "broker_cpu_us_per_publish": round((cpu1 - cpu0) / args.n * 1e6, 1),
+            "broker_cpu_us_per_release": round((cpu2 - cpu1) / max(1, len(late)) * 1e6, 1),
             "due_rate": round(args.n / args.spread),
             "lateness_ms_p50": round(percentile(late, 0.50), 1),
             "lateness_ms_p99": round(percentile(late, 0.99), 1),

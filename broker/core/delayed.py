@@ -299,7 +299,11 @@ class DelayedStore:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_due = due
-        self._timer = self.node.loop.call_later(max(0.0, (due - _now_ms()) / 1000.0), self._fire)
+        # (whole ms, rounded up: the loop's timers count whole ms from the time its
+        # iteration began, and round; a fraction of a ms comes back at once, before the
+        # message is due, over and over until it is: 15 empty fires per ms were seen)
+        wait = due - _now_ms()
+        self._timer = self.node.loop.call_later(math.ceil(wait) / 1000.0 if wait > 0 else 0.0, self._fire)
 
     # ------------------------------------------------------------------ releasing
 
