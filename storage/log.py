@@ -60,6 +60,13 @@ _MAX_PAYLOAD = _MASK - _HDR.size
 _WBUF_LIMIT = 1 << 20  # flush the message buffer to the OS beyond 1 MiB
 _READ_GUESS = 4096  # first pread size in read(); one syscall for typical records
 _READ_RUN = 4 << 20  # read_many(): bytes read at most with one pread
+#: append_parts(): a payload at least this large is written from its parts (pwritev), not
+#: joined and copied into the write buffer
+DIRECT_MIN = 64 << 10
+#: read_records(views=True): a body at least this large may come back as a view of the
+#: bytes read (when such bodies are most of what one pread read)
+VIEW_MIN = 16 << 10
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 _MAX_FDS = 8  # per log: cached read fds of inactive segments, and ack-file fds
 
 
@@ -85,6 +92,28 @@ def _write_at(fd: int, data: bytes | bytearray, offset: int) -> None:
             except OSError:  # pragma: no cover - nothing better to do
                 log.exception("could not truncate after failed write")
             raise
+
+
+def _writev_at(fd: int, bufs: list[bytes | bytearray | memoryview], offset: int) -> None:
+    """:func:`_write_at` of the buffers one after another (``pwritev``: no join), with the
+    same cut back on error."""
+    views = [memoryview(b).cast("B") for b in bufs if len(b)]
+    at = offset
+    try:
+        while views:
+            done = os.pwritev(fd, views[:_IOV_MAX], at)
+            at += done
+            while views and done >= len(views[0]):
+                done -= len(views[0])
+                del views[0]
+            if done:
+                views[0] = views[0][done:]
+    except OSError:
+        try:
+            os.ftruncate(fd, offset)
+        except OSError:  # pragma: no cover - nothing better to do
+            log.exception("could not truncate after failed write")
+        raise
 
 
 def _fsync_dir(path: str) -> None:
@@ -356,6 +385,44 @@ class QueueLog:
         self._disk_bytes += rec
         return (seg.n << 32) | off
 
+    def append_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> int:
+        """:meth:`append` of the payload made of ``parts`` (a record head and the body's
+        pieces, say).  A payload of ``DIRECT_MIN`` or more is written at once from its
+        parts, after what the buffer holds (one ``pwritev``; its checksum computed over
+        the parts): its bytes are not copied.  The same errors as :meth:`append`; a failed
+        write cuts the file back and keeps what was buffered before, as a failed flush does."""
+        n = 0
+        for p in parts:
+            n += len(p)
+        if n < DIRECT_MIN:
+            return self.append(b"".join(parts))
+        if n > _MAX_PAYLOAD:
+            raise ValueError("payload must be 1 byte .. 4 GiB")
+        rec = n + 8
+        seg = self._active
+        if seg is None or (seg.end and seg.end + rec > self.segment_size):
+            seg = self._roll()
+        crc = 0
+        for p in parts:
+            crc = crc32c(p, crc)
+        off = seg.end
+        wbuf = self._wbuf
+        assert seg.fd is not None and self._flushed + len(wbuf) == off
+        _writev_at(seg.fd, [wbuf, _HDR.pack(n, crc), *parts], self._flushed)
+        self._flushed = off + rec
+        if wbuf:
+            self._wbuf = bytearray()
+        self._msgs_dirty = True
+        seg.end = seg.disk = off + rec
+        seg.offs.append(off)
+        seg.live.append(1)
+        seg.count += 1
+        seg.nbytes += rec
+        self._live_count += 1
+        self._live_bytes += rec
+        self._disk_bytes += rec
+        return (seg.n << 32) | off
+
     def append_many(self, payloads: Iterable[bytes | bytearray | memoryview]) -> list[int]:
         append = self.append
         return [append(p) for p in payloads]
@@ -484,13 +551,17 @@ class QueueLog:
         bytes instead of one per record."""
         return self._read_runs(positions, False)
 
-    def read_records(self, positions: Sequence[int]) -> list[Decoded | Exception]:
+    def read_records(self, positions: Sequence[int], views: bool = False) -> list[Decoded | Exception]:
         """:meth:`read_many` with each payload decoded as :func:`record.decode` does, in
         the same pass over the bytes read (paging a queue back in: no copy of the whole
-        payload, no call per record)."""
-        return self._read_runs(positions, True)
+        payload, no call per record).  ``views``: a body of ``VIEW_MIN`` bytes or more
+        comes back as a ``memoryview`` of the bytes one ``pread`` read, not copied out of
+        them, when such bodies are at least half of those bytes (so a view never keeps
+        alive much more than the bodies that hold it); a record larger than ``_READ_RUN``
+        is read on its own, at its size."""
+        return self._read_runs(positions, True, views)
 
-    def _read_runs(self, positions: Sequence[int], decode: bool) -> list[Any]:
+    def _read_runs(self, positions: Sequence[int], decode: bool, views: bool = False) -> list[Any]:
         out: list[Any] = []
         n = len(positions)
         verify = not self.ephemeral
@@ -512,11 +583,12 @@ class QueueLog:
                     break
                 j += 1
             end = 0
-            while j - i >= 2:
+            while j > i:
                 last = positions[j - 1] & _MASK
                 k = bisect_left(seg.offs, last)
                 end = last + seg.rec_len(k) if k < len(seg.offs) and seg.offs[k] == last else 0
-                if 0 < end - off <= _READ_RUN:
+                # (one record larger than a run is read on its own, whole)
+                if 0 < end - off and (end - off <= _READ_RUN or j - i == 1):
                     break
                 j -= 1  # (the last record runs past the limit, or is no record start)
                 end = 0
@@ -535,6 +607,11 @@ class QueueLog:
             if decode:
                 unpack = _HDR_REC.unpack_from
                 head = _HDR_REC.size
+                mv = memoryview(buf) if views or verify else None
+                # big bodies as views of buf, if they are most of it
+                # (runs of records of a few KiB, the common case, are not even looked at)
+                big = (views and nb >= 2 * VIEW_MIN and nb // (j - i) >= VIEW_MIN // 4
+                       and self._big_bytes(seg, positions, i, j) * 2 >= nb)
                 for t in range(i, j):
                     p = positions[t]
                     at = (p & _MASK) - off
@@ -548,8 +625,10 @@ class QueueLog:
                     e = at + 8 + length
                     # (an overflow log is read back by the process that wrote it, from
                     # the page cache: its checksums are not worth their cost)
-                    if e > nb or c > e or (verify and crc32c(buf[at + 8 : e]) != crc):
+                    if e > nb or c > e or (verify and crc32c(mv[at + 8 : e]) != crc):  # type: ignore[index]
                         append(CorruptRecord(f"bad record at {p:#x}"))
+                    elif big and e - c >= VIEW_MIN:
+                        append((flags, ts, buf[a:b], buf[b:c], mv[c:e]))  # type: ignore[index]
                     else:
                         append((flags, ts, buf[a:b], buf[b:c], buf[c:e]))
                 i = j
@@ -563,13 +642,29 @@ class QueueLog:
                     continue
                 length, crc = unpack(buf, at)
                 at += 8
-                payload = buf[at : at + length]
+                payload = buf[at : at + length]  # (read_many: bytes, as read() returns)
                 if len(payload) != length or (verify and crc32c(payload) != crc):
                     append(CorruptRecord(f"bad record at {p:#x}"))
                 else:
                     append(payload)
             i = j
         return out
+
+    @staticmethod
+    def _big_bytes(seg: _Segment, positions: Sequence[int], i: int, j: int) -> int:
+        """Bytes of the records at ``positions[i:j]`` (all in ``seg``) of ``VIEW_MIN`` or
+        more (their lengths from the segment's index)."""
+        offs = seg.offs
+        total = 0
+        k = bisect_left(offs, positions[i] & _MASK)
+        for t in range(i, j):
+            o = positions[t] & _MASK
+            while k < len(offs) and offs[k] < o:
+                k += 1
+            n = seg.rec_len(k)
+            if n >= VIEW_MIN:
+                total += n
+        return total
 
     def _read_or_error(self, position: int, decode: bool = False) -> Any:
         try:
