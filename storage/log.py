@@ -30,6 +30,12 @@ Choices worth knowing:
   the new layout. Recovery keeps the highest generation of each segment.
 * Deleting a segment unlinks msgs.N at once but acks.N only after the next directory fsync
   (in the sync job), so a crash can never keep msgs.N while losing its acks.
+* An *ephemeral* log (a transient queue's overflow log) is never recovered and is read back
+  from the page cache by the process that wrote it: its records carry no checksum (0) and
+  are not checked when read.
+* A large payload (``append_parts``) is written from its pieces with one ``pwritev``, and
+  read back (``read_records(views=True)``) as a view of what one ``pread`` read: its bytes
+  are copied only by the kernel.
 """
 
 from __future__ import annotations
@@ -61,8 +67,8 @@ _WBUF_LIMIT = 1 << 20  # flush the message buffer to the OS beyond 1 MiB
 _READ_GUESS = 4096  # first pread size in read(); one syscall for typical records
 _READ_RUN = 4 << 20  # read_many(): bytes read at most with one pread
 #: append_parts(): a payload at least this large is written from its parts (pwritev), not
-#: joined and copied into the write buffer
-DIRECT_MIN = 64 << 10
+#: copied into the write buffer (a smaller one is: one copy, and one write for many records)
+DIRECT_MIN = 256 << 10
 #: read_records(views=True): a body at least this large may come back as a view of the
 #: bytes read (when such bodies are most of what one pread read)
 VIEW_MIN = 16 << 10
@@ -373,7 +379,8 @@ class QueueLog:
             self._flush_msgs()
         off = seg.end
         wbuf = self._wbuf
-        wbuf += _HDR.pack(n, crc32c(payload))
+        # (an overflow log is read back unchecked, by the process that wrote it: no checksum)
+        wbuf += _HDR.pack(n, 0 if self.ephemeral else crc32c(payload))
         wbuf += payload
         seg.end = seg.disk = off + rec
         seg.offs.append(off)
@@ -387,32 +394,40 @@ class QueueLog:
 
     def append_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> int:
         """:meth:`append` of the payload made of ``parts`` (a record head and the body's
-        pieces, say).  A payload of ``DIRECT_MIN`` or more is written at once from its
-        parts, after what the buffer holds (one ``pwritev``; its checksum computed over
-        the parts): its bytes are not copied.  The same errors as :meth:`append`; a failed
-        write cuts the file back and keeps what was buffered before, as a failed flush does."""
+        pieces, say), never joined: its checksum is computed over the parts, which are
+        copied into the write buffer, or, for a payload of ``DIRECT_MIN`` or more, written
+        at once from where they are, after what the buffer holds (one ``pwritev``: their
+        bytes are not copied).  The same errors as :meth:`append`; a failed write cuts the
+        file back and keeps what was buffered before, as a failed flush does."""
         n = 0
         for p in parts:
             n += len(p)
-        if n < DIRECT_MIN:
-            return self.append(b"".join(parts))
-        if n > _MAX_PAYLOAD:
+        if not 0 < n <= _MAX_PAYLOAD:
             raise ValueError("payload must be 1 byte .. 4 GiB")
         rec = n + 8
+        direct = n >= DIRECT_MIN
         seg = self._active
         if seg is None or (seg.end and seg.end + rec > self.segment_size):
             seg = self._roll()
+        elif not direct and len(self._wbuf) + rec > _WBUF_LIMIT and self._wbuf:
+            self._flush_msgs()
         crc = 0
-        for p in parts:
-            crc = crc32c(p, crc)
+        if not self.ephemeral:
+            for p in parts:
+                crc = crc32c(p, crc)
         off = seg.end
         wbuf = self._wbuf
-        assert seg.fd is not None and self._flushed + len(wbuf) == off
-        _writev_at(seg.fd, [wbuf, _HDR.pack(n, crc), *parts], self._flushed)
-        self._flushed = off + rec
-        if wbuf:
-            self._wbuf = bytearray()
-        self._msgs_dirty = True
+        if direct:
+            assert seg.fd is not None and self._flushed + len(wbuf) == off
+            _writev_at(seg.fd, [wbuf, _HDR.pack(n, crc), *parts], self._flushed)
+            self._flushed = off + rec
+            if wbuf:
+                self._wbuf = bytearray()
+            self._msgs_dirty = True
+        else:
+            wbuf += _HDR.pack(n, crc)
+            for p in parts:
+                wbuf += p
         seg.end = seg.disk = off + rec
         seg.offs.append(off)
         seg.live.append(1)
@@ -540,7 +555,7 @@ class QueueLog:
             raise CorruptRecord(f"no record header at {position:#x}")
         length, crc = _HDR.unpack_from(buf, i)
         payload = bytes(memoryview(buf)[i + 8:i + 8 + length])
-        if len(payload) != length or crc32c(payload) != crc:
+        if len(payload) != length or (not self.ephemeral and crc32c(payload) != crc):
             raise CorruptRecord(f"bad record at {position:#x}")
         return payload
 

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 from leveret.broker.core.message import NAMES, Message, exchange_rk, record_parts, to_record
 from leveret.protocol.body import Body
 from leveret.protocol.properties import FLAGS_HI, HI_EXPIRATION
-from leveret.storage.log import DIRECT_MIN
 from leveret.storage.record import F_TRANSIENT
 
 if TYPE_CHECKING:
@@ -66,6 +65,8 @@ GONE_STATS = ("publish", "redeliver", "deliver_manual", "get", "get_noack", "get
 #: a message in RAM costs ~512 bytes besides its body (the Message, its entry tuple, the
 #: header bytes): the memory budget counts that too (core.memory)
 MESSAGE_COST = 512
+#: a message with a body this large is written to a log from its parts (record_parts)
+PARTS_MIN = 4096
 PAGE_BATCH = 2000  # messages loaded back from the log at a time
 PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes
 #: a queue with consumers draining from its log reads ahead: with fewer than READ_AHEAD
@@ -278,9 +279,9 @@ class BackingQueue:
         """Append ``msg`` to the durable log, or (paging a transient message) to the log
         it pages to (raises OSError); its seq, which follows the record."""
         qlog = self.log if persistent else self.plog
-        if msg.size < DIRECT_MIN:
+        if msg.size < PARTS_MIN:
             pos = qlog.append(to_record(msg, transient=not persistent))
-        else:  # (a large body is written from where it is, not joined into a record)
+        else:  # (a large body is not joined into a record first: QueueLog.append_parts)
             pos = qlog.append_parts(record_parts(msg, transient=not persistent))
         if persistent:
             self.persistent_count += 1
