@@ -173,6 +173,7 @@ class PublishAssembly:
             self._body_left = -1
             return None
         if left == 0:
+            body: bytes | Body
             if self._body:
                 body = self._whole(payload)
             elif self._oversize:
