@@ -241,6 +241,43 @@ def test_paged_large_bodies_round_trip_byte_exact(tmp_path: Path, frame_max: int
             assert _consume_all(cch, "paged-d", (rounds - 1) * len(bodies)) == bodies * (rounds - 1)
 
 
+def test_paged_large_bodies_are_read_back_as_views_a_few_at_a_time(tmp_path: Path) -> None:
+    """1 MiB bodies paged to the overflow log come back as views of the reads of the log
+    (a Body, not a copy), and only a few MiB of them at a time, not a whole batch."""
+    n = 40
+    bodies = [bytes([i]) * MiB for i in range(n)]
+    with BrokerThread(Config(port=0, data_dir=str(tmp_path / "data"), memory_budget=2 << 20)) as b:
+        with _connect(b.port, 131072) as conn:
+            ch = conn.channel()
+            ch.queue_declare("paged-views")
+            for body in bodies:
+                ch.basic_publish("", "paged-views", body)
+            ch.queue_declare("paged-views", passive=True)
+            assert _paged(b, "paged-views") > n // 2
+
+            def in_ram() -> tuple[int, list[Body | bytes]]:
+                assert b.broker is not None
+                s = b.broker.vhosts["/"].queues["paged-views"].store
+                return s.ready_bytes, [e[1].body for e in s.messages]
+
+            got = []
+            most = views = 0
+            while True:
+                method, _, body = ch.basic_get("paged-views", auto_ack=True)
+                if method is None:
+                    break
+                got.append(body)
+                ready, kept = b.call(in_ram)
+                most = max(most, ready)
+                views += sum(isinstance(k, Body) and isinstance(k.parts[0], memoryview) for k in kept)
+                assert [bytes(k) for k in kept] == bodies[len(got) : len(got) + len(kept)]
+            assert got == bodies
+            # a batch: PAGE_BATCH_BYTES (16 MiB) and the last chunk of ~4 MiB that passed it
+            # (before: all 37 that were paged, as one chunk was 256 records whatever their size)
+            assert most <= 24 * MiB, most
+            assert views >= n // 2, views
+
+
 def test_large_bodies_through_the_http_api_get(tmp_path: Path) -> None:
     """The management API's get returns a large body (in pieces, or paged and read back
     as a view) whole: base64, byte for byte."""
