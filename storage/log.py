@@ -70,8 +70,10 @@ _READ_RUN = 4 << 20  # read_many(): bytes read at most with one pread
 #: copied into the write buffer (a smaller one is: one copy, and one write for many records)
 DIRECT_MIN = 256 << 10
 #: read_records(views=True): a body at least this large may come back as a view of the
-#: bytes read (when such bodies are most of what one pread read)
+#: bytes one pread read, if it is at least 1/VIEW_RATIO of them (so a view never keeps
+#: alive more than VIEW_RATIO times its body, whatever becomes of its neighbours)
 VIEW_MIN = 16 << 10
+VIEW_RATIO = 4
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 _MAX_FDS = 8  # per log: cached read fds of inactive segments, and ack-file fds
 
@@ -571,9 +573,10 @@ class QueueLog:
         the same pass over the bytes read (paging a queue back in: no copy of the whole
         payload, no call per record).  ``views``: a body of ``VIEW_MIN`` bytes or more
         comes back as a ``memoryview`` of the bytes one ``pread`` read, not copied out of
-        them, when such bodies are at least half of those bytes (so a view never keeps
-        alive much more than the bodies that hold it); a record larger than ``_READ_RUN``
-        is read on its own, at its size."""
+        them, when it is at least a quarter of those bytes (``VIEW_RATIO``: a view never
+        keeps alive more than four times its body; a caller wanting views reads large
+        records a few at a time); a record larger than ``_READ_RUN`` is read on its own,
+        at its size."""
         return self._read_runs(positions, True, views)
 
     def _read_runs(self, positions: Sequence[int], decode: bool, views: bool = False) -> list[Any]:
@@ -623,10 +626,9 @@ class QueueLog:
                 unpack = _HDR_REC.unpack_from
                 head = _HDR_REC.size
                 mv = memoryview(buf) if views or verify else None
-                # big bodies as views of buf, if they are most of it
-                # (runs of records of a few KiB, the common case, are not even looked at)
-                big = (views and nb >= 2 * VIEW_MIN and nb // (j - i) >= VIEW_MIN // 4
-                       and self._big_bytes(seg, positions, i, j) * 2 >= nb)
+                # a view of buf only for a record of at least a quarter of it (VIEW_RATIO)
+                view_min = VIEW_MIN if views else nb + 1
+                quarter = nb // VIEW_RATIO
                 for t in range(i, j):
                     p = positions[t]
                     at = (p & _MASK) - off
@@ -642,7 +644,7 @@ class QueueLog:
                     # the page cache: its checksums are not worth their cost)
                     if e > nb or c > e or (verify and crc32c(mv[at + 8 : e]) != crc):  # type: ignore[index]
                         append(CorruptRecord(f"bad record at {p:#x}"))
-                    elif big and e - c >= VIEW_MIN:
+                    elif e - c >= view_min and e - at >= quarter:
                         append((flags, ts, buf[a:b], buf[b:c], mv[c:e]))  # type: ignore[index]
                     else:
                         append((flags, ts, buf[a:b], buf[b:c], buf[c:e]))
@@ -664,22 +666,6 @@ class QueueLog:
                     append(payload)
             i = j
         return out
-
-    @staticmethod
-    def _big_bytes(seg: _Segment, positions: Sequence[int], i: int, j: int) -> int:
-        """Bytes of the records at ``positions[i:j]`` (all in ``seg``) of ``VIEW_MIN`` or
-        more (their lengths from the segment's index)."""
-        offs = seg.offs
-        total = 0
-        k = bisect_left(offs, positions[i] & _MASK)
-        for t in range(i, j):
-            o = positions[t] & _MASK
-            while k < len(offs) and offs[k] < o:
-                k += 1
-            n = seg.rec_len(k)
-            if n >= VIEW_MIN:
-                total += n
-        return total
 
     def _read_or_error(self, position: int, decode: bool = False) -> Any:
         try:

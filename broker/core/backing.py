@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from leveret.broker.core.message import NAMES, Message, exchange_rk, record_parts, to_record
 from leveret.protocol.body import Body
 from leveret.protocol.properties import FLAGS_HI, HI_EXPIRATION
+from leveret.storage.log import VIEW_MIN, VIEW_RATIO
 from leveret.storage.record import F_TRANSIENT
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ READ_AHEAD_BYTES = 8 << 20
 READ_AHEAD_CHUNK_BYTES = 4 << 20
 #: records read back with one read_records call: about this many body bytes (from the
 #: average size of what is paged out), so a batch of large messages is not read at once
-#: past PAGE_BATCH_BYTES (at most 256 records)
+#: past PAGE_BATCH_BYTES (at most 256 records; from an average of VIEW_MIN on, VIEW_RATIO)
 REFILL_CHUNK_BYTES = 4 << 20
 
 
@@ -386,8 +387,9 @@ class BackingQueue:
         limit = max_bytes or PAGE_BATCH_BYTES
         # (in chunks of about REFILL_CHUNK_BYTES, so that a batch of large messages stops
         # near its byte limit: the average paged-out body tells how many records that is)
+        # large bodies 4 at a time (VIEW_RATIO): each then comes back as a view of the read
         avg = self.tail_bytes // (n - start) + 1
-        chunk = max(1, min(256, min(limit, REFILL_CHUNK_BYTES) // avg))
+        chunk = VIEW_RATIO if avg >= VIEW_MIN else max(1, min(256, min(limit, REFILL_CHUNK_BYTES) // avg))
         while end < last and (loaded < limit or self.max_priority):
             positions = tail[end : min(last, end + chunk)]
             end += len(positions)

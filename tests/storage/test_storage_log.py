@@ -578,22 +578,23 @@ def test_append_parts_failed_write_is_cut_back_and_keeps_the_buffer(tmp_path: Pa
 
 @pytest.mark.parametrize("ephemeral", [False, True])
 def test_read_records_views_of_large_bodies(tmp_path: Path, ephemeral: bool) -> None:
-    # views=True: large bodies come back as memoryviews of what was read (equal to the
-    # bytes), small ones and a large one among many small records as bytes; a record
-    # larger than a read run is read whole, on its own
+    # views=True: a large body that is at least a quarter of what one pread read comes back
+    # as a memoryview of it (equal to the bytes); a small one, one under a quarter of its
+    # read (beside a 4x larger one; among many small records) as bytes; a record larger
+    # than a read run is read whole, on its own
     from leveret.storage import record
     from leveret.storage.log import _READ_RUN, VIEW_MIN
 
     qlog = QueueLog(tmp_path / "q", segment_size=16 << 20, ephemeral=ephemeral)
     qlog.recover()
-    bodies = [os.urandom(n) for n in (VIEW_MIN, 3 * VIEW_MIN, 10, _READ_RUN + 100, VIEW_MIN * 2)]
+    bodies = [os.urandom(n) for n in (4 * VIEW_MIN, VIEW_MIN, 10, _READ_RUN + 100, VIEW_MIN * 2)]
     bigs = [qlog.append(record.encode(0, 1.5, b"\x01x\x02rk", b"H", b)) for b in bodies]
     smalls = [qlog.append(record.encode(0, 2.5, b"\x01x\x02rk", b"H", os.urandom(100))) for _ in range(2000)]
     lone = qlog.append(record.encode(0, 3.5, b"\x01x\x02rk", b"H", os.urandom(VIEW_MIN)))
     qlog.flush()
     out = qlog.read_records(bigs, True)
     assert [bytes(r[4]) for r in out] == bodies  # type: ignore[index]
-    assert [r[4].__class__ for r in out] == [memoryview, memoryview, bytes, memoryview, memoryview]  # type: ignore[index]
+    assert [r[4].__class__ for r in out] == [memoryview, bytes, bytes, memoryview, memoryview]  # type: ignore[index]
     assert out == qlog.read_records(bigs) == [record.decode(qlog.read(p)) for p in bigs]
     mixed = qlog.read_records([*smalls, lone], True)
     assert all(r[4].__class__ is bytes for r in mixed)  # type: ignore[index]
