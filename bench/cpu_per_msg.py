@@ -6,9 +6,11 @@ is much steadier, so it is the better way to see what a change costs on the hot 
 
     python bench/cpu_per_msg.py TREE [TREE ...]     # trees: `git archive` checkouts
 
-Each run starts the tree's broker (``python -m leveret`` from the tree, in memory), runs
-one ``leveret-perf`` producer and consumer for ``--messages`` at ``--rate``, and reads the
-broker's utime+stime from /proc.  Runs alternate between the trees; medians are printed.
+Each run starts the tree's broker (``python -m leveret`` from the tree, in memory; with
+``--persistent`` on a temporary data directory, publishing delivery_mode 2 into a durable
+queue), runs one ``leveret-perf`` producer and consumer for ``--messages`` at ``--rate``, and
+reads the broker's utime+stime from /proc.  Runs alternate between the trees; medians are
+printed.  Large bodies: ``--size 1048576 --rate 200 --messages 2000``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +41,9 @@ def cpu_seconds(pid: int) -> float:
 
 def one(tree: Path, args: argparse.Namespace) -> float:
     port = free_port()
-    cmd = [sys.executable, "-m", "leveret", "--port", str(port), "--in-memory", "--host", "127.0.0.1"]
+    data = tempfile.TemporaryDirectory(prefix="cpu-per-msg-")
+    store = ["--data-dir", data.name] if args.persistent or args.data_dir else ["--in-memory"]
+    cmd = [sys.executable, "-m", "leveret", "--port", str(port), *store, "--host", "127.0.0.1", *args.broker_arg]
     cli = (tree / "broker" / "cli.py").read_text()
     if "--http-port" in cli:
         off = "off" if "port_arg" in cli else "0"  # (older trees: 0 turned them off)
@@ -59,6 +64,8 @@ def one(tree: Path, args: argparse.Namespace) -> float:
         perf = [sys.executable, "-m", "leveret.perf", "--uri", f"amqp://guest:guest@127.0.0.1:{port}/", "--quiet",
                 "-x", "1", "-y", "1", "-s", str(args.size), "-C", str(args.messages), "-r", str(args.rate)]
         perf += ["-a"] if args.autoack else ["-q", str(args.prefetch)]
+        perf += ["--persistent", "--durable"] if args.persistent else []
+        perf += ["--drain-after-publish"] if args.drain else []
         subprocess.run(perf, cwd=HERE, env=dict(os.environ, PYTHONPATH=str(HERE)), check=True,
                        stdout=subprocess.DEVNULL, timeout=600)
         time.sleep(0.3)
@@ -66,6 +73,7 @@ def one(tree: Path, args: argparse.Namespace) -> float:
     finally:
         broker.terminate()
         broker.wait(10)
+        data.cleanup()
 
 
 def main() -> None:
@@ -76,6 +84,10 @@ def main() -> None:
     p.add_argument("--size", type=int, default=16)
     p.add_argument("--autoack", action="store_true")
     p.add_argument("--prefetch", type=int, default=100)
+    p.add_argument("--persistent", action="store_true", help="delivery_mode 2 into a durable queue, on a data directory")
+    p.add_argument("--data-dir", action="store_true", help="a data directory also without --persistent (paging to overflow logs)")
+    p.add_argument("--drain", action="store_true", help="publish everything first, then consume it (a backlog: paging)")
+    p.add_argument("--broker-arg", action="append", default=[], help="an extra broker flag (repeatable), e.g. --broker-arg=--memory-budget=8388608")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
     runs: dict[Path, list[float]] = {t: [] for t in args.trees}

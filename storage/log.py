@@ -30,6 +30,12 @@ Choices worth knowing:
   the new layout. Recovery keeps the highest generation of each segment.
 * Deleting a segment unlinks msgs.N at once but acks.N only after the next directory fsync
   (in the sync job), so a crash can never keep msgs.N while losing its acks.
+* An *ephemeral* log (a transient queue's overflow log) is never recovered and is read back
+  from the page cache by the process that wrote it: its records carry no checksum (0) and
+  are not checked when read.
+* A large payload (``append_parts``) is written from its pieces with one ``pwritev``, and
+  read back (``read_records(views=True)``) as a view of what one ``pread`` read: its bytes
+  are copied only by the kernel.
 """
 
 from __future__ import annotations
@@ -60,6 +66,15 @@ _MAX_PAYLOAD = _MASK - _HDR.size
 _WBUF_LIMIT = 1 << 20  # flush the message buffer to the OS beyond 1 MiB
 _READ_GUESS = 4096  # first pread size in read(); one syscall for typical records
 _READ_RUN = 4 << 20  # read_many(): bytes read at most with one pread
+#: append_parts(): a payload at least this large is written from its parts (pwritev), not
+#: copied into the write buffer (a smaller one is: one copy, and one write for many records)
+DIRECT_MIN = 256 << 10
+#: read_records(views=True): a body at least this large may come back as a view of the
+#: bytes one pread read, if it is at least 1/VIEW_RATIO of them (so a view never keeps
+#: alive more than VIEW_RATIO times its body, whatever becomes of its neighbours)
+VIEW_MIN = 16 << 10
+VIEW_RATIO = 4
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 _MAX_FDS = 8  # per log: cached read fds of inactive segments, and ack-file fds
 
 
@@ -85,6 +100,28 @@ def _write_at(fd: int, data: bytes | bytearray, offset: int) -> None:
             except OSError:  # pragma: no cover - nothing better to do
                 log.exception("could not truncate after failed write")
             raise
+
+
+def _writev_at(fd: int, bufs: list[bytes | bytearray | memoryview], offset: int) -> None:
+    """:func:`_write_at` of the buffers one after another (``pwritev``: no join), with the
+    same cut back on error."""
+    views = [memoryview(b).cast("B") for b in bufs if len(b)]
+    at = offset
+    try:
+        while views:
+            done = os.pwritev(fd, views[:_IOV_MAX], at)
+            at += done
+            while views and done >= len(views[0]):
+                done -= len(views[0])
+                del views[0]
+            if done:
+                views[0] = views[0][done:]
+    except OSError:
+        try:
+            os.ftruncate(fd, offset)
+        except OSError:  # pragma: no cover - nothing better to do
+            log.exception("could not truncate after failed write")
+        raise
 
 
 def _fsync_dir(path: str) -> None:
@@ -355,8 +392,55 @@ class QueueLog:
             self._flush_msgs()
         off = seg.end
         wbuf = self._wbuf
-        wbuf += _HDR.pack(n, crc32c(payload))
+        # (an overflow log is read back unchecked, by the process that wrote it: no checksum)
+        wbuf += _HDR.pack(n, 0 if self.ephemeral else crc32c(payload))
         wbuf += payload
+        seg.end = seg.disk = off + rec
+        seg.offs.append(off)
+        seg.live.append(1)
+        seg.count += 1
+        seg.nbytes += rec
+        self._live_count += 1
+        self._live_bytes += rec
+        self._disk_bytes += rec
+        return (seg.n << 32) | off
+
+    def append_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> int:
+        """:meth:`append` of the payload made of ``parts`` (a record head and the body's
+        pieces, say), never joined: its checksum is computed over the parts, which are
+        copied into the write buffer, or, for a payload of ``DIRECT_MIN`` or more, written
+        at once from where they are, after what the buffer holds (one ``pwritev``: their
+        bytes are not copied).  The same errors as :meth:`append`; a failed write cuts the
+        file back and keeps what was buffered before, as a failed flush does."""
+        n = 0
+        for p in parts:
+            n += len(p)
+        if not 0 < n <= _MAX_PAYLOAD:
+            raise ValueError("payload must be 1 byte .. 4 GiB")
+        rec = n + 8
+        direct = n >= DIRECT_MIN
+        seg = self._active
+        if seg is None or (seg.end and seg.end + rec > self.segment_size):
+            seg = self._roll()
+        elif not direct and len(self._wbuf) + rec > _WBUF_LIMIT and self._wbuf:
+            self._flush_msgs()
+        crc = 0
+        if not self.ephemeral:
+            for p in parts:
+                crc = crc32c(p, crc)
+        off = seg.end
+        wbuf = self._wbuf
+        if direct:
+            assert seg.fd is not None and self._flushed + len(wbuf) == off
+            _writev_at(seg.fd, [wbuf, _HDR.pack(n, crc), *parts], self._flushed)
+            self._flushed = off + rec
+            if wbuf:
+                self._wbuf = bytearray()
+            self._msgs_dirty = True
+        else:
+            wbuf += _HDR.pack(n, crc)
+            for p in parts:
+                wbuf += p
         seg.end = seg.disk = off + rec
         seg.offs.append(off)
         seg.live.append(1)
@@ -484,7 +568,7 @@ class QueueLog:
             raise CorruptRecord(f"no record header at {position:#x}")
         length, crc = _HDR.unpack_from(buf, i)
         payload = bytes(memoryview(buf)[i + 8:i + 8 + length])
-        if len(payload) != length or crc32c(payload) != crc:
+        if len(payload) != length or (not self.ephemeral and crc32c(payload) != crc):
             raise CorruptRecord(f"bad record at {position:#x}")
         return payload
 
@@ -495,13 +579,18 @@ class QueueLog:
         bytes instead of one per record."""
         return self._read_runs(positions, False)
 
-    def read_records(self, positions: Sequence[int]) -> list[Decoded | Exception]:
+    def read_records(self, positions: Sequence[int], views: bool = False) -> list[Decoded | Exception]:
         """:meth:`read_many` with each payload decoded as :func:`record.decode` does, in
         the same pass over the bytes read (paging a queue back in: no copy of the whole
-        payload, no call per record)."""
-        return self._read_runs(positions, True)
+        payload, no call per record).  ``views``: a body of ``VIEW_MIN`` bytes or more
+        comes back as a ``memoryview`` of the bytes one ``pread`` read, not copied out of
+        them, when it is at least a quarter of those bytes (``VIEW_RATIO``: a view never
+        keeps alive more than four times its body; a caller wanting views reads large
+        records a few at a time); a record larger than ``_READ_RUN`` is read on its own,
+        at its size."""
+        return self._read_runs(positions, True, views)
 
-    def _read_runs(self, positions: Sequence[int], decode: bool) -> list[Any]:
+    def _read_runs(self, positions: Sequence[int], decode: bool, views: bool = False) -> list[Any]:
         out: list[Any] = []
         n = len(positions)
         verify = not self.ephemeral
@@ -523,11 +612,12 @@ class QueueLog:
                     break
                 j += 1
             end = 0
-            while j - i >= 2:
+            while j > i:
                 last = positions[j - 1] & _MASK
                 k = bisect_left(seg.offs, last)
                 end = last + seg.rec_len(k) if k < len(seg.offs) and seg.offs[k] == last else 0
-                if 0 < end - off <= _READ_RUN:
+                # (one record larger than a run is read on its own, whole)
+                if 0 < end - off and (end - off <= _READ_RUN or j - i == 1):
                     break
                 j -= 1  # (the last record runs past the limit, or is no record start)
                 end = 0
@@ -546,6 +636,10 @@ class QueueLog:
             if decode:
                 unpack = _HDR_REC.unpack_from
                 head = _HDR_REC.size
+                mv = memoryview(buf) if views or verify else None
+                # a view of buf only for a record of at least a quarter of it (VIEW_RATIO)
+                view_min = VIEW_MIN if views else nb + 1
+                quarter = nb // VIEW_RATIO
                 for t in range(i, j):
                     p = positions[t]
                     at = (p & _MASK) - off
@@ -559,8 +653,10 @@ class QueueLog:
                     e = at + 8 + length
                     # (an overflow log is read back by the process that wrote it, from
                     # the page cache: its checksums are not worth their cost)
-                    if e > nb or c > e or (verify and crc32c(buf[at + 8 : e]) != crc):
+                    if e > nb or c > e or (verify and crc32c(mv[at + 8 : e]) != crc):  # type: ignore[index]
                         append(CorruptRecord(f"bad record at {p:#x}"))
+                    elif e - c >= view_min and e - at >= quarter:
+                        append((flags, ts, buf[a:b], buf[b:c], mv[c:e]))  # type: ignore[index]
                     else:
                         append((flags, ts, buf[a:b], buf[b:c], buf[c:e]))
                 i = j
@@ -574,7 +670,7 @@ class QueueLog:
                     continue
                 length, crc = unpack(buf, at)
                 at += 8
-                payload = buf[at : at + length]
+                payload = buf[at : at + length]  # (read_many: bytes, as read() returns)
                 if len(payload) != length or (verify and crc32c(payload) != crc):
                     append(CorruptRecord(f"bad record at {p:#x}"))
                 else:

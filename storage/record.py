@@ -27,6 +27,12 @@ def encode(flags: int, ts: float, a: bytes, b: bytes, body: bytes | bytearray | 
     return b"".join((_REC.pack(flags, ts, len(a), len(b)), a, b, body))
 
 
+def head(flags: int, ts: float, a: bytes, b: bytes) -> bytes:
+    """A payload's bytes before its body (a record written from its parts is this head
+    and the body's pieces: ``QueueLog.append_parts``)."""
+    return b"".join((_REC.pack(flags, ts, len(a), len(b)), a, b))
+
+
 def encode_parts(flags: int, ts: float, a: bytes, b: bytes, body: Iterable[bytes | memoryview]) -> bytes:
     """:func:`encode` of a body given as pieces (joined once, into the record)."""
     return b"".join((_REC.pack(flags, ts, len(a), len(b)), a, b, *body))

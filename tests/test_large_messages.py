@@ -1,7 +1,8 @@
 """Large messages: bodies of many frames arrive in pieces of many reads and are kept as
 those pieces (``leveret.protocol.body.Body``), not copied; they must come out byte for byte
 whatever the publisher's and the consumer's frame_max, through basic.deliver, basic.get,
-dead lettering and the queue log."""
+dead lettering, the queue log (written from the pieces, read back as views), paging to the
+overflow log or the durable log and back, a restart, and the management API's get."""
 
 from __future__ import annotations
 
@@ -177,6 +178,150 @@ def test_persistent_large_body_survives_restart(tmp_path: Path) -> None:
                 assert method is not None
                 got.append(body)
             assert got == bodies
+
+
+def _sizes_paged() -> list[bytes]:
+    # 64 KiB, 1 MiB, 8 MiB and sizes that split frames and reads at odd places
+    rnd = random.Random(21)
+    sizes = [64 << 10, MiB, 8 * MiB, (64 << 10) + 1, 131064 * 3 + 7, MiB - 1, 4089, 300_001, 17]
+    return [rnd.randbytes(n) for n in sizes]
+
+
+def _paged(b: BrokerThread, queue: str) -> int:
+    def count() -> int:
+        assert b.broker is not None
+        s = b.broker.vhosts["/"].queues[queue].store
+        return len(s.tail) - s.tail_start
+
+    return b.call(count)
+
+
+def _consume_all(ch: pika.adapters.blocking_connection.BlockingChannel, q: str, n: int) -> list[bytes]:
+    ch.basic_qos(prefetch_count=3)
+    got = []
+    for method, _, body in ch.consume(q, inactivity_timeout=30):
+        assert method is not None, f"timed out after {len(got)}"
+        got.append(body)
+        ch.basic_ack(method.delivery_tag)
+        if len(got) == n:
+            break
+    ch.cancel()
+    return got
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frame_max", [4096, 131072])
+def test_paged_large_bodies_round_trip_byte_exact(tmp_path: Path, frame_max: int) -> None:
+    """A small memory budget: transient large bodies page to the overflow log, persistent
+    ones to the durable queue's log (written there from their pieces, read back as views);
+    both come back byte for byte by consume and basic.get, the durable ones after a restart."""
+    bodies = _sizes_paged()
+    rounds = 3
+    config = Config(port=0, data_dir=str(tmp_path / "data"), memory_budget=2 << 20)
+    with BrokerThread(config) as b:
+        with _connect(b.port, frame_max) as pub, _connect(b.port, 131072 if frame_max == 4096 else 4096) as con:
+            pch = pub.channel()
+            pch.queue_declare("paged-t")
+            pch.queue_declare("paged-d", durable=True)
+            for _ in range(rounds):
+                for body in bodies:
+                    pch.basic_publish("", "paged-t", body)
+                    pch.basic_publish("", "paged-d", body, pika.BasicProperties(delivery_mode=2))
+            assert pch.queue_declare("paged-t", passive=True).method.message_count == rounds * len(bodies)
+            assert _paged(b, "paged-t") > 0 and _paged(b, "paged-d") > 0
+            cch = con.channel()
+            assert _consume_all(cch, "paged-t", rounds * len(bodies)) == bodies * rounds
+            # the durable queue: half by basic.get (the rest stays, paged, over a restart)
+            for body in bodies:
+                method, _, got = cch.basic_get("paged-d", auto_ack=True)
+                assert method is not None and got == body
+    with BrokerThread(Config(port=0, data_dir=str(tmp_path / "data"), memory_budget=2 << 20)) as b:
+        with _connect(b.port, frame_max) as con:
+            cch = con.channel()
+            assert _consume_all(cch, "paged-d", (rounds - 1) * len(bodies)) == bodies * (rounds - 1)
+
+
+def test_paged_large_bodies_are_read_back_as_views_a_few_at_a_time(tmp_path: Path) -> None:
+    """1 MiB bodies paged to the overflow log come back as views of the reads of the log
+    (a Body, not a copy), and only a few MiB of them at a time, not a whole batch."""
+    n = 40
+    bodies = [bytes([i]) * MiB for i in range(n)]
+    with BrokerThread(Config(port=0, data_dir=str(tmp_path / "data"), memory_budget=2 << 20)) as b:
+        with _connect(b.port, 131072) as conn:
+            ch = conn.channel()
+            ch.queue_declare("paged-views")
+            for body in bodies:
+                ch.basic_publish("", "paged-views", body)
+            ch.queue_declare("paged-views", passive=True)
+            assert _paged(b, "paged-views") > n // 2
+
+            def in_ram() -> tuple[int, list[Body | bytes]]:
+                assert b.broker is not None
+                s = b.broker.vhosts["/"].queues["paged-views"].store
+                return s.ready_bytes, [e[1].body for e in s.messages]
+
+            got = []
+            most = views = 0
+            while True:
+                method, _, body = ch.basic_get("paged-views", auto_ack=True)
+                if method is None:
+                    break
+                got.append(body)
+                ready, kept = b.call(in_ram)
+                most = max(most, ready)
+                views += sum(isinstance(k, Body) and isinstance(k.parts[0], memoryview) for k in kept)
+                assert [bytes(k) for k in kept] == bodies[len(got) : len(got) + len(kept)]
+            assert got == bodies
+            # a batch: PAGE_BATCH_BYTES (16 MiB) and the last chunk of ~4 MiB that passed it
+            # (before: all 37 that were paged, as one chunk was 256 records whatever their size)
+            assert most <= 24 * MiB, most
+            assert views >= n // 2, views
+
+
+def test_large_bodies_through_the_http_api_get(tmp_path: Path) -> None:
+    """The management API's get returns a large body (in pieces, or paged and read back
+    as a view) whole: base64, byte for byte."""
+    import base64
+
+    from tests.httpapi import Api
+
+    rnd = random.Random(4)
+    bodies = [rnd.randbytes(n) for n in (64 << 10, MiB + 5, 3 * MiB)]
+    config = Config(port=0, http_port=0, data_dir=str(tmp_path / "data"), memory_budget=2 << 20)
+    with BrokerThread(config) as b, _connect(b.port, 4096) as conn:
+        assert b.broker is not None
+        ch = conn.channel()
+        ch.queue_declare("api-big")
+        for body in bodies * 2:
+            ch.basic_publish("", "api-big", body)
+        ch.queue_declare("api-big", passive=True)
+        assert _paged(b, "api-big") > 0
+        api = Api("127.0.0.1", b.broker.http_port)
+        status, got = api.call("POST", "/queues/%2F/api-big/get",
+                               {"count": 6, "ackmode": "ack_requeue_false", "encoding": "base64"})
+        assert status == 200, got
+        assert [base64.b64decode(m["payload"]) for m in got] == bodies * 2
+        assert [m["payload_bytes"] for m in got] == [len(x) for x in bodies * 2]
+
+
+@pytest.mark.slow
+def test_a_128_mib_body_round_trips_at_the_default_limit(tmp_path: Path) -> None:
+    """RabbitMQ's default max_message_size, 128 MiB, is Leveret's: a body of exactly that
+    size is taken, kept as its pieces, persisted into a durable queue and delivered byte
+    for byte; one byte more is refused with 406."""
+    body = random.Random(128).randbytes(128 * MiB)
+    with BrokerThread(Config(port=0, data_dir=str(tmp_path / "data"))) as b:
+        with _connect(b.port, 131072) as conn:
+            ch = conn.channel()
+            ch.queue_declare("huge", durable=True)
+            ch.basic_publish("", "huge", body, pika.BasicProperties(delivery_mode=2))
+            method, _, got = ch.basic_get("huge", auto_ack=True)
+            assert method is not None and got == body
+            del got
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as exc:
+                ch.basic_publish("", "huge", body + b"!")
+                ch.queue_declare("huge", passive=True)
+            assert exc.value.reply_code == 406
 
 
 # ---------------------------------------------------------------------- units

@@ -197,3 +197,47 @@ def test_freed_heap_is_given_back_when_the_node_is_quiet(tmp_path: Path) -> None
             ch.queue_delete(f"m{q}")
         conn.close()
         assert _wait(lambda: rss_mb() < idle + 50, timeout=10), (idle, loaded, rss_mb())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_large_messages_page_by_bytes_and_are_read_back_a_few_at_a_time(tmp_path: Path) -> None:
+    # a broker subprocess (its own RSS), the default budget: 2,000 x 1 MiB into a queue
+    # with no consumer page to its overflow log once its byte share (64 MiB) is held, and
+    # a consumer draining them gets them read back a few MiB at a time, not hundreds of
+    # them at once (the peak RSS was 650 MB when 256 records were read per batch and 500
+    # messages read ahead, whatever their size)
+    from leveret.testing import BrokerProcess
+
+    n, size = 2000, 1 << 20
+    with BrokerProcess(args=["--data-dir", str(tmp_path / "d")]) as bp:
+        assert bp.proc is not None
+        pid = bp.proc.pid
+
+        def peak_mb() -> float:
+            with open(f"/proc/{pid}/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+        conn = pika.BlockingConnection(pika.URLParameters(bp.url))
+        ch = conn.channel()
+        ch.queue_declare("big")
+        bodies = [i.to_bytes(4, "big") + bytes([i % 251]) * (size - 4) for i in range(16)]
+        for i in range(n):
+            ch.basic_publish("", "big", bodies[i % 16])
+        assert ch.queue_declare("big", passive=True).method.message_count == n
+        published = peak_mb()
+        assert published < 300, published
+        assert any(name.startswith("overflow") for name in os.listdir(tmp_path / "d")), "nothing paged"
+        ch.basic_qos(prefetch_count=10)
+        got = 0
+        for method, _props, body in ch.consume("big", inactivity_timeout=30):
+            assert method is not None, got
+            assert body == bodies[got % 16], got
+            ch.basic_ack(method.delivery_tag)
+            got += 1
+            if got == n:
+                break
+        ch.cancel()
+        drained = peak_mb()
+        assert drained < 300, (published, drained)
+        conn.close()

@@ -33,8 +33,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from leveret.broker.core.message import NAMES, Message, exchange_rk, to_record
+from leveret.broker.core.message import NAMES, Message, exchange_rk, record_parts, to_record
+from leveret.protocol.body import Body
 from leveret.protocol.properties import FLAGS_HI, HI_EXPIRATION
+from leveret.storage.log import VIEW_MIN, VIEW_RATIO
 from leveret.storage.record import F_TRANSIENT
 
 if TYPE_CHECKING:
@@ -64,6 +66,8 @@ GONE_STATS = ("publish", "redeliver", "deliver_manual", "get", "get_noack", "get
 #: a message in RAM costs ~512 bytes besides its body (the Message, its entry tuple, the
 #: header bytes): the memory budget counts that too (core.memory)
 MESSAGE_COST = 512
+#: a message with a body this large is written to a log from its parts (record_parts)
+PARTS_MIN = 4096
 PAGE_BATCH = 2000  # messages loaded back from the log at a time
 PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes
 #: a queue with consumers draining from its log reads ahead: with fewer than READ_AHEAD
@@ -72,6 +76,14 @@ PAGE_BATCH_BYTES = 16 << 20  # ... or at most about this many body bytes
 #: than PAGE_BATCH at once when RAM runs out, while they wait for it
 READ_AHEAD = 500
 READ_AHEAD_CHUNK = 100
+#: ... and only while fewer than this many body bytes are ready in RAM, at most this many
+#: read at a time (large messages: a few are enough to keep consumers busy)
+READ_AHEAD_BYTES = 8 << 20
+READ_AHEAD_CHUNK_BYTES = 4 << 20
+#: records read back with one read_records call: about this many body bytes (from the
+#: average size of what is paged out), so a batch of large messages is not read at once
+#: past PAGE_BATCH_BYTES (at most 256 records; from an average of VIEW_MIN on, VIEW_RATIO)
+REFILL_CHUNK_BYTES = 4 << 20
 
 
 class PriorityDeque:
@@ -267,7 +279,11 @@ class BackingQueue:
     def write(self, msg: Message, persistent: bool) -> int:
         """Append ``msg`` to the durable log, or (paging a transient message) to the log
         it pages to (raises OSError); its seq, which follows the record."""
-        pos = (self.log if persistent else self.plog).append(to_record(msg, transient=not persistent))
+        qlog = self.log if persistent else self.plog
+        if msg.size < PARTS_MIN:
+            pos = qlog.append(to_record(msg, transient=not persistent))
+        else:  # (a large body is not joined into a record first: QueueLog.append_parts)
+            pos = qlog.append_parts(record_parts(msg, transient=not persistent))
         if persistent:
             self.persistent_count += 1
             self.persistent_bytes += msg.size
@@ -343,11 +359,15 @@ class BackingQueue:
         return e
 
     def refill(
-        self, expires_at: Callable[[Message, float], float], queue_ttl: bool = True, batch: int = 0
+        self, expires_at: Callable[[Message, float], float], queue_ttl: bool = True, batch: int = 0,
+        max_bytes: int = 0,
     ) -> bool:
         """Load the next batch of paged-out messages from the log into RAM; False when
         there is none.  ``expires_at(msg, now)`` gives each one's expiry (0: none); it
-        is only asked for messages with an expiration when not ``queue_ttl``."""
+        is only asked for messages with an expiration when not ``queue_ttl``.  A batch is
+        ``batch`` (``PAGE_BATCH``) messages or about ``max_bytes`` (``PAGE_BATCH_BYTES``)
+        of bodies, whichever comes first (at least one message); a large body comes back
+        as a view of what was read (a ``Body``), not copied out of it."""
         tail = self.tail
         start = self.tail_start
         n = len(tail)
@@ -364,11 +384,16 @@ class BackingQueue:
         loaded = 0
         pers = pers_bytes = 0  # persistent messages read back (from the durable log)
         end = start
-        while end < last and (loaded < PAGE_BATCH_BYTES or self.max_priority):
-            # (in chunks, so that a batch of large messages stops near PAGE_BATCH_BYTES)
-            positions = tail[end : min(last, end + 256)]
+        limit = max_bytes or PAGE_BATCH_BYTES
+        # (in chunks of about REFILL_CHUNK_BYTES, so that a batch of large messages stops
+        # near its byte limit: the average paged-out body tells how many records that is)
+        # large bodies 4 at a time (VIEW_RATIO): each then comes back as a view of the read
+        avg = self.tail_bytes // (n - start) + 1
+        chunk = VIEW_RATIO if avg >= VIEW_MIN else max(1, min(256, min(limit, REFILL_CHUNK_BYTES) // avg))
+        while end < last and (loaded < limit or self.max_priority):
+            positions = tail[end : min(last, end + chunk)]
             end += len(positions)
-            for pos, rec in zip(positions, plog.read_records(positions), strict=True):
+            for pos, rec in zip(positions, plog.read_records(positions, True), strict=True):
                 if rec.__class__ is not tuple:  # CorruptRecord, or a record we cannot decode
                     log.error("dropping unreadable record %#x: %s", pos, rec)
                     plog.ack(pos)
@@ -388,6 +413,8 @@ class BackingQueue:
                             self.persistent_count -= 1
                             self.persistent_bytes -= len(body)
                         continue
+                if body.__class__ is memoryview:
+                    body = Body((body,), len(body))
                 msg = Message(ex_rk, names[0], names[1], header, body)
                 msg.ts = ts
                 exp = expires_at(msg, ts) if queue_ttl or header[FLAGS_HI] & HI_EXPIRATION else 0.0

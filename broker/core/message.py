@@ -99,6 +99,16 @@ def to_record(msg: Message, transient: bool = False) -> bytes:
     return record.encode(flags, msg.ts, msg.ex_rk, msg.header, body)  # type: ignore[arg-type]
 
 
+def record_parts(msg: Message, transient: bool = False) -> list[bytes | memoryview]:
+    """:func:`to_record` as its head and the body's pieces, not joined (a large body is
+    written to the log from where it is: ``QueueLog.append_parts``)."""
+    head = record.head(record.F_TRANSIENT if transient else 0, msg.ts, msg.ex_rk, msg.header)
+    body = msg.body
+    if body.__class__ is Body:
+        return [head, *body.parts]  # type: ignore[union-attr]
+    return [head, body]  # type: ignore[list-item]
+
+
 #: ex_rk -> (exchange, routing key), for the recent ones (publishes, paging back in, recovery)
 NAMES: dict[bytes, tuple[str, str]] = {}
 

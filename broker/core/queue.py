@@ -302,8 +302,8 @@ class Queue:
             self.has_ttl_msgs = True
             self.node.loop.call_soon(self._on_expiry_timer)
 
-    def _refill(self, batch: int = 0) -> bool:
-        if not self.store.refill(self.expires_at, self.ttl is not None, batch):
+    def _refill(self, batch: int = 0, max_bytes: int = 0) -> bool:
+        if not self.store.refill(self.expires_at, self.ttl is not None, batch, max_bytes):
             return False
         if self.has_ttl_msgs:
             self._schedule_expiry()
@@ -392,7 +392,8 @@ class Queue:
                 self.flow.release()
             elif n:
                 self.flow.delivered(n)
-        if store.tail_start < len(store.tail) and len(store.messages) < backing.READ_AHEAD and not store.reading_ahead:
+        if (store.tail_start < len(store.tail) and len(store.messages) < backing.READ_AHEAD
+                and store.ready_bytes < backing.READ_AHEAD_BYTES and not store.reading_ahead):
             store.reading_ahead = True
             self.node.loop.call_soon(self._read_ahead)
 
@@ -401,7 +402,9 @@ class Queue:
         they were sent (see READ_AHEAD), then dispatch (which may read ahead again)."""
         store = self.store
         store.reading_ahead = False
-        if not self.deleted and len(store.messages) < backing.READ_AHEAD and self._refill(backing.READ_AHEAD_CHUNK):
+        if (not self.deleted and len(store.messages) < backing.READ_AHEAD
+                and store.ready_bytes < backing.READ_AHEAD_BYTES
+                and self._refill(backing.READ_AHEAD_CHUNK, backing.READ_AHEAD_CHUNK_BYTES)):
             self.dispatch()
 
     def get(self, no_ack: bool = False) -> Entry | None:

@@ -9,11 +9,11 @@ bad header, 406 for a message over the size limit).
 A body is kept as the list of the body frames received so far, joined once complete: nothing
 is allocated ahead of the bytes that arrived, whatever size the content header announces.
 The parts are the frame parser's memoryviews of the reads (a body frame cut by the end of a
-read comes as FRAME_BODY_PART pieces); a part much smaller than its read is copied out rather
-than keeping the read alive.  A complete body is kept as those parts, a
+read comes as FRAME_BODY_PART pieces); a part under a quarter of its read (``PIN_RATIO``) is
+copied out rather than keeping the read alive.  A complete body is kept as those parts, a
 :class:`~leveret.protocol.body.Body`, so its bytes are not copied between the socket and the
-consumers' sockets; only if the reads it would keep alive are more than twice its size is it
-joined into ``bytes`` instead.
+consumers' sockets (nor into the queue log: ``QueueLog.append_parts``), and the reads it keeps
+alive hold at most four times its bytes.
 A message over ``max_message_size`` is refused as RabbitMQ 3.10 refuses it: its header is
 taken, the whole body is awaited (frames in between are the usual 505), and only then is the
 channel closed with 406 "message size N is larger than configured max size M".  Its body
@@ -46,6 +46,11 @@ from leveret.protocol.constants import (
 if TYPE_CHECKING:
     from leveret.broker.wire.node import WireNode
 
+#: a piece of a body is kept as a view of the read it came in when that read is at most
+#: this many times the piece (else copied out): so the reads a body keeps alive are at most
+#: PIN_RATIO times its size, and a part of a body still arriving at most PIN_RATIO times
+#: what the memory alarm counts for it
+PIN_RATIO = 4
 
 
 def max_message_size(configured: int) -> int:
@@ -168,6 +173,7 @@ class PublishAssembly:
             self._body_left = -1
             return None
         if left == 0:
+            body: bytes | Body
             if self._body:
                 body = self._whole(payload)
             elif self._oversize:
@@ -201,39 +207,31 @@ class PublishAssembly:
             self._keep(payload)
         return None
 
-    def _whole(self, last: bytes | memoryview) -> bytes | Body:
-        """The body from its parts: kept as they are (views of the reads: no copy) unless
-        the reads they keep alive hold more than twice the body; else joined."""
+    def _whole(self, last: bytes | memoryview) -> Body:
+        """The body from its parts, as they are: the views of the reads (no copy), pieces
+        much smaller than their read copied out (:meth:`_keep`'s rule, so the reads a body
+        keeps alive hold at most ``PIN_RATIO`` times its bytes)."""
         parts = self._body
         if last:
+            if last.__class__ is memoryview and len(last) * PIN_RATIO < len(last.obj):  # type: ignore[union-attr, arg-type]
+                last = bytes(last)
             parts.append(last)
+        size = self._body_held + len(last)
         self.release()
-        size = 0
-        pinned = 0
-        base = None
-        for p in parts:
-            size += len(p)
-            if p.__class__ is memoryview:
-                if p.obj is not base:  # type: ignore[union-attr]
-                    base = p.obj  # type: ignore[union-attr]
-                    pinned += len(base)  # type: ignore[arg-type]
-            else:
-                pinned += len(p)
-        if pinned <= 2 * size:
-            return Body(tuple(parts), size)
-        return b"".join(parts)
+        return Body(tuple(parts), size)
 
     @staticmethod
     def _keep_view(view: memoryview) -> bytes | Body:
         """A body in one frame, a view of a read: kept as it is unless the read is more than
-        twice its size."""
-        if 2 * len(view) >= len(view.obj):  # type: ignore[arg-type]
+        ``PIN_RATIO`` times its size (a read is at most 256 KiB: a body of 64 KiB or more
+        in one frame is never copied)."""
+        if PIN_RATIO * len(view) >= len(view.obj):  # type: ignore[arg-type]
             return Body((view,), len(view))
         return bytes(view)
 
     def _keep(self, payload: bytes | memoryview) -> None:
         """Hold a part of a body arriving in pieces until the last one."""
-        if payload.__class__ is memoryview and len(payload) * 4 < len(payload.obj):  # type: ignore[union-attr, arg-type]
+        if payload.__class__ is memoryview and len(payload) * PIN_RATIO < len(payload.obj):  # type: ignore[union-attr, arg-type]
             # a small view would keep a much larger read alive: copy it
             payload = bytes(payload)
         self._body.append(payload)

@@ -583,3 +583,85 @@ def test_ack_many_does_what_ack_does_one_by_one(tmp_path: Path, ephemeral: bool)
                     job()
                 q.close()
             assert recover(da, 2048)[1] == recover(db, 2048)[1]
+
+
+def test_append_parts_writes_large_payloads_from_their_parts(tmp_path: Path) -> None:
+    # small payloads are buffered, a large one (DIRECT_MIN or more) goes straight to the
+    # file from its parts, behind what was buffered; every record reads back and recovers
+    # byte for byte, in order, across segment rolls (one record larger than a segment)
+    from leveret.storage.log import DIRECT_MIN
+
+    rnd = __import__("random").Random(5)
+    q = QueueLog(tmp_path, 256 * 1024)
+    q.recover()
+    want: list[bytes] = []
+    ps: list[int] = []
+    for i, size in enumerate([100, DIRECT_MIN, 7, DIRECT_MIN + 1, 3 * DIRECT_MIN + 5, 50, 600 * 1024, 1, 200 * 1024]):
+        data = rnd.randbytes(size)
+        cuts = sorted({0, size, *(rnd.randrange(size) for _ in range(i % 4))})
+        parts = [memoryview(data)[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+        ps.append(q.append_parts(parts) if i % 3 else q.append(data))
+        want.append(data)
+    assert [q.read(p) for p in ps] == want
+    assert q.read_many(ps) == want
+    q.close()
+    q2, out, payloads = recover(tmp_path, 256 * 1024)
+    assert out == ps and payloads == want
+    q2.close()
+
+
+def test_append_parts_failed_write_is_cut_back_and_keeps_the_buffer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from leveret.storage.log import DIRECT_MIN
+
+    q, ps = fill(tmp_path, 3, segment_size=1 << 20)
+    q.flush()
+    seg = tmp_path / files(tmp_path)[0]
+    good = seg.stat().st_size
+    buffered = q.append(payload(50))
+    real = os.pwritev
+    calls: list[int] = []
+
+    def half_then_full(fd: int, bufs: list[memoryview], offset: int) -> int:
+        calls.append(offset)
+        if len(calls) == 1:
+            return real(fd, [bytes(b"".join(bufs))[:300]], offset)  # a partial write, then a full disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwritev", half_then_full)
+    big = os.urandom(DIRECT_MIN * 2)
+    with pytest.raises(OSError):
+        q.append_parts([b"head", big])
+    assert len(calls) == 2 and seg.stat().st_size == good  # cut back
+    assert q.live_count == 4 and q.read(buffered) == payload(50)  # the buffered one is still there
+    monkeypatch.undo()
+    p = q.append_parts([b"head", big])
+    q.close()
+    q2, out, payloads = recover(tmp_path, 1 << 20)
+    assert out == [*ps, buffered, p] and payloads[-2:] == [payload(50), b"head" + big]
+    q2.close()
+
+
+@pytest.mark.parametrize("ephemeral", [False, True])
+def test_read_records_views_of_large_bodies(tmp_path: Path, ephemeral: bool) -> None:
+    # views=True: a large body that is at least a quarter of what one pread read comes back
+    # as a memoryview of it (equal to the bytes); a small one, one under a quarter of its
+    # read (beside a 4x larger one; among many small records) as bytes; a record larger
+    # than a read run is read whole, on its own
+    from leveret.storage import record
+    from leveret.storage.log import _READ_RUN, VIEW_MIN
+
+    qlog = QueueLog(tmp_path / "q", segment_size=16 << 20, ephemeral=ephemeral)
+    qlog.recover()
+    bodies = [os.urandom(n) for n in (4 * VIEW_MIN, VIEW_MIN, 10, _READ_RUN + 100, VIEW_MIN * 2)]
+    bigs = [qlog.append(record.encode(0, 1.5, b"\x01x\x02rk", b"H", b)) for b in bodies]
+    smalls = [qlog.append(record.encode(0, 2.5, b"\x01x\x02rk", b"H", os.urandom(100))) for _ in range(2000)]
+    lone = qlog.append(record.encode(0, 3.5, b"\x01x\x02rk", b"H", os.urandom(VIEW_MIN)))
+    qlog.flush()
+    out = qlog.read_records(bigs, True)
+    assert [bytes(r[4]) for r in out] == bodies  # type: ignore[index]
+    assert [r[4].__class__ for r in out] == [memoryview, bytes, bytes, memoryview, memoryview]  # type: ignore[index]
+    assert out == qlog.read_records(bigs) == [record.decode(qlog.read(p)) for p in bigs]
+    mixed = qlog.read_records([*smalls, lone], True)
+    assert all(r[4].__class__ is bytes for r in mixed)  # type: ignore[index]
+    assert mixed[-1] == record.decode(qlog.read(lone))
+    qlog.close()

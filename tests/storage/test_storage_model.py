@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from leveret.storage import QueueLog
+from leveret.storage import log as log_module
 
 pytestmark = pytest.mark.slow  # a hundred examples of up to 50 steps
 
@@ -41,6 +42,8 @@ def segment_files(d: Path, kind: str) -> list[tuple[int, int, str]]:
 class LogMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        # (append_parts writes payloads of 128 bytes or more from their parts, directly)
+        self.direct_min, log_module.DIRECT_MIN = log_module.DIRECT_MIN, 128
         self.dir = Path(tempfile.mkdtemp(prefix="qlog-model-"))
         self.log = QueueLog(self.dir, SEG)
         self.log.recover()
@@ -62,6 +65,7 @@ class LogMachine(RuleBasedStateMachine):
         return (n, os.path.getsize(self.dir / name))
 
     def teardown(self) -> None:
+        log_module.DIRECT_MIN = self.direct_min
         self.log._close_fds()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -90,6 +94,18 @@ class LogMachine(RuleBasedStateMachine):
         data = bytes((self.counter + k) % 256 for k in range(size))
         p = self.log.append(data)
         # (a number can be reused only once every file of it is gone, e.g. an emptied log)
+        assert p not in self.live
+        assert not self.live or p > max(self.live)
+        self.live[p] = data
+        self.payloads[p] = data
+        self.pending.add(p)
+
+    @rule(size=st.integers(1, 300) | st.just(SEG + 100), cuts=st.lists(st.integers(1, 299), max_size=3))
+    def append_parts(self, size: int, cuts: list[int]) -> None:
+        self.counter += 1
+        data = bytes((self.counter + k) % 256 for k in range(size))
+        edges = sorted({0, size, *(c for c in cuts if c < size)})
+        p = self.log.append_parts([memoryview(data)[a:b] for a, b in zip(edges, edges[1:], strict=False)])
         assert p not in self.live
         assert not self.live or p > max(self.live)
         self.live[p] = data
