@@ -135,6 +135,14 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _remove(paths: Iterable[str]) -> None:
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
 def fsync_job(fds: list[int], sync_dir: str | None, unlinks: list[str] | tuple[str, ...] = (),
               drops: list[str] | tuple[str, ...] = ()) -> Callable[[], None]:
     """The group-commit job of a log's ``sync_job``: fsync then close ``fds`` (dups of the
@@ -147,16 +155,14 @@ def fsync_job(fds: list[int], sync_dir: str | None, unlinks: list[str] | tuple[s
 
     def job() -> None:
         try:
-            for fd in fds:
-                os.fsync(fd)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        for p in drops:
             try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+                for fd in fds:
+                    os.fsync(fd)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        finally:  # (also when an fsync failed: a full disk needs that space back)
+            _remove(drops)
         if sync_dir is not None:
             _fsync_dir(sync_dir)
         for p in unlinks:
@@ -814,7 +820,12 @@ class QueueLog:
     def sync_job(self) -> Callable[[], None] | None:
         """Flush, then return a callable that fsyncs everything written so far (safe to run
         in a worker thread, even after close/destroy), or None if nothing is dirty."""
-        self.flush()
+        try:
+            self.flush()
+        except OSError:  # (e.g. ENOSPC: the dropped segments' space is needed now)
+            drops, self._drops = self._drops, []
+            _remove(drops)
+            raise
         fds, self._sync_fds = self._sync_fds, []
         try:
             if self._msgs_dirty:
