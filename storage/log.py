@@ -596,6 +596,56 @@ class QueueLog:
         at its size."""
         return self._read_runs(positions, True, views)
 
+    def will_need(self, positions: Sequence[int], near: int = 1 << 16) -> int:
+        """Ask the kernel to bring the records at ``positions`` (sorted) into the page
+        cache ahead of reading them (``posix_fadvise(WILLNEED)``: it starts the reads and
+        returns, the disk works in the background), one range per run of records closer
+        than ``near`` bytes.  Positions in no segment, or still in the write buffer, are
+        skipped.  A reader that knows what it reads next (due delayed messages) then does
+        not hold its thread on the disk: the page cache may have let go of records written
+        long ago.  Returns the number of ranges advised."""
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None:
+            return 0
+        ranges = 0
+        n = len(positions)
+        i = 0
+        while i < n:
+            pos = positions[i]
+            seg = self._segs.get(pos >> 32)
+            start = pos & _MASK
+            top = self._flushed if seg is self._active else (seg.end if seg is not None else 0)
+            if seg is None or start >= top:
+                i += 1
+                continue
+            end = start
+            while i < n and positions[i] >> 32 == seg.n:
+                off = positions[i] & _MASK
+                if off >= top or off > end + near:
+                    break
+                k = bisect_left(seg.offs, off)
+                end = max(end, off + seg.rec_len(k) if k < len(seg.offs) and seg.offs[k] == off else off + 1)
+                i += 1
+            try:
+                advise(self._read_fd(seg), start, min(end, top) - start, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # (a hint: the read itself reports what is wrong)
+            ranges += 1
+        return ranges
+
+    def will_need_segments(self, numbers: Iterable[int]) -> None:
+        """:meth:`will_need` for whole segments (before a compaction rewrites them)."""
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None:
+            return
+        for n in numbers:
+            seg = self._segs.get(n)
+            if seg is not None and seg is not self._active:
+                try:
+                    advise(self._read_fd(seg), 0, seg.end, os.POSIX_FADV_WILLNEED)
+                except OSError:
+                    pass
+
     def _read_runs(self, positions: Sequence[int], decode: bool, views: bool = False) -> list[Any]:
         out: list[Any] = []
         n = len(positions)
@@ -859,17 +909,25 @@ class QueueLog:
         the same (raising would lose them, and the caller's index would point into the
         new files at the old offsets)."""
         moved: dict[int, int] = {}
-        segs = [seg for seg in self._segs.values()
-                if seg is not self._active and seg.count and seg.disk + seg.asize + len(seg.abuf) > max_ratio * seg.nbytes]
-        if limit is not None and len(segs) > limit:
-            segs = sorted(segs, key=lambda g: g.nbytes / (g.disk + g.asize + len(g.abuf)))[:limit]
-        for seg in segs:
+        for seg in self._candidates(max_ratio, limit):
             try:
                 self._rewrite(seg, moved)
             except OSError as exc:
                 log.error("%s: compacting segment %d failed, kept as it was: %s", self.path, seg.n, exc)
                 break
         return moved
+
+    def _candidates(self, max_ratio: float, limit: int | None) -> list[_Segment]:
+        segs = [seg for seg in self._segs.values()
+                if seg is not self._active and seg.count and seg.disk + seg.asize + len(seg.abuf) > max_ratio * seg.nbytes]
+        if limit is not None and len(segs) > limit:
+            segs = sorted(segs, key=lambda g: g.nbytes / (g.disk + g.asize + len(g.abuf)))[:limit]
+        return segs
+
+    def compaction_candidates(self, max_ratio: float = 2.0, limit: int | None = None) -> list[int]:
+        """The numbers of the segments :meth:`compact` with the same arguments would
+        rewrite now (to read them ahead with :meth:`will_need_segments`)."""
+        return [seg.n for seg in self._candidates(max_ratio, limit)]
 
     def has_segment(self, n: int) -> bool:
         """Whether segment ``n`` still exists (not yet dropped as fully acked)."""

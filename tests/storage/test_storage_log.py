@@ -665,3 +665,21 @@ def test_read_records_views_of_large_bodies(tmp_path: Path, ephemeral: bool) -> 
     assert all(r[4].__class__ is bytes for r in mixed)  # type: ignore[index]
     assert mixed[-1] == record.decode(qlog.read(lone))
     qlog.close()
+
+
+def test_will_need_advises_one_range_per_run_of_near_records_and_skips_the_unreadable(tmp_path: Path) -> None:
+    q, pos = fill(tmp_path, 100)  # 108-byte records, 37 to a 4 KiB segment: 3 segments
+    segs = sorted({p >> 32 for p in pos})
+    first = [p for p in pos if p >> 32 == segs[0]]
+    second = [p for p in pos if p >> 32 == segs[1]]
+    last = [p for p in pos if p >> 32 == segs[-1]]
+    assert q.will_need(first[:5]) == 1  # neighbours: one range
+    assert q.will_need([first[0], first[-1]], near=200) == 2  # further apart than near
+    assert q.will_need(first[:2] + second[:2]) == 2  # one per segment
+    assert q.will_need([(segs[-1] + 5) << 32]) == 0  # no such segment
+    assert q.will_need(last) == 0  # still in the write buffer: nothing on disk to read
+    q.flush()
+    assert q.will_need(last) == 1
+    q.will_need_segments(segs)  # (the active segment is skipped; nothing to see but no error)
+    assert [q.read(p) for p in first[:2]] == [payload(0), payload(1)]
+    q.close()
