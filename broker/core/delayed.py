@@ -372,7 +372,7 @@ class DelayedStore:
             wake = due if wake is None else min(wake, due)
         return wake
 
-    def _ahead(self, now: int) -> bool:
+    def _ahead(self, now: float) -> bool:
         """Take the heap's entries due within AHEAD_MS (up to BATCH per call, AHEAD_MAX in
         all) into ``soon`` and ask the kernel for their records (``QueueLog.will_need``):
         a record written long ago may be on disk only, and reading it when due would
