@@ -898,10 +898,12 @@ class QueueLog:
 
     # ------------------------------------------------------------------ compaction
 
-    def compact(self, max_ratio: float = 2.0, limit: int | None = None) -> dict[int, int]:
+    def compact(
+        self, max_ratio: float = 2.0, limit: int | None = None, only: Iterable[int] | None = None,
+    ) -> dict[int, int]:
         """Rewrite every inactive segment whose disk use (msgs + acks) exceeds max_ratio x
         its live bytes, keeping only live records in order (``limit``: at most that many,
-        the sparsest first). Returns {old: new position}
+        the sparsest first; ``only``: of these segment numbers). Returns {old: new position}
         for every record that moved; the caller must apply it to its index at once.
         Blocking (fsyncs the new files); meant to be called rarely, see maybe_compact().
         An OSError rewriting a segment (ENOSPC...) leaves that segment as it was and ends
@@ -909,7 +911,7 @@ class QueueLog:
         the same (raising would lose them, and the caller's index would point into the
         new files at the old offsets)."""
         moved: dict[int, int] = {}
-        for seg in self._candidates(max_ratio, limit):
+        for seg in self._candidates(max_ratio, limit, only):
             try:
                 self._rewrite(seg, moved)
             except OSError as exc:
@@ -917,8 +919,9 @@ class QueueLog:
                 break
         return moved
 
-    def _candidates(self, max_ratio: float, limit: int | None) -> list[_Segment]:
-        segs = [seg for seg in self._segs.values()
+    def _candidates(self, max_ratio: float, limit: int | None, only: Iterable[int] | None = None) -> list[_Segment]:
+        pool = self._segs.values() if only is None else [g for n in only if (g := self._segs.get(n)) is not None]
+        segs = [seg for seg in pool
                 if seg is not self._active and seg.count and seg.disk + seg.asize + len(seg.abuf) > max_ratio * seg.nbytes]
         if limit is not None and len(segs) > limit:
             segs = sorted(segs, key=lambda g: g.nbytes / (g.disk + g.asize + len(g.abuf)))[:limit]

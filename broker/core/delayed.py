@@ -484,17 +484,13 @@ class DelayedStore:
         self._moves.forget(qlog.has_segment)
         if qlog.disk_bytes - 2 * qlog.live_bytes <= qlog.segment_size:
             return
-        picks = qlog.compaction_candidates(limit=COMPACT_SEGMENTS)
-        if not picks:
-            return
-        if picks != self._advised:
-            # the rewrite reads the whole segment on the loop: ask the kernel for it now,
-            # rewrite it on the next tick (a segment written long ago may be on disk only)
-            qlog.will_need_segments(picks)
-            self._advised = picks
-            return
+        # the rewrite reads the whole segment on the loop, and a segment written long ago
+        # may be on disk only: each tick rewrites the segment(s) asked of the kernel on the
+        # one before (if still over the ratio, sparsest or not), and asks for the next
         started = time.monotonic()
-        moved = qlog.compact(limit=COMPACT_SEGMENTS)  # (a failed rewrite is logged there)
+        moved = {}
+        if self._advised:  # (a failed rewrite is logged there)
+            moved = qlog.compact(limit=COMPACT_SEGMENTS, only=self._advised)
         self._advised = qlog.compaction_candidates(limit=COMPACT_SEGMENTS)
         qlog.will_need_segments(self._advised)
         if not moved:

@@ -683,3 +683,23 @@ def test_will_need_advises_one_range_per_run_of_near_records_and_skips_the_unrea
     q.will_need_segments(segs)  # (the active segment is skipped; nothing to see but no error)
     assert [q.read(p) for p in first[:2]] == [payload(0), payload(1)]
     q.close()
+
+
+def test_compaction_candidates_sparsest_first_and_compact_only_those_asked(tmp_path: Path) -> None:
+    q, ps = fill(tmp_path, 100)  # 37 records to a segment
+    segs = sorted({p >> 32 for p in ps})
+    first = [p for p in ps if p >> 32 == segs[0]]
+    second = [p for p in ps if p >> 32 == segs[1]]
+    for p in first[:-1]:  # the first segment keeps its last record, the second its last 5
+        q.ack(p)
+    for p in second[:-5]:
+        q.ack(p)
+    q.flush()
+    assert set(q.compaction_candidates()) == {segs[0], segs[1]}
+    assert q.compaction_candidates(limit=1) == [segs[0]]
+    moved = q.compact(limit=1, only=[segs[1]])  # (not the sparsest: only what was asked)
+    assert moved and {p >> 32 for p in moved} == {segs[1]}
+    assert q.compaction_candidates() == [segs[0]]
+    assert [q.read(moved[p]) for p in second[-5:]] == [payload(ps.index(p)) for p in second[-5:]]
+    assert q.compact(only=[segs[1]]) == {}  # no longer over the ratio
+    q.close()
