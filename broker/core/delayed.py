@@ -484,14 +484,22 @@ class DelayedStore:
         self._moves.forget(qlog.has_segment)
         if qlog.disk_bytes - 2 * qlog.live_bytes <= qlog.segment_size:
             return
-        # the rewrite reads the whole segment on the loop, and a segment written long ago
-        # may be on disk only: each tick rewrites the segment(s) asked of the kernel on the
-        # one before (if still over the ratio, sparsest or not), and asks for the next
+        picks = qlog.compaction_candidates(limit=COMPACT_SEGMENTS)
+        if not picks:
+            return
+        if picks != self._advised:
+            # the rewrite reads the whole segment on the loop, and a segment written long
+            # ago may be on disk only: ask the kernel for it now, rewrite it on a later
+            # tick if it is still the sparsest.  (Rewriting what was asked for even when
+            # another had become sparser rewrote more live bytes for what it freed: in a
+            # run of a million, 142 rewrites of 14.9 ms on average against 104 of 10.7,
+            # 45 against 35 us of CPU per release, and a p99 of 24 ms against 12.)
+            qlog.will_need_segments(picks)
+            self._advised = picks
+            return
         started = time.monotonic()
-        moved = {}
-        if self._advised:  # (a failed rewrite is logged there)
-            moved = qlog.compact(limit=COMPACT_SEGMENTS, only=self._advised)
-        self._advised = qlog.compaction_candidates(limit=COMPACT_SEGMENTS)
+        moved = qlog.compact(limit=COMPACT_SEGMENTS, only=picks)  # (a failed rewrite is logged there)
+        self._advised = qlog.compaction_candidates(limit=COMPACT_SEGMENTS)  # (the next one)
         qlog.will_need_segments(self._advised)
         if not moved:
             return
