@@ -29,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from glob import glob as _glob
 from typing import Any
 
 import pytest
@@ -80,6 +81,9 @@ class RabbitNode:
         self.port = free_port()
         self.dist_port = free_port()
         self.mgmt_port = free_port()
+        # an epmd of its own (erl starts one as a daemon, outside the node's process
+        # group, and it outlives the node): stopped by cleanup(), never the shared one
+        self.epmd_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._log = os.path.join(self.dir, "stdout.log")
@@ -134,6 +138,7 @@ class RabbitNode:
             RABBITMQ_CONF_ENV_FILE=os.path.join(self.dir, "rabbitmq-env.conf"),
             RABBITMQ_PID_FILE=os.path.join(self.dir, "node.pid"),
             RABBITMQ_PLUGINS_EXPAND_DIR=os.path.join(self.dir, "plugins-expand"),
+            ERL_EPMD_PORT=str(self.epmd_port),
         )
         return env
 
@@ -240,7 +245,20 @@ class RabbitNode:
 
     def cleanup(self) -> None:
         self.stop()
+        self._stop_epmd()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _stop_epmd(self) -> None:
+        """Stop the node's own epmd (``epmd -kill`` on its port: refused while a node is
+        registered, so only once ours is down)."""
+        epmd = shutil.which("epmd") or next(iter(sorted(_glob("/usr/lib/erlang/erts-*/bin/epmd"))), None)
+        if epmd is None:
+            return
+        try:
+            subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], env=self.env(),
+                           capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
 
     def log_tail(self, n: int = 3000) -> str:
         out = []
