@@ -65,6 +65,7 @@ DELIVERED = 1 << 63  # ack-file entry flag: "delivered", not "acked"
 _MAX_PAYLOAD = _MASK - _HDR.size
 _WBUF_LIMIT = 1 << 20  # flush the message buffer to the OS beyond 1 MiB
 _READ_GUESS = 4096  # first pread size in read(); one syscall for typical records
+_fadvise = getattr(os, "posix_fadvise", None)  # (not on every platform)
 _READ_RUN = 4 << 20  # read_many(): bytes read at most with one pread
 #: append_parts(): a payload at least this large is written from its parts (pwritev), not
 #: copied into the write buffer (a smaller one is: one copy, and one write for many records)
@@ -196,6 +197,12 @@ class _Segment:
     def rec_len(self, i: int) -> int:
         offs = self.offs
         return (offs[i + 1] if i + 1 < len(offs) else self.end) - offs[i]
+
+    def end_of(self, off: int) -> int:
+        """Where the record starting at ``off`` ends; 0 if no record starts there."""
+        offs = self.offs
+        k = bisect_left(offs, off)
+        return off + self.rec_len(k) if k < len(offs) and offs[k] == off else 0
 
 
 class QueueLog:
@@ -604,8 +611,7 @@ class QueueLog:
         skipped.  A reader that knows what it reads next (due delayed messages) then does
         not hold its thread on the disk: the page cache may have let go of records written
         long ago.  Returns the number of ranges advised."""
-        advise = getattr(os, "posix_fadvise", None)
-        if advise is None:
+        if _fadvise is None:
             return 0
         ranges = 0
         n = len(positions)
@@ -623,28 +629,25 @@ class QueueLog:
                 off = positions[i] & _MASK
                 if off >= top or off > end + near:
                     break
-                k = bisect_left(seg.offs, off)
-                end = max(end, off + seg.rec_len(k) if k < len(seg.offs) and seg.offs[k] == off else off + 1)
+                end = max(end, seg.end_of(off) or off + 1)
                 i += 1
-            try:
-                advise(self._read_fd(seg), start, min(end, top) - start, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass  # (a hint: the read itself reports what is wrong)
+            self._advise(seg, start, min(end, top) - start)
             ranges += 1
         return ranges
 
     def will_need_segments(self, numbers: Iterable[int]) -> None:
         """:meth:`will_need` for whole segments (before a compaction rewrites them)."""
-        advise = getattr(os, "posix_fadvise", None)
-        if advise is None:
-            return
         for n in numbers:
             seg = self._segs.get(n)
             if seg is not None and seg is not self._active:
-                try:
-                    advise(self._read_fd(seg), 0, seg.end, os.POSIX_FADV_WILLNEED)
-                except OSError:
-                    pass
+                self._advise(seg, 0, seg.end)
+
+    def _advise(self, seg: _Segment, off: int, length: int) -> None:
+        if _fadvise is not None:
+            try:
+                _fadvise(self._read_fd(seg), off, length, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # (a hint: the read itself reports what is wrong)
 
     def _read_runs(self, positions: Sequence[int], decode: bool, views: bool = False) -> list[Any]:
         out: list[Any] = []
@@ -670,8 +673,7 @@ class QueueLog:
             end = 0
             while j > i:
                 last = positions[j - 1] & _MASK
-                k = bisect_left(seg.offs, last)
-                end = last + seg.rec_len(k) if k < len(seg.offs) and seg.offs[k] == last else 0
+                end = seg.end_of(last)
                 # (one record larger than a run is read on its own, whole)
                 if 0 < end - off and (end - off <= _READ_RUN or j - i == 1):
                     break

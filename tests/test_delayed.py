@@ -305,6 +305,18 @@ def start(data_dir: str, port: int | None = None) -> BrokerProcess:
     return BrokerProcess(port=port, args=["--data-dir", data_dir, "--fsync-interval", "0.05"]).start()
 
 
+def durable_dx_to_dq(b: BrokerProcess) -> tuple[pika.BlockingConnection, Any]:
+    """A connection to ``b`` and a channel in confirm mode, with the durable delayed
+    exchange ``dx`` (direct) bound to the durable queue ``dq`` by ``k``."""
+    c = pika.BlockingConnection(pika.URLParameters(b.url))
+    ch = c.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare("dx", "x-delayed-message", durable=True, arguments=DIRECT)
+    ch.queue_declare("dq", durable=True)
+    ch.queue_bind("dq", "dx", "k")
+    return c, ch
+
+
 def test_kill_9_keeps_confirmed_delayed_messages_and_delivers_them_on_time(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     b = start(data)
@@ -547,12 +559,7 @@ def test_deleting_a_durable_delayed_exchange_drops_its_messages(tmp_path: Path) 
     data = str(tmp_path / "data")
     b = start(data)
     try:
-        c = pika.BlockingConnection(pika.URLParameters(b.url))
-        ch = c.channel()
-        ch.confirm_delivery()
-        ch.exchange_declare("dx", "x-delayed-message", durable=True, arguments=DIRECT)
-        ch.queue_declare("dq", durable=True)
-        ch.queue_bind("dq", "dx", "k")
+        c, ch = durable_dx_to_dq(b)
         ch.basic_publish("dx", "k", b"m", delayed(700, delivery_mode=2))
         ch.exchange_delete("dx")
         ch.exchange_declare("dx", "x-delayed-message", durable=True, arguments=DIRECT)
@@ -574,12 +581,7 @@ def test_messages_read_ahead_still_go_in_due_order_after_shorter_delays_held_lat
     due before it, still go first: the release merges both in due order."""
     b = start(str(tmp_path / "data"))
     try:
-        c = pika.BlockingConnection(pika.URLParameters(b.url))
-        ch = c.channel()
-        ch.confirm_delivery()
-        ch.exchange_declare("dx", "x-delayed-message", durable=True, arguments=DIRECT)
-        ch.queue_declare("dq", durable=True)
-        ch.queue_bind("dq", "dx", "k")
+        c, ch = durable_dx_to_dq(b)
         t0 = time.time()
         ch.basic_publish("dx", "k", b"a", delayed(3000, delivery_mode=2))  # due at +3.0 s
         time.sleep(max(0.0, t0 + 2.3 - time.time()))  # (read ahead since +2.0 s)
