@@ -177,6 +177,35 @@ def deliver_frame(channel: int, ctag: bytes, tag: int, redelivered: bool, ex_rk:
     )
 
 
+def deliver_frames(
+    channel: int, ctag: bytes, tag: int, redelivered: bool, ex_rk: bytes, header_payload: bytes, body: bytes | Body,
+    frame_max: int,
+) -> list[bytes | memoryview]:
+    """basic.deliver and its content frames: :func:`deliver_frame` followed by
+    :func:`content_frames`, the same bytes.  A body that fits one frame (the hot path)
+    takes one join for everything before its bytes."""
+    blen = len(body)
+    if 0 < blen <= frame_max - 8:
+        first = b"".join(
+            (
+                pack_head(FRAME_METHOD, channel, 13 + len(ctag) + len(ex_rk)),
+                DELIVER_PREFIX,
+                ctag,
+                _pack_tag_bit(tag, redelivered),
+                ex_rk,
+                FRAME_END_BYTE,
+                pack_head(FRAME_HEADER, channel, len(header_payload)),
+                header_payload,
+                FRAME_END_BYTE,
+                pack_head(FRAME_BODY, channel, blen),
+            )
+        )
+        if body.__class__ is Body:
+            return [first, *body.parts, FRAME_END_BYTE]  # type: ignore[union-attr, list-item]
+        return [first, body, FRAME_END_BYTE]  # type: ignore[list-item]
+    return content_frames(channel, header_payload, body, frame_max, deliver_frame(channel, ctag, tag, redelivered, ex_rk))
+
+
 def get_ok_frame(channel: int, tag: int, redelivered: bool, ex_rk: bytes, count: int) -> bytes:
     payload = GET_OK_PREFIX + _pack_tag_bit(tag, redelivered) + ex_rk + _U32.pack(count)
     return pack_head(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE

@@ -134,3 +134,57 @@ def test_many_routing_keys_route_by_their_own_names(client: RawClient) -> None:
             assert method.exchange == "names" and method.routing_key == body.decode()
             got.append(body.decode())
         assert got == want
+
+
+@pytest.mark.parametrize("arrival", ARRIVALS)
+def test_repeated_publishes_each_keep_their_own_flags_headers_and_sizes(broker: BrokerThread, arrival: str) -> None:
+    """A publisher's publishes repeat the same method and header bytes, and the broker
+    decodes a repeat once (``PublishAssembly.whole``): a publish that differs only in its
+    mandatory or immediate bit, a header that differs only in the size or a property,
+    still counts as itself (and a header announcing a body in two frames is not taken
+    for the last one whose size its first frame matches).  Sent in one write: the returns are exactly the mandatory
+    unroutable ones, the queue holds its messages in order with their own sizes and
+    properties, and the immediate one at the end closes the connection with 540 after
+    the others were handled."""
+    q = f"repeat-{arrival}"
+    with RawClient.connect(broker.port) as c:
+        c.handshake()
+        c.open_channel(1)
+        c.declare_queue(1, q)
+        frames = []
+        for rk, body, kw, props in (
+            (q, b"a1", {}, {}),
+            (q, b"a1", {}, {}),
+            (q, b"a22", {}, {}),
+            (q, b"am", {"mandatory": True}, {}),
+            ("nowhere", b"r1", {"mandatory": True}, {}),
+            ("nowhere", b"lost", {}, {}),
+            ("nowhere", b"r2", {"mandatory": True}, {}),
+            (q, b"a3", {}, {"content_type": "text/plain"}),
+            (q, b"a1", {}, {}),
+        ):
+            frames += [publish(rk, **kw), content_frames(1, body, **props)]
+        # the same publish again, its header announcing 3 bytes, which come in two body frames
+        frames += [publish(q), header(60, 3), build_frame(3, 1, b"xy"), build_frame(3, 1, b"z")]
+        frames += [publish(q, immediate=True), content_frames(1, b"no")]
+        send(c, frames, arrival)
+        returned = []
+        while True:
+            _, m = c.read_until(lambda ch, o: isinstance(o, C.Basic.Return | C.Connection.Close))
+            if isinstance(m, C.Connection.Close):
+                assert (m.reply_code, m.class_id, m.method_id) == (540, 60, 40)
+                c.send_method(0, C.Connection.CloseOk())
+                break
+            assert (m.reply_code, m.routing_key) == (312, "nowhere")
+            returned.append(c.read_content(1)[2])
+        assert returned == [b"r1", b"r2"]
+    with RawClient.connect(broker.port) as c:
+        c.handshake()
+        c.open_channel(1)
+        got = []
+        while (m := c.get(1, q)) is not None:
+            _, head, body = m
+            assert head.body_size == len(body)
+            got.append((body, head.properties.content_type))
+        assert got == [(b"a1", None), (b"a1", None), (b"a22", None), (b"am", None), (b"a3", "text/plain"), (b"a1", None), (b"xyz", None)]
+        c.rpc(1, C.Queue.Delete(queue=q), C.Queue.DeleteOk)

@@ -263,9 +263,10 @@ class Channel:
         tag = self.unacked.hand_out(queue, seq, msg, redelivered, consumer, consumer.no_ack)
         # (_send_content, inline: this is the hot path)
         conn = self.conn
-        number = self.number
-        method_frame = M.deliver_frame(number, consumer.wire_tag, tag, redelivered, msg.ex_rk)
-        conn.send_parts(M.content_frames(number, msg.header, msg.body, conn.frame_max, method_frame), msg.size)
+        conn.send_parts(
+            M.deliver_frames(self.number, consumer.wire_tag, tag, redelivered, msg.ex_rk, msg.header, msg.body, conn.frame_max),
+            msg.size,
+        )
 
     def deliver_stream(self, consumer: Consumer, queue: Queue, items: list[tuple[int, bytes, bytes, bytes]]) -> None:
         """A batch of a stream's deliveries to ``consumer`` (``core.stream``): ``(offset,

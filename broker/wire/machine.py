@@ -77,7 +77,7 @@ class State(enum.IntEnum):
 S_HEADER, S_START_OK, S_TUNE_OK = State.HEADER, State.START_OK, State.TUNE_OK
 S_OPEN, S_OPENED, S_CLOSING, S_CLOSED = State.OPEN, State.OPENED, State.CLOSING, State.CLOSED
 
-_FAST = frozenset({BASIC_PUBLISH, BASIC_ACK, BASIC_NACK, BASIC_REJECT})
+_FAST = {idx.to_bytes(4, "big"): idx for idx in (BASIC_PUBLISH, BASIC_ACK, BASIC_NACK, BASIC_REJECT)}
 
 #: heartbeat_check's answers
 HB_OK, HB_SEND, HB_DEAD = 0, 1, 2
@@ -278,9 +278,9 @@ class ConnectionMachine:
                         self._connection_method(payload)
                         continue
                     channel = self.channels.get(ch)
-                    if channel is not None and len(payload) >= 4:
-                        idx = (payload[0] << 24) | (payload[1] << 16) | (payload[2] << 8) | payload[3]
-                        if idx in _FAST:
+                    if channel is not None:
+                        idx = _FAST.get(payload[:4])  # (a dict lookup is cheaper than decoding the id)
+                        if idx is not None:
                             if idx == BASIC_PUBLISH:
                                 self.is_publisher = True
                                 if i + 1 < n:

@@ -75,6 +75,8 @@ class PublishAssembly:
         "_body_held",
         "_body_left",
         "_oversize",
+        "_last_publish",
+        "_last_header",
     )
 
     def __init__(self, node: WireNode) -> None:
@@ -91,6 +93,11 @@ class PublishAssembly:
         self._body_held = 0  # bytes of _body counted in node.queued_bytes
         self._body_left = 0
         self._oversize = 0  # the announced size of a body over max_size (kept: none of it)
+        #: the last basic.publish :meth:`whole` decoded: (payload, ex_rk, exchange, routing
+        #: key, mandatory)
+        self._last_publish: tuple[bytes, bytes, str, str, bool] | None = None
+        #: and the last content header it read: (header, body size)
+        self._last_header: tuple[bytes, int] | None = None
 
     def content_expected(self) -> AMQPError:
         """The error for a method frame that arrived while content is expected."""
@@ -119,15 +126,33 @@ class PublishAssembly:
         frames then go through :meth:`start` and :meth:`content` one by one, which decide."""
         if self.pending is not None:
             return None
-        try:
-            ex_rk, _, _, mandatory, immediate = M.parse_publish(payload)
-            class_id, size = P.body_size(header)
-        except (M.MethodDecodeError, P.PropertyError):
-            return None
-        if immediate or class_id != 60 or size != len(body) or size > self.max_size or not size:
+        last = self._last_publish
+        if last is not None and last[0] == payload:
+            # (a publisher sends the same basic.publish over and over: decoded once)
+            _, ex_rk, exchange, rk, mandatory = last
+        else:
+            try:
+                ex_rk, _, _, mandatory, immediate = M.parse_publish(payload)
+            except M.MethodDecodeError:
+                return None
+            if immediate:
+                return None
+            exchange, rk = NAMES.get(ex_rk) or exchange_rk(ex_rk)
+            self._last_publish = (payload, ex_rk, exchange, rk, mandatory)
+        last_header = self._last_header
+        if last_header is not None and last_header[0] == header:
+            size = last_header[1]
+        else:
+            try:
+                class_id, size = P.body_size(header)
+            except P.PropertyError:
+                return None
+            if class_id != 60:
+                return None
+            self._last_header = (header, size)  # type: ignore[assignment]
+        if size != len(body) or size > self.max_size or not size:
             return None
         self.mandatory = mandatory
-        exchange, rk = NAMES.get(ex_rk) or exchange_rk(ex_rk)
         return Message(ex_rk, exchange, rk, header, body if body.__class__ is bytes else self._keep_view(body))  # type: ignore[arg-type]
 
     def content(self, ftype: int, payload: bytes | memoryview) -> Message | None:
