@@ -14,8 +14,10 @@ takes messages, so queues grow whenever the consumers cannot keep up.  Scenarios
 * ``big64k``, ``big1m``: 1 producer, 1 autoack consumer, 64 KiB / 1 MiB bodies;
 * ``carry``: one Leveret process carries ``multi``, ``big64k`` and ``big1m`` in a row
   (RSS read ``--after`` s after each, and the broker's idle RSS before the first), then
-  ``latency`` (1 KiB at a steady ``--latency-rate`` msg/s, autoack); the same latency run
-  on a fresh broker follows, for the p99 with and without the load before it.
+  ``latency`` runs (1 KiB at a steady ``--latency-rate`` msg/s, autoack) on it and on a
+  fresh broker, interleaved (``--latency-runs`` each), for the p99 with and without the
+  load before it: one latency run against another differs by more than that on a shared
+  machine, so neither side gets a quieter moment than the other.
 
 ``multi``, ``big64k``, ``big1m`` and ``carry`` use their own queue names and the default
 exchange (``--queue-prefix overload-<pid>-``), so they do not touch other users' queues on
@@ -179,10 +181,15 @@ def latency(url: str, pid: int | None, args: argparse.Namespace, tag: str) -> di
 
 
 def run_carry(broker: str, args: argparse.Namespace) -> dict[str, Any]:
-    """``carry``: the three open-loop scenarios and the latency run on one broker, then
-    the latency run on a fresh one (Leveret: a new process; RabbitMQ: the same node)."""
+    """``carry``: the three open-loop scenarios on one broker, then latency runs on it and
+    on a fresh one, interleaved (carried, fresh, fresh, carried, ...: ``--latency-runs``
+    each), so that the machine's noise of the moment falls on both alike.  The figures of
+    each are the medians of its runs (``carried.p99_runs``, ``fresh.p99_runs``: every
+    run's p99).  Leveret's fresh broker is a new process, started after the three
+    scenarios; RabbitMQ has one node, so its "fresh" runs are on the same node."""
     lev = LeveretProcess(Path(args.leveret_dir), args.leveret_python, args.leveret_arg) if broker == LEVERET else None
     url, pid = (lev.url, lev.proc.pid) if lev is not None else (args.rabbitmq_url, rabbitmq_pid())
+    fresh: LeveretProcess | None = None
     out: dict[str, Any] = {}
     try:
         idle = rss_kib(pid) if pid else 0
@@ -190,19 +197,26 @@ def run_carry(broker: str, args: argparse.Namespace) -> dict[str, Any]:
         for name in CARRY:
             for k, v in open_loop(name, url, pid, args, idle).items():
                 out[f"{name}.{k}"] = v
-        for k, v in latency(url, pid, args, "c").items():
-            out[f"carried.{k}"] = v
-    finally:
         if lev is not None:
-            lev.stop()
-    lev = LeveretProcess(Path(args.leveret_dir), args.leveret_python, args.leveret_arg) if broker == LEVERET else None
-    url, pid = (lev.url, lev.proc.pid) if lev is not None else (args.rabbitmq_url, rabbitmq_pid())
-    try:
-        for k, v in latency(url, pid, args, "f").items():
-            out[f"fresh.{k}"] = v
+            fresh = LeveretProcess(Path(args.leveret_dir), args.leveret_python, args.leveret_arg)
+        targets = {"carried": (url, pid), "fresh": (fresh.url, fresh.proc.pid) if fresh is not None else (url, pid)}
+        runs: dict[str, list[dict[str, Any]]] = {"carried": [], "fresh": []}
+        for i in range(args.latency_runs):
+            for step in ("carried", "fresh") if i % 2 == 0 else ("fresh", "carried"):
+                u, p = targets[step]
+                runs[step].append(latency(u, p, args, f"{step[0]}{i}"))
+        for step, rs in runs.items():
+            for k in rs[0]:
+                if k == "series":
+                    out[f"{step}.series"] = rs[-1]["series"]
+                else:
+                    vals = [r[k] for r in rs if r.get(k) is not None]
+                    out[f"{step}.{k}"] = statistics.median(vals) if vals else None
+            out[f"{step}.p99_runs"] = [r["p99_ms"] for r in rs]
     finally:
-        if lev is not None:
-            lev.stop()
+        for proc in (lev, fresh):
+            if proc is not None:
+                proc.stop()
     return out
 
 
@@ -255,8 +269,8 @@ def table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     for scenario, by_broker in results.items():
         if scenario == "carry":
             lines += [
-                f"\n### {scenario} (one broker: {', '.join(CARRY)}, then latency at a steady rate; "
-                "then latency on a fresh broker)",
+                f"\n### {scenario} (one broker: {', '.join(CARRY)}; then latency runs at a steady rate on it "
+                "and on a fresh broker, interleaved: medians of their runs)",
                 "| broker | step | sent msg/s | received msg/s | received / sent | peak RSS MB | RSS after MB (idle) | latency p99 ms |",
                 "|---|---|---:|---:|---:|---:|---:|---:|",
             ]
@@ -267,8 +281,12 @@ def table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
                     lines.append(
                         f"| {b} | {step if step in CARRY else 'latency, ' + step} | {med(runs, step + '.sent_rate'):,.0f} | "
                         f"{med(runs, step + '.received_rate'):,.0f} | {med(runs, step + '.received_over_sent'):.2f} | "
-                        f"{med(runs, step + '.peak_rss_mb'):,.0f} | {after} | {med(runs, step + '.p99_ms'):,.1f} |"
+                        f"{med(runs, step + '.peak_rss_mb'):,.0f} | {after} | {med(runs, step + '.p99_ms'):,.2f} |"
                     )
+            for b, runs in by_broker.items():
+                for step in ("carried", "fresh"):
+                    each = "; ".join(", ".join(f"{v:.2f}" for v in r.get(f"{step}.p99_runs") or []) for r in runs)
+                    lines.append(f"\n{b} latency p99 ms, {step}, every run (repetitions apart by ';'): {each}")
             if LEVERET in by_broker and RABBITMQ in by_broker:
                 for step in CARRY:
                     r = med(by_broker[LEVERET], step + ".received_rate") / med(by_broker[RABBITMQ], step + ".received_rate")
@@ -345,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=3.0, help="seconds before reading RSS after the drain")
     p.add_argument("--after", type=float, default=10.0, help="seconds before reading RSS after an open-loop scenario")
     p.add_argument("--latency-rate", type=int, default=5000, help="msg/s of the latency runs (carry)")
+    p.add_argument("--latency-runs", type=int, default=3,
+                   help="latency runs on the carried broker and as many on a fresh one, interleaved (carry)")
     p.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     p.add_argument("--no-rabbitmq", action="store_true")
     p.add_argument("--leveret-dir", default=str(REPO), help="source tree to run Leveret from")
