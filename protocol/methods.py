@@ -177,33 +177,75 @@ def deliver_frame(channel: int, ctag: bytes, tag: int, redelivered: bool, ex_rk:
     )
 
 
-def deliver_frames(
-    channel: int, ctag: bytes, tag: int, redelivered: bool, ex_rk: bytes, header_payload: bytes, body: bytes | Body,
-    frame_max: int,
-) -> list[bytes | memoryview]:
-    """basic.deliver and its content frames: :func:`deliver_frame` followed by
-    :func:`content_frames`, the same bytes.  A body that fits one frame (the hot path)
-    takes one join for everything before its bytes."""
-    blen = len(body)
-    if 0 < blen <= frame_max - 8:
-        first = b"".join(
-            (
-                pack_head(FRAME_METHOD, channel, 13 + len(ctag) + len(ex_rk)),
-                DELIVER_PREFIX,
-                ctag,
-                _pack_tag_bit(tag, redelivered),
-                ex_rk,
-                FRAME_END_BYTE,
-                pack_head(FRAME_HEADER, channel, len(header_payload)),
-                header_payload,
-                FRAME_END_BYTE,
-                pack_head(FRAME_BODY, channel, blen),
+class Deliveries:
+    """basic.deliver and its content frames for one channel (:func:`deliver_frame`
+    followed by :func:`content_frames`, the same bytes).  A body that fits one frame (the
+    hot path) becomes three parts: the frames before the body's bytes as one piece, the
+    body, the frame end.  That piece is the bytes before the delivery tag (frame head,
+    consumer tag), the tag, and the bytes after it (exchange and routing key, the header
+    frame, the body frame's head); a stream of like messages (same consumer, exchange and
+    routing key, header and body size) differs only in the tag, so from the second of them
+    on, the bytes around it are reused: one pack and one join per delivery."""
+
+    __slots__ = ("channel", "_key", "_before", "_after")
+
+    def __init__(self, channel: int) -> None:
+        self.channel = channel
+        self._key: tuple[bytes, bytes, bytes, int] | None = None  # the last delivery's
+        self._before: bytes | None = None  # the bytes around the tag, kept for _key (None: not yet)
+        self._after = b""
+
+    def frames(
+        self, ctag: bytes, tag: int, redelivered: bool, ex_rk: bytes, header_payload: bytes, body: bytes | Body,
+        frame_max: int,
+    ) -> list[bytes | memoryview]:
+        blen = len(body)
+        channel = self.channel
+        if not 0 < blen <= frame_max - 8:
+            return content_frames(
+                channel, header_payload, body, frame_max, deliver_frame(channel, ctag, tag, redelivered, ex_rk)
             )
-        )
+        key = self._key
+        if key is None or key[2] != header_payload or key[3] != blen or key[1] != ex_rk or key[0] != ctag:
+            # unlike the last delivery: one join, nothing kept (messages whose headers all
+            # differ, e.g. with a message id each, cost no more than that)
+            self._key = (ctag, ex_rk, header_payload, blen)
+            self._before = None
+            first = b"".join(
+                (
+                    pack_head(FRAME_METHOD, channel, 13 + len(ctag) + len(ex_rk)),
+                    DELIVER_PREFIX,
+                    ctag,
+                    _pack_tag_bit(tag, redelivered),
+                    ex_rk,
+                    FRAME_END_BYTE,
+                    pack_head(FRAME_HEADER, channel, len(header_payload)),
+                    header_payload,
+                    FRAME_END_BYTE,
+                    pack_head(FRAME_BODY, channel, blen),
+                )
+            )
+            if body.__class__ is Body:
+                return [first, *body.parts, FRAME_END_BYTE]  # type: ignore[union-attr, list-item]
+            return [first, body, FRAME_END_BYTE]  # type: ignore[list-item]
+        before = self._before
+        if before is None:
+            # the second like delivery in a row: the same bytes, cut at the tag, kept
+            before = self._before = pack_head(FRAME_METHOD, channel, 13 + len(ctag) + len(ex_rk)) + DELIVER_PREFIX + ctag
+            self._after = b"".join(
+                (
+                    ex_rk,
+                    FRAME_END_BYTE,
+                    pack_head(FRAME_HEADER, channel, len(header_payload)),
+                    header_payload,
+                    FRAME_END_BYTE,
+                    pack_head(FRAME_BODY, channel, blen),
+                )
+            )
+        first = b"".join((before, _pack_tag_bit(tag, redelivered), self._after))
         if body.__class__ is Body:
             return [first, *body.parts, FRAME_END_BYTE]  # type: ignore[union-attr, list-item]
         return [first, body, FRAME_END_BYTE]  # type: ignore[list-item]
-    return content_frames(channel, header_payload, body, frame_max, deliver_frame(channel, ctag, tag, redelivered, ex_rk))
 
 
 def get_ok_frame(channel: int, tag: int, redelivered: bool, ex_rk: bytes, count: int) -> bytes:

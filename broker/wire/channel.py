@@ -86,6 +86,7 @@ class Channel:
         self.global_prefetch = 0
         self.flow_active = True
         self.assembly = PublishAssembly(conn.broker)
+        self.deliveries = M.Deliveries(number)  # basic.deliver's frames
         self.confirms: Confirms | None = None  # after confirm.select
         self.sync_requested = False  # this channel waits for the next group commit
         # transactions
@@ -264,7 +265,7 @@ class Channel:
         # (_send_content, inline: this is the hot path)
         conn = self.conn
         conn.send_parts(
-            M.deliver_frames(self.number, consumer.wire_tag, tag, redelivered, msg.ex_rk, msg.header, msg.body, conn.frame_max),
+            self.deliveries.frames(consumer.wire_tag, tag, redelivered, msg.ex_rk, msg.header, msg.body, conn.frame_max),
             msg.size,
         )
 
