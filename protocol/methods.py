@@ -15,7 +15,13 @@ from pamqp import commands, decode, encode
 from pamqp.base import Frame as PamqpMethod
 
 from leveret.protocol.body import Body
-from leveret.protocol.constants import FRAME_BODY, FRAME_END_BYTE, FRAME_HEADER, FRAME_METHOD
+from leveret.protocol.constants import (
+    FRAME_BODY,
+    FRAME_END_BYTE,
+    FRAME_HEADER,
+    FRAME_HEADER_SIZE,
+    FRAME_METHOD,
+)
 from leveret.protocol.frames import pack_head
 
 _U16 = Struct(">H")
@@ -178,14 +184,13 @@ def deliver_frame(channel: int, ctag: bytes, tag: int, redelivered: bool, ex_rk:
 
 
 class Deliveries:
-    """basic.deliver and its content frames for one channel (:func:`deliver_frame`
-    followed by :func:`content_frames`, the same bytes).  A body that fits one frame (the
-    hot path) becomes three parts: the frames before the body's bytes as one piece, the
-    body, the frame end.  That piece is the bytes before the delivery tag (frame head,
-    consumer tag), the tag, and the bytes after it (exchange and routing key, the header
-    frame, the body frame's head); a stream of like messages (same consumer, exchange and
-    routing key, header and body size) differs only in the tag, so from the second of them
-    on, the bytes around it are reused: one pack and one join per delivery."""
+    """basic.deliver and its content frames for one channel: :func:`deliver_frame`
+    followed by :func:`content_frames`.  A stream of like deliveries (same consumer tag,
+    exchange and routing key, header, body size that fits one frame) differs only in the
+    delivery tag, so from the second of them in a row on, those functions' bytes are kept
+    cut at the tag (the frame head and consumer tag before it; exchange and routing key,
+    the header frame and the body frame's head after it), and a delivery is one pack and
+    one join.  A delivery unlike the last goes through the two functions as it is."""
 
     __slots__ = ("channel", "_key", "_before", "_after")
 
@@ -201,46 +206,22 @@ class Deliveries:
     ) -> list[bytes | memoryview]:
         blen = len(body)
         channel = self.channel
+        key = self._key
+        before = self._before
         if not 0 < blen <= frame_max - 8:
+            before = None  # (a body of several frames, or none: nothing kept)
+        elif key is None or key[2] != header_payload or key[3] != blen or key[1] != ex_rk or key[0] != ctag:
+            self._key = (ctag, ex_rk, header_payload, blen)
+            self._before = before = None
+        elif before is None:
+            # the second like delivery in a row: the same bytes, cut at the tag, kept
+            method = deliver_frame(channel, ctag, 0, False, ex_rk)
+            cut = FRAME_HEADER_SIZE + len(DELIVER_PREFIX) + len(ctag)
+            before = self._before = method[:cut]
+            self._after = method[cut + _TAG_BIT.size :] + content_frames(channel, header_payload, body, frame_max)[0]
+        if before is None:
             return content_frames(
                 channel, header_payload, body, frame_max, deliver_frame(channel, ctag, tag, redelivered, ex_rk)
-            )
-        key = self._key
-        if key is None or key[2] != header_payload or key[3] != blen or key[1] != ex_rk or key[0] != ctag:
-            # unlike the last delivery: one join, nothing kept (messages whose headers all
-            # differ, e.g. with a message id each, cost no more than that)
-            self._key = (ctag, ex_rk, header_payload, blen)
-            self._before = None
-            first = b"".join(
-                (
-                    pack_head(FRAME_METHOD, channel, 13 + len(ctag) + len(ex_rk)),
-                    DELIVER_PREFIX,
-                    ctag,
-                    _pack_tag_bit(tag, redelivered),
-                    ex_rk,
-                    FRAME_END_BYTE,
-                    pack_head(FRAME_HEADER, channel, len(header_payload)),
-                    header_payload,
-                    FRAME_END_BYTE,
-                    pack_head(FRAME_BODY, channel, blen),
-                )
-            )
-            if body.__class__ is Body:
-                return [first, *body.parts, FRAME_END_BYTE]  # type: ignore[union-attr, list-item]
-            return [first, body, FRAME_END_BYTE]  # type: ignore[list-item]
-        before = self._before
-        if before is None:
-            # the second like delivery in a row: the same bytes, cut at the tag, kept
-            before = self._before = pack_head(FRAME_METHOD, channel, 13 + len(ctag) + len(ex_rk)) + DELIVER_PREFIX + ctag
-            self._after = b"".join(
-                (
-                    ex_rk,
-                    FRAME_END_BYTE,
-                    pack_head(FRAME_HEADER, channel, len(header_payload)),
-                    header_payload,
-                    FRAME_END_BYTE,
-                    pack_head(FRAME_BODY, channel, blen),
-                )
             )
         first = b"".join((before, _pack_tag_bit(tag, redelivered), self._after))
         if body.__class__ is Body:
